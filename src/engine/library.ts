@@ -1,0 +1,337 @@
+/**
+ * Loads ggml once per process: libggml-base and the registry from one folder (the native build when
+ * one exists for this CPU, else the prebuilt package), the best CPU variant, then the GPU backends of
+ * whichever GPU packages are installed. All of them share one libggml-base (same soname), so one
+ * registry sees every device.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { QtuneError } from '../errors.js';
+import {
+  FeatureStruct,
+  GetFeaturesProto,
+  LogCallbackProto,
+  ScoreProto,
+  bindGgml,
+  callProc,
+  koffi,
+  type GgmlApi,
+  type LibraryHandle,
+  type RegPtr,
+} from './ggml.js';
+import {
+  GGML_VERSION,
+  LIB_EXT,
+  LLAMA_CPP_TAG,
+  LIB_PREFIX,
+  NODE_LLAMA_CPP_VERSION,
+  cpuIdentity,
+  findPrebuiltPackages,
+  nativeEngineDir,
+  physicalCores,
+  type GpuKind,
+  type PrebuiltPackage,
+} from './paths.js';
+import { probeVulkanDevices, type VulkanPhysicalDevice } from './vulkan-probe.js';
+
+export interface GpuBackendInfo {
+  kind: GpuKind;
+  package: string;
+  path: string;
+  loaded: boolean;
+  /** Why it did not load, or what qtune changed to make it usable. */
+  note: string | null;
+}
+
+export interface EngineInfo {
+  /** `native` when the library was compiled here by `qtune engine build`, else `prebuilt`. */
+  kind: 'prebuilt' | 'native';
+  ggmlVersion: string;
+  ggmlCommit: string;
+  llamaCppTag: string;
+  /** Folder of libggml-base and the registry. */
+  path: string;
+  /** The CPU backend library loaded (a prebuilt variant such as `haswell`, or `native`). */
+  cpuVariant: string;
+  cpuVariantPath: string;
+  cpuModel: string;
+  /** Features the CPU backend reports (AVX2, AVX512, ...). */
+  cpuFeatures: Record<string, string>;
+  /** Default thread count for CPU compute: physical cores, or QTUNE_THREADS. */
+  threads: number;
+  gpuBackends: GpuBackendInfo[];
+  /** Vulkan devices made visible by qtune because they are software renderers (lavapipe). */
+  softwareVulkanDevices: string[];
+}
+
+export interface Engine {
+  api: GgmlApi;
+  info: EngineInfo;
+}
+
+let engine: Engine | undefined;
+const logLines: string[] = [];
+
+/** The loaded engine; loads it on first use. */
+export function getEngine(): Engine {
+  engine ??= loadEngine();
+  return engine;
+}
+
+/** Messages ggml logged while loading (device discovery, failures). */
+export function engineLog(): readonly string[] {
+  return logLines;
+}
+
+interface Primary {
+  kind: 'prebuilt' | 'native';
+  dir: string;
+  registryFile: string;
+}
+
+function choosePrimary(packages: PrebuiltPackage[]): Primary {
+  const want = process.env['QTUNE_ENGINE'];
+  if (want !== undefined && want !== '' && want !== 'native' && want !== 'prebuilt') {
+    throw new QtuneError('ENGINE_LOAD', `QTUNE_ENGINE=${want} is not an engine kind`, {
+      hint: 'use QTUNE_ENGINE=native or QTUNE_ENGINE=prebuilt, or leave it unset',
+    });
+  }
+  const nativeDir = nativeEngineDir();
+  const nativeRegistry = `${LIB_PREFIX}ggml${LIB_EXT}`;
+  const hasNative = existsSync(path.join(nativeDir, nativeRegistry)) && existsSync(path.join(nativeDir, 'build.json'));
+  if (want === 'native' && !hasNative) {
+    throw new QtuneError('ENGINE_NOT_FOUND', `QTUNE_ENGINE=native but no native build exists for this CPU at ${nativeDir}`, {
+      hint: 'run `npx qtune engine build` first',
+    });
+  }
+  if (hasNative && want !== 'prebuilt') return { kind: 'native', dir: nativeDir, registryFile: nativeRegistry };
+
+  // Every prebuilt package carries libggml-base, the registry and the CPU variants: prefer the CPU-only one.
+  const pkg = packages.find((p) => p.gpu === null) ?? packages[0];
+  if (pkg === undefined) {
+    throw new QtuneError(
+      'ENGINE_NOT_FOUND',
+      `no ggml engine found: none of the @node-llama-cpp/* ${NODE_LLAMA_CPP_VERSION} packages for ${process.platform}-${process.arch} is installed`,
+      {
+        hint: `run \`npm install @node-llama-cpp/${process.platform}-${process.arch}@${NODE_LLAMA_CPP_VERSION}\`, or build one with \`npx qtune engine build\``,
+      },
+    );
+  }
+  const registryFile = readdirSync(pkg.dir).find((f) => /^(lib)?ggml\.[a-z0-9.]*v\d/.test(f) && f.endsWith(LIB_EXT));
+  if (registryFile === undefined) {
+    throw new QtuneError('ENGINE_LOAD', `${pkg.name} has no ggml registry library in ${pkg.dir}`, {
+      hint: `reinstall it: npm install ${pkg.name}@${NODE_LLAMA_CPP_VERSION}`,
+    });
+  }
+  return { kind: 'prebuilt', dir: pkg.dir, registryFile };
+}
+
+/** Picks the prebuilt CPU variant the way ggml does: the highest `ggml_backend_score()` wins. */
+function bestCpuVariant(dir: string): { path: string; variant: string } | null {
+  const prefix = `${LIB_PREFIX}ggml-cpu`;
+  let best: { path: string; variant: string; score: number } | null = null;
+  for (const f of readdirSync(dir)) {
+    if (!f.startsWith(prefix) || !f.endsWith(LIB_EXT)) continue;
+    const p = path.join(dir, f);
+    let lib: LibraryHandle | undefined;
+    try {
+      lib = koffi.load(p);
+      const score = callProc(lib.symbol('ggml_backend_score') as never, ScoreProto) as number;
+      const variant = f.slice(prefix.length + 1, -LIB_EXT.length) || 'default';
+      if (score > 0 && (best === null || score > best.score)) best = { path: p, variant, score };
+    } catch {
+      // a variant that cannot load or has no score function is skipped
+    } finally {
+      lib?.unload();
+    }
+  }
+  return best;
+}
+
+function loadEngine(): Engine {
+  const packages = findPrebuiltPackages();
+  const primary = choosePrimary(packages);
+  const basePath = path.join(primary.dir, `${LIB_PREFIX}ggml-base${LIB_EXT}`);
+  let api: GgmlApi;
+  try {
+    const base = koffi.load(basePath);
+    const registry = koffi.load(path.join(primary.dir, primary.registryFile));
+    api = bindGgml(base, registry);
+  } catch (e) {
+    throw new QtuneError('ENGINE_LOAD', `cannot load ggml from ${primary.dir}: ${e instanceof Error ? e.message : String(e)}`, {
+      hint:
+        primary.kind === 'native'
+          ? 'delete the native build (`npx qtune engine build --clean`) or set QTUNE_ENGINE=prebuilt'
+          : 'reinstall the @node-llama-cpp package',
+    });
+  }
+
+  // Route ggml's log lines into a buffer while loading: these calls all run on this thread. The
+  // callback is removed before any compute, because koffi can only run JS callbacks on the main
+  // thread and a compute thread calling one would deadlock.
+  const logCb = koffi.register((level: number, text: string) => {
+    if (level >= 2) logLines.push(text.trimEnd());
+  }, koffi.pointer(LogCallbackProto));
+  api.log_set(logCb, null);
+
+  try {
+    let cpuVariant = 'native';
+    let cpuVariantPath = path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`);
+    if (primary.kind === 'prebuilt') {
+      const best = bestCpuVariant(primary.dir);
+      if (best === null || api.backend_load(best.path) === null) {
+        throw new QtuneError('ENGINE_LOAD', `no CPU backend in ${primary.dir} runs on this CPU`, {
+          hint: 'build one for it with `npx qtune engine build`',
+        });
+      }
+      cpuVariant = best.variant;
+      cpuVariantPath = best.path;
+    }
+
+    const gpuBackends: GpuBackendInfo[] = [];
+    const softwareVulkanDevices: string[] = [];
+    for (const pkg of packages) {
+      if (pkg.gpu === null) continue;
+      const file = path.join(pkg.dir, `${LIB_PREFIX}ggml-${pkg.gpu}${LIB_EXT}`);
+      if (!existsSync(file)) continue;
+      let note: string | null = null;
+      if (pkg.gpu === 'vulkan') {
+        const probe = prepareVulkan();
+        note = probe.note;
+        softwareVulkanDevices.push(...probe.software.map((d) => d.name));
+        if (!probe.usable) {
+          gpuBackends.push({ kind: 'vulkan', package: pkg.name, path: file, loaded: false, note });
+          continue;
+        }
+      }
+      const reg = api.backend_load(file);
+      if (reg === null) note = `${file} did not load: ${lastLog() ?? 'see `qtune engine info`'}`;
+      gpuBackends.push({ kind: pkg.gpu, package: pkg.name, path: file, loaded: reg !== null, note });
+    }
+
+    const cpuReg = findReg(api, 'CPU');
+    const info: EngineInfo = {
+      kind: primary.kind,
+      ggmlVersion: api.version(),
+      ggmlCommit: api.commit(),
+      llamaCppTag: readLlamaTag(primary),
+      path: primary.dir,
+      cpuVariant,
+      cpuVariantPath,
+      cpuModel: cpuIdentity().model,
+      cpuFeatures: cpuReg === null ? {} : cpuFeatures(api, cpuReg),
+      threads: defaultThreads(),
+      gpuBackends,
+      softwareVulkanDevices,
+    };
+    if (info.ggmlVersion !== GGML_VERSION) {
+      throw new QtuneError('ENGINE_LOAD', `ggml ${info.ggmlVersion} at ${primary.dir} is not the pinned ${GGML_VERSION}`, {
+        hint: 'rebuild the native engine (`npx qtune engine build --clean`) or reinstall the pinned packages',
+      });
+    }
+    return { api, info };
+  } finally {
+    api.log_set(null, null);
+  }
+}
+
+function lastLog(): string | undefined {
+  return logLines[logLines.length - 1];
+}
+
+function readLlamaTag(primary: Primary): string {
+  if (primary.kind === 'native') {
+    try {
+      const meta = JSON.parse(readFileSync(path.join(primary.dir, 'build.json'), 'utf8')) as { llamaCppTag?: string };
+      return meta.llamaCppTag ?? 'unknown';
+    } catch {
+      return 'unknown';
+    }
+  }
+  return /"release"\s*:\s*"([^"]+)"/.exec(readOr(path.join(primary.dir, '_nlcBuildMetadata.json')))?.[1] ?? LLAMA_CPP_TAG;
+}
+
+function readOr(p: string): string {
+  try {
+    return readFileSync(p, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+function findReg(api: GgmlApi, name: string): RegPtr | null {
+  const n = api.backend_reg_count();
+  for (let i = 0; i < n; i++) {
+    const reg = api.backend_reg_get(i);
+    if (api.backend_reg_name(reg) === name) return reg;
+  }
+  return null;
+}
+
+function cpuFeatures(api: GgmlApi, reg: RegPtr): Record<string, string> {
+  const fn = api.backend_reg_get_proc_address(reg, 'ggml_backend_get_features');
+  if (fn === null) return {};
+  const out: Record<string, string> = {};
+  const arr = callProc(fn, GetFeaturesProto, reg);
+  for (let i = 0; i < 256; i++) {
+    const f = koffi.decode(arr, i * koffi.sizeof(FeatureStruct), FeatureStruct) as { name: string | null; value: string | null };
+    if (f.name === null) break;
+    out[f.name] = f.value ?? '';
+  }
+  return out;
+}
+
+/** QTUNE_THREADS, else the number of physical cores. */
+export function defaultThreads(): number {
+  const env = process.env['QTUNE_THREADS'];
+  if (env !== undefined && env !== '') {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new QtuneError('INVALID_ARGUMENT', `QTUNE_THREADS=${env} is not a positive integer`, {
+        hint: 'set QTUNE_THREADS to a thread count such as 2, or unset it to use the physical cores',
+      });
+    }
+    return n;
+  }
+  return physicalCores();
+}
+
+/**
+ * Decides whether ggml's Vulkan backend has anything to use. When GGML_VK_VISIBLE_DEVICES is unset and
+ * the only devices are software renderers, sets it to them so lavapipe runs the Vulkan path.
+ */
+function prepareVulkan(): { usable: boolean; note: string | null; software: VulkanPhysicalDevice[] } {
+  if (process.env['GGML_VK_VISIBLE_DEVICES'] !== undefined) {
+    return { usable: true, note: `GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} set by the user`, software: [] };
+  }
+  const probe = probeVulkanDevices();
+  if ('error' in probe) return { usable: false, note: probe.error, software: [] };
+  const gpus = probe.devices.filter((d) => d.type === 'discrete_gpu' || d.type === 'integrated_gpu');
+  if (gpus.length > 0) return { usable: true, note: null, software: [] };
+  const software = probe.devices.filter((d) => d.type === 'cpu');
+  if (software.length === 0) return { usable: false, note: 'no Vulkan device found', software: [] };
+  const old = software.find((d) => d.name.startsWith('llvmpipe') && mesaMajor(d.driverInfo) < MIN_LAVAPIPE_MESA);
+  if (old !== undefined) {
+    return {
+      usable: false,
+      note: `lavapipe from ${old.driverInfo || 'an unknown Mesa'} corrupts memory when running ggml's Vulkan shaders (seen with 22.3.6); qtune needs Mesa >= ${MIN_LAVAPIPE_MESA} for software Vulkan (Debian 12: apt-get install -t bookworm-backports mesa-vulkan-drivers)`,
+      software: [],
+    };
+  }
+  process.env['GGML_VK_VISIBLE_DEVICES'] = software.map((d) => d.index).join(',');
+  return {
+    usable: true,
+    note: `only software Vulkan devices found (${software.map((d) => d.name).join(', ')}): qtune set GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} to use them`,
+    software,
+  };
+}
+
+/** Oldest Mesa whose lavapipe ran qtune's test suite without corrupting memory (25.0.7 was checked). */
+const MIN_LAVAPIPE_MESA = 25;
+
+function mesaMajor(driverInfo: string): number {
+  const m = /Mesa (\d+)\./.exec(driverInfo);
+  return m === null ? 0 : Number(m[1]);
+}
+
+export const ENGINE_PINS = { nodeLlamaCpp: NODE_LLAMA_CPP_VERSION, ggml: GGML_VERSION };
