@@ -1,0 +1,427 @@
+/**
+ * A Graph is one ggml compute graph built from TypeScript: inputs, op nodes, the tape that records
+ * each op's gradient rule, and the updates written back into stored tensors. A training step is one
+ * graph (forward, backward and optimizer update); build it once, then set inputs and `run()` it as
+ * many times as there are batches of that shape.
+ *
+ * @example
+ * const g = new Graph(cpuBackend());
+ * const x = g.input([4, 8]);
+ * const loss = sum(mul(linear(x, w), y));
+ * const grads = g.backward(loss);
+ * g.output(loss);
+ * g.compile();
+ * g.set(x, data);
+ * g.run();
+ * console.log(g.read(loss)[0]);
+ * g.dispose();
+ */
+import type { Backend } from '../engine/device.js';
+import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
+import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
+import { getEngine } from '../engine/library.js';
+import { GraphAllocator, NativeBuffer, NativeContext, assertAlive } from '../engine/memory.js';
+import { DTypeError, OutOfMemoryError, QtuneError, ShapeError, UnsupportedOpError, fmtShape } from '../errors.js';
+import { decode, encode } from './host.js';
+import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
+import { Tensor } from './tensor.js';
+
+/** Returns the gradient for each input of an op (null where none is needed). */
+export type BackwardRule = (dy: Tensor) => (Tensor | null)[];
+
+interface TapeEntry {
+  op: string;
+  inputs: Tensor[];
+  output: Tensor;
+  backward: BackwardRule;
+}
+
+interface LeafInit {
+  tensor: Tensor;
+  data: Float32Array | Int32Array | null;
+}
+
+export interface GraphOptions {
+  /** Most nodes the graph may hold (ggml allocates their metadata up front). Default 32768. */
+  maxNodes?: number;
+  /** Most input and constant tensors. Default 1024. */
+  maxInputs?: number;
+}
+
+type State = 'building' | 'compiled' | 'disposed';
+
+const active: Graph[] = [];
+
+export class Graph {
+  readonly backend: Backend;
+  readonly maxNodes: number;
+  private readonly ctx: NativeContext;
+  private readonly leafCtx: NativeContext;
+  private readonly leaves: LeafInit[] = [];
+  private readonly tape: TapeEntry[] = [];
+  private readonly outputs = new Set<Tensor>();
+  private readonly assigns: { target: Tensor; value: Tensor }[] = [];
+  private readonly hooks: (() => void)[] = [];
+  private readonly setHooks = new Map<Tensor, ((data: Float32Array | Int32Array) => void)[]>();
+  private recording = true;
+  private state: State = 'building';
+  private leafBuffer: NativeBuffer | null = null;
+  private allocator: GraphAllocator | null = null;
+  private cgraph: GraphPtr | null = null;
+  private runs = 0;
+
+  constructor(backend: Backend, options: GraphOptions = {}) {
+    this.backend = backend;
+    this.maxNodes = options.maxNodes ?? 32768;
+    this.ctx = new NativeContext(this.maxNodes, this.maxNodes);
+    this.leafCtx = new NativeContext(options.maxInputs ?? 1024);
+  }
+
+  /** The graph ops use when none of their operands belongs to a graph (all stored tensors). */
+  static current(): Graph | undefined {
+    return active[active.length - 1];
+  }
+
+  /** Runs `fn` with this graph as {@link Graph.current}. */
+  build<T>(fn: () => T): T {
+    active.push(this);
+    try {
+      return fn();
+    } finally {
+      active.pop();
+    }
+  }
+
+  /** How many times {@link run} has completed; dropout masks are derived from it. */
+  get runCount(): number {
+    return this.runs;
+  }
+
+  get isCompiled(): boolean {
+    return this.state === 'compiled';
+  }
+
+  // ---------------------------------------------------------------- building
+
+  /** A leaf whose data the caller provides with {@link set} before running. */
+  input(shape: Shape, dtype: DType = 'f32', name = 'input'): Tensor {
+    this.assertBuilding('input');
+    return this.leaf(shape, dtype, name, null);
+  }
+
+  /** A leaf with fixed data, uploaded once when the graph is compiled. */
+  constant(data: Float32Array | Int32Array, shape: Shape, name = 'const'): Tensor {
+    this.assertBuilding('constant');
+    if (data.length !== numel(shape)) {
+      throw new ShapeError(`constant "${name}": ${data.length} values for shape ${fmtShape(shape)}`);
+    }
+    return this.leaf(shape, data instanceof Int32Array ? 'i32' : 'f32', name, data);
+  }
+
+  private leaf(shape: Shape, dtype: DType, name: string, data: Float32Array | Int32Array | null): Tensor {
+    checkShape(shape, name);
+    if (!this.leafCtx.hasRoom(1)) {
+      throw new QtuneError('GRAPH', `graph has no room for more inputs`, { hint: 'raise GraphOptions.maxInputs' });
+    }
+    const { api } = getEngine();
+    const ne = toNe(shape);
+    const ptr = api.new_tensor_4d(this.leafCtx.ptr, GGML_TYPE_IDS[dtype], ne[0], ne[1], ne[2], ne[3]);
+    api.set_name(ptr, name.slice(0, 63));
+    api.set_input(ptr);
+    const t = new Tensor({ ptr, shape, dtype, kind: 'input', graph: this, name });
+    this.leaves.push({ tensor: t, data });
+    return t;
+  }
+
+  /**
+   * Wraps a node just created by `make` (a ggml op call on this graph's context). Ops call this;
+   * it checks that the context has room first, because ggml aborts when it overflows.
+   */
+  node(make: (ctx: NativeContext['ptr']) => TensorPtr, shape: Shape, dtype: DType, requiresGrad: boolean, name = ''): Tensor {
+    this.assertBuilding('an op');
+    if (!this.ctx.hasRoom(2)) {
+      throw new QtuneError('GRAPH', `graph reached its limit of ${this.maxNodes} nodes`, {
+        hint: 'raise GraphOptions.maxNodes, or split the work into smaller graphs',
+      });
+    }
+    const ptr = make(this.ctx.ptr);
+    if (name) getEngine().api.set_name(ptr, name.slice(0, 63));
+    return new Tensor({ ptr, shape, dtype, kind: 'node', graph: this, requiresGrad: requiresGrad && this.recording, name });
+  }
+
+  /** Records an op's gradient rule on the tape (a no-op while building the backward pass itself). */
+  record(op: string, inputs: Tensor[], output: Tensor, backward: BackwardRule): Tensor {
+    if (this.recording && output.requiresGrad) this.tape.push({ op, inputs, output, backward });
+    return output;
+  }
+
+  /** Runs `fn` without recording gradient rules (optimizer updates, evaluation-only parts). */
+  noGrad<T>(fn: () => T): T {
+    const was = this.recording;
+    this.recording = false;
+    try {
+      return this.build(fn);
+    } finally {
+      this.recording = was;
+    }
+  }
+
+  /** Whether ops currently record gradient rules (false while the backward pass is being built). */
+  get isRecording(): boolean {
+    return this.recording;
+  }
+
+  /**
+   * Builds the backward pass of a scalar `loss` into this graph and returns the gradient of every
+   * tensor in `wrt` (default: every stored tensor with requiresGrad reached from the loss).
+   */
+  backward(loss: Tensor, wrt?: readonly Tensor[]): Map<Tensor, Tensor> {
+    this.assertBuilding('backward');
+    if (loss.graph !== this) throw new QtuneError('GRAPH', 'backward: the loss belongs to another graph');
+    if (loss.numel !== 1) {
+      throw new ShapeError(`backward: the loss must be a scalar, got shape ${fmtShape(loss.shape)}`, {
+        hint: 'reduce it with sum() or mean() first',
+      });
+    }
+    if (!loss.requiresGrad) {
+      throw new QtuneError('GRAPH', 'backward: the loss does not depend on any tensor with requiresGrad', {
+        hint: 'create trainable tensors with requiresGrad: true',
+      });
+    }
+    const grads = new Map<Tensor, Tensor>();
+    const seed = this.constant(Float32Array.of(1), loss.shape, 'loss_grad_seed');
+    grads.set(loss, seed);
+    const { api } = getEngine();
+    this.recording = false;
+    active.push(this);
+    try {
+      for (let i = this.tape.length - 1; i >= 0; i--) {
+        const entry = this.tape[i]!;
+        const dy = grads.get(entry.output);
+        if (dy === undefined) continue;
+        const dxs = entry.backward(dy);
+        entry.inputs.forEach((x, k) => {
+          const dx = dxs[k] ?? null;
+          if (dx === null || !x.requiresGrad) return;
+          if (!sameShape(dx.shape, x.shape) || numel(dx.shape) !== numel(x.shape)) {
+            throw new QtuneError('GRAPH', `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`);
+          }
+          const prev = grads.get(x);
+          grads.set(
+            x,
+            prev === undefined ? dx : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
+          );
+        });
+      }
+    } finally {
+      active.pop();
+      this.recording = true;
+    }
+    const out = new Map<Tensor, Tensor>();
+    const targets = wrt ?? [...grads.keys()].filter((t) => t.kind === 'stored');
+    for (const t of targets) {
+      const g = grads.get(t);
+      if (g !== undefined) out.set(t, g);
+    }
+    return out;
+  }
+
+  /** Keeps a node's value readable after {@link run}; returns the tensor to read (made contiguous if needed). */
+  output(t: Tensor): Tensor {
+    this.assertBuilding('output');
+    if (t.graph !== this) throw new QtuneError('GRAPH', `output: ${t.toString()} is not a node of this graph`);
+    let out = t;
+    if (!getEngine().api.is_contiguous(t.ptr)) {
+      out = this.node((ctx) => getEngine().api.cont(ctx, t.ptr), t.shape, t.dtype, false);
+    }
+    this.outputs.add(out);
+    return out;
+  }
+
+  /** Writes `value` into the stored tensor `target` at the end of each run (after every read of it). */
+  assign(target: Tensor, value: Tensor): void {
+    this.assertBuilding('assign');
+    if (target.kind !== 'stored') throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
+    if (!sameShape(target.shape, value.shape) && target.numel !== value.numel) {
+      throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
+    }
+    if (target.backend !== this.backend) {
+      throw new QtuneError('GRAPH', `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.backend.name}`);
+    }
+    this.assigns.push({ target, value });
+  }
+
+  /** Runs `fn` before every {@link run} (per-run inputs such as dropout masks). */
+  beforeRun(fn: () => void): void {
+    this.hooks.push(fn);
+  }
+
+  /** Runs `fn` with the data whenever `input` is set (derived inputs such as loss weights). */
+  onSet(input: Tensor, fn: (data: Float32Array | Int32Array) => void): void {
+    const list = this.setHooks.get(input) ?? [];
+    list.push(fn);
+    this.setHooks.set(input, list);
+  }
+
+  // ---------------------------------------------------------------- compiling and running
+
+  /**
+   * Finishes the graph: orders the nodes (outputs and update values first, then the writes into
+   * stored tensors), checks that the backend supports every op, and allocates memory.
+   */
+  compile(): this {
+    this.assertBuilding('compile');
+    const { api } = getEngine();
+    const cgraph = api.new_graph_custom(this.ctx.ptr, this.maxNodes, false);
+    for (const t of this.outputs) {
+      api.set_output(t.ptr);
+      api.build_forward_expand(cgraph, t.ptr);
+    }
+    for (const a of this.assigns) api.build_forward_expand(cgraph, a.value.ptr);
+    for (const a of this.assigns) {
+      if (!this.ctx.hasRoom(1)) throw new QtuneError('GRAPH', 'graph reached its node limit', { hint: 'raise GraphOptions.maxNodes' });
+      api.build_forward_expand(cgraph, api.cpy(this.ctx.ptr, a.value.ptr, a.target.ptr));
+    }
+    const n = api.graph_n_nodes(cgraph);
+    if (n === 0) throw new QtuneError('GRAPH', 'compile: the graph computes nothing', { hint: 'mark a result with output() or assign()' });
+    this.checkSupport(cgraph, n);
+    this.checkLeafDevices();
+
+    if (this.leaves.length > 0) {
+      this.leafBuffer = NativeBuffer.forContext(this.leafCtx, this.backend);
+      this.leafBuffer.clear(0);
+      for (const leaf of this.leaves) if (leaf.data !== null) this.upload(leaf.tensor, leaf.data);
+    }
+    this.allocator = new GraphAllocator(this.backend);
+    if (!this.allocator.allocate(cgraph)) {
+      this.allocator.free();
+      this.allocator = null;
+      throw new OutOfMemoryError(`${this.backend.name} has not enough memory for this graph's intermediate tensors`, {
+        hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
+        details: { device: this.backend.name, free: this.backend.memory().free },
+      });
+    }
+    this.cgraph = cgraph;
+    this.state = 'compiled';
+    return this;
+  }
+
+  private checkSupport(cgraph: GraphPtr, n: number): void {
+    const { api } = getEngine();
+    for (let i = 0; i < n; i++) {
+      const node = api.graph_node(cgraph, i);
+      if (!this.backend.supportsOp(node)) {
+        const desc = api.op_desc(node);
+        throw new UnsupportedOpError(`${this.backend.name} cannot run ${desc} (node "${api.get_name(node)}")`, {
+          hint: 'run this graph on the CPU backend, or use another dtype for its inputs (see `qtune backends`)',
+          details: { device: this.backend.name, op: desc },
+        });
+      }
+    }
+  }
+
+  private checkLeafDevices(): void {
+    const seen = new Set<Tensor>();
+    const visit = (t: Tensor): void => {
+      if (seen.has(t)) return;
+      seen.add(t);
+      if (t.kind === 'stored' && t.store!.backend !== this.backend) {
+        throw new QtuneError('GRAPH', `${t.toString()} lives on ${t.store!.backend.name} but this graph runs on ${this.backend.name}`, {
+          hint: 'copy the store to this backend with store.to(backend)',
+        });
+      }
+    };
+    for (const e of this.tape) for (const t of e.inputs) visit(t);
+    for (const a of this.assigns) visit(a.target);
+  }
+
+  /** Sets an input's data (f32 values, converted to the input's type; or int32 for i32 inputs). */
+  set(input: Tensor, data: Float32Array | Int32Array): void {
+    assertAlive(this.state !== 'disposed', 'graph');
+    if (this.state !== 'compiled') throw new QtuneError('GRAPH', 'set: compile() the graph first');
+    if (input.graph !== this || input.kind !== 'input') throw new QtuneError('GRAPH', `set: ${input.toString()} is not an input of this graph`);
+    if (data.length !== input.numel) {
+      throw new ShapeError(`set: input "${input.name}" ${fmtShape(input.shape)} needs ${input.numel} values, got ${data.length}`);
+    }
+    this.upload(input, data);
+    for (const fn of this.setHooks.get(input) ?? []) fn(data);
+  }
+
+  private upload(t: Tensor, data: Float32Array | Int32Array): void {
+    const { api } = getEngine();
+    let bytes: Uint8Array;
+    if (data instanceof Int32Array) {
+      if (t.dtype !== 'i32') throw new DTypeError(`input "${t.name}" is ${t.dtype}; int32 data needs an i32 input`);
+      bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    } else {
+      if (t.dtype === 'i32') throw new DTypeError(`input "${t.name}" is i32; pass an Int32Array`);
+      bytes = encode(t.dtype, data, t.shape);
+    }
+    api.backend_tensor_set(t.ptr, bytes, 0, bytes.byteLength);
+  }
+
+  /** Computes the graph once. */
+  run(): void {
+    assertAlive(this.state !== 'disposed', 'graph');
+    if (this.state !== 'compiled' || this.cgraph === null) throw new QtuneError('GRAPH', 'run: compile() the graph first');
+    for (const h of this.hooks) h();
+    const status = getEngine().api.backend_graph_compute(this.backend.ptr, this.cgraph);
+    if (status !== 0) {
+      throw new QtuneError('COMPUTE', `${this.backend.name} failed to compute the graph (ggml status ${status})`, {
+        hint: status === -2 ? 'the device ran out of memory' : 'see the log above',
+      });
+    }
+    this.runs++;
+  }
+
+  /** Reads an output or input as f32 values. */
+  read(t: Tensor): Float32Array {
+    assertAlive(this.state !== 'disposed', 'graph');
+    if (this.state !== 'compiled') throw new QtuneError('GRAPH', 'read: compile() and run() the graph first');
+    if (t.graph !== this || (t.kind === 'node' && !this.outputs.has(t))) {
+      throw new QtuneError('GRAPH', `read: ${t.toString()} is not an output of this graph`, {
+        hint: 'mark it with graph.output(t) before compile(), and read the tensor output() returned',
+      });
+    }
+    const { api } = getEngine();
+    const n = api.nbytes(t.ptr);
+    const bytes = new Uint8Array(n + 4096);
+    api.backend_tensor_get(t.ptr, bytes, 0, n);
+    return decode(t.dtype, bytes, t.numel);
+  }
+
+  /** Bytes of the compute buffer (intermediate tensors) and of the input buffer. */
+  memory(): { compute: number; inputs: number } {
+    return { compute: this.allocator?.bytes ?? 0, inputs: this.leafBuffer?.bytes ?? 0 };
+  }
+
+  /** Number of ggml nodes in the compiled graph. */
+  get nodeCount(): number {
+    return this.cgraph === null ? 0 : getEngine().api.graph_n_nodes(this.cgraph);
+  }
+
+  get alive(): boolean {
+    return this.state !== 'disposed';
+  }
+
+  /** Frees every native resource of the graph. Its tensors must not be used afterwards. */
+  dispose(): void {
+    if (this.state === 'disposed') return;
+    this.allocator?.free();
+    this.leafBuffer?.free();
+    this.ctx.free();
+    this.leafCtx.free();
+    this.state = 'disposed';
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  private assertBuilding(what: string): void {
+    assertAlive(this.state !== 'disposed', 'graph');
+    if (this.state !== 'building') {
+      throw new QtuneError('GRAPH', `cannot add ${what} to a compiled graph`, { hint: 'build a new Graph for a different computation' });
+    }
+  }
+}

@@ -1,0 +1,23 @@
+export { Graph, type BackwardRule, type GraphOptions } from './graph.js';
+export { Tensor, type TensorKind } from './tensor.js';
+export { TensorStore, type TensorSpec } from './store.js';
+export { numel, broadcastShapes, type Shape } from './shape.js';
+export { blockSize, rowBytes, tensorBytes, encode, decode } from './host.js';
+export { add, sub, mul, div, scale, affine, neg, sqr, sqrt, exp, log, expand, reduceTo } from './ops/elementwise.js';
+export { reshape, view, permute, transpose, contiguous, concat, slice, cast, sum, mean } from './ops/layout.js';
+export { linear, matmul } from './ops/matmul.js';
+export {
+  embedding,
+  rmsNorm,
+  rope,
+  llama3FreqFactors,
+  softmax,
+  silu,
+  swiglu,
+  gelu,
+  dropout,
+  dropoutMask,
+  type RopeOptions,
+  type SoftmaxOptions,
+} from './ops/nn.js';
+export { crossEntropy, type CrossEntropyOptions } from './ops/loss.js';

@@ -1,0 +1,87 @@
+/** What every op needs: find the graph, check operands, and wrap ggml calls. */
+import { isFloatDType } from '../../engine/dtype.js';
+import { TensorStruct, koffi, type TensorPtr } from '../../engine/ggml.js';
+import { getEngine } from '../../engine/library.js';
+import { DTypeError, QtuneError } from '../../errors.js';
+import { Graph } from '../graph.js';
+import { toNe, type Shape } from '../shape.js';
+import type { Tensor } from '../tensor.js';
+
+export const ggml = () => getEngine().api;
+
+/** The graph an op builds into: that of its first graph operand, else {@link Graph.current}. */
+export function graphOf(op: string, ...ts: (Tensor | null | undefined)[]): Graph {
+  let g: Graph | undefined;
+  for (const t of ts) {
+    if (t?.graph) {
+      if (g !== undefined && t.graph !== g) throw new QtuneError('GRAPH', `${op}: operands belong to different graphs`);
+      g = t.graph;
+    }
+  }
+  g ??= Graph.current();
+  if (g === undefined) {
+    throw new QtuneError('GRAPH', `${op}: all operands are stored tensors, so there is no graph to build into`, {
+      hint: 'call it inside graph.build(() => ...)',
+    });
+  }
+  for (const t of ts) {
+    if (t?.kind === 'stored' && t.store!.backend !== g.backend) {
+      throw new QtuneError('GRAPH', `${op}: ${t.toString()} lives on ${t.store!.backend.name}, the graph runs on ${g.backend.name}`, {
+        hint: 'copy the store to the graph backend with store.to(backend)',
+      });
+    }
+  }
+  return g;
+}
+
+export function anyGrad(...ts: (Tensor | null | undefined)[]): boolean {
+  return ts.some((t) => t?.requiresGrad === true);
+}
+
+export function requireFloat(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (!isFloatDType(t.dtype)) {
+      throw new DTypeError(`${op}: ${t.toString()} is ${t.dtype}; this op computes on f32/f16/bf16`, {
+        hint: 'dequantize with cast(t, "f32") first',
+      });
+    }
+  }
+}
+
+export function requireF32(op: string, ...ts: Tensor[]): void {
+  for (const t of ts) {
+    if (t.dtype !== 'f32') {
+      throw new DTypeError(`${op}: ${t.toString()} is ${t.dtype}; this op needs f32 activations`, {
+        hint: 'cast(t, "f32") first',
+      });
+    }
+  }
+}
+
+export function requireSameDType(op: string, a: Tensor, b: Tensor): void {
+  if (a.dtype !== b.dtype) {
+    throw new DTypeError(`${op}: operands have different types (${a.dtype} and ${b.dtype})`, { hint: 'cast one of them' });
+  }
+}
+
+export function isContiguous(t: Tensor): boolean {
+  return ggml().is_contiguous(t.ptr);
+}
+
+/** Byte strides `nb` of a ggml tensor, read from its struct (views have their own). */
+export function strides(t: Tensor): [number, number, number, number] {
+  const s = koffi.decode(t.ptr, TensorStruct) as { nb: (number | bigint)[] };
+  return [Number(s.nb[0]), Number(s.nb[1]), Number(s.nb[2]), Number(s.nb[3])];
+}
+
+/** A metadata-only tensor of a shape, used by ggml ops that take a shape template (repeat, repeat_back). */
+export function template(g: Graph, shape: Shape): TensorPtr {
+  const ne = toNe(shape);
+  return g.node((ctx) => ggml().new_tensor_4d(ctx, 0, ne[0], ne[1], ne[2], ne[3]), shape, 'f32', false).ptr;
+}
+
+export function sameNe(a: Shape, b: Shape): boolean {
+  const x = toNe(a);
+  const y = toNe(b);
+  return x.every((d, i) => d === y[i]);
+}
