@@ -1,0 +1,65 @@
+/** Command-line parsing shared by the commands: strict flags, typed errors, generated help. */
+import { parseArgs } from 'node:util';
+import { QtuneError } from '../errors.js';
+
+export interface FlagSpec {
+  type: 'string' | 'boolean';
+  default?: string | boolean;
+  help: string;
+  short?: string;
+}
+
+export interface CommandSpec {
+  name: string;
+  summary: string;
+  usage: string;
+  flags: Record<string, FlagSpec>;
+}
+
+/** A mistake in what the user typed: the CLI prints it on one line and exits with code 2. */
+export class UsageError extends QtuneError {
+  override name = 'UsageError';
+  constructor(message: string, hint?: string) {
+    super('INVALID_ARGUMENT', message, hint === undefined ? {} : { hint });
+  }
+}
+
+export function helpText(spec: CommandSpec): string {
+  const lines = [`${spec.summary}`, '', `usage: ${spec.usage}`, '', 'options:'];
+  const all: Record<string, FlagSpec> = { ...spec.flags, help: { type: 'boolean', help: 'show this help' } };
+  for (const [name, f] of Object.entries(all)) {
+    const flag = `--${name}${f.type === 'string' ? ' VALUE' : ''}`;
+    const def = f.default === undefined ? '' : ` (default: ${String(f.default)})`;
+    lines.push(`  ${flag.padEnd(26)} ${f.help}${def}`);
+  }
+  return lines.join('\n');
+}
+
+export function parse(
+  spec: CommandSpec,
+  argv: string[],
+): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean' } };
+  for (const [name, f] of Object.entries(spec.flags)) {
+    options[name] = f.short === undefined ? { type: f.type } : { type: f.type, short: f.short };
+  }
+  try {
+    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+    const out: Record<string, string | boolean | undefined> = {};
+    for (const [name, f] of Object.entries(spec.flags)) out[name] = (values[name] as string | boolean | undefined) ?? f.default;
+    out['help'] = values['help'] as boolean | undefined;
+    return { values: out, positionals };
+  } catch (e) {
+    const msg = e instanceof Error ? e.message.split('\n')[0]! : String(e);
+    throw new UsageError(`${spec.name}: ${msg}`, `see \`qtune ${spec.name} --help\``);
+  }
+}
+
+export function intFlag(name: string, value: string | boolean | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (typeof value !== 'string' || !Number.isInteger(n) || n < 1) {
+    throw new UsageError(`--${name}=${String(value)} is not a positive integer`, `pass a whole number such as --${name} 2`);
+  }
+  return n;
+}

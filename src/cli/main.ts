@@ -1,0 +1,46 @@
+/**
+ * qtune's command line. Every command parses strictly; a mistake prints one line naming the flag or
+ * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
+ */
+import { QtuneError, type ErrorCode } from '../errors.js';
+import { UsageError, type CommandSpec } from './args.js';
+import * as backends from './commands/backends.js';
+import * as engine from './commands/engine.js';
+
+interface Command {
+  spec: CommandSpec;
+  run(argv: string[], out: (s: string) => void): number | Promise<number>;
+}
+
+const COMMANDS: Record<string, Command> = { backends, engine };
+
+/** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
+const INPUT_ERRORS = new Set<ErrorCode>(['INVALID_ARGUMENT', 'DEVICE_UNAVAILABLE', 'SHAPE', 'DTYPE', 'UNSUPPORTED_OP']);
+
+function usage(): string {
+  const lines = ['qtune: fine-tune Llama-family models from Node.js', '', 'usage: qtune <command> [options]', '', 'commands:'];
+  for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${c.spec.summary}`);
+  lines.push('', 'Run `qtune <command> --help` for its options.');
+  return lines.join('\n');
+}
+
+export async function main(argv: string[], out: (s: string) => void = (s) => console.log(s)): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    out(usage());
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  try {
+    if (command === undefined) {
+      throw new UsageError(`unknown command "${name}"`, `commands: ${Object.keys(COMMANDS).join(', ')}`);
+    }
+    return await command.run(rest, out);
+  } catch (e) {
+    if (e instanceof QtuneError) {
+      console.error(`qtune: error: ${e.message}`);
+      return INPUT_ERRORS.has(e.code) ? 2 : 1;
+    }
+    throw e;
+  }
+}
