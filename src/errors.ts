@@ -23,7 +23,11 @@ export class QtuneError extends Error {
   readonly hint: string | undefined;
   readonly details: Readonly<Record<string, unknown>>;
 
-  constructor(code: ErrorCode, message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { hint?: string; details?: Record<string, unknown> } = {},
+  ) {
     super(options.hint === undefined ? message : `${message} (${options.hint})`);
     this.code = code;
     this.hint = options.hint;

@@ -4,7 +4,6 @@
  */
 import { QtuneError } from '../errors.js';
 import {
-  DevPropsStruct,
   GetExtraBuftsProto,
   SetNThreadsProto,
   callProc,
@@ -50,8 +49,8 @@ export function listDevices(): DeviceInfo[] {
   const n = api.backend_dev_count();
   for (let i = 0; i < n; i++) {
     const d = api.backend_dev_get(i);
-    const free: [number | null] = [null];
-    const total: [number | null] = [null];
+    const free: [number | bigint | null] = [null];
+    const total: [number | bigint | null] = [null];
     api.backend_dev_memory(d, free, total);
     const description = api.backend_dev_description(d);
     out.push({
@@ -68,14 +67,13 @@ export function listDevices(): DeviceInfo[] {
   return out;
 }
 
-/** Properties as ggml reports them (capabilities included). */
-export function deviceProps(index: number): { async: boolean; hostBuffer: boolean; events: boolean } {
+/** Capabilities as ggml reports them. */
+export function deviceCaps(index: number): { async: boolean; hostBuffer: boolean; events: boolean } {
   const { api } = getEngine();
-  const props: [unknown] = [{}];
+  const props: Record<string, unknown> = {};
   api.backend_dev_get_props(deviceHandle(index), props);
-  const p = props[0] as { caps: { async: boolean; host_buffer: boolean; events: boolean } };
-  void DevPropsStruct;
-  return { async: p.caps.async, hostBuffer: p.caps.host_buffer, events: p.caps.events };
+  const caps = props['caps'] as { async: boolean; host_buffer: boolean; events: boolean };
+  return { async: caps.async, hostBuffer: caps.host_buffer, events: caps.events };
 }
 
 /** A device opened for compute. Get one with {@link openBackend}. */
@@ -95,13 +93,20 @@ export class Backend {
     this.devPtr = deviceHandle(device.index);
     const ptr = api.backend_dev_init(this.devPtr, null);
     if (ptr === null) {
-      throw new QtuneError('DEVICE_UNAVAILABLE', `ggml could not initialise device ${device.name} (${device.description})`, {
-        hint: 'check the driver, or choose another device with --backend / QTUNE_BACKEND',
-      });
+      throw new QtuneError(
+        'DEVICE_UNAVAILABLE',
+        `ggml could not initialise device ${device.name} (${device.description})`,
+        {
+          hint: 'check the driver, or choose another device with --backend / QTUNE_BACKEND',
+        },
+      );
     }
     this.ptr = ptr;
     this.bufferType = api.backend_get_default_buffer_type(ptr);
-    this.setThreadsFn = api.backend_reg_get_proc_address(api.backend_dev_backend_reg(this.devPtr), 'ggml_backend_set_n_threads');
+    this.setThreadsFn = api.backend_reg_get_proc_address(
+      api.backend_dev_backend_reg(this.devPtr),
+      'ggml_backend_set_n_threads',
+    );
     this.nThreads = info.threads;
     this.setThreads(info.threads);
   }
@@ -121,7 +126,9 @@ export class Backend {
 
   setThreads(n: number): void {
     if (!Number.isInteger(n) || n < 1) {
-      throw new QtuneError('INVALID_ARGUMENT', `threads=${n} is not a positive integer`, { hint: 'use 1 or more threads' });
+      throw new QtuneError('INVALID_ARGUMENT', `threads=${n} is not a positive integer`, {
+        hint: 'use 1 or more threads',
+      });
     }
     this.nThreads = n;
     if (this.setThreadsFn !== null) callProc(this.setThreadsFn, SetNThreadsProto, this.ptr, n);
@@ -134,7 +141,10 @@ export class Backend {
   /** Extra buffer types (the CPU's `CPU_REPACK` for faster quantized matmul). */
   extraBufferTypes(): { name: string; ptr: BufferTypePtr }[] {
     const { api } = getEngine();
-    const fn = api.backend_reg_get_proc_address(api.backend_dev_backend_reg(this.devPtr), 'ggml_backend_dev_get_extra_bufts');
+    const fn = api.backend_reg_get_proc_address(
+      api.backend_dev_backend_reg(this.devPtr),
+      'ggml_backend_dev_get_extra_bufts',
+    );
     if (fn === null) return [];
     const arr = callProc(fn, GetExtraBuftsProto, this.devPtr);
     if (arr === null) return [];
@@ -150,8 +160,8 @@ export class Backend {
   /** Free and total memory now, in bytes. */
   memory(): { free: number; total: number } {
     const { api } = getEngine();
-    const free: [number | null] = [null];
-    const total: [number | null] = [null];
+    const free: [number | bigint | null] = [null];
+    const total: [number | bigint | null] = [null];
     api.backend_dev_memory(this.devPtr, free, total);
     return { free: Number(free[0] ?? 0), total: Number(total[0] ?? 0) };
   }
@@ -176,6 +186,7 @@ export function openBackend(device: DeviceInfo): Backend {
 /** The CPU backend: always present. */
 export function cpuBackend(): Backend {
   const cpu = listDevices().find((d) => d.type === 'cpu');
-  if (cpu === undefined) throw new QtuneError('DEVICE_UNAVAILABLE', 'ggml reports no CPU device', { hint: 'reinstall qtune' });
+  if (cpu === undefined)
+    throw new QtuneError('DEVICE_UNAVAILABLE', 'ggml reports no CPU device', { hint: 'reinstall qtune' });
   return openBackend(cpu);
 }

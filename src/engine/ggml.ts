@@ -89,7 +89,10 @@ export const TypeTraitsStruct = koffi.struct('ggml_type_traits', {
   from_float_ref: 'void *',
 });
 
-export const FeatureStruct = koffi.struct('ggml_backend_feature', { name: 'const char *', value: 'const char *' });
+export const FeatureStruct = koffi.struct('ggml_backend_feature', {
+  name: 'const char *',
+  value: 'const char *',
+});
 
 export const SetNThreadsProto = koffi.proto('void qtune_set_n_threads_t(ggml_backend *backend, int n)');
 export const GetExtraBuftsProto = koffi.proto('void *qtune_get_extra_bufts_t(ggml_backend_device *dev)');
@@ -116,7 +119,15 @@ export interface GgmlApi {
   row_size(type: N, ne: N): N;
   is_quantized(type: N): boolean;
   get_type_traits(type: N): unknown;
-  quantize_chunk(type: N, src: Float32Array, dst: HostData, start: N, nrows: N, n_per_row: N, imatrix: Float32Array | null): N;
+  quantize_chunk(
+    type: N,
+    src: Float32Array,
+    dst: HostData,
+    start: N,
+    nrows: N,
+    n_per_row: N,
+    imatrix: Float32Array | null,
+  ): N;
   quantize_requires_imatrix(type: N): boolean;
   validate_row_data(type: N, data: HostData, nbytes: N): boolean;
   fp16_to_fp32_row(src: HostData, dst: Float32Array, n: N): void;
@@ -263,9 +274,9 @@ export interface GgmlApi {
   backend_get_device(b: BackendPtr): DevicePtr;
   backend_dev_name(d: DevicePtr): string;
   backend_dev_description(d: DevicePtr): string;
-  backend_dev_memory(d: DevicePtr, free: [number | null], total: [number | null]): void;
+  backend_dev_memory(d: DevicePtr, free: [number | bigint | null], total: [number | bigint | null]): void;
   backend_dev_type(d: DevicePtr): N;
-  backend_dev_get_props(d: DevicePtr, props: [unknown]): void;
+  backend_dev_get_props(d: DevicePtr, props: Record<string, unknown>): void;
   backend_dev_backend_reg(d: DevicePtr): RegPtr;
   backend_dev_init(d: DevicePtr, params: string | null): BackendPtr | null;
   backend_dev_buffer_type(d: DevicePtr): BufferTypePtr;
@@ -323,7 +334,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   get_mem_size: 'size_t ggml_get_mem_size(const ggml_context *ctx)',
   new_tensor_1d: 'ggml_tensor *ggml_new_tensor_1d(ggml_context *ctx, int type, int64_t ne0)',
   new_tensor_2d: 'ggml_tensor *ggml_new_tensor_2d(ggml_context *ctx, int type, int64_t ne0, int64_t ne1)',
-  new_tensor_3d: 'ggml_tensor *ggml_new_tensor_3d(ggml_context *ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2)',
+  new_tensor_3d:
+    'ggml_tensor *ggml_new_tensor_3d(ggml_context *ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2)',
   new_tensor_4d:
     'ggml_tensor *ggml_new_tensor_4d(ggml_context *ctx, int type, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3)',
   set_name: 'ggml_tensor *ggml_set_name(ggml_tensor *t, const char *name)',
@@ -368,7 +380,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   gelu_erf: 'ggml_tensor *ggml_gelu_erf(ggml_context *ctx, ggml_tensor *a)',
   swiglu_split: 'ggml_tensor *ggml_swiglu_split(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   rms_norm: 'ggml_tensor *ggml_rms_norm(ggml_context *ctx, ggml_tensor *a, float eps)',
-  rms_norm_back: 'ggml_tensor *ggml_rms_norm_back(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, float eps)',
+  rms_norm_back:
+    'ggml_tensor *ggml_rms_norm_back(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, float eps)',
   mul_mat: 'ggml_tensor *ggml_mul_mat(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   out_prod: 'ggml_tensor *ggml_out_prod(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   cpy: 'ggml_tensor *ggml_cpy(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
@@ -376,7 +389,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   cont: 'ggml_tensor *ggml_cont(ggml_context *ctx, ggml_tensor *a)',
   reshape_1d: 'ggml_tensor *ggml_reshape_1d(ggml_context *ctx, ggml_tensor *a, int64_t ne0)',
   reshape_2d: 'ggml_tensor *ggml_reshape_2d(ggml_context *ctx, ggml_tensor *a, int64_t ne0, int64_t ne1)',
-  reshape_3d: 'ggml_tensor *ggml_reshape_3d(ggml_context *ctx, ggml_tensor *a, int64_t ne0, int64_t ne1, int64_t ne2)',
+  reshape_3d:
+    'ggml_tensor *ggml_reshape_3d(ggml_context *ctx, ggml_tensor *a, int64_t ne0, int64_t ne1, int64_t ne2)',
   reshape_4d:
     'ggml_tensor *ggml_reshape_4d(ggml_context *ctx, ggml_tensor *a, int64_t ne0, int64_t ne1, int64_t ne2, int64_t ne3)',
   view_4d:
@@ -384,7 +398,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   permute: 'ggml_tensor *ggml_permute(ggml_context *ctx, ggml_tensor *a, int ax0, int ax1, int ax2, int ax3)',
   transpose: 'ggml_tensor *ggml_transpose(ggml_context *ctx, ggml_tensor *a)',
   get_rows: 'ggml_tensor *ggml_get_rows(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
-  get_rows_back: 'ggml_tensor *ggml_get_rows_back(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, ggml_tensor *c)',
+  get_rows_back:
+    'ggml_tensor *ggml_get_rows_back(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, ggml_tensor *c)',
   diag_mask_inf: 'ggml_tensor *ggml_diag_mask_inf(ggml_context *ctx, ggml_tensor *a, int n_past)',
   soft_max_ext:
     'ggml_tensor *ggml_soft_max_ext(ggml_context *ctx, ggml_tensor *a, ggml_tensor *mask, float scale, float max_bias)',
@@ -418,14 +433,18 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   backend_buffer_clear: 'void ggml_backend_buffer_clear(ggml_backend_buffer *buf, uint8_t value)',
   backend_buffer_get_type: 'ggml_backend_buffer_type *ggml_backend_buffer_get_type(ggml_backend_buffer *buf)',
   backend_buffer_name: 'const char *ggml_backend_buffer_name(ggml_backend_buffer *buf)',
-  backend_tensor_set: 'void ggml_backend_tensor_set(ggml_tensor *t, const void *data, size_t offset, size_t size)',
-  backend_tensor_get: 'void ggml_backend_tensor_get(const ggml_tensor *t, _Out_ void *data, size_t offset, size_t size)',
+  backend_tensor_set:
+    'void ggml_backend_tensor_set(ggml_tensor *t, const void *data, size_t offset, size_t size)',
+  backend_tensor_get:
+    'void ggml_backend_tensor_get(const ggml_tensor *t, _Out_ void *data, size_t offset, size_t size)',
   backend_tensor_copy: 'void ggml_backend_tensor_copy(const ggml_tensor *src, ggml_tensor *dst)',
-  backend_tensor_memset: 'void ggml_backend_tensor_memset(ggml_tensor *t, uint8_t value, size_t offset, size_t size)',
+  backend_tensor_memset:
+    'void ggml_backend_tensor_memset(ggml_tensor *t, uint8_t value, size_t offset, size_t size)',
 
   backend_name: 'const char *ggml_backend_name(ggml_backend *b)',
   backend_free: 'void ggml_backend_free(ggml_backend *b)',
-  backend_get_default_buffer_type: 'ggml_backend_buffer_type *ggml_backend_get_default_buffer_type(ggml_backend *b)',
+  backend_get_default_buffer_type:
+    'ggml_backend_buffer_type *ggml_backend_get_default_buffer_type(ggml_backend *b)',
   backend_graph_compute: 'int ggml_backend_graph_compute(ggml_backend *b, ggml_cgraph *g)',
   backend_synchronize: 'void ggml_backend_synchronize(ggml_backend *b)',
   backend_get_device: 'ggml_backend_device *ggml_backend_get_device(ggml_backend *b)',
@@ -443,7 +462,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   backend_dev_supports_buft:
     'bool ggml_backend_dev_supports_buft(ggml_backend_device *d, ggml_backend_buffer_type *buft)',
   backend_reg_name: 'const char *ggml_backend_reg_name(ggml_backend_reg *r)',
-  backend_reg_get_proc_address: 'void *ggml_backend_reg_get_proc_address(ggml_backend_reg *r, const char *name)',
+  backend_reg_get_proc_address:
+    'void *ggml_backend_reg_get_proc_address(ggml_backend_reg *r, const char *name)',
   backend_reg_count: 'size_t ggml_backend_reg_count()',
   backend_reg_get: 'ggml_backend_reg *ggml_backend_reg_get(size_t i)',
   backend_dev_count: 'size_t ggml_backend_dev_count()',

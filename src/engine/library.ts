@@ -92,19 +92,25 @@ interface Primary {
 function choosePrimary(packages: PrebuiltPackage[]): Primary {
   const want = process.env['QTUNE_ENGINE'];
   if (want !== undefined && want !== '' && want !== 'native' && want !== 'prebuilt') {
-    throw new QtuneError('ENGINE_LOAD', `QTUNE_ENGINE=${want} is not an engine kind`, {
+    throw new QtuneError('INVALID_ARGUMENT', `QTUNE_ENGINE=${want} is not an engine kind`, {
       hint: 'use QTUNE_ENGINE=native or QTUNE_ENGINE=prebuilt, or leave it unset',
     });
   }
   const nativeDir = nativeEngineDir();
   const nativeRegistry = `${LIB_PREFIX}ggml${LIB_EXT}`;
-  const hasNative = existsSync(path.join(nativeDir, nativeRegistry)) && existsSync(path.join(nativeDir, 'build.json'));
+  const hasNative =
+    existsSync(path.join(nativeDir, nativeRegistry)) && existsSync(path.join(nativeDir, 'build.json'));
   if (want === 'native' && !hasNative) {
-    throw new QtuneError('ENGINE_NOT_FOUND', `QTUNE_ENGINE=native but no native build exists for this CPU at ${nativeDir}`, {
-      hint: 'run `npx qtune engine build` first',
-    });
+    throw new QtuneError(
+      'ENGINE_NOT_FOUND',
+      `QTUNE_ENGINE=native but no native build exists for this CPU at ${nativeDir}`,
+      {
+        hint: 'run `npx qtune engine build` first',
+      },
+    );
   }
-  if (hasNative && want !== 'prebuilt') return { kind: 'native', dir: nativeDir, registryFile: nativeRegistry };
+  if (hasNative && want !== 'prebuilt')
+    return { kind: 'native', dir: nativeDir, registryFile: nativeRegistry };
 
   // Every prebuilt package carries libggml-base, the registry and the CPU variants: prefer the CPU-only one.
   const pkg = packages.find((p) => p.gpu === null) ?? packages[0];
@@ -117,7 +123,9 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       },
     );
   }
-  const registryFile = readdirSync(pkg.dir).find((f) => /^(lib)?ggml\.[a-z0-9.]*v\d/.test(f) && f.endsWith(LIB_EXT));
+  const registryFile = readdirSync(pkg.dir).find(
+    (f) => /^(lib)?ggml\.[a-z0-9.]*v\d/.test(f) && f.endsWith(LIB_EXT),
+  );
   if (registryFile === undefined) {
     throw new QtuneError('ENGINE_LOAD', `${pkg.name} has no ggml registry library in ${pkg.dir}`, {
       hint: `reinstall it: npm install ${pkg.name}@${NODE_LLAMA_CPP_VERSION}`,
@@ -155,15 +163,22 @@ function loadEngine(): Engine {
   let api: GgmlApi;
   try {
     const base = koffi.load(basePath);
+    // the native registry links the CPU backend directly; load it first so the dynamic linker finds
+    // it by soname (the build folder named in its run path is gone)
+    if (primary.kind === 'native') koffi.load(path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`));
     const registry = koffi.load(path.join(primary.dir, primary.registryFile));
     api = bindGgml(base, registry);
   } catch (e) {
-    throw new QtuneError('ENGINE_LOAD', `cannot load ggml from ${primary.dir}: ${e instanceof Error ? e.message : String(e)}`, {
-      hint:
-        primary.kind === 'native'
-          ? 'delete the native build (`npx qtune engine build --clean`) or set QTUNE_ENGINE=prebuilt'
-          : 'reinstall the @node-llama-cpp package',
-    });
+    throw new QtuneError(
+      'ENGINE_LOAD',
+      `cannot load ggml from ${primary.dir}: ${e instanceof Error ? e.message : String(e)}`,
+      {
+        hint:
+          primary.kind === 'native'
+            ? 'delete the native build (`npx qtune engine build --clean`) or set QTUNE_ENGINE=prebuilt'
+            : 'reinstall the @node-llama-cpp package',
+      },
+    );
   }
 
   // Route ggml's log lines into a buffer while loading: these calls all run on this thread. The
@@ -225,9 +240,13 @@ function loadEngine(): Engine {
       softwareVulkanDevices,
     };
     if (info.ggmlVersion !== GGML_VERSION) {
-      throw new QtuneError('ENGINE_LOAD', `ggml ${info.ggmlVersion} at ${primary.dir} is not the pinned ${GGML_VERSION}`, {
-        hint: 'rebuild the native engine (`npx qtune engine build --clean`) or reinstall the pinned packages',
-      });
+      throw new QtuneError(
+        'ENGINE_LOAD',
+        `ggml ${info.ggmlVersion} at ${primary.dir} is not the pinned ${GGML_VERSION}`,
+        {
+          hint: 'rebuild the native engine (`npx qtune engine build --clean`) or reinstall the pinned packages',
+        },
+      );
     }
     return { api, info };
   } finally {
@@ -242,13 +261,18 @@ function lastLog(): string | undefined {
 function readLlamaTag(primary: Primary): string {
   if (primary.kind === 'native') {
     try {
-      const meta = JSON.parse(readFileSync(path.join(primary.dir, 'build.json'), 'utf8')) as { llamaCppTag?: string };
+      const meta = JSON.parse(readFileSync(path.join(primary.dir, 'build.json'), 'utf8')) as {
+        llamaCppTag?: string;
+      };
       return meta.llamaCppTag ?? 'unknown';
     } catch {
       return 'unknown';
     }
   }
-  return /"release"\s*:\s*"([^"]+)"/.exec(readOr(path.join(primary.dir, '_nlcBuildMetadata.json')))?.[1] ?? LLAMA_CPP_TAG;
+  return (
+    /"release"\s*:\s*"([^"]+)"/.exec(readOr(path.join(primary.dir, '_nlcBuildMetadata.json')))?.[1] ??
+    LLAMA_CPP_TAG
+  );
 }
 
 function readOr(p: string): string {
@@ -274,7 +298,10 @@ function cpuFeatures(api: GgmlApi, reg: RegPtr): Record<string, string> {
   const out: Record<string, string> = {};
   const arr = callProc(fn, GetFeaturesProto, reg);
   for (let i = 0; i < 256; i++) {
-    const f = koffi.decode(arr, i * koffi.sizeof(FeatureStruct), FeatureStruct) as { name: string | null; value: string | null };
+    const f = koffi.decode(arr, i * koffi.sizeof(FeatureStruct), FeatureStruct) as {
+      name: string | null;
+      value: string | null;
+    };
     if (f.name === null) break;
     out[f.name] = f.value ?? '';
   }
@@ -299,18 +326,47 @@ export function defaultThreads(): number {
 /**
  * Decides whether ggml's Vulkan backend has anything to use. When GGML_VK_VISIBLE_DEVICES is unset and
  * the only devices are software renderers, sets it to them so lavapipe runs the Vulkan path.
+ *
+ * lavapipe compiles each ggml shader with LLVM on first use, which dominates short runs (minutes on
+ * 2 cores); narrower vectors and no LLVM optimisation passes compile ~2.5x faster. Software Vulkan is
+ * for correctness, not speed, so qtune sets LP_NATIVE_VECTOR_WIDTH=128 and GALLIVM_PERF=nopt unless
+ * the user set them or a real GPU is present.
  */
 function prepareVulkan(): { usable: boolean; note: string | null; software: VulkanPhysicalDevice[] } {
+  // Set before the probe loads lavapipe, which reads them once per process.
+  const tuned: string[] = [];
+  for (const [k, v] of [
+    ['LP_NATIVE_VECTOR_WIDTH', '128'],
+    ['GALLIVM_PERF', 'nopt'],
+  ] as const) {
+    if (process.env[k] === undefined) {
+      process.env[k] = v;
+      tuned.push(`${k}=${v}`);
+    }
+  }
+  const untune = () => {
+    for (const t of tuned) Reflect.deleteProperty(process.env, t.split('=')[0]!);
+  };
   if (process.env['GGML_VK_VISIBLE_DEVICES'] !== undefined) {
-    return { usable: true, note: `GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} set by the user`, software: [] };
+    untune();
+    return {
+      usable: true,
+      note: `GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} set by the user`,
+      software: [],
+    };
   }
   const probe = probeVulkanDevices();
   if ('error' in probe) return { usable: false, note: probe.error, software: [] };
   const gpus = probe.devices.filter((d) => d.type === 'discrete_gpu' || d.type === 'integrated_gpu');
-  if (gpus.length > 0) return { usable: true, note: null, software: [] };
+  if (gpus.length > 0) {
+    untune();
+    return { usable: true, note: null, software: [] };
+  }
   const software = probe.devices.filter((d) => d.type === 'cpu');
   if (software.length === 0) return { usable: false, note: 'no Vulkan device found', software: [] };
-  const old = software.find((d) => d.name.startsWith('llvmpipe') && mesaMajor(d.driverInfo) < MIN_LAVAPIPE_MESA);
+  const old = software.find(
+    (d) => d.name.startsWith('llvmpipe') && mesaMajor(d.driverInfo) < MIN_LAVAPIPE_MESA,
+  );
   if (old !== undefined) {
     return {
       usable: false,
@@ -321,7 +377,9 @@ function prepareVulkan(): { usable: boolean; note: string | null; software: Vulk
   process.env['GGML_VK_VISIBLE_DEVICES'] = software.map((d) => d.index).join(',');
   return {
     usable: true,
-    note: `only software Vulkan devices found (${software.map((d) => d.name).join(', ')}): qtune set GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} to use them`,
+    note:
+      `only software Vulkan devices found (${software.map((d) => d.name).join(', ')}): qtune set GGML_VK_VISIBLE_DEVICES=${process.env['GGML_VK_VISIBLE_DEVICES']} to use them` +
+      (tuned.length > 0 ? ` and ${tuned.join(' ')} for faster shader compilation` : ''),
     software,
   };
 }

@@ -5,7 +5,14 @@
  */
 import { OutOfMemoryError, QtuneError } from '../errors.js';
 import type { Backend } from './device.js';
-import { koffi, type BufferPtr, type BufferTypePtr, type CtxPtr, type GallocrPtr, type GraphPtr } from './ggml.js';
+import {
+  koffi,
+  type BufferPtr,
+  type BufferTypePtr,
+  type CtxPtr,
+  type GallocrPtr,
+  type GraphPtr,
+} from './ggml.js';
 import { getEngine } from './library.js';
 
 interface Live {
@@ -17,7 +24,12 @@ const live = new Map<bigint, Live>();
 let contexts = 0;
 
 /** Bytes of live backend buffers, in all and per device, and how many contexts are open. */
-export function nativeMemory(): { total: number; byDevice: Record<string, number>; buffers: number; contexts: number } {
+export function nativeMemory(): {
+  total: number;
+  byDevice: Record<string, number>;
+  buffers: number;
+  contexts: number;
+} {
   const byDevice: Record<string, number> = {};
   let total = 0;
   for (const b of live.values()) {
@@ -42,7 +54,8 @@ export class NativeContext {
 
   constructor(tensors: number, graphNodes = 0) {
     const { api } = getEngine();
-    const bytes = tensors * api.tensor_overhead() + (graphNodes > 0 ? api.graph_overhead_custom(graphNodes, false) : 0);
+    const bytes =
+      tensors * api.tensor_overhead() + (graphNodes > 0 ? api.graph_overhead_custom(graphNodes, false) : 0);
     const ptr = api.init({ mem_size: bytes, mem_buffer: null, no_alloc: true });
     if (ptr === null) throw new OutOfMemoryError(`could not allocate a ggml context of ${bytes} bytes`);
     this.ptr = ptr;
@@ -82,14 +95,21 @@ export class NativeBuffer {
   }
 
   /** Allocates one buffer for all tensors of `ctx` in `buft` (the backend's default type unless given). */
-  static forContext(ctx: NativeContext, backend: Backend, buft: BufferTypePtr = backend.bufferType): NativeBuffer {
+  static forContext(
+    ctx: NativeContext,
+    backend: Backend,
+    buft: BufferTypePtr = backend.bufferType,
+  ): NativeBuffer {
     const { api } = getEngine();
     const ptr = api.backend_alloc_ctx_tensors_from_buft(ctx.ptr, buft);
     if (ptr === null) {
-      throw new OutOfMemoryError(`${backend.name} could not allocate a buffer for ${ctx.ptr ? 'the tensors' : ''}`.trim(), {
-        hint: 'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory',
-        details: { device: backend.name, free: backend.memory().free },
-      });
+      throw new OutOfMemoryError(
+        `${backend.name} could not allocate a buffer for ${ctx.ptr ? 'the tensors' : ''}`.trim(),
+        {
+          hint: 'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory',
+          details: { device: backend.name, free: backend.memory().free },
+        },
+      );
     }
     return new NativeBuffer(ptr, backend.name);
   }
@@ -145,5 +165,8 @@ export class GraphAllocator {
 
 /** Throws a uniform error for use after dispose. */
 export function assertAlive(alive: boolean, what: string): void {
-  if (!alive) throw new QtuneError('DISPOSED', `${what} was disposed and cannot be used`, { hint: 'keep it alive until its last use' });
+  if (!alive)
+    throw new QtuneError('DISPOSED', `${what} was disposed and cannot be used`, {
+      hint: 'keep it alive until its last use',
+    });
 }

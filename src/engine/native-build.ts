@@ -5,12 +5,31 @@
  * f32/f16 matmul (DESIGN.md §1). Nothing is written to the destination until the build succeeded.
  */
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
 import { QtuneError } from '../errors.js';
-import { GGML_VERSION, LIB_EXT, LIB_PREFIX, LLAMA_CPP_TAG, NODE_LLAMA_CPP_VERSION, cacheRoot, cpuIdentity, nativeEngineDir } from './paths.js';
+import {
+  GGML_VERSION,
+  LIB_EXT,
+  LIB_PREFIX,
+  LLAMA_CPP_TAG,
+  NODE_LLAMA_CPP_VERSION,
+  cacheRoot,
+  cpuIdentity,
+  nativeEngineDir,
+} from './paths.js';
 
 export interface NativeBuildOptions {
   /** Parallel compile jobs (default: available CPUs). */
@@ -55,7 +74,11 @@ function run(cmd: string, args: string[], what: string, options: SpawnSyncOption
     });
   }
   if (r.status !== 0) {
-    const out = `${String(r.stdout ?? '')}\n${String(r.stderr ?? '')}`.trim().split('\n').slice(-15).join('\n');
+    const out = `${String(r.stdout ?? '')}\n${String(r.stderr ?? '')}`
+      .trim()
+      .split('\n')
+      .slice(-15)
+      .join('\n');
     throw new QtuneError('ENGINE_BUILD', `${what} failed (${cmd} exited with ${r.status}):\n${out}`);
   }
   return String(r.stdout ?? '');
@@ -71,8 +94,14 @@ function findBundle(work: string, log: (s: string) => void): string {
   } catch {
     // not installed: fetch it below
   }
-  log(`fetching node-llama-cpp@${NODE_LLAMA_CPP_VERSION} (the llama.cpp ${LLAMA_CPP_TAG} source) from the npm registry`);
-  const out = run('npm', ['pack', `node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`, '--silent', '--pack-destination', work], 'npm pack');
+  log(
+    `fetching node-llama-cpp@${NODE_LLAMA_CPP_VERSION} (the llama.cpp ${LLAMA_CPP_TAG} source) from the npm registry`,
+  );
+  const out = run(
+    'npm',
+    ['pack', `node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`, '--silent', '--pack-destination', work],
+    'npm pack',
+  );
   const tgz = path.join(work, out.trim().split('\n').pop()!.trim());
   run('tar', ['xzf', tgz, '-C', work, 'package/llama/gitRelease.bundle'], 'unpacking the source bundle');
   return path.join(work, 'package', 'llama', 'gitRelease.bundle');
@@ -96,9 +125,14 @@ export function buildNativeEngine(o: NativeBuildOptions = {}): NativeBuildResult
     run('cmake', ['-S', src, '-B', build, ...CMAKE_FLAGS], 'cmake configure');
     const jobs = o.jobs ?? os.availableParallelism();
     log(`compiling ggml, ggml-base and ggml-cpu with ${jobs} jobs`);
-    run('cmake', ['--build', build, '-j', String(jobs), '--target', 'ggml', 'ggml-base', 'ggml-cpu'], 'cmake build');
+    run(
+      'cmake',
+      ['--build', build, '-j', String(jobs), '--target', 'ggml', 'ggml-base', 'ggml-cpu'],
+      'cmake build',
+    );
     const binDir = [path.join(build, 'bin'), build].find((d) => existsSync(path.join(d, LIBS[0]!)));
-    if (binDir === undefined) throw new QtuneError('ENGINE_BUILD', `the build produced no ${LIBS[0]} under ${build}`);
+    if (binDir === undefined)
+      throw new QtuneError('ENGINE_BUILD', `the build produced no ${LIBS[0]} under ${build}`);
 
     const staging = `${dest}.partial-${process.pid}`;
     rmSync(staging, { recursive: true, force: true });

@@ -31,7 +31,8 @@ export function prebuiltPackageNames(
   const p = platform === 'win32' ? 'win' : platform === 'darwin' ? 'mac' : platform;
   const base = `${p}-${arch}`;
   const names: { name: string; gpu: GpuKind | null }[] = [{ name: `@node-llama-cpp/${base}`, gpu: null }];
-  if (platform === 'darwin' && arch === 'arm64') names.push({ name: '@node-llama-cpp/mac-arm64-metal', gpu: 'metal' });
+  if (platform === 'darwin' && arch === 'arm64')
+    names.push({ name: '@node-llama-cpp/mac-arm64-metal', gpu: 'metal' });
   if (platform !== 'darwin') {
     names.push({ name: `@node-llama-cpp/${base}-vulkan`, gpu: 'vulkan' });
     names.push({ name: `@node-llama-cpp/${base}-cuda`, gpu: 'cuda' });
@@ -89,7 +90,8 @@ export function cpuIdentity(): { model: string; flags: string[]; key: string } {
       if (modelLine?.[1]) model = modelLine[1].trim();
       const family = /^cpu family\s*:\s*(.*)$/m.exec(info)?.[1];
       const modelNo = /^model\s*:\s*(.*)$/m.exec(info)?.[1];
-      if (family !== undefined && modelNo !== undefined) model += ` (family ${family.trim()}, model ${modelNo.trim()})`;
+      if (family !== undefined && modelNo !== undefined)
+        model += ` (family ${family.trim()}, model ${modelNo.trim()})`;
     } catch {
       // keep os.cpus()
     }
@@ -103,7 +105,11 @@ export function cpuIdentity(): { model: string; flags: string[]; key: string } {
 
 /** Folder of the native build for this CPU. A build for another CPU may use instructions this one lacks. */
 export function nativeEngineDir(): string {
-  return path.join(cacheRoot(), 'engine', `ggml-${GGML_VERSION}-${process.platform}-${process.arch}-${cpuIdentity().key}`);
+  return path.join(
+    cacheRoot(),
+    'engine',
+    `ggml-${GGML_VERSION}-${process.platform}-${process.arch}-${cpuIdentity().key}`,
+  );
 }
 
 /** Number of physical cores (not hardware threads): more threads than cores slows small graphs (DESIGN.md §1). */
@@ -126,5 +132,6 @@ export function physicalCores(): number {
   return os.availableParallelism();
 }
 
-export const LIB_EXT = process.platform === 'win32' ? '.dll' : process.platform === 'darwin' ? '.dylib' : '.so';
+export const LIB_EXT =
+  process.platform === 'win32' ? '.dll' : process.platform === 'darwin' ? '.dylib' : '.so';
 export const LIB_PREFIX = process.platform === 'win32' ? '' : 'lib';

@@ -26,7 +26,7 @@ let declared = false;
 function driverInfo(getProps2: (dev: unknown, props2: Uint8Array) => void, dev: unknown): string {
   const DRIVER_PROPS_SIZE = 536; // sType, pNext, driverID, driverName[256], driverInfo[256], conformanceVersion
   const DRIVER_INFO_OFFSET = 276;
-  const drv = koffi.alloc('uint8_t', DRIVER_PROPS_SIZE);
+  const drv: unknown = koffi.alloc('uint8_t', DRIVER_PROPS_SIZE);
   try {
     koffi.encode(drv, 'uint8_t', new Array<number>(DRIVER_PROPS_SIZE).fill(0), DRIVER_PROPS_SIZE);
     koffi.encode(drv, 0, 'uint32_t', 1000196000); // VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES
@@ -86,7 +86,10 @@ export function probeVulkanDevices(): { devices: VulkanPhysicalDevice[] } | { er
   try {
     lib = koffi.load(process.platform === 'darwin' ? 'libvulkan.1.dylib' : 'libvulkan.so.1');
   } catch {
-    return { error: 'the Vulkan loader (libvulkan.so.1) is not installed; on Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers' };
+    return {
+      error:
+        'the Vulkan loader (libvulkan.so.1) is not installed; on Debian/Ubuntu: apt-get install libvulkan1 mesa-vulkan-drivers',
+    };
   }
   try {
     declare();
@@ -96,8 +99,12 @@ export function probeVulkanDevices(): { devices: VulkanPhysicalDevice[] } | { er
     const enumerate = lib.func(
       'int vkEnumeratePhysicalDevices(VkInstance_T *instance, _Inout_ uint32_t *count, _Out_ VkPhysicalDevice_T **devices)',
     );
-    const getProps = lib.func('void vkGetPhysicalDeviceProperties(VkPhysicalDevice_T *dev, _Out_ uint8_t *props)');
-    const getProps2 = lib.func('void vkGetPhysicalDeviceProperties2(VkPhysicalDevice_T *dev, _Inout_ uint8_t *props2)');
+    const getProps = lib.func(
+      'void vkGetPhysicalDeviceProperties(VkPhysicalDevice_T *dev, _Out_ uint8_t *props)',
+    );
+    const getProps2 = lib.func(
+      'void vkGetPhysicalDeviceProperties2(VkPhysicalDevice_T *dev, _Inout_ uint8_t *props2)',
+    );
     const destroy = lib.func('void vkDestroyInstance(VkInstance_T *instance, void *alloc)');
 
     const out: [unknown] = [null];
@@ -121,7 +128,8 @@ export function probeVulkanDevices(): { devices: VulkanPhysicalDevice[] } | { er
       ppEnabledExtensionNames: null,
     };
     const rc = createInstance(info, null, out) as number;
-    if (rc !== 0 || out[0] === null) return { error: `vkCreateInstance failed with VkResult ${rc} (no Vulkan driver?)` };
+    if (rc !== 0 || out[0] === null)
+      return { error: `vkCreateInstance failed with VkResult ${rc} (no Vulkan driver?)` };
     const instance = out[0];
     try {
       const count: [number] = [0];
@@ -138,7 +146,12 @@ export function probeVulkanDevices(): { devices: VulkanPhysicalDevice[] } | { er
         const nameBytes = props.subarray(PROPS_DEVICE_NAME, PROPS_DEVICE_NAME + PROPS_NAME_LEN);
         const end = nameBytes.indexOf(0);
         const name = new TextDecoder().decode(nameBytes.subarray(0, end < 0 ? PROPS_NAME_LEN : end));
-        devices.push({ index: i, name, type: TYPES[typeId] ?? 'other', driverInfo: driverInfo(getProps2, handles[i]) });
+        devices.push({
+          index: i,
+          name,
+          type: TYPES[typeId] ?? 'other',
+          driverInfo: driverInfo(getProps2, handles[i]),
+        });
       }
       return { devices };
     } finally {
