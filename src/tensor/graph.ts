@@ -21,7 +21,14 @@ import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
 import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import { GraphAllocator, NativeBuffer, NativeContext, assertAlive } from '../engine/memory.js';
-import { DTypeError, OutOfMemoryError, QtuneError, ShapeError, UnsupportedOpError, fmtShape } from '../errors.js';
+import {
+  DTypeError,
+  OutOfMemoryError,
+  QtuneError,
+  ShapeError,
+  UnsupportedOpError,
+  fmtShape,
+} from '../errors.js';
 import { decode, encode } from './host.js';
 import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
 import { Tensor } from './tensor.js';
@@ -121,7 +128,9 @@ export class Graph {
   private leaf(shape: Shape, dtype: DType, name: string, data: Float32Array | Int32Array | null): Tensor {
     checkShape(shape, name);
     if (!this.leafCtx.hasRoom(1)) {
-      throw new QtuneError('GRAPH', `graph has no room for more inputs`, { hint: 'raise GraphOptions.maxInputs' });
+      throw new QtuneError('GRAPH', `graph has no room for more inputs`, {
+        hint: 'raise GraphOptions.maxInputs',
+      });
     }
     const { api } = getEngine();
     const ne = toNe(shape);
@@ -137,7 +146,13 @@ export class Graph {
    * Wraps a node just created by `make` (a ggml op call on this graph's context). Ops call this;
    * it checks that the context has room first, because ggml aborts when it overflows.
    */
-  node(make: (ctx: NativeContext['ptr']) => TensorPtr, shape: Shape, dtype: DType, requiresGrad: boolean, name = ''): Tensor {
+  node(
+    make: (ctx: NativeContext['ptr']) => TensorPtr,
+    shape: Shape,
+    dtype: DType,
+    requiresGrad: boolean,
+    name = '',
+  ): Tensor {
     this.assertBuilding('an op');
     if (!this.ctx.hasRoom(2)) {
       throw new QtuneError('GRAPH', `graph reached its limit of ${this.maxNodes} nodes`, {
@@ -146,7 +161,15 @@ export class Graph {
     }
     const ptr = make(this.ctx.ptr);
     if (name) getEngine().api.set_name(ptr, name.slice(0, 63));
-    return new Tensor({ ptr, shape, dtype, kind: 'node', graph: this, requiresGrad: requiresGrad && this.recording, name });
+    return new Tensor({
+      ptr,
+      shape,
+      dtype,
+      kind: 'node',
+      graph: this,
+      requiresGrad: requiresGrad && this.recording,
+      name,
+    });
   }
 
   /** Records an op's gradient rule on the tape (a no-op while building the backward pass itself). */
@@ -204,12 +227,17 @@ export class Graph {
           const dx = dxs[k] ?? null;
           if (dx === null || !x.requiresGrad) return;
           if (!sameShape(dx.shape, x.shape) || numel(dx.shape) !== numel(x.shape)) {
-            throw new QtuneError('GRAPH', `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`);
+            throw new QtuneError(
+              'GRAPH',
+              `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
+            );
           }
           const prev = grads.get(x);
           grads.set(
             x,
-            prev === undefined ? dx : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
+            prev === undefined
+              ? dx
+              : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
           );
         });
       }
@@ -229,7 +257,8 @@ export class Graph {
   /** Keeps a node's value readable after {@link run}; returns the tensor to read (made contiguous if needed). */
   output(t: Tensor): Tensor {
     this.assertBuilding('output');
-    if (t.graph !== this) throw new QtuneError('GRAPH', `output: ${t.toString()} is not a node of this graph`);
+    if (t.graph !== this)
+      throw new QtuneError('GRAPH', `output: ${t.toString()} is not a node of this graph`);
     let out = t;
     if (!getEngine().api.is_contiguous(t.ptr)) {
       out = this.node((ctx) => getEngine().api.cont(ctx, t.ptr), t.shape, t.dtype, false);
@@ -241,12 +270,16 @@ export class Graph {
   /** Writes `value` into the stored tensor `target` at the end of each run (after every read of it). */
   assign(target: Tensor, value: Tensor): void {
     this.assertBuilding('assign');
-    if (target.kind !== 'stored') throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
+    if (target.kind !== 'stored')
+      throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
     if (!sameShape(target.shape, value.shape) && target.numel !== value.numel) {
       throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
     }
     if (target.backend !== this.backend) {
-      throw new QtuneError('GRAPH', `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.backend.name}`);
+      throw new QtuneError(
+        'GRAPH',
+        `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.backend.name}`,
+      );
     }
     this.assigns.push({ target, value });
   }
@@ -279,11 +312,17 @@ export class Graph {
     }
     for (const a of this.assigns) api.build_forward_expand(cgraph, a.value.ptr);
     for (const a of this.assigns) {
-      if (!this.ctx.hasRoom(1)) throw new QtuneError('GRAPH', 'graph reached its node limit', { hint: 'raise GraphOptions.maxNodes' });
+      if (!this.ctx.hasRoom(1))
+        throw new QtuneError('GRAPH', 'graph reached its node limit', {
+          hint: 'raise GraphOptions.maxNodes',
+        });
       api.build_forward_expand(cgraph, api.cpy(this.ctx.ptr, a.value.ptr, a.target.ptr));
     }
     const n = api.graph_n_nodes(cgraph);
-    if (n === 0) throw new QtuneError('GRAPH', 'compile: the graph computes nothing', { hint: 'mark a result with output() or assign()' });
+    if (n === 0)
+      throw new QtuneError('GRAPH', 'compile: the graph computes nothing', {
+        hint: 'mark a result with output() or assign()',
+      });
     this.checkSupport(cgraph, n);
     this.checkLeafDevices();
 
@@ -296,10 +335,13 @@ export class Graph {
     if (!this.allocator.allocate(cgraph)) {
       this.allocator.free();
       this.allocator = null;
-      throw new OutOfMemoryError(`${this.backend.name} has not enough memory for this graph's intermediate tensors`, {
-        hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
-        details: { device: this.backend.name, free: this.backend.memory().free },
-      });
+      throw new OutOfMemoryError(
+        `${this.backend.name} has not enough memory for this graph's intermediate tensors`,
+        {
+          hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
+          details: { device: this.backend.name, free: this.backend.memory().free },
+        },
+      );
     }
     this.cgraph = cgraph;
     this.state = 'compiled';
@@ -312,10 +354,13 @@ export class Graph {
       const node = api.graph_node(cgraph, i);
       if (!this.backend.supportsOp(node)) {
         const desc = api.op_desc(node);
-        throw new UnsupportedOpError(`${this.backend.name} cannot run ${desc} (node "${api.get_name(node)}")`, {
-          hint: 'run this graph on the CPU backend, or use another dtype for its inputs (see `qtune backends`)',
-          details: { device: this.backend.name, op: desc },
-        });
+        throw new UnsupportedOpError(
+          `${this.backend.name} cannot run ${desc} (node "${api.get_name(node)}")`,
+          {
+            hint: 'run this graph on the CPU backend, or use another dtype for its inputs (see `qtune backends`)',
+            details: { device: this.backend.name, op: desc },
+          },
+        );
       }
     }
   }
@@ -326,9 +371,13 @@ export class Graph {
       if (seen.has(t)) return;
       seen.add(t);
       if (t.kind === 'stored' && t.store!.backend !== this.backend) {
-        throw new QtuneError('GRAPH', `${t.toString()} lives on ${t.store!.backend.name} but this graph runs on ${this.backend.name}`, {
-          hint: 'copy the store to this backend with store.to(backend)',
-        });
+        throw new QtuneError(
+          'GRAPH',
+          `${t.toString()} lives on ${t.store!.backend.name} but this graph runs on ${this.backend.name}`,
+          {
+            hint: 'copy the store to this backend with store.to(backend)',
+          },
+        );
       }
     };
     for (const e of this.tape) for (const t of e.inputs) visit(t);
@@ -339,9 +388,12 @@ export class Graph {
   set(input: Tensor, data: Float32Array | Int32Array): void {
     assertAlive(this.state !== 'disposed', 'graph');
     if (this.state !== 'compiled') throw new QtuneError('GRAPH', 'set: compile() the graph first');
-    if (input.graph !== this || input.kind !== 'input') throw new QtuneError('GRAPH', `set: ${input.toString()} is not an input of this graph`);
+    if (input.graph !== this || input.kind !== 'input')
+      throw new QtuneError('GRAPH', `set: ${input.toString()} is not an input of this graph`);
     if (data.length !== input.numel) {
-      throw new ShapeError(`set: input "${input.name}" ${fmtShape(input.shape)} needs ${input.numel} values, got ${data.length}`);
+      throw new ShapeError(
+        `set: input "${input.name}" ${fmtShape(input.shape)} needs ${input.numel} values, got ${data.length}`,
+      );
     }
     this.upload(input, data);
     for (const fn of this.setHooks.get(input) ?? []) fn(data);
@@ -351,7 +403,8 @@ export class Graph {
     const { api } = getEngine();
     let bytes: Uint8Array;
     if (data instanceof Int32Array) {
-      if (t.dtype !== 'i32') throw new DTypeError(`input "${t.name}" is ${t.dtype}; int32 data needs an i32 input`);
+      if (t.dtype !== 'i32')
+        throw new DTypeError(`input "${t.name}" is ${t.dtype}; int32 data needs an i32 input`);
       bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     } else {
       if (t.dtype === 'i32') throw new DTypeError(`input "${t.name}" is i32; pass an Int32Array`);
@@ -363,13 +416,18 @@ export class Graph {
   /** Computes the graph once. */
   run(): void {
     assertAlive(this.state !== 'disposed', 'graph');
-    if (this.state !== 'compiled' || this.cgraph === null) throw new QtuneError('GRAPH', 'run: compile() the graph first');
+    if (this.state !== 'compiled' || this.cgraph === null)
+      throw new QtuneError('GRAPH', 'run: compile() the graph first');
     for (const h of this.hooks) h();
     const status = getEngine().api.backend_graph_compute(this.backend.ptr, this.cgraph);
     if (status !== 0) {
-      throw new QtuneError('COMPUTE', `${this.backend.name} failed to compute the graph (ggml status ${status})`, {
-        hint: status === -2 ? 'the device ran out of memory' : 'see the log above',
-      });
+      throw new QtuneError(
+        'COMPUTE',
+        `${this.backend.name} failed to compute the graph (ggml status ${status})`,
+        {
+          hint: status === -2 ? 'the device ran out of memory' : 'see the log above',
+        },
+      );
     }
     this.runs++;
   }
@@ -421,7 +479,9 @@ export class Graph {
   private assertBuilding(what: string): void {
     assertAlive(this.state !== 'disposed', 'graph');
     if (this.state !== 'building') {
-      throw new QtuneError('GRAPH', `cannot add ${what} to a compiled graph`, { hint: 'build a new Graph for a different computation' });
+      throw new QtuneError('GRAPH', `cannot add ${what} to a compiled graph`, {
+        hint: 'build a new Graph for a different computation',
+      });
     }
   }
 }

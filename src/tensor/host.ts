@@ -32,7 +32,9 @@ export function checkRowLength(dtype: DType, shape: Shape, what: string): void {
   if (inner % blk !== 0) {
     throw new ShapeError(
       `${what}: ${dtype} stores rows in blocks of ${blk}, but the last dimension of ${fmtShape(shape)} is ${inner}`,
-      { hint: `use a type whose block divides ${inner} (q8_0/q4_0/iq4_nl: 32, k-quants: 256), or keep this tensor in f16/f32` },
+      {
+        hint: `use a type whose block divides ${inner} (q8_0/q4_0/iq4_nl: 32, k-quants: 256), or keep this tensor in f16/f32`,
+      },
     );
   }
 }
@@ -59,7 +61,9 @@ export function encode(dtype: DType, values: Float32Array, shape: Shape): Uint8A
     }
     default: {
       if (!isQuantDType(dtype)) {
-        throw new DTypeError(`cannot encode float values as ${dtype}`, { hint: 'write integer tensors with an Int32Array' });
+        throw new DTypeError(`cannot encode float values as ${dtype}`, {
+          hint: 'write integer tensors with an Int32Array',
+        });
       }
       checkRowLength(dtype, shape, 'quantize');
       const type = GGML_TYPE_IDS[dtype];
@@ -102,7 +106,9 @@ export function decode(dtype: DType, bytes: Uint8Array, count: number): Float32A
       if (!isQuantDType(dtype)) throw new DTypeError(`cannot decode ${dtype} into floats`);
       let fn = toFloatFns.get(dtype);
       if (fn === undefined) {
-        const traits = koffi.decode(api.get_type_traits(GGML_TYPE_IDS[dtype]), TypeTraitsStruct) as { to_float: FnPtr | null };
+        const traits = koffi.decode(api.get_type_traits(GGML_TYPE_IDS[dtype]), TypeTraitsStruct) as {
+          to_float: FnPtr | null;
+        };
         if (traits.to_float === null) throw new DTypeError(`ggml has no dequantization for ${dtype}`);
         fn = traits.to_float;
         toFloatFns.set(dtype, fn);

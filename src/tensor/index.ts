@@ -3,8 +3,33 @@ export { Tensor, type TensorKind } from './tensor.js';
 export { TensorStore, type TensorSpec } from './store.js';
 export { numel, broadcastShapes, type Shape } from './shape.js';
 export { blockSize, rowBytes, tensorBytes, encode, decode } from './host.js';
-export { add, sub, mul, div, scale, affine, neg, sqr, sqrt, exp, log, expand, reduceTo } from './ops/elementwise.js';
-export { reshape, view, permute, transpose, contiguous, concat, slice, cast, sum, mean } from './ops/layout.js';
+export {
+  add,
+  sub,
+  mul,
+  div,
+  scale,
+  affine,
+  neg,
+  sqr,
+  sqrt,
+  exp,
+  log,
+  expand,
+  reduceTo,
+} from './ops/elementwise.js';
+export {
+  reshape,
+  view,
+  permute,
+  transpose,
+  contiguous,
+  concat,
+  slice,
+  cast,
+  sum,
+  mean,
+} from './ops/layout.js';
 export { linear, matmul } from './ops/matmul.js';
 export {
   embedding,
@@ -21,3 +46,4 @@ export {
   type SoftmaxOptions,
 } from './ops/nn.js';
 export { crossEntropy, type CrossEntropyOptions } from './ops/loss.js';
+export { attachTransposed, type TransposedMode } from './transposed.js';

@@ -24,15 +24,21 @@ export function toNe(shape: Shape): [number, number, number, number] {
 
 export function checkShape(shape: Shape, what: string): void {
   if (shape.length > MAX_DIMS) {
-    throw new ShapeError(`${what}: shape ${fmtShape(shape)} has ${shape.length} dimensions; at most ${MAX_DIMS} are supported`, {
-      hint: 'merge leading dimensions with reshape',
-    });
+    throw new ShapeError(
+      `${what}: shape ${fmtShape(shape)} has ${shape.length} dimensions; at most ${MAX_DIMS} are supported`,
+      {
+        hint: 'merge leading dimensions with reshape',
+      },
+    );
   }
   for (const d of shape) {
     if (!Number.isInteger(d) || d < 1) {
-      throw new ShapeError(`${what}: shape ${fmtShape(shape)} has a dimension that is not a positive integer`, {
-        hint: 'every dimension must be an integer >= 1',
-      });
+      throw new ShapeError(
+        `${what}: shape ${fmtShape(shape)} has a dimension that is not a positive integer`,
+        {
+          hint: 'every dimension must be an integer >= 1',
+        },
+      );
     }
   }
 }
@@ -65,9 +71,12 @@ export function broadcastShapes(a: Shape, b: Shape, what: string): number[] {
     const da = a[a.length - n + i] ?? 1;
     const db = b[b.length - n + i] ?? 1;
     if (da !== db && da !== 1 && db !== 1) {
-      throw new ShapeError(`${what}: shapes ${fmtShape(a)} and ${fmtShape(b)} do not broadcast (dimension ${i}: ${da} vs ${db})`, {
-        hint: 'dimensions must be equal or 1, aligned from the right',
-      });
+      throw new ShapeError(
+        `${what}: shapes ${fmtShape(a)} and ${fmtShape(b)} do not broadcast (dimension ${i}: ${da} vs ${db})`,
+        {
+          hint: 'dimensions must be equal or 1, aligned from the right',
+        },
+      );
     }
     out.push(Math.max(da, db));
   }

@@ -73,7 +73,11 @@ export class TensorStore {
   }
 
   /** Allocates the tensors (zero-filled) on `backend`, in its default buffer type unless one is given. */
-  static create(backend: Backend, specs: readonly TensorSpec[], options: { bufferType?: BufferTypePtr } = {}): TensorStore {
+  static create(
+    backend: Backend,
+    specs: readonly TensorSpec[],
+    options: { bufferType?: BufferTypePtr } = {},
+  ): TensorStore {
     return new TensorStore(backend, specs, options.bufferType);
   }
 
@@ -124,15 +128,19 @@ export class TensorStore {
     if (data instanceof Uint8Array) {
       bytes = data;
     } else if (data instanceof Int32Array) {
-      if (t.dtype !== 'i32') throw new DTypeError(`cannot write int32 data into ${t.dtype} tensor "${t.name}"`);
-      if (data.length !== t.numel) throw new ShapeError(`"${t.name}" ${fmtShape(t.shape)} needs ${t.numel} values, got ${data.length}`);
+      if (t.dtype !== 'i32')
+        throw new DTypeError(`cannot write int32 data into ${t.dtype} tensor "${t.name}"`);
+      if (data.length !== t.numel)
+        throw new ShapeError(`"${t.name}" ${fmtShape(t.shape)} needs ${t.numel} values, got ${data.length}`);
       bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
     } else {
       bytes = encode(t.dtype, data, t.shape);
     }
     const expected = api.nbytes(t.ptr);
     if (bytes.byteLength !== expected) {
-      throw new ShapeError(`"${t.name}" ${fmtShape(t.shape)} ${t.dtype} needs ${expected} bytes, got ${bytes.byteLength}`);
+      throw new ShapeError(
+        `"${t.name}" ${fmtShape(t.shape)} ${t.dtype} needs ${expected} bytes, got ${bytes.byteLength}`,
+      );
     }
     api.backend_tensor_set(t.ptr, bytes, 0, expected);
   }
@@ -165,7 +173,12 @@ export class TensorStore {
     assertAlive(this.alive, 'tensor store');
     const copy = new TensorStore(
       backend,
-      this.tensors.map((t) => ({ name: t.name, shape: t.shape, dtype: t.dtype, requiresGrad: t.requiresGrad })),
+      this.tensors.map((t) => ({
+        name: t.name,
+        shape: t.shape,
+        dtype: t.dtype,
+        requiresGrad: t.requiresGrad,
+      })),
       undefined,
     );
     const { api } = getEngine();
@@ -180,7 +193,9 @@ export class TensorStore {
   copyFrom(dst: Tensor, src: Tensor): void {
     this.check(dst);
     if (src.dtype !== dst.dtype || src.numel !== dst.numel) {
-      throw new ShapeError(`cannot copy ${src.toString()} into ${dst.toString()}`, { hint: 'shapes and types must match' });
+      throw new ShapeError(`cannot copy ${src.toString()} into ${dst.toString()}`, {
+        hint: 'shapes and types must match',
+      });
     }
     getEngine().api.backend_tensor_copy(src.ptr, dst.ptr);
   }
@@ -197,7 +212,8 @@ export class TensorStore {
 
   private check(t: Tensor): void {
     assertAlive(this.alive, 'tensor store');
-    if (t.store !== this) throw new QtuneError('INVALID_ARGUMENT', `${t.toString()} does not belong to this store`);
+    if (t.store !== this)
+      throw new QtuneError('INVALID_ARGUMENT', `${t.toString()} does not belong to this store`);
   }
 
   private assertReadable(t: Tensor): void {
@@ -205,9 +221,13 @@ export class TensorStore {
     const buft = api.backend_buffer_get_type(this.bufferPtr());
     const name = api.backend_buft_name(buft);
     if (name.includes('REPACK')) {
-      throw new QtuneError('INVALID_ARGUMENT', `"${t.name}" lives in the ${name} buffer, whose data cannot be read back`, {
-        hint: 'keep a copy in a plain buffer for export, merging or DoRA norms (DESIGN.md §1, pitfall 7)',
-      });
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `"${t.name}" lives in the ${name} buffer, whose data cannot be read back`,
+        {
+          hint: 'keep a copy in a plain buffer for export, merging or DoRA norms (DESIGN.md §1, pitfall 7)',
+        },
+      );
     }
   }
 

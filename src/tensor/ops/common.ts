@@ -14,21 +14,30 @@ export function graphOf(op: string, ...ts: (Tensor | null | undefined)[]): Graph
   let g: Graph | undefined;
   for (const t of ts) {
     if (t?.graph) {
-      if (g !== undefined && t.graph !== g) throw new QtuneError('GRAPH', `${op}: operands belong to different graphs`);
+      if (g !== undefined && t.graph !== g)
+        throw new QtuneError('GRAPH', `${op}: operands belong to different graphs`);
       g = t.graph;
     }
   }
   g ??= Graph.current();
   if (g === undefined) {
-    throw new QtuneError('GRAPH', `${op}: all operands are stored tensors, so there is no graph to build into`, {
-      hint: 'call it inside graph.build(() => ...)',
-    });
+    throw new QtuneError(
+      'GRAPH',
+      `${op}: all operands are stored tensors, so there is no graph to build into`,
+      {
+        hint: 'call it inside graph.build(() => ...)',
+      },
+    );
   }
   for (const t of ts) {
     if (t?.kind === 'stored' && t.store!.backend !== g.backend) {
-      throw new QtuneError('GRAPH', `${op}: ${t.toString()} lives on ${t.store!.backend.name}, the graph runs on ${g.backend.name}`, {
-        hint: 'copy the store to the graph backend with store.to(backend)',
-      });
+      throw new QtuneError(
+        'GRAPH',
+        `${op}: ${t.toString()} lives on ${t.store!.backend.name}, the graph runs on ${g.backend.name}`,
+        {
+          hint: 'copy the store to the graph backend with store.to(backend)',
+        },
+      );
     }
   }
   return g;
@@ -60,7 +69,9 @@ export function requireF32(op: string, ...ts: Tensor[]): void {
 
 export function requireSameDType(op: string, a: Tensor, b: Tensor): void {
   if (a.dtype !== b.dtype) {
-    throw new DTypeError(`${op}: operands have different types (${a.dtype} and ${b.dtype})`, { hint: 'cast one of them' });
+    throw new DTypeError(`${op}: operands have different types (${a.dtype} and ${b.dtype})`, {
+      hint: 'cast one of them',
+    });
   }
 }
 

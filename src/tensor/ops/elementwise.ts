@@ -25,7 +25,13 @@ export function expand(x: Tensor, shape: Shape): Tensor {
     throw new ShapeError(`expand: ${fmtShape(x.shape)} cannot be broadcast to ${fmtShape(shape)}`);
   }
   if (sameNe(x.shape, shape)) return sameShape(x.shape, shape) ? x : retag(x, shape);
-  const y = g.node((ctx) => ggml().repeat(ctx, x.ptr, template(g, shape)), shape, x.dtype, x.requiresGrad, 'expand');
+  const y = g.node(
+    (ctx) => ggml().repeat(ctx, x.ptr, template(g, shape)),
+    shape,
+    x.dtype,
+    x.requiresGrad,
+    'expand',
+  );
   return g.record('expand', [x], y, (dy) => [reduceTo(dy, x.shape)]);
 }
 
@@ -54,8 +60,8 @@ function binary(op: Binary, a: Tensor, b: Tensor): Tensor {
     if ((op === 'add' || op === 'mul') && sameNe(y.shape, shape)) [x, y] = [b, a];
     else x = expand(a, shape);
   }
-  const fn = ggml()[op];
-  return g.node((ctx) => fn(ctx, x.ptr, y.ptr), shape, a.dtype, anyGrad(a, b), op);
+  const api = ggml();
+  return g.node((ctx) => api[op](ctx, x.ptr, y.ptr), shape, a.dtype, anyGrad(a, b), op);
 }
 
 /** a + b */

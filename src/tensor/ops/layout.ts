@@ -21,7 +21,13 @@ export function contiguous(x: Tensor): Tensor {
 function reshapeRaw(x: Tensor, shape: Shape, op: string): Tensor {
   const g = graphOf(op, x);
   const ne = toNe(shape);
-  return g.node((ctx) => ggml().reshape_4d(ctx, x.ptr, ne[0], ne[1], ne[2], ne[3]), shape, x.dtype, x.requiresGrad, op);
+  return g.node(
+    (ctx) => ggml().reshape_4d(ctx, x.ptr, ne[0], ne[1], ne[2], ne[3]),
+    shape,
+    x.dtype,
+    x.requiresGrad,
+    op,
+  );
 }
 
 function resolveShape(x: Tensor, shape: Shape, op: string): number[] {
@@ -33,9 +39,12 @@ function resolveShape(x: Tensor, shape: Shape, op: string): number[] {
   }
   checkShape(out, op);
   if (numel(out) !== x.numel) {
-    throw new ShapeError(`${op}: cannot reshape ${fmtShape(x.shape)} (${x.numel} elements) to ${fmtShape(shape)}`, {
-      hint: 'the number of elements must stay the same',
-    });
+    throw new ShapeError(
+      `${op}: cannot reshape ${fmtShape(x.shape)} (${x.numel} elements) to ${fmtShape(shape)}`,
+      {
+        hint: 'the number of elements must stay the same',
+      },
+    );
   }
   return out;
 }
@@ -51,7 +60,9 @@ export function reshape(x: Tensor, shape: Shape): Tensor {
 /** Like {@link reshape} but never copies: `x` must be contiguous. */
 export function view(x: Tensor, shape: Shape): Tensor {
   if (!isContiguous(x)) {
-    throw new ShapeError(`view: ${x.toString()} is not contiguous`, { hint: 'use reshape(), which copies, or contiguous() first' });
+    throw new ShapeError(`view: ${x.toString()} is not contiguous`, {
+      hint: 'use reshape(), which copies, or contiguous() first',
+    });
   }
   return reshape(x, shape);
 }
@@ -62,13 +73,21 @@ export function permute(x: Tensor, dims: readonly number[]): Tensor {
   const r = x.rank;
   const norm = dims.map((d) => normAxis(d, r, 'permute'));
   if (norm.length !== r || new Set(norm).size !== r) {
-    throw new ShapeError(`permute: ${JSON.stringify(dims)} is not a permutation of ${r} dimensions for ${fmtShape(x.shape)}`);
+    throw new ShapeError(
+      `permute: ${JSON.stringify(dims)} is not a permutation of ${r} dimensions for ${fmtShape(x.shape)}`,
+    );
   }
   const shape = norm.map((d) => x.shape[d]!);
   // ggml_permute takes, for each source ggml axis j, its destination axis.
   const ax = [0, 1, 2, 3];
   for (let i = 0; i < r; i++) ax[ggmlAxis(norm[i]!, r)] = ggmlAxis(i, r);
-  const y = g.node((ctx) => ggml().permute(ctx, x.ptr, ax[0]!, ax[1]!, ax[2]!, ax[3]!), shape, x.dtype, x.requiresGrad, 'permute');
+  const y = g.node(
+    (ctx) => ggml().permute(ctx, x.ptr, ax[0]!, ax[1]!, ax[2]!, ax[3]!),
+    shape,
+    x.dtype,
+    x.requiresGrad,
+    'permute',
+  );
   const inverse = new Array<number>(r);
   norm.forEach((d, i) => (inverse[d] = i));
   return g.record('permute', [x], y, (dy) => [permute(dy, inverse)]);
@@ -88,18 +107,27 @@ export function transpose(x: Tensor, d0 = -2, d1 = -1): Tensor {
 /** Joins `a` and `b` along `axis`; every other dimension must match. */
 export function concat(a: Tensor, b: Tensor, axis: number): Tensor {
   const g = graphOf('concat', a, b);
-  if (a.rank !== b.rank) throw new ShapeError(`concat: ranks differ (${fmtShape(a.shape)} and ${fmtShape(b.shape)})`);
+  if (a.rank !== b.rank)
+    throw new ShapeError(`concat: ranks differ (${fmtShape(a.shape)} and ${fmtShape(b.shape)})`);
   const ax = normAxis(axis, a.rank, 'concat');
   a.shape.forEach((d, i) => {
     if (i !== ax && d !== b.shape[i]) {
-      throw new ShapeError(`concat: ${fmtShape(a.shape)} and ${fmtShape(b.shape)} differ outside axis ${axis}`);
+      throw new ShapeError(
+        `concat: ${fmtShape(a.shape)} and ${fmtShape(b.shape)} differ outside axis ${axis}`,
+      );
     }
   });
   if (a.dtype !== b.dtype) throw new DTypeError(`concat: types differ (${a.dtype} and ${b.dtype})`);
   const shape = a.shape.map((d, i) => (i === ax ? d + b.shape[i]! : d));
   const ca = contiguous(a);
   const cb = contiguous(b);
-  const y = g.node((ctx) => ggml().concat(ctx, ca.ptr, cb.ptr, ggmlAxis(ax, a.rank)), shape, a.dtype, a.requiresGrad || b.requiresGrad, 'concat');
+  const y = g.node(
+    (ctx) => ggml().concat(ctx, ca.ptr, cb.ptr, ggmlAxis(ax, a.rank)),
+    shape,
+    a.dtype,
+    a.requiresGrad || b.requiresGrad,
+    'concat',
+  );
   const na = a.shape[ax]!;
   return g.record('concat', [ca, cb], y, (dy) => [
     ca.requiresGrad ? slice(dy, ax, 0, na) : null,
@@ -113,10 +141,14 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   const ax = normAxis(axis, x.rank, 'slice');
   const dim = x.shape[ax]!;
   if (!Number.isInteger(start) || !Number.isInteger(end) || start < 0 || end > dim || start >= end) {
-    throw new ShapeError(`slice: [${start}, ${end}) is not a non-empty range within dimension ${axis} of size ${dim}`);
+    throw new ShapeError(
+      `slice: [${start}, ${end}) is not a non-empty range within dimension ${axis} of size ${dim}`,
+    );
   }
   if (isQuantDType(x.dtype) && ax === x.rank - 1) {
-    throw new DTypeError(`slice: cannot cut inside the rows of quantized ${x.dtype} tensor`, { hint: 'slice whole rows' });
+    throw new DTypeError(`slice: cannot cut inside the rows of quantized ${x.dtype} tensor`, {
+      hint: 'slice whole rows',
+    });
   }
   const shape = x.shape.map((d, i) => (i === ax ? end - start : d));
   const nb = strides(x);
@@ -136,7 +168,8 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
     const c = contiguous(dy);
     return [
       g.node(
-        (ctx) => ggml().pad_ext(ctx, c.ptr, pad[0]!, pad[1]!, pad[2]!, pad[3]!, pad[4]!, pad[5]!, pad[6]!, pad[7]!),
+        (ctx) =>
+          ggml().pad_ext(ctx, c.ptr, pad[0]!, pad[1]!, pad[2]!, pad[3]!, pad[4]!, pad[5]!, pad[6]!, pad[7]!),
         x.shape,
         'f32',
         false,
@@ -152,9 +185,11 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
 export function cast(x: Tensor, dtype: DType): Tensor {
   const g = graphOf('cast', x);
   if (x.dtype === dtype) return x;
-  if (!isFloatDType(dtype)) throw new DTypeError(`cast: cannot cast to ${dtype}`, { hint: 'cast to f32, f16 or bf16' });
+  if (!isFloatDType(dtype))
+    throw new DTypeError(`cast: cannot cast to ${dtype}`, { hint: 'cast to f32, f16 or bf16' });
   if (isQuantDType(x.dtype) && dtype !== 'f32') return cast(cast(x, 'f32'), dtype);
-  if (!isFloatDType(x.dtype) && !isQuantDType(x.dtype)) throw new DTypeError(`cast: cannot cast ${x.dtype} to ${dtype}`);
+  if (!isFloatDType(x.dtype) && !isQuantDType(x.dtype))
+    throw new DTypeError(`cast: cannot cast ${x.dtype} to ${dtype}`);
   const trainable = isFloatDType(x.dtype) && x.requiresGrad;
   const y = g.node((ctx) => ggml().cast(ctx, x.ptr, GGML_TYPE_IDS[dtype]), x.shape, dtype, trainable, 'cast');
   return g.record('cast', [x], y, (dy) => [cast(dy, x.dtype)]);
@@ -188,7 +223,12 @@ export function sum(x: Tensor, axis?: number, keepDim = false): Tensor {
   );
   const summed = g.record('sum_rows', [src], rows, (dy) => [broadcastBack(dy, src.shape)]);
   const keptT = reshape(summed, kept);
-  return keepDim ? keptT : reshape(keptT, x.shape.filter((_, i) => i !== ax));
+  return keepDim
+    ? keptT
+    : reshape(
+        keptT,
+        x.shape.filter((_, i) => i !== ax),
+      );
 }
 
 /** Mean of all elements, or over one axis. */

@@ -34,9 +34,12 @@ export function crossEntropy(logits: Tensor, labels: Tensor, o: CrossEntropyOpti
   const V = logits.shape[logits.rank - 1]!;
   const N = logits.numel / V;
   if (labels.numel !== N || labels.shape.join() !== logits.shape.slice(0, -1).join()) {
-    throw new ShapeError(`crossEntropy: labels ${fmtShape(labels.shape)} do not match logits ${fmtShape(logits.shape)}`, {
-      hint: 'labels have the shape of logits without the vocabulary axis',
-    });
+    throw new ShapeError(
+      `crossEntropy: labels ${fmtShape(labels.shape)} do not match logits ${fmtShape(logits.shape)}`,
+      {
+        hint: 'labels have the shape of logits without the vocabulary axis',
+      },
+    );
   }
   const ignore = o.ignoreIndex ?? -100;
   const mean = (o.reduction ?? 'mean') === 'mean';
@@ -55,9 +58,13 @@ export function crossEntropy(logits: Tensor, labels: Tensor, o: CrossEntropyOpti
       const l = data[i]!;
       if (l === ignore) continue;
       if (!Number.isInteger(l) || l < 0 || l >= V) {
-        throw new QtuneError('INVALID_ARGUMENT', `crossEntropy: label ${l} at position ${i} is outside [0, ${V})`, {
-          hint: `use token ids below the vocabulary size, or ${ignore} to ignore a position`,
-        });
+        throw new QtuneError(
+          'INVALID_ARGUMENT',
+          `crossEntropy: label ${l} at position ${i} is outside [0, ${V})`,
+          {
+            hint: `use token ids below the vocabulary size, or ${ignore} to ignore a position`,
+          },
+        );
       }
       t[i] = l;
       f[i] = i * V + l;
@@ -72,22 +79,34 @@ export function crossEntropy(logits: Tensor, labels: Tensor, o: CrossEntropyOpti
 
   const api = ggml();
   const x = contiguous(reshape(logits, [N, V])); // ne [V, N]
-  const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') => g.node(make, shape, 'f32', false, name);
+  const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
+    g.node(make, shape, 'f32', false, name);
   const x3 = node((ctx) => api.reshape_3d(ctx, x.ptr, 1, V, N), [N, V, 1]);
   const amax = g.node((ctx) => api.reshape_2d(ctx, api.argmax(ctx, x.ptr), 1, N), [N, 1], 'i32', false);
-  const rowMax = node((ctx) => api.reshape_2d(ctx, api.get_rows(ctx, x3.ptr, amax.ptr), 1, N), [N, 1], 'ce_max');
+  const rowMax = node(
+    (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, x3.ptr, amax.ptr), 1, N),
+    [N, 1],
+    'ce_max',
+  );
   const shifted = node((ctx) => api.sub(ctx, x.ptr, rowMax.ptr), [N, V]);
   const lse = node((ctx) => api.log(ctx, api.sum_rows(ctx, api.exp(ctx, shifted.ptr))), [N, 1], 'ce_lse');
   const s3 = node((ctx) => api.reshape_3d(ctx, shifted.ptr, 1, V, N), [N, V, 1]);
   const picked = node((ctx) => api.reshape_2d(ctx, api.get_rows(ctx, s3.ptr, target.ptr), 1, N), [N, 1]);
-  const perToken = node((ctx) => api.mul(ctx, api.sub(ctx, lse.ptr, picked.ptr), weight.ptr), [N, 1], 'ce_tokens');
+  const perToken = node(
+    (ctx) => api.mul(ctx, api.sub(ctx, lse.ptr, picked.ptr), weight.ptr),
+    [N, 1],
+    'ce_tokens',
+  );
   const loss = g.node((ctx) => api.sum(ctx, perToken.ptr), [], 'f32', x.requiresGrad, 'cross_entropy');
 
   return g.record('crossEntropy', [x], loss, (dy) => {
     const gw = node((ctx) => api.mul(ctx, weight.ptr, dy.ptr), [N, 1]); // wᵢ·dy
     const probs = node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [N, V]);
     const spread = node((ctx) => api.mul(ctx, probs.ptr, gw.ptr), [N, V]);
-    const onehot = node((ctx) => api.get_rows_back(ctx, gw.ptr, flatIndex.ptr, template(g, [N * V, 1])), [N * V, 1]);
+    const onehot = node(
+      (ctx) => api.get_rows_back(ctx, gw.ptr, flatIndex.ptr, template(g, [N * V, 1])),
+      [N * V, 1],
+    );
     const one2 = node((ctx) => api.reshape_2d(ctx, contiguous(onehot).ptr, V, N), [N, V]);
     return [node((ctx) => api.sub(ctx, spread.ptr, one2.ptr), [N, V])];
   });

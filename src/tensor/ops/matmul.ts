@@ -27,19 +27,26 @@ export function linear(x: Tensor, w: Tensor): Tensor {
   const g = graphOf('linear', x, w);
   requireF32('linear', x);
   if (!isFloatDType(w.dtype) && !isQuantDType(w.dtype)) {
-    throw new DTypeError(`linear: weight ${w.toString()} has type ${w.dtype}`, { hint: 'weights are float or quantized' });
+    throw new DTypeError(`linear: weight ${w.toString()} has type ${w.dtype}`, {
+      hint: 'weights are float or quantized',
+    });
   }
   const inner = x.shape[x.rank - 1];
   const wIn = w.shape[w.rank - 1];
   if (w.rank < 2 || inner !== wIn) {
-    throw new ShapeError(`linear: input ${fmtShape(x.shape)} and weight ${fmtShape(w.shape)} do not fit: x[..., ${inner}] needs w[out, ${inner}]`, {
-      hint: 'the weight is stored [out_features, in_features]',
-    });
+    throw new ShapeError(
+      `linear: input ${fmtShape(x.shape)} and weight ${fmtShape(w.shape)} do not fit: x[..., ${inner}] needs w[out, ${inner}]`,
+      {
+        hint: 'the weight is stored [out_features, in_features]',
+      },
+    );
   }
   const xn = toNe(x.shape);
   const wn = toNe(w.shape);
   if (w.rank > 2 && (xn[2] % wn[2] !== 0 || xn[3] % wn[3] !== 0 || x.rank !== w.rank)) {
-    throw new ShapeError(`linear: batch dimensions of weight ${fmtShape(w.shape)} must divide those of input ${fmtShape(x.shape)} (same rank)`);
+    throw new ShapeError(
+      `linear: batch dimensions of weight ${fmtShape(w.shape)} must divide those of input ${fmtShape(x.shape)} (same rank)`,
+    );
   }
   if (x.rank > 4) throw new ShapeError(`linear: input ${fmtShape(x.shape)} has more than 4 dimensions`);
   const out = [...x.shape.slice(0, -1), w.shape[w.rank - 2]!];
@@ -50,8 +57,8 @@ export function linear(x: Tensor, w: Tensor): Tensor {
   ]);
 }
 
-/** dX = dY · W, as `mul_mat(Wᵀ, dY)` with Wᵀ contiguous. */
-function linearInputGrad(g: Graph, dy: Tensor, w: Tensor): Tensor {
+/** dX = dY · W, as `mul_mat(Wᵀ, dY)` with Wᵀ contiguous: the gradient rule of `linear` for its input. */
+export function linearInputGrad(g: Graph, dy: Tensor, w: Tensor): Tensor {
   const wt = w.transposed ?? transposedForGrad(g, w);
   const xShape = [...dy.shape.slice(0, -1), w.shape[w.rank - 1]!];
   return g.node((ctx) => ggml().mul_mat(ctx, wt.ptr, dy.ptr), xShape, 'f32', false, 'linear_dx');
@@ -74,7 +81,11 @@ export function dequantize(g: Graph, w: Tensor): Tensor {
   const viaCast = g.node((ctx) => api.cast(ctx, w.ptr, 0), w.shape, 'f32', false, 'dequant');
   if (w.rank !== 2 || g.backend.supportsOp(viaCast.ptr)) return viaCast;
   const rows = w.shape[0]!;
-  const ids = g.constant(Int32Array.from({ length: rows }, (_, i) => i), [rows], 'dequant_rows');
+  const ids = g.constant(
+    Int32Array.from({ length: rows }, (_, i) => i),
+    [rows],
+    'dequant_rows',
+  );
   return g.node((ctx) => api.get_rows(ctx, w.ptr, ids.ptr), w.shape, 'f32', false, 'dequant');
 }
 
@@ -119,7 +130,8 @@ function sumGroups(t: Tensor, shape: readonly number[]): Tensor {
     for (let j2 = 0; j2 < r2; j2++) {
       // a strided view picking matrix i·r2 + j2 (and i·r3 + j3) for every i
       const v = g.node(
-        (ctx) => api.view_4d(ctx, t.ptr, sn[0], sn[1], sn[2], sn[3], nb1, nb2 * r2, nb3 * r3, j2 * nb2 + j3 * nb3),
+        (ctx) =>
+          api.view_4d(ctx, t.ptr, sn[0], sn[1], sn[2], sn[3], nb1, nb2 * r2, nb3 * r3, j2 * nb2 + j3 * nb3),
         shape,
         'f32',
         false,
@@ -134,10 +146,14 @@ function sumGroups(t: Tensor, shape: readonly number[]): Tensor {
 /** PyTorch's `a @ b`: a `[..., M, K]`, b `[..., K, N]` → `[..., M, N]`, batch dimensions broadcast. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
   if (a.rank < 2 || b.rank < 2) {
-    throw new ShapeError(`matmul: operands need at least 2 dimensions, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`);
+    throw new ShapeError(
+      `matmul: operands need at least 2 dimensions, got ${fmtShape(a.shape)} and ${fmtShape(b.shape)}`,
+    );
   }
   if (a.shape[a.rank - 1] !== b.shape[b.rank - 2]) {
-    throw new ShapeError(`matmul: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)}: inner dimensions ${a.shape[a.rank - 1]} and ${b.shape[b.rank - 2]} differ`);
+    throw new ShapeError(
+      `matmul: ${fmtShape(a.shape)} @ ${fmtShape(b.shape)}: inner dimensions ${a.shape[a.rank - 1]} and ${b.shape[b.rank - 2]} differ`,
+    );
   }
   const rank = Math.max(a.rank, b.rank);
   const pad = (s: readonly number[]) => [...new Array<number>(rank - s.length).fill(1), ...s];

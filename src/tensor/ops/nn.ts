@@ -15,12 +15,24 @@ import { contiguous, reshape } from './layout.js';
 export function embedding(table: Tensor, ids: Tensor): Tensor {
   const g = graphOf('embedding', table, ids);
   if (ids.dtype !== 'i32') throw new DTypeError(`embedding: ids must be i32, got ${ids.dtype}`);
-  if (table.rank !== 2) throw new ShapeError(`embedding: table must be [vocab, dim], got ${fmtShape(table.shape)}`);
+  if (table.rank !== 2)
+    throw new ShapeError(`embedding: table must be [vocab, dim], got ${fmtShape(table.shape)}`);
   const [V, C] = table.shape as [number, number];
   const flat = ids.rank === 1 ? ids : reshape(ids, [ids.numel]);
-  const rows = g.node((ctx) => ggml().get_rows(ctx, table.ptr, flat.ptr), [ids.numel, C], 'f32', table.requiresGrad, 'embedding');
+  const rows = g.node(
+    (ctx) => ggml().get_rows(ctx, table.ptr, flat.ptr),
+    [ids.numel, C],
+    'f32',
+    table.requiresGrad,
+    'embedding',
+  );
   const picked = g.record('embedding', [table], rows, (dy) => [
-    g.node((ctx) => ggml().get_rows_back(ctx, contiguous(dy).ptr, flat.ptr, template(g, [V, C])), [V, C], 'f32', false),
+    g.node(
+      (ctx) => ggml().get_rows_back(ctx, contiguous(dy).ptr, flat.ptr, template(g, [V, C])),
+      [V, C],
+      'f32',
+      false,
+    ),
   ]);
   return ids.rank === 1 ? picked : reshape(picked, [...ids.shape, C]);
 }
@@ -60,13 +72,17 @@ const ROPE_MODE = { normal: 0, neox: 2 } as const;
 export function rope(x: Tensor, positions: Tensor, o: RopeOptions): Tensor {
   const g = graphOf('rope', x, positions, o.freqFactors);
   requireF32('rope', x);
-  if (positions.dtype !== 'i32' || positions.rank !== 1) throw new DTypeError('rope: positions must be an i32 vector [T]');
+  if (positions.dtype !== 'i32' || positions.rank !== 1)
+    throw new DTypeError('rope: positions must be an i32 vector [T]');
   if (x.rank < 3 || x.rank > 4 || x.shape[x.rank - 3] !== positions.shape[0]) {
-    throw new ShapeError(`rope: x must be [..., T, heads, head_dim] with T = ${positions.shape[0]} positions, got ${fmtShape(x.shape)}`);
+    throw new ShapeError(
+      `rope: x must be [..., T, heads, head_dim] with T = ${positions.shape[0]} positions, got ${fmtShape(x.shape)}`,
+    );
   }
   const D = x.shape[x.rank - 1]!;
   const dims = o.dims ?? D;
-  if (dims % 2 !== 0 || dims > D) throw new ShapeError(`rope: dims=${dims} must be even and at most head_dim=${D}`);
+  if (dims % 2 !== 0 || dims > D)
+    throw new ShapeError(`rope: dims=${dims} must be even and at most head_dim=${D}`);
   const ff = o.freqFactors ?? null;
   if (ff !== null && (ff.dtype !== 'f32' || ff.numel !== dims / 2)) {
     throw new ShapeError(`rope: freqFactors must be f32 [${dims / 2}], got ${ff.toString()}`);
@@ -74,9 +90,20 @@ export function rope(x: Tensor, positions: Tensor, o: RopeOptions): Tensor {
   const params = [dims, ROPE_MODE[o.mode], o.nCtxOrig ?? 0, o.base, o.freqScale ?? 1, 0, 1, 0, 0] as const;
   const src = contiguous(x);
   const api = ggml();
-  const y = g.node((ctx) => api.rope_ext(ctx, src.ptr, positions.ptr, ff?.ptr ?? null, ...params), x.shape, 'f32', src.requiresGrad, 'rope');
+  const y = g.node(
+    (ctx) => api.rope_ext(ctx, src.ptr, positions.ptr, ff?.ptr ?? null, ...params),
+    x.shape,
+    'f32',
+    src.requiresGrad,
+    'rope',
+  );
   return g.record('rope', [src], y, (dy) => [
-    g.node((ctx) => api.rope_ext_back(ctx, contiguous(dy).ptr, positions.ptr, ff?.ptr ?? null, ...params), x.shape, 'f32', false),
+    g.node(
+      (ctx) => api.rope_ext_back(ctx, contiguous(dy).ptr, positions.ptr, ff?.ptr ?? null, ...params),
+      x.shape,
+      'f32',
+      false,
+    ),
   ]);
 }
 
@@ -102,7 +129,8 @@ export function llama3FreqFactors(o: {
     if (wavelen < highWavelen) scaled = freq;
     else if (wavelen > lowWavelen) scaled = freq / o.factor;
     else {
-      const smooth = (o.originalMaxPositionEmbeddings / wavelen - o.lowFreqFactor) / (o.highFreqFactor - o.lowFreqFactor);
+      const smooth =
+        (o.originalMaxPositionEmbeddings / wavelen - o.lowFreqFactor) / (o.highFreqFactor - o.lowFreqFactor);
       scaled = (1 - smooth) * (freq / o.factor) + smooth * freq;
     }
     out[i] = freq / scaled;
@@ -127,8 +155,13 @@ export function softmax(x: Tensor, o: SoftmaxOptions = {}): Tensor {
   const mask = o.mask ?? null;
   if (mask !== null) {
     if (mask.requiresGrad) throw new QtuneError('INVALID_ARGUMENT', 'softmax: the mask cannot be trainable');
-    if (mask.shape[mask.rank - 1] !== x.shape[x.rank - 1] || (mask.shape[mask.rank - 2] ?? 1) < (x.shape[x.rank - 2] ?? 1)) {
-      throw new ShapeError(`softmax: mask ${fmtShape(mask.shape)} does not cover scores ${fmtShape(x.shape)}`);
+    if (
+      mask.shape[mask.rank - 1] !== x.shape[x.rank - 1] ||
+      (mask.shape[mask.rank - 2] ?? 1) < (x.shape[x.rank - 2] ?? 1)
+    ) {
+      throw new ShapeError(
+        `softmax: mask ${fmtShape(mask.shape)} does not cover scores ${fmtShape(x.shape)}`,
+      );
     }
   }
   const api = ggml();
@@ -140,7 +173,13 @@ export function softmax(x: Tensor, o: SoftmaxOptions = {}): Tensor {
     src = g.node((ctx) => api.diag_mask_inf(ctx, inner.ptr, nPast), x.shape, 'f32', false, 'causal');
   }
   const masked = src;
-  const y = g.node((ctx) => api.soft_max_ext(ctx, masked.ptr, mask?.ptr ?? null, s, 0), x.shape, 'f32', x.requiresGrad, 'softmax');
+  const y = g.node(
+    (ctx) => api.soft_max_ext(ctx, masked.ptr, mask?.ptr ?? null, s, 0),
+    x.shape,
+    'f32',
+    x.requiresGrad,
+    'softmax',
+  );
   // Masked entries have y = 0, so soft_max_ext_back gives them no gradient.
   return g.record('softmax', [x], y, (dy) => [
     g.node((ctx) => api.soft_max_ext_back(ctx, contiguous(dy).ptr, y.ptr, s, 0), x.shape, 'f32', false),
@@ -172,8 +211,15 @@ export function swiglu(gate: Tensor, up: Tensor): Tensor {
   return g.record('swiglu', [a, b], y, (dy) => {
     const d = contiguous(dy);
     return [
-      a.requiresGrad ? g.node((ctx) => api.silu_back(ctx, mul(d, b).ptr, a.ptr), gate.shape, 'f32', false) : null,
-      b.requiresGrad ? mul(d, g.node((ctx) => api.silu(ctx, a.ptr), gate.shape, 'f32', false)) : null,
+      a.requiresGrad
+        ? g.node((ctx) => api.silu_back(ctx, mul(d, b).ptr, a.ptr), gate.shape, 'f32', false)
+        : null,
+      b.requiresGrad
+        ? mul(
+            d,
+            g.node((ctx) => api.silu(ctx, a.ptr), gate.shape, 'f32', false),
+          )
+        : null,
     ];
   });
 }
@@ -257,4 +303,3 @@ export function dropoutMask(seed: number, stream: number, step: number, n: numbe
 function rotl(x: number, k: number): number {
   return ((x << k) | (x >>> (32 - k))) >>> 0;
 }
-
