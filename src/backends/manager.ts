@@ -8,7 +8,14 @@
  * const backend = manager.select('auto'); // or 'cpu', 'vulkan', 'cuda0', 'mps', QTUNE_BACKEND
  */
 import { listDevices, openBackend, type Backend, type DeviceInfo } from '../engine/device.js';
-import { FLOAT_DTYPES, GGML_TYPE_IDS, QUANT_DTYPES, type DType, type FloatDType, type QuantDType } from '../engine/dtype.js';
+import {
+  FLOAT_DTYPES,
+  GGML_TYPE_IDS,
+  QUANT_DTYPES,
+  type DType,
+  type FloatDType,
+  type QuantDType,
+} from '../engine/dtype.js';
 import type { TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import { NativeContext } from '../engine/memory.js';
@@ -41,7 +48,13 @@ export interface DeviceReport {
   train_quant_types: QuantDType[];
 }
 
-const KIND_BY_REG: Record<string, DeviceKind> = { CPU: 'cpu', CUDA: 'cuda', Vulkan: 'vulkan', Metal: 'metal', MTL: 'metal' };
+const KIND_BY_REG: Record<string, DeviceKind> = {
+  CPU: 'cpu',
+  CUDA: 'cuda',
+  Vulkan: 'vulkan',
+  Metal: 'metal',
+  MTL: 'metal',
+};
 
 /** `auto` prefers a real GPU: CUDA, then Metal, then Vulkan; software Vulkan is only used when asked for. */
 const AUTO_ORDER: DeviceKind[] = ['cuda', 'metal', 'vulkan', 'cpu'];
@@ -84,7 +97,8 @@ export class BackendManager {
         kind: gpu.kind,
         description: gpu.package,
         available: false,
-        reason: gpu.note ?? (gpu.loaded ? 'the backend loaded but reports no device' : 'the backend did not load'),
+        reason:
+          gpu.note ?? (gpu.loaded ? 'the backend loaded but reports no device' : 'the backend did not load'),
         software: false,
         memory_total: 0,
         memory_free: 0,
@@ -120,7 +134,9 @@ export class BackendManager {
       found = devices.find((d) => d.name.toLowerCase() === req || d.name.toLowerCase() === metalName);
     }
     if (found === undefined) {
-      const names = devices.map((d) => `${d.name} (${kindOf(d)}${d.software ? ', software' : ''})`).join(', ');
+      const names = devices
+        .map((d) => `${d.name} (${kindOf(d)}${d.software ? ', software' : ''})`)
+        .join(', ');
       const missing = getEngine().info.gpuBackends.find((g) => req.startsWith(g.kind) && !g.loaded);
       throw new DeviceUnavailableError(`backend "${request}" is not available; available: ${names}`, {
         hint:
@@ -135,7 +151,9 @@ export class BackendManager {
   /** Sets the CPU thread count of every backend opened so far and of later ones. */
   setThreads(n: number): void {
     if (!Number.isInteger(n) || n < 1) {
-      throw new QtuneError('INVALID_ARGUMENT', `threads=${n} is not a positive integer`, { hint: 'use 1 or more' });
+      throw new QtuneError('INVALID_ARGUMENT', `threads=${n} is not a positive integer`, {
+        hint: 'use 1 or more',
+      });
     }
     getEngine().info.threads = n;
     for (const d of this.devices()) openBackend(d).setThreads(n);

@@ -25,7 +25,7 @@ export class UsageError extends QtuneError {
 }
 
 export function helpText(spec: CommandSpec): string {
-  const lines = [`${spec.summary}`, '', `usage: ${spec.usage}`, '', 'options:'];
+  const lines = [spec.summary, '', `usage: ${spec.usage}`, '', 'options:'];
   const all: Record<string, FlagSpec> = { ...spec.flags, help: { type: 'boolean', help: 'show this help' } };
   for (const [name, f] of Object.entries(all)) {
     const flag = `--${name}${f.type === 'string' ? ' VALUE' : ''}`;
@@ -39,15 +39,17 @@ export function parse(
   spec: CommandSpec,
   argv: string[],
 ): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = { help: { type: 'boolean' } };
+  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
+    help: { type: 'boolean' },
+  };
   for (const [name, f] of Object.entries(spec.flags)) {
     options[name] = f.short === undefined ? { type: f.type } : { type: f.type, short: f.short };
   }
   try {
     const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
     const out: Record<string, string | boolean | undefined> = {};
-    for (const [name, f] of Object.entries(spec.flags)) out[name] = (values[name] as string | boolean | undefined) ?? f.default;
-    out['help'] = values['help'] as boolean | undefined;
+    for (const [name, f] of Object.entries(spec.flags)) out[name] = values[name] ?? f.default;
+    out['help'] = values['help'];
     return { values: out, positionals };
   } catch (e) {
     const msg = e instanceof Error ? e.message.split('\n')[0]! : String(e);
@@ -59,7 +61,10 @@ export function intFlag(name: string, value: string | boolean | undefined): numb
   if (value === undefined) return undefined;
   const n = Number(value);
   if (typeof value !== 'string' || !Number.isInteger(n) || n < 1) {
-    throw new UsageError(`--${name}=${String(value)} is not a positive integer`, `pass a whole number such as --${name} 2`);
+    throw new UsageError(
+      `--${name}=${String(value)} is not a positive integer`,
+      `pass a whole number such as --${name} 2`,
+    );
   }
   return n;
 }

@@ -5,6 +5,7 @@
 import { QtuneError, type ErrorCode } from '../errors.js';
 import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
+import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 
 interface Command {
@@ -12,19 +13,34 @@ interface Command {
   run(argv: string[], out: (s: string) => void): number | Promise<number>;
 }
 
-const COMMANDS: Record<string, Command> = { backends, engine };
+const COMMANDS: Record<string, Command> = { demo, backends, engine };
 
 /** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
-const INPUT_ERRORS = new Set<ErrorCode>(['INVALID_ARGUMENT', 'DEVICE_UNAVAILABLE', 'SHAPE', 'DTYPE', 'UNSUPPORTED_OP']);
+const INPUT_ERRORS = new Set<ErrorCode>([
+  'INVALID_ARGUMENT',
+  'DEVICE_UNAVAILABLE',
+  'SHAPE',
+  'DTYPE',
+  'UNSUPPORTED_OP',
+]);
 
 function usage(): string {
-  const lines = ['qtune: fine-tune Llama-family models from Node.js', '', 'usage: qtune <command> [options]', '', 'commands:'];
+  const lines = [
+    'qtune: fine-tune Llama-family models from Node.js',
+    '',
+    'usage: qtune <command> [options]',
+    '',
+    'commands:',
+  ];
   for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${c.spec.summary}`);
   lines.push('', 'Run `qtune <command> --help` for its options.');
   return lines.join('\n');
 }
 
-export async function main(argv: string[], out: (s: string) => void = (s) => console.log(s)): Promise<number> {
+export async function main(
+  argv: string[],
+  out: (s: string) => void = (s) => console.log(s),
+): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
     out(usage());

@@ -33,7 +33,11 @@ export function run(argv: string[], out: (s: string) => void): number {
   ]);
   const head = ['device', 'kind', 'available', 'memory free/total', 'bf16', 'quant train/fwd', 'description'];
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const fmt = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
   out(fmt(head));
   out(fmt(widths.map((w) => '-'.repeat(w))));
   for (const r of rows) out(fmt(r));

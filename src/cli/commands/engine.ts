@@ -29,16 +29,21 @@ export function run(argv: string[], out: (s: string) => void): number {
       out(JSON.stringify(info, null, 2));
       return 0;
     }
-    out(`engine:      ${info.kind} (ggml ${info.ggmlVersion}, commit ${info.ggmlCommit}, llama.cpp ${info.llamaCppTag})`);
+    out(
+      `engine:      ${info.kind} (ggml ${info.ggmlVersion}, commit ${info.ggmlCommit}, llama.cpp ${info.llamaCppTag})`,
+    );
     out(`path:        ${info.path}`);
     out(`cpu:         ${info.cpuModel}`);
     out(`cpu backend: ${info.cpuVariant} (${info.cpuVariantPath})`);
     out(`cpu features: ${Object.keys(info.cpuFeatures).join(' ') || 'none reported'}`);
     out(`threads:     ${info.threads}`);
     for (const g of info.gpuBackends) {
-      out(`gpu backend: ${g.kind} ${g.loaded ? 'loaded' : 'not loaded'} from ${g.package}${g.note ? ` — ${g.note}` : ''}`);
+      out(
+        `gpu backend: ${g.kind} ${g.loaded ? 'loaded' : 'not loaded'} from ${g.package}${g.note ? ` — ${g.note}` : ''}`,
+      );
     }
-    if (info.kind === 'prebuilt') out(`native build: none for this CPU (\`qtune engine build\` writes ${nativeEngineDir()})`);
+    if (info.kind === 'prebuilt')
+      out(`native build: none for this CPU (\`qtune engine build\` writes ${nativeEngineDir()})`);
     return 0;
   }
   if (sub === 'build') {
@@ -60,5 +65,8 @@ export function run(argv: string[], out: (s: string) => void): number {
     );
     return 0;
   }
-  throw new UsageError(`engine: unknown subcommand "${sub}"`, 'use `qtune engine info` or `qtune engine build`');
+  throw new UsageError(
+    `engine: unknown subcommand "${sub}"`,
+    'use `qtune engine info` or `qtune engine build`',
+  );
 }
