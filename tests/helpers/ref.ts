@@ -229,7 +229,11 @@ export function rmsNorm(x: Arr, eps: number): Arr {
  * Rotary embedding of x [..., T, H, D] at positions [T]. `neox` rotates (x[i], x[i + d/2]);
  * `normal` rotates (x[2i], x[2i+1]). θᵢ = pos · base^(−2i/d) / factor[i].
  */
-export function rope(x: Arr, positions: number[], o: { mode: 'normal' | 'neox'; base: number; dims?: number; factors?: number[] }): Arr {
+export function rope(
+  x: Arr,
+  positions: number[],
+  o: { mode: 'normal' | 'neox'; base: number; dims?: number; factors?: number[] },
+): Arr {
   const r = x.shape.length;
   const T = x.shape[r - 3]!;
   const H = x.shape[r - 2]!;

@@ -1,0 +1,138 @@
+/**
+ * The struct layouts qtune declares for koffi match the loaded ggml library: every field is read back
+ * through a real tensor, context, device or type and compared with what ggml's own functions report.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { cpuBackend } from '../../src/engine/device.js';
+import { GGML_TYPE_IDS } from '../../src/engine/dtype.js';
+import {
+  DevPropsStruct,
+  GGML_OBJECT_SIZE,
+  TensorStruct,
+  TypeTraitsStruct,
+  koffi,
+} from '../../src/engine/ggml.js';
+import { getEngine } from '../../src/engine/library.js';
+import { NativeBuffer, NativeContext } from '../../src/engine/memory.js';
+
+interface TensorFields {
+  type: number;
+  buffer: unknown;
+  ne: ArrayLike<number | bigint>;
+  nb: (number | bigint)[];
+  op: number;
+  op_params: Int32Array;
+  flags: number;
+  src: unknown[];
+  view_src: unknown;
+  view_offs: number | bigint;
+  data: unknown;
+  name: string;
+}
+
+const addr = (p: unknown) => (p === null ? 0n : koffi.address(p));
+
+describe('declared ggml struct layouts match the library', () => {
+  const { api } = getEngine();
+
+  it('ggml_tensor has the size ggml reports (tensor overhead minus ggml_object)', () => {
+    assert.equal(koffi.sizeof(TensorStruct) + GGML_OBJECT_SIZE, api.tensor_overhead());
+  });
+
+  it('ggml_tensor fields: type, ne, nb, name, op, src, view_src, view_offs, buffer, data', () => {
+    const ctx = new NativeContext(8);
+    try {
+      const t = api.new_tensor_4d(ctx.ptr, GGML_TYPE_IDS.f16, 3, 5, 7, 2);
+      api.set_name(t, 'layout-probe');
+      const f = koffi.decode(t, TensorStruct) as TensorFields;
+      assert.equal(f.type, GGML_TYPE_IDS.f16);
+      assert.deepEqual(Array.from(f.ne, Number), [3, 5, 7, 2]);
+      assert.equal(Number(f.nb[0]), api.element_size(t));
+      assert.equal(Number(f.nb[1]), api.row_size(GGML_TYPE_IDS.f16, 3));
+      assert.equal(Number(f.nb[2]), Number(f.nb[1]) * 5);
+      assert.equal(Number(f.nb[3]), Number(f.nb[2]) * 7);
+      assert.equal(Number(f.nb[3]) * 2, api.nbytes(t));
+      assert.equal(f.name, api.get_name(t));
+      assert.equal(f.op, 0, 'a new tensor has op NONE');
+
+      const v = api.view_4d(
+        ctx.ptr,
+        t,
+        3,
+        2,
+        7,
+        2,
+        Number(f.nb[1]),
+        Number(f.nb[2]),
+        Number(f.nb[3]),
+        2 * Number(f.nb[1]),
+      );
+      const fv = koffi.decode(v, TensorStruct) as TensorFields;
+      assert.equal(api.op_desc(v), 'VIEW');
+      assert.notEqual(fv.op, 0);
+      assert.equal(addr(fv.src[0]), addr(t));
+      assert.equal(addr(fv.view_src), addr(t));
+      assert.equal(Number(fv.view_offs), 2 * Number(f.nb[1]));
+      assert.deepEqual(
+        Array.from(fv.op_params.slice(0, 1)),
+        [2 * Number(f.nb[1])],
+        'view offset is op_params[0]',
+      );
+      assert.equal(addr(fv.src[1]), 0n);
+
+      const buffer = NativeBuffer.forContext(ctx, cpuBackend());
+      try {
+        const fa = koffi.decode(t, TensorStruct) as TensorFields;
+        assert.equal(addr(fa.buffer), koffi.address(buffer.ptr));
+        assert.equal(addr(fa.data), addr(api.get_data(t)));
+        assert.notEqual(addr(fa.data), 0n);
+      } finally {
+        buffer.free();
+      }
+    } finally {
+      ctx.free();
+    }
+  });
+
+  it('ggml_type_traits: name, block size, type size, quantized flag', () => {
+    for (const [name, id] of [
+      ['f32', 0],
+      ['f16', 1],
+      ['q4_0', 2],
+      ['q8_0', 8],
+      ['q4_K', 12],
+      ['iq4_nl', 20],
+      ['bf16', 30],
+    ] as const) {
+      const tr = koffi.decode(api.get_type_traits(id), TypeTraitsStruct) as {
+        type_name: string;
+        blck_size: number | bigint;
+        type_size: number | bigint;
+        is_quantized: boolean;
+        to_float: unknown;
+      };
+      assert.equal(tr.type_name, name);
+      assert.equal(tr.type_name, api.type_name(id));
+      assert.equal(Number(tr.blck_size), api.blck_size(id));
+      assert.equal(Number(tr.type_size), api.type_size(id));
+      assert.equal(tr.is_quantized, api.is_quantized(id));
+      if (tr.is_quantized) assert.notEqual(tr.to_float, null);
+    }
+  });
+
+  it('ggml_backend_dev_props: name, description, memory, type', () => {
+    const dev = cpuBackend().devPtr;
+    const props: Record<string, unknown> = {};
+    api.backend_dev_get_props(dev, props);
+    const free: [number | bigint | null] = [null];
+    const total: [number | bigint | null] = [null];
+    api.backend_dev_memory(dev, free, total);
+    assert.equal(props['name'], api.backend_dev_name(dev));
+    assert.equal(props['description'], api.backend_dev_description(dev));
+    assert.equal(Number(props['memory_total']), Number(total[0]));
+    assert.equal(props['type'], api.backend_dev_type(dev));
+    assert.equal(typeof (props['caps'] as { async: unknown }).async, 'boolean');
+    assert.ok(koffi.sizeof(DevPropsStruct) >= 48);
+  });
+});
