@@ -328,17 +328,15 @@ export function defaultThreads(): number {
  * the only devices are software renderers, sets it to them so lavapipe runs the Vulkan path.
  *
  * lavapipe compiles each ggml shader with LLVM on first use, which dominates short runs (minutes on
- * 2 cores); narrower vectors and no LLVM optimisation passes compile ~2.5x faster. Software Vulkan is
- * for correctness, not speed, so qtune sets LP_NATIVE_VECTOR_WIDTH=128 and GALLIVM_PERF=nopt unless
- * the user set them or a real GPU is present.
+ * 2 cores); without LLVM's optimisation passes it compiles ~1.4x faster. Software Vulkan is for
+ * correctness, not speed, so qtune sets GALLIVM_PERF=nopt unless the user set it or a real GPU is
+ * present. (LP_NATIVE_VECTOR_WIDTH=128 compiles faster still but makes ggml's quantized matmul
+ * shaders return wrong values and NaN: never set it.)
  */
 function prepareVulkan(): { usable: boolean; note: string | null; software: VulkanPhysicalDevice[] } {
   // Set before the probe loads lavapipe, which reads them once per process.
   const tuned: string[] = [];
-  for (const [k, v] of [
-    ['LP_NATIVE_VECTOR_WIDTH', '128'],
-    ['GALLIVM_PERF', 'nopt'],
-  ] as const) {
+  for (const [k, v] of [['GALLIVM_PERF', 'nopt']] as const) {
     if (process.env[k] === undefined) {
       process.env[k] = v;
       tuned.push(`${k}=${v}`);
