@@ -99,17 +99,15 @@ export class NativeBuffer {
     ctx: NativeContext,
     backend: Backend,
     buft: BufferTypePtr = backend.bufferType,
+    what = 'tensors',
   ): NativeBuffer {
     const { api } = getEngine();
     const ptr = api.backend_alloc_ctx_tensors_from_buft(ctx.ptr, buft);
     if (ptr === null) {
-      throw new OutOfMemoryError(
-        `${backend.name} could not allocate a buffer for ${ctx.ptr ? 'the tensors' : ''}`.trim(),
-        {
-          hint: 'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory',
-          details: { device: backend.name, free: backend.memory().free },
-        },
-      );
+      throw new OutOfMemoryError(`${backend.name} could not allocate a buffer for the ${what}`, {
+        hint: 'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory',
+        details: { device: backend.name, free: backend.memory().free },
+      });
     }
     return new NativeBuffer(ptr, backend.name);
   }

@@ -30,6 +30,7 @@ import {
   fmtShape,
 } from '../errors.js';
 import { decode, encode } from './host.js';
+import { isContiguous } from './ops/common.js';
 import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
 import { Tensor } from './tensor.js';
 
@@ -224,9 +225,13 @@ export class Graph {
         if (dy === undefined) continue;
         const dxs = entry.backward(dy);
         entry.inputs.forEach((x, k) => {
-          const dx = dxs[k] ?? null;
-          if (dx === null || !x.requiresGrad) return;
-          if (!sameShape(dx.shape, x.shape) || numel(dx.shape) !== numel(x.shape)) {
+          const raw = dxs[k] ?? null;
+          if (raw === null || !x.requiresGrad) return;
+          // ggml's elementwise kernels need contiguous rows: views (transpose, slice) are copied
+          const dx = isContiguous(raw)
+            ? raw
+            : this.node((ctx) => api.cont(ctx, raw.ptr), raw.shape, raw.dtype, false);
+          if (!sameShape(dx.shape, x.shape)) {
             throw new QtuneError(
               'GRAPH',
               `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
@@ -260,7 +265,7 @@ export class Graph {
     if (t.graph !== this)
       throw new QtuneError('GRAPH', `output: ${t.toString()} is not a node of this graph`);
     let out = t;
-    if (!getEngine().api.is_contiguous(t.ptr)) {
+    if (!isContiguous(t)) {
       out = this.node((ctx) => getEngine().api.cont(ctx, t.ptr), t.shape, t.dtype, false);
     }
     this.outputs.add(out);
@@ -272,7 +277,7 @@ export class Graph {
     this.assertBuilding('assign');
     if (target.kind !== 'stored')
       throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
-    if (!sameShape(target.shape, value.shape) && target.numel !== value.numel) {
+    if (target.numel !== value.numel) {
       throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
     }
     if (target.backend !== this.backend) {
@@ -327,7 +332,12 @@ export class Graph {
     this.checkLeafDevices();
 
     if (this.leaves.length > 0) {
-      this.leafBuffer = NativeBuffer.forContext(this.leafCtx, this.backend);
+      this.leafBuffer = NativeBuffer.forContext(
+        this.leafCtx,
+        this.backend,
+        this.backend.bufferType,
+        'graph inputs',
+      );
       this.leafBuffer.clear(0);
       for (const leaf of this.leaves) if (leaf.data !== null) this.upload(leaf.tensor, leaf.data);
     }
@@ -443,7 +453,7 @@ export class Graph {
     }
     const { api } = getEngine();
     const n = api.nbytes(t.ptr);
-    const bytes = new Uint8Array(n + 4096);
+    const bytes = new Uint8Array(n);
     api.backend_tensor_get(t.ptr, bytes, 0, n);
     return decode(t.dtype, bytes, t.numel);
   }

@@ -35,6 +35,8 @@ export class TensorStore {
 
   private constructor(backend: Backend, specs: readonly TensorSpec[], bufferType: BufferTypePtr | undefined) {
     const { api } = getEngine();
+    if (specs.length === 0)
+      throw new QtuneError('INVALID_ARGUMENT', 'a tensor store needs at least one tensor');
     this.backend = backend;
     this.ctx = new NativeContext(specs.length + 1);
     const tensors: { spec: TensorSpec; ptr: ReturnType<typeof api.new_tensor_4d> }[] = [];
@@ -50,7 +52,12 @@ export class TensorStore {
         api.set_name(ptr, spec.name.slice(0, 63));
         tensors.push({ spec, ptr });
       }
-      this.buffer = NativeBuffer.forContext(this.ctx, backend, bufferType);
+      this.buffer = NativeBuffer.forContext(
+        this.ctx,
+        backend,
+        bufferType,
+        `${TensorStore.bytesFor(specs)} bytes of tensors`,
+      );
     } catch (e) {
       this.ctx.free();
       throw e;

@@ -1,5 +1,5 @@
 /** What every op needs: find the graph, check operands, and wrap ggml calls. */
-import { isFloatDType } from '../../engine/dtype.js';
+import { GGML_TYPE_IDS, isFloatDType } from '../../engine/dtype.js';
 import { TensorStruct, koffi, type TensorPtr } from '../../engine/ggml.js';
 import { getEngine } from '../../engine/library.js';
 import { DTypeError, QtuneError } from '../../errors.js';
@@ -75,8 +75,13 @@ export function requireSameDType(op: string, a: Tensor, b: Tensor): void {
   }
 }
 
+/**
+ * Contiguous in memory, in the sense ggml's kernels assert: ggml_is_contiguous ignores the stride of
+ * a size-1 dimension, but the CPU kernels still check nb[0], so a transposed `[n, 1]` view is not.
+ */
 export function isContiguous(t: Tensor): boolean {
-  return ggml().is_contiguous(t.ptr);
+  const api = ggml();
+  return api.is_contiguous(t.ptr) && strides(t)[0] === api.type_size(GGML_TYPE_IDS[t.dtype]);
 }
 
 /** Byte strides `nb` of a ggml tensor, read from its struct (views have their own). */

@@ -7,6 +7,7 @@ import { ShapeError, fmtShape } from '../../errors.js';
 import { broadcastShapes, sameShape, type Shape } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { anyGrad, ggml, graphOf, requireFloat, requireSameDType, sameNe, template } from './common.js';
+import { contiguous } from './layout.js';
 
 type Binary = 'add' | 'sub' | 'mul' | 'div';
 
@@ -60,6 +61,7 @@ function binary(op: Binary, a: Tensor, b: Tensor): Tensor {
     if ((op === 'add' || op === 'mul') && sameNe(y.shape, shape)) [x, y] = [b, a];
     else x = expand(a, shape);
   }
+  x = contiguous(x); // ggml's kernels need contiguous rows in the first operand (the second may be a view)
   const api = ggml();
   return g.node((ctx) => api[op](ctx, x.ptr, y.ptr), shape, a.dtype, anyGrad(a, b), op);
 }
@@ -102,6 +104,7 @@ export function div(a: Tensor, b: Tensor): Tensor {
 export function scale(x: Tensor, s: number): Tensor {
   const g = graphOf('scale', x);
   requireFloat('scale', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().scale(ctx, x.ptr, s), x.shape, x.dtype, x.requiresGrad, 'scale');
   return g.record('scale', [x], y, (dy) => [scale(dy, s)]);
 }
@@ -110,6 +113,7 @@ export function scale(x: Tensor, s: number): Tensor {
 export function affine(x: Tensor, s: number, b: number): Tensor {
   const g = graphOf('affine', x);
   requireFloat('affine', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().scale_bias(ctx, x.ptr, s, b), x.shape, x.dtype, x.requiresGrad, 'affine');
   return g.record('affine', [x], y, (dy) => [scale(dy, s)]);
 }
@@ -123,6 +127,7 @@ export function neg(x: Tensor): Tensor {
 export function sqr(x: Tensor): Tensor {
   const g = graphOf('sqr', x);
   requireFloat('sqr', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().sqr(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'sqr');
   return g.record('sqr', [x], y, (dy) => [scale(mul(dy, x), 2)]);
 }
@@ -131,6 +136,7 @@ export function sqr(x: Tensor): Tensor {
 export function sqrt(x: Tensor): Tensor {
   const g = graphOf('sqrt', x);
   requireFloat('sqrt', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().sqrt(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'sqrt');
   return g.record('sqrt', [x], y, (dy) => [scale(div(dy, y), 0.5)]);
 }
@@ -139,6 +145,7 @@ export function sqrt(x: Tensor): Tensor {
 export function exp(x: Tensor): Tensor {
   const g = graphOf('exp', x);
   requireFloat('exp', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().exp(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'exp');
   return g.record('exp', [x], y, (dy) => [mul(dy, y)]);
 }
@@ -147,6 +154,7 @@ export function exp(x: Tensor): Tensor {
 export function log(x: Tensor): Tensor {
   const g = graphOf('log', x);
   requireFloat('log', x);
+  x = contiguous(x);
   const y = g.node((ctx) => ggml().log(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'log');
   return g.record('log', [x], y, (dy) => [div(dy, x)]);
 }

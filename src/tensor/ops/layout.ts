@@ -200,8 +200,9 @@ export function sum(x: Tensor, axis?: number, keepDim = false): Tensor {
   const g = graphOf('sum', x);
   requireFloat('sum', x);
   if (axis === undefined) {
-    const y = g.node((ctx) => ggml().sum(ctx, x.ptr), [], x.dtype, x.requiresGrad, 'sum');
-    return g.record('sum', [x], y, (dy) => [broadcastBack(dy, x.shape)]);
+    const src = contiguous(x);
+    const y = g.node((ctx) => ggml().sum(ctx, src.ptr), [], x.dtype, x.requiresGrad, 'sum');
+    return g.record('sum', [src], y, (dy) => [broadcastBack(dy, x.shape)]);
   }
   const ax = normAxis(axis, x.rank, 'sum');
   const kept = x.shape.map((d, i) => (i === ax ? 1 : d));

@@ -12,7 +12,7 @@ import { DTypeError, ShapeError, fmtShape } from '../../errors.js';
 import type { Graph } from '../graph.js';
 import { toNe } from '../shape.js';
 import type { Tensor } from '../tensor.js';
-import { anyGrad, ggml, graphOf, requireF32 } from './common.js';
+import { anyGrad, ggml, graphOf, requireF32, strides } from './common.js';
 import { add, expand } from './elementwise.js';
 import { contiguous, reshape, transpose } from './layout.js';
 
@@ -23,9 +23,11 @@ import { contiguous, reshape, transpose } from './layout.js';
  * dimension as w, consecutive groups of `k` share one matrix of w (grouped-query attention's
  * `repeat_interleave`). A weight with no batch dimensions is shared by every row of x.
  */
-export function linear(x: Tensor, w: Tensor): Tensor {
-  const g = graphOf('linear', x, w);
-  requireF32('linear', x);
+export function linear(input: Tensor, w: Tensor): Tensor {
+  const g = graphOf('linear', input, w);
+  requireF32('linear', input);
+  // mul_mat reads the input's rows contiguously; permuted views that keep rows intact pass as they are
+  const x = strides(input)[0] === 4 ? input : contiguous(input);
   if (!isFloatDType(w.dtype) && !isQuantDType(w.dtype)) {
     throw new DTypeError(`linear: weight ${w.toString()} has type ${w.dtype}`, {
       hint: 'weights are float or quantized',
