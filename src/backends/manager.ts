@@ -20,7 +20,8 @@ import type { TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import { NativeContext } from '../engine/memory.js';
 import { DeviceUnavailableError, QtuneError } from '../errors.js';
-import type { TensorStore } from '../tensor/store.js';
+import { TensorStore } from '../tensor/store.js';
+import type { Tensor } from '../tensor/tensor.js';
 
 export type DeviceKind = 'cpu' | 'cuda' | 'metal' | 'vulkan' | 'other';
 
@@ -162,6 +163,17 @@ export class BackendManager {
   /** Copies a whole set of tensors to another device; the original stays valid. */
   transfer(store: TensorStore, to: Backend): TensorStore {
     return store.to(to);
+  }
+
+  /** Copies one stored tensor to another device, into a store of its own (dispose it with `t.store.dispose()`). */
+  copy(t: Tensor, to: Backend): Tensor {
+    if (t.kind !== 'stored')
+      throw new QtuneError('INVALID_ARGUMENT', `copy: ${t.toString()} is not a stored tensor`);
+    const spec = { name: t.name || 't', shape: t.shape, dtype: t.dtype, requiresGrad: t.requiresGrad };
+    const store = TensorStore.create(to, [spec]);
+    const out = store.get(spec.name);
+    store.copyFrom(out, t);
+    return out;
   }
 }
 

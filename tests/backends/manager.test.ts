@@ -148,6 +148,10 @@ describe('BackendManager', () => {
           assert.deepEqual(back.readBytes(back.get(t.name)), store.readBytes(t), `${t.name} changed`);
         assert.ok(relErr(logits(onGpu), logits(store)) < 2e-2);
         assert.deepEqual(logits(back), logits(store));
+        const one = manager.copy(store.get('w'), vulkan!.backend);
+        assert.equal(one.backend, vulkan!.backend);
+        assert.deepEqual(one.store!.readBytes(one), store.readBytes(store.get('w')));
+        one.store!.dispose();
       } finally {
         store.dispose();
         onGpu.dispose();

@@ -44,6 +44,7 @@ import {
   sum,
   swiglu,
   transpose,
+  view,
 } from '../../src/tensor/index.js';
 import { TensorStore } from '../../src/tensor/store.js';
 import { attachTransposed } from '../../src/tensor/transposed.js';
@@ -208,6 +209,12 @@ const CASES: Case[] = [
     ref: ([a]) => R.reshape(R.mul(a!, a!), [5, 2, 3]),
   },
   {
+    name: 'view',
+    inputs: [[4, 6]],
+    build: ([a]) => ({ out: mul(view(a!, [2, 12]), view(a!, [2, 12])) }),
+    ref: ([a]) => R.reshape(R.mul(a!, a!), [2, 12]),
+  },
+  {
     name: 'permute',
     inputs: [[2, 3, 5, 7]],
     build: ([a]) => ({ out: contiguous(permute(a!, [2, 0, 3, 1])) }),
@@ -358,6 +365,32 @@ const CASES: Case[] = [
     // 'same' re-quantizes Wᵀ to q8_0: a second rounding (DESIGN.md §2)
     gradTol: mode === 'f32' ? 1e-3 : 2e-2,
   })),
+  // Forward only, at sizes where GPU backends switch to their tiled matmul shaders (lavapipe with
+  // LP_NATIVE_VECTOR_WIDTH=128 got the 96 → 10 one wrong while every small case above passed).
+  {
+    name: 'linear forward at 48×96 → 10 with a f32 weight',
+    inputs: [
+      [48, 96],
+      [10, 96],
+    ],
+    frozen: [0, 1],
+    build: ([x, w]) => ({ out: linear(x!, w!) }),
+    ref: ([x, w]) => R.linear(x!, w!),
+  },
+  ...(['f32', 'f16', 'q8_0', 'q4_0', 'q4_K'] as const).map((dtype): Case => ({
+    name: `linear forward at 48×256 → 96 with a ${dtype} weight`,
+    inputs: [[48, 256]],
+    frozen: [0],
+    build: ([x], c) => {
+      const rand = R.rng(12);
+      const w = c.store(
+        TensorStore.from(c.backend, Float32Array.from(R.normals(96 * 256, rand, 0.1)), [96, 256], { dtype }),
+      );
+      const wq = R.arr([96, 256], w.read());
+      return { out: linear(x!, w), ref: ([xr]) => R.linear(xr!, wq) };
+    },
+    fwdTol: dtype === 'f32' ? 1e-4 : 2e-2,
+  })),
   {
     name: 'embedding',
     inputs: [[7, 5]],
@@ -497,7 +530,7 @@ function runCase(c: Case, backend: Backend, seed: number): Result {
     const proj = R.arr([...built.out.shape], R.normals(built.out.numel, rand));
     const loss = sum(mul(built.out, g.constant(Float32Array.from(proj.data), built.out.shape, 'projection')));
     const trainable = xs.filter((t) => t.requiresGrad);
-    const grads = g.backward(loss, trainable);
+    const grads = trainable.length > 0 ? g.backward(loss, trainable) : new Map<Tensor, Tensor>();
     const outT = g.output(built.out);
     const gradT = trainable.map((t) => g.output(grads.get(t)!));
     g.compile();
