@@ -15,7 +15,11 @@ export type ErrorCode =
   | 'COMPUTE'
   | 'OUT_OF_MEMORY'
   | 'DISPOSED'
-  | 'INVALID_ARGUMENT';
+  | 'INVALID_ARGUMENT'
+  | 'FORMAT'
+  | 'CONFIG'
+  | 'NOT_FOUND'
+  | 'NETWORK';
 
 export class QtuneError extends Error {
   override name = 'QtuneError';
@@ -72,6 +76,28 @@ export class OutOfMemoryError extends QtuneError {
   override name = 'OutOfMemoryError';
   constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
     super('OUT_OF_MEMORY', message, options);
+  }
+}
+
+/** A file is not what its format promises (truncated, corrupt, unsupported): names the file and the problem. */
+export class FormatError extends QtuneError {
+  override name = 'FormatError';
+  readonly file: string;
+  constructor(
+    file: string,
+    message: string,
+    options: { hint?: string; details?: Record<string, unknown> } = {},
+  ) {
+    super('FORMAT', `${file}: ${message}`, options);
+    this.file = file;
+  }
+}
+
+/** A model configuration value qtune does not support, or that is malformed. */
+export class ConfigError extends QtuneError {
+  override name = 'ConfigError';
+  constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
+    super('CONFIG', message, options);
   }
 }
 

@@ -7,13 +7,15 @@ import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
+import * as generate from './commands/generate.js';
+import * as initTiny from './commands/init-tiny.js';
 
 interface Command {
   spec: CommandSpec;
   run(argv: string[], out: (s: string) => void): number | Promise<number>;
 }
 
-const COMMANDS: Record<string, Command> = { demo, backends, engine };
+const COMMANDS: Record<string, Command> = { demo, generate, 'init-tiny': initTiny, backends, engine };
 
 /** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
 const INPUT_ERRORS = new Set<ErrorCode>([
@@ -22,6 +24,9 @@ const INPUT_ERRORS = new Set<ErrorCode>([
   'SHAPE',
   'DTYPE',
   'UNSUPPORTED_OP',
+  'FORMAT',
+  'CONFIG',
+  'NOT_FOUND',
 ]);
 
 function usage(): string {

@@ -1,0 +1,401 @@
+/**
+ * Llama-family models in GGUF: the metadata ↔ config.json mapping, tensor names, the q/k row order,
+ * and the tokenizer.
+ *
+ * - Tensor names: `blk.N.attn_q.weight` ↔ `model.layers.N.self_attn.q_proj.weight`, and so on.
+ * - llama.cpp's `llama` architecture stores q_proj and k_proj rows reordered for its RoPE layout:
+ *   HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (DESIGN.md §5). qtune computes in the HF layout,
+ *   so it reorders on the way in and out; rows are whole (quantized blocks run along them), so this
+ *   moves bytes without touching values. `qwen2` is not reordered.
+ * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
+ *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it rebuilds
+ *   a byte-level BPE tokenizer from `tokenizer.ggml.*`, or uses a `tokenizer.json` beside the file.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
+import { getEngine } from '../engine/library.js';
+import { ConfigError, FormatError, QtuneError } from '../errors.js';
+import { parseLlamaConfig, type LlamaConfig } from '../models/config.js';
+import type { LlamaModel } from '../models/llama.js';
+import { encode } from '../tensor/host.js';
+import { ggufGet, kv, writeGguf, type GgufFile, type GgufKv, type GgufTensorToWrite } from './gguf.js';
+import { Tokenizer } from './tokenizer.js';
+
+const LAYER_NAMES: [string, string][] = [
+  ['input_layernorm.weight', 'attn_norm.weight'],
+  ['self_attn.q_proj.weight', 'attn_q.weight'],
+  ['self_attn.k_proj.weight', 'attn_k.weight'],
+  ['self_attn.v_proj.weight', 'attn_v.weight'],
+  ['self_attn.q_proj.bias', 'attn_q.bias'],
+  ['self_attn.k_proj.bias', 'attn_k.bias'],
+  ['self_attn.v_proj.bias', 'attn_v.bias'],
+  ['self_attn.o_proj.weight', 'attn_output.weight'],
+  ['post_attention_layernorm.weight', 'ffn_norm.weight'],
+  ['mlp.gate_proj.weight', 'ffn_gate.weight'],
+  ['mlp.up_proj.weight', 'ffn_up.weight'],
+  ['mlp.down_proj.weight', 'ffn_down.weight'],
+];
+const GLOBAL_NAMES: [string, string][] = [
+  ['model.embed_tokens.weight', 'token_embd.weight'],
+  ['model.norm.weight', 'output_norm.weight'],
+  ['lm_head.weight', 'output.weight'],
+];
+
+/** The GGUF name of a Hugging Face checkpoint name. */
+export function hfToGgufName(name: string): string {
+  for (const [hf, gg] of GLOBAL_NAMES) if (name === hf) return gg;
+  const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
+  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
+  throw new QtuneError('INVALID_ARGUMENT', `no GGUF name for tensor ${name}`);
+}
+
+/** The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs). */
+export function ggufToHfName(name: string): string | null {
+  for (const [hf, gg] of GLOBAL_NAMES) if (name === gg) return hf;
+  const m = /^blk\.(\d+)\.(.+)$/.exec(name);
+  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
+  return null;
+}
+
+/**
+ * Reorders the rows of a q_proj/k_proj tensor between the HF and the llama.cpp layouts.
+ * `toGguf`: HF row h·d + j·d/2 + i → GGUF row h·d + 2i + j; otherwise the inverse.
+ */
+export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, toGguf: boolean): Uint8Array {
+  const rowBytes = bytes.byteLength / rows;
+  const d = rows / heads;
+  const half = d / 2;
+  const out = new Uint8Array(bytes.byteLength);
+  for (let h = 0; h < heads; h++) {
+    for (let j = 0; j < 2; j++) {
+      for (let i = 0; i < half; i++) {
+        const hf = h * d + j * half + i;
+        const gg = h * d + 2 * i + j;
+        const [from, to] = toGguf ? [hf, gg] : [gg, hf];
+        out.set(bytes.subarray(from * rowBytes, (from + 1) * rowBytes), to * rowBytes);
+      }
+    }
+  }
+  return out;
+}
+
+function ropeHeads(c: LlamaConfig, hfName: string): number | null {
+  if (c.model_type === 'qwen2') return null;
+  if (/\.self_attn\.q_proj\.(weight|bias)$/.test(hfName)) return c.num_attention_heads;
+  if (/\.self_attn\.k_proj\.(weight|bias)$/.test(hfName)) return c.num_key_value_heads;
+  return null;
+}
+
+/** Converts a GGUF tensor's bytes to the HF row order. */
+export function ggufTensorToHf(
+  c: LlamaConfig,
+  hfName: string,
+  shape: readonly number[],
+  bytes: Uint8Array,
+): Uint8Array {
+  const heads = ropeHeads(c, hfName);
+  return heads === null ? bytes : reorderRopeRows(bytes, shape[0]!, heads, false);
+}
+
+/** The config of a GGUF model (architectures `llama` and `qwen2`). */
+export function ggufToConfig(g: GgufFile): LlamaConfig {
+  const arch = ggufGet(g, 'general.architecture', 'string');
+  if (arch !== 'llama' && arch !== 'qwen2') {
+    throw new ConfigError(`${g.path}: general.architecture "${String(arch)}" is not supported`, {
+      hint: 'qtune reads llama and qwen2 GGUF models',
+    });
+  }
+  const n = (key: string, def?: number): number | undefined => ggufGet(g, `${arch}.${key}`, 'number') ?? def;
+  const embd = g.tensors.get('token_embd.weight');
+  if (embd === undefined) throw new FormatError(g.path, 'has no token_embd.weight');
+  const hidden = n('embedding_length');
+  const heads = n('attention.head_count');
+  const j: Record<string, unknown> = {
+    model_type: arch,
+    vocab_size: n('vocab_size') ?? embd.shape[0],
+    hidden_size: hidden,
+    intermediate_size: n('feed_forward_length'),
+    num_hidden_layers: n('block_count'),
+    num_attention_heads: heads,
+    num_key_value_heads: n('attention.head_count_kv', heads),
+    head_dim: n(
+      'attention.key_length',
+      hidden !== undefined && heads !== undefined ? hidden / heads : undefined,
+    ),
+    rms_norm_eps: n('attention.layer_norm_rms_epsilon'),
+    rope_theta: n('rope.freq_base', 10000),
+    max_position_embeddings: n('context_length', 2048),
+    tie_word_embeddings: !g.tensors.has('output.weight'),
+    attention_bias: g.tensors.has('blk.0.attn_q.bias'),
+    bos_token_id: ggufGet(g, 'tokenizer.ggml.bos_token_id', 'number'),
+    eos_token_id: ggufGet(g, 'tokenizer.ggml.eos_token_id', 'number'),
+    pad_token_id: ggufGet(g, 'tokenizer.ggml.padding_token_id', 'number'),
+  };
+  const hfConfig = ggufGet(g, 'qtune.hf_config', 'string');
+  if (hfConfig !== undefined) {
+    // rope scaling and the sliding window as the HF config had them
+    const extra = JSON.parse(hfConfig) as Record<string, unknown>;
+    for (const k of [
+      'rope_scaling',
+      'sliding_window',
+      'use_sliding_window',
+      'model_type',
+      'eos_token_id',
+      'torch_dtype',
+    ]) {
+      if (k in extra) j[k] = extra[k];
+    }
+  } else {
+    const scaling = ggufGet(g, `${arch}.rope.scaling.type`, 'string');
+    if (scaling === 'linear')
+      j['rope_scaling'] = { rope_type: 'linear', factor: n('rope.scaling.factor', 1) };
+    else if (g.tensors.has('rope_freqs.weight')) {
+      throw new ConfigError(`${g.path}: llama3 rope scaling stored only as rope_freqs is not read yet`, {
+        hint: 'convert from the Hugging Face folder, or put its config.json beside the GGUF file',
+      });
+    }
+  }
+  try {
+    return parseLlamaConfig(j);
+  } catch (e) {
+    if (e instanceof ConfigError)
+      throw new ConfigError(`${g.path}: ${e.message.replace('config.json: ', 'metadata ')}`);
+    throw e;
+  }
+}
+
+/** The tokenizer of a GGUF file (see the module comment for the order of sources). */
+export function ggufTokenizer(g: GgufFile, config: LlamaConfig): Tokenizer {
+  const embedded = ggufGet(g, 'tokenizer.huggingface.json', 'string');
+  const chat = ggufGet(g, 'tokenizer.chat_template', 'string');
+  const tokConfigJson = ggufGet(g, 'qtune.tokenizer_config', 'string');
+  const tokConfig = tokConfigJson !== undefined ? (JSON.parse(tokConfigJson) as Record<string, unknown>) : {};
+  if (chat !== undefined) tokConfig['chat_template'] = chat;
+  if (embedded !== undefined)
+    return new Tokenizer(JSON.parse(embedded) as Record<string, unknown>, tokConfig, config.eos_token_id);
+  const beside = path.join(path.dirname(g.path), 'tokenizer.json');
+  if (existsSync(beside)) {
+    const cfg = path.join(path.dirname(g.path), 'tokenizer_config.json');
+    const c = existsSync(cfg)
+      ? (JSON.parse(readFileSync(cfg, 'utf8')) as Record<string, unknown>)
+      : tokConfig;
+    return new Tokenizer(
+      JSON.parse(readFileSync(beside, 'utf8')) as Record<string, unknown>,
+      c,
+      config.eos_token_id,
+    );
+  }
+  const model = ggufGet(g, 'tokenizer.ggml.model', 'string');
+  const tokens = ggufGet(g, 'tokenizer.ggml.tokens', 'array') as string[] | undefined;
+  const merges = ggufGet(g, 'tokenizer.ggml.merges', 'array') as string[] | undefined;
+  if (model === 'gpt2' && tokens !== undefined && merges !== undefined) {
+    const types = (ggufGet(g, 'tokenizer.ggml.token_type', 'array') as number[] | undefined) ?? [];
+    const json = byteLevelBpeJson(
+      tokens,
+      merges,
+      types,
+      ggufGet(g, 'tokenizer.ggml.pre', 'string') ?? 'default',
+    );
+    const name = (id: number | null) => (id === null ? undefined : tokens[id]);
+    const bos = name(config.bos_token_id);
+    const eos = name(config.eos_token_id[0] ?? null);
+    if (bos !== undefined) tokConfig['bos_token'] = bos;
+    if (eos !== undefined) tokConfig['eos_token'] = eos;
+    return new Tokenizer(json, tokConfig, config.eos_token_id);
+  }
+  throw new QtuneError(
+    'NOT_FOUND',
+    `${g.path}: its tokenizer (tokenizer.ggml.model = ${String(model)}) cannot be rebuilt by qtune`,
+    {
+      hint: "put the model's tokenizer.json (and tokenizer_config.json) beside the GGUF file",
+    },
+  );
+}
+
+const PRE_TOKENIZER_REGEX: Record<string, string> = {
+  // llama.cpp's names for the split patterns of Llama 3 and Qwen2 (both GPT-4 style)
+  'llama-bpe':
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+  qwen2:
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+};
+
+function byteLevelBpeJson(
+  tokens: string[],
+  merges: string[],
+  types: number[],
+  pre: string,
+): Record<string, unknown> {
+  const regex = PRE_TOKENIZER_REGEX[pre];
+  const vocab: Record<string, number> = {};
+  const added: Record<string, unknown>[] = [];
+  tokens.forEach((t, id) => {
+    if (types[id] === 3 || types[id] === 4)
+      added.push({
+        id,
+        content: t,
+        single_word: false,
+        lstrip: false,
+        rstrip: false,
+        normalized: false,
+        special: types[id] === 3,
+      });
+    else vocab[t] = id;
+  });
+  return {
+    version: '1.0',
+    added_tokens: added,
+    normalizer: null,
+    pre_tokenizer:
+      regex === undefined
+        ? { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }
+        : {
+            type: 'Sequence',
+            pretokenizers: [
+              { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+              { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+            ],
+          },
+    post_processor: null,
+    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: {
+      type: 'BPE',
+      dropout: null,
+      unk_token: null,
+      continuing_subword_prefix: null,
+      end_of_word_suffix: null,
+      fuse_unk: false,
+      byte_fallback: false,
+      vocab,
+      merges,
+    },
+  };
+}
+
+/** Metadata for llama.cpp's tokenizer, plus the HF files qtune reads back. */
+function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
+  const out = new Map<string, GgufKv>();
+  const model = tok.json['model'] as Record<string, unknown>;
+  const vocab = model['vocab'] as Record<string, number>;
+  const tokens = new Array<string>(c.vocab_size);
+  const types = new Array<number>(c.vocab_size).fill(1);
+  for (const [t, id] of Object.entries(vocab)) if (id < c.vocab_size) tokens[id] = t;
+  const special = new Set<number>();
+  for (const a of (tok.json['added_tokens'] as Record<string, unknown>[] | undefined) ?? []) {
+    const id = a['id'] as number;
+    if (id >= c.vocab_size) continue;
+    tokens[id] = a['content'] as string;
+    types[id] = a['special'] === true ? 3 : 4;
+    if (a['special'] === true) special.add(id);
+  }
+  for (let i = 0; i < tokens.length; i++) {
+    if (tokens[i] === undefined) {
+      tokens[i] = `[PAD${i}]`;
+      types[i] = 5; // unused
+    }
+  }
+  const rawMerges = (model['merges'] as (string | [string, string])[] | undefined) ?? [];
+  const merges = rawMerges.map((m) => (typeof m === 'string' ? m : `${m[0]} ${m[1]}`));
+  const spm = model['byte_fallback'] === true;
+  if (spm) {
+    // SentencePiece-style BPE (Llama 2, Mistral): scores are minus the rank of the merge that makes
+    // each token, which reproduces the HF tokenizer in llama.cpp (DESIGN.md §5)
+    const rank = new Map<string, number>();
+    merges.forEach((m, r) => {
+      const t = m.replace(' ', '');
+      if (!rank.has(t)) rank.set(t, r);
+    });
+    const scores = tokens.map((t) => -(rank.get(t) ?? 0));
+    tokens.forEach((t, i) => {
+      if (/^<0x[0-9A-F]{2}>$/.test(t)) types[i] = 6;
+      else if (t === '<unk>') types[i] = 2;
+    });
+    out.set('tokenizer.ggml.model', kv.str('llama'));
+    out.set('tokenizer.ggml.scores', kv.f32s(scores));
+  } else {
+    out.set('tokenizer.ggml.model', kv.str('gpt2'));
+    out.set('tokenizer.ggml.pre', kv.str(c.model_type === 'qwen2' ? 'qwen2' : 'llama-bpe'));
+    out.set('tokenizer.ggml.merges', kv.strings(merges));
+  }
+  out.set('tokenizer.ggml.tokens', kv.strings(tokens));
+  out.set('tokenizer.ggml.token_type', kv.i32s(types));
+  if (tok.bosId !== null) out.set('tokenizer.ggml.bos_token_id', kv.u32(tok.bosId));
+  const eos = c.eos_token_id[0] ?? tok.eosIds[0];
+  if (eos !== undefined) out.set('tokenizer.ggml.eos_token_id', kv.u32(eos));
+  if (tok.padId !== null) out.set('tokenizer.ggml.padding_token_id', kv.u32(tok.padId));
+  const addBos = tok.config['add_bos_token'];
+  out.set('tokenizer.ggml.add_bos_token', kv.bool(typeof addBos === 'boolean' ? addBos : spm));
+  out.set('tokenizer.chat_template', kv.str(tok.chatTemplate));
+  out.set('tokenizer.huggingface.json', kv.str(JSON.stringify(tok.json)));
+  const cfg = { ...tok.config };
+  delete cfg['chat_template'];
+  out.set('qtune.tokenizer_config', kv.str(JSON.stringify(cfg)));
+  return out;
+}
+
+/**
+ * Writes a model as GGUF (architecture `llama` or `qwen2`), each tensor in its stored type, or
+ * converted to `dtype` when given (norms stay f32).
+ */
+export function writeLlamaGguf(
+  file: string,
+  model: LlamaModel,
+  tokenizer: Tokenizer,
+  o: { dtype?: DType; name?: string } = {},
+): void {
+  const c = model.config;
+  const arch = c.model_type === 'qwen2' ? 'qwen2' : 'llama';
+  const meta = new Map<string, GgufKv>([
+    ['general.architecture', kv.str(arch)],
+    ['general.name', kv.str(o.name ?? 'qtune model')],
+    [`${arch}.vocab_size`, kv.u32(c.vocab_size)],
+    [`${arch}.context_length`, kv.u32(c.max_position_embeddings)],
+    [`${arch}.embedding_length`, kv.u32(c.hidden_size)],
+    [`${arch}.block_count`, kv.u32(c.num_hidden_layers)],
+    [`${arch}.feed_forward_length`, kv.u32(c.intermediate_size)],
+    [`${arch}.attention.head_count`, kv.u32(c.num_attention_heads)],
+    [`${arch}.attention.head_count_kv`, kv.u32(c.num_key_value_heads)],
+    [`${arch}.attention.key_length`, kv.u32(c.head_dim)],
+    [`${arch}.attention.value_length`, kv.u32(c.head_dim)],
+    [`${arch}.rope.dimension_count`, kv.u32(c.head_dim)],
+    [`${arch}.attention.layer_norm_rms_epsilon`, kv.f32(c.rms_norm_eps)],
+    [`${arch}.rope.freq_base`, kv.f32(c.rope_theta)],
+    [
+      'qtune.hf_config',
+      kv.str(
+        JSON.stringify({
+          model_type: c.model_type,
+          rope_scaling: c.rope_scaling,
+          sliding_window: c.sliding_window,
+          use_sliding_window: c.sliding_window !== null,
+          eos_token_id: c.eos_token_id,
+          torch_dtype: c.torch_dtype,
+        }),
+      ),
+    ],
+  ]);
+  if (c.rope_scaling?.rope_type === 'linear') {
+    meta.set(`${arch}.rope.scaling.type`, kv.str('linear'));
+    meta.set(`${arch}.rope.scaling.factor`, kv.f32(c.rope_scaling.factor));
+  }
+  for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
+
+  const tensors: GgufTensorToWrite[] = [];
+  for (const t of model.store.tensors) {
+    let bytes = model.store.readBytes(t);
+    let dtype = t.dtype;
+    if (o.dtype !== undefined && o.dtype !== dtype && t.rank === 2) {
+      const { api } = getEngine();
+      const inner = t.shape[1]!;
+      if (inner % api.blck_size(GGML_TYPE_IDS[o.dtype]) === 0) {
+        bytes = encode(o.dtype, model.store.read(t), t.shape);
+        dtype = o.dtype;
+      }
+    }
+    const heads = ropeHeads(c, t.name);
+    if (heads !== null) bytes = reorderRopeRows(bytes, t.shape[0]!, heads, true);
+    tensors.push({ name: hfToGgufName(t.name), shape: t.shape, dtype, data: bytes });
+  }
+  writeGguf(file, meta, tensors);
+}
