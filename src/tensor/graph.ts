@@ -30,7 +30,7 @@ import {
   fmtShape,
 } from '../errors.js';
 import { decode, encode } from './host.js';
-import { isContiguous } from './ops/common.js';
+import { isContiguous, strides } from './ops/common.js';
 import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
 import { Tensor } from './tensor.js';
 
@@ -68,7 +68,7 @@ export class Graph {
   private readonly leaves: LeafInit[] = [];
   private readonly tape: TapeEntry[] = [];
   private readonly outputs = new Set<Tensor>();
-  private readonly assigns: { target: Tensor; value: Tensor }[] = [];
+  private readonly assigns: { target: TensorPtr; value: Tensor }[] = [];
   private readonly hooks: (() => void)[] = [];
   private readonly setHooks = new Map<Tensor, ((data: Float32Array | Int32Array) => void)[]>();
   private recording = true;
@@ -272,21 +272,61 @@ export class Graph {
     return out;
   }
 
-  /** Writes `value` into the stored tensor `target` at the end of each run (after every read of it). */
-  assign(target: Tensor, value: Tensor): void {
+  /**
+   * Writes `value` into the stored tensor `target` at the end of each run (after every read of it).
+   * With `at`, writes into the part of `target` that starts at index `at.start` along `at.axis` and
+   * has `value`'s shape (a KV cache filling up), leaving the rest as it is.
+   */
+  assign(target: Tensor, value: Tensor, at?: { axis: number; start: number }): void {
     this.assertBuilding('assign');
     if (target.kind !== 'stored')
       throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
-    if (target.numel !== value.numel) {
-      throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
-    }
     if (target.backend !== this.backend) {
       throw new QtuneError(
         'GRAPH',
         `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.backend.name}`,
       );
     }
-    this.assigns.push({ target, value });
+    if (at === undefined) {
+      if (target.numel !== value.numel)
+        throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
+      this.assigns.push({ target: target.ptr, value });
+      return;
+    }
+    const ax = at.axis < 0 ? at.axis + target.rank : at.axis;
+    const fits =
+      value.rank === target.rank &&
+      value.shape.every((d, i) =>
+        i === ax ? at.start >= 0 && at.start + d <= target.shape[i]! : d === target.shape[i],
+      );
+    if (!fits) {
+      throw new ShapeError(
+        `assign: ${fmtShape(value.shape)} does not fit into ${fmtShape(target.shape)} at index ${at.start} of axis ${at.axis}`,
+      );
+    }
+    const nb = strides(target);
+    const ne = toNe(value.shape);
+    const ga = target.rank - 1 - ax;
+    const view = this.node(
+      (ctx) =>
+        getEngine().api.view_4d(
+          ctx,
+          target.ptr,
+          ne[0],
+          ne[1],
+          ne[2],
+          ne[3],
+          nb[1],
+          nb[2],
+          nb[3],
+          at.start * nb[ga]!,
+        ),
+      value.shape,
+      target.dtype,
+      false,
+      'assign_view',
+    );
+    this.assigns.push({ target: view.ptr, value });
   }
 
   /** Runs `fn` before every {@link run} (per-run inputs such as dropout masks). */
@@ -321,7 +361,7 @@ export class Graph {
         throw new QtuneError('GRAPH', 'graph reached its node limit', {
           hint: 'raise GraphOptions.maxNodes',
         });
-      api.build_forward_expand(cgraph, api.cpy(this.ctx.ptr, a.value.ptr, a.target.ptr));
+      api.build_forward_expand(cgraph, api.cpy(this.ctx.ptr, a.value.ptr, a.target));
     }
     const n = api.graph_n_nodes(cgraph);
     if (n === 0)
@@ -391,7 +431,6 @@ export class Graph {
       }
     };
     for (const e of this.tape) for (const t of e.inputs) visit(t);
-    for (const a of this.assigns) visit(a.target);
   }
 
   /** Sets an input's data (f32 values, converted to the input's type; or int32 for i32 inputs). */

@@ -83,13 +83,17 @@ export function encode(dtype: DType, values: Float32Array, shape: Shape): Uint8A
 
 const toFloatFns = new Map<DType, FnPtr>();
 
-/** Decodes bytes of `dtype` into f32 values. */
-export function decode(dtype: DType, bytes: Uint8Array, count: number): Float32Array {
+/** Decodes bytes of `dtype` into f32 values, in a new array or at the start of `into`. */
+export function decode(dtype: DType, bytes: Uint8Array, count: number, into?: Float32Array): Float32Array {
   const { api } = getEngine();
-  const out = new Float32Array(count);
+  const out = into === undefined ? new Float32Array(count) : into.subarray(0, count);
   switch (dtype) {
     case 'f32':
-      out.set(new Float32Array(bytes.buffer, bytes.byteOffset, count));
+      out.set(
+        bytes.byteOffset % 4 === 0
+          ? new Float32Array(bytes.buffer, bytes.byteOffset, count)
+          : new Float32Array(bytes.slice().buffer, 0, count),
+      );
       return out;
     case 'f16':
       api.fp16_to_fp32_row(bytes, out, count);

@@ -117,6 +117,10 @@ export class TensorStore {
     return [...this.byName.values()];
   }
 
+  has(name: string): boolean {
+    return this.byName.has(name);
+  }
+
   get(name: string): Tensor {
     const t = this.byName.get(name);
     if (t === undefined) {

@@ -1,0 +1,198 @@
+/**
+ * The Llama-family configuration, with the field names of Hugging Face's `config.json`, read and
+ * validated once. Llama 2/3/3.1/3.2, TinyLlama and SmolLM are `llama`; Mistral is `mistral`; Qwen2 and
+ * Qwen2.5 are `qwen2` (biases on q, k and v). Anything qtune does not implement is refused by name.
+ */
+import { ConfigError } from '../errors.js';
+
+export type ModelType = 'llama' | 'mistral' | 'qwen2';
+export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2'];
+
+export interface Llama3RopeScaling {
+  rope_type: 'llama3';
+  factor: number;
+  low_freq_factor: number;
+  high_freq_factor: number;
+  original_max_position_embeddings: number;
+}
+
+export interface LinearRopeScaling {
+  rope_type: 'linear';
+  factor: number;
+}
+
+export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
+
+export interface LlamaConfig {
+  model_type: ModelType;
+  vocab_size: number;
+  hidden_size: number;
+  intermediate_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads: number;
+  head_dim: number;
+  rms_norm_eps: number;
+  rope_theta: number;
+  max_position_embeddings: number;
+  tie_word_embeddings: boolean;
+  rope_scaling: RopeScaling | null;
+  /** Biases on q_proj, k_proj and v_proj (Qwen2; Llama's `attention_bias`). */
+  attention_bias: boolean;
+  /** Mistral's attention window; null when attention is full. */
+  sliding_window: number | null;
+  bos_token_id: number | null;
+  eos_token_id: number[];
+  pad_token_id: number | null;
+  torch_dtype: string | null;
+}
+
+type Json = Record<string, unknown>;
+
+function num(j: Json, key: string, opts: { int?: boolean; min?: number; def?: number } = {}): number {
+  const v = j[key] ?? opts.def;
+  if (
+    typeof v !== 'number' ||
+    !Number.isFinite(v) ||
+    (opts.int === true && !Number.isInteger(v)) ||
+    v < (opts.min ?? -Infinity)
+  ) {
+    throw new ConfigError(
+      `config.json: ${key} = ${JSON.stringify(j[key])} is not ${opts.int ? 'an integer' : 'a number'}${opts.min === undefined ? '' : ` >= ${opts.min}`}`,
+      {
+        hint: `set ${key} in config.json`,
+      },
+    );
+  }
+  return v;
+}
+
+function tokenIds(v: unknown, key: string): number[] {
+  if (v === undefined || v === null) return [];
+  const arr = Array.isArray(v) ? v : [v];
+  if (!arr.every((x) => Number.isInteger(x)))
+    throw new ConfigError(`config.json: ${key} = ${JSON.stringify(v)} is not a token id or a list of them`);
+  return arr as number[];
+}
+
+/** Parses and validates a `config.json` object. */
+export function parseLlamaConfig(j: Json): LlamaConfig {
+  const modelType = j['model_type'];
+  if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
+    throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
+      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5)`,
+    });
+  }
+  const act = j['hidden_act'] ?? 'silu';
+  if (act !== 'silu')
+    throw new ConfigError(`config.json: hidden_act ${JSON.stringify(act)} is not supported`, {
+      hint: 'Llama-family models use silu',
+    });
+  if (j['mlp_bias'] === true)
+    throw new ConfigError('config.json: mlp_bias = true is not supported', {
+      hint: 'Llama-family MLPs have no biases',
+    });
+  const hidden = num(j, 'hidden_size', { int: true, min: 1 });
+  const heads = num(j, 'num_attention_heads', { int: true, min: 1 });
+  const kvHeads = num(j, 'num_key_value_heads', { int: true, min: 1, def: heads });
+  if (heads % kvHeads !== 0) {
+    throw new ConfigError(
+      `config.json: num_attention_heads = ${heads} is not a multiple of num_key_value_heads = ${kvHeads}`,
+    );
+  }
+  const headDim = num(j, 'head_dim', { int: true, min: 2, def: hidden / heads });
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    throw new ConfigError(
+      `config.json: head_dim = ${headDim} (hidden_size / num_attention_heads) must be an even integer`,
+    );
+  }
+  let ropeScaling: RopeScaling | null = null;
+  const rs = j['rope_scaling'];
+  if (rs !== undefined && rs !== null) {
+    const r = rs as Json;
+    const type = r['rope_type'] ?? r['type'];
+    if (type === 'llama3') {
+      ropeScaling = {
+        rope_type: 'llama3',
+        factor: num(r, 'factor', { min: 1 }),
+        low_freq_factor: num(r, 'low_freq_factor', { min: 0 }),
+        high_freq_factor: num(r, 'high_freq_factor', { min: 0 }),
+        original_max_position_embeddings: num(r, 'original_max_position_embeddings', { int: true, min: 1 }),
+      };
+      if (ropeScaling.high_freq_factor <= ropeScaling.low_freq_factor) {
+        throw new ConfigError(
+          'config.json: rope_scaling.high_freq_factor must be larger than low_freq_factor',
+        );
+      }
+    } else if (type === 'linear') {
+      ropeScaling = { rope_type: 'linear', factor: num(r, 'factor', { min: 1 }) };
+    } else if (type !== 'default') {
+      throw new ConfigError(`config.json: rope_scaling type "${String(type)}" is not supported`, {
+        hint: 'qtune implements llama3 and linear rope scaling',
+      });
+    }
+  }
+  const qwen = modelType === 'qwen2';
+  const window =
+    modelType === 'mistral' || (qwen && j['use_sliding_window'] === true) ? j['sliding_window'] : null;
+  const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
+  const bos = tokenIds(j['bos_token_id'], 'bos_token_id');
+  const pad = tokenIds(j['pad_token_id'], 'pad_token_id');
+  return {
+    model_type: modelType as ModelType,
+    vocab_size: num(j, 'vocab_size', { int: true, min: 1 }),
+    hidden_size: hidden,
+    intermediate_size: num(j, 'intermediate_size', { int: true, min: 1 }),
+    num_hidden_layers: num(j, 'num_hidden_layers', { int: true, min: 1 }),
+    num_attention_heads: heads,
+    num_key_value_heads: kvHeads,
+    head_dim: headDim,
+    rms_norm_eps: num(j, 'rms_norm_eps', { min: 0, def: 1e-6 }),
+    rope_theta: num(j, 'rope_theta', { min: 1, def: 10000 }),
+    max_position_embeddings: num(j, 'max_position_embeddings', { int: true, min: 1, def: 2048 }),
+    tie_word_embeddings: j['tie_word_embeddings'] === true,
+    rope_scaling: ropeScaling,
+    attention_bias: qwen || j['attention_bias'] === true,
+    sliding_window: typeof window === 'number' ? window : null,
+    bos_token_id: bos[0] ?? null,
+    eos_token_id: eos,
+    pad_token_id: pad[0] ?? null,
+    torch_dtype: typeof j['torch_dtype'] === 'string' ? j['torch_dtype'] : null,
+  };
+}
+
+/** The `config.json` object for a config (what `createTinyModel` and GGUF import write). */
+export function configToJson(c: LlamaConfig): Json {
+  const j: Json = {
+    architectures: [
+      c.model_type === 'qwen2'
+        ? 'Qwen2ForCausalLM'
+        : c.model_type === 'mistral'
+          ? 'MistralForCausalLM'
+          : 'LlamaForCausalLM',
+    ],
+    model_type: c.model_type,
+    vocab_size: c.vocab_size,
+    hidden_size: c.hidden_size,
+    intermediate_size: c.intermediate_size,
+    num_hidden_layers: c.num_hidden_layers,
+    num_attention_heads: c.num_attention_heads,
+    num_key_value_heads: c.num_key_value_heads,
+    head_dim: c.head_dim,
+    hidden_act: 'silu',
+    rms_norm_eps: c.rms_norm_eps,
+    rope_theta: c.rope_theta,
+    max_position_embeddings: c.max_position_embeddings,
+    tie_word_embeddings: c.tie_word_embeddings,
+    rope_scaling: c.rope_scaling,
+    torch_dtype: c.torch_dtype ?? 'float32',
+  };
+  if (c.model_type === 'llama') j['attention_bias'] = c.attention_bias;
+  if (c.sliding_window !== null) j['sliding_window'] = c.sliding_window;
+  if (c.model_type === 'qwen2') j['use_sliding_window'] = c.sliding_window !== null;
+  if (c.bos_token_id !== null) j['bos_token_id'] = c.bos_token_id;
+  if (c.eos_token_id.length > 0)
+    j['eos_token_id'] = c.eos_token_id.length === 1 ? c.eos_token_id[0] : c.eos_token_id;
+  if (c.pad_token_id !== null) j['pad_token_id'] = c.pad_token_id;
+  return j;
+}

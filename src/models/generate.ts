@@ -1,0 +1,151 @@
+/**
+ * Text generation with a KV cache: the prompt is run once (prefill), then one token per step.
+ * Greedy when temperature is 0; otherwise sampling with temperature, top-k and top-p from a seeded
+ * generator, so a run is reproducible.
+ */
+import { QtuneError } from '../errors.js';
+import type { Tokenizer } from '../io/tokenizer.js';
+import { Graph } from '../tensor/graph.js';
+import { KVCache, type LlamaModel } from './llama.js';
+
+export interface GenerateOptions {
+  maxNewTokens?: number;
+  /** 0 = greedy (default). */
+  temperature?: number;
+  /** Keep the k most likely tokens (0 = all). */
+  topK?: number;
+  /** Keep the smallest set of tokens whose probability reaches p (1 = all). */
+  topP?: number;
+  seed?: number;
+  /** Stop at an end-of-sequence token (default true). */
+  stopAtEos?: boolean;
+  onToken?: (id: number) => void;
+}
+
+export interface GenerateResult {
+  /** The new token ids (without the prompt). */
+  ids: number[];
+  text: string;
+  stoppedBy: 'eos' | 'length';
+}
+
+function validate(o: GenerateOptions): Required<Omit<GenerateOptions, 'onToken'>> {
+  const r = {
+    maxNewTokens: o.maxNewTokens ?? 64,
+    temperature: o.temperature ?? 0,
+    topK: o.topK ?? 0,
+    topP: o.topP ?? 1,
+    seed: o.seed ?? 0,
+    stopAtEos: o.stopAtEos ?? true,
+  };
+  const bad = (field: string, v: number, want: string) =>
+    new QtuneError('INVALID_ARGUMENT', `generate: ${field} = ${v} is not ${want}`, { hint: `use ${want}` });
+  if (!Number.isInteger(r.maxNewTokens) || r.maxNewTokens < 1)
+    throw bad('maxNewTokens', r.maxNewTokens, 'an integer >= 1');
+  if (!(r.temperature >= 0)) throw bad('temperature', r.temperature, 'a number >= 0');
+  if (!Number.isInteger(r.topK) || r.topK < 0) throw bad('topK', r.topK, 'an integer >= 0');
+  if (!(r.topP > 0 && r.topP <= 1)) throw bad('topP', r.topP, 'a number in (0, 1]');
+  return r;
+}
+
+/** mulberry32 */
+function seeded(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Picks the next token from logits. */
+export function sampleToken(
+  logits: Float32Array,
+  o: { temperature: number; topK: number; topP: number },
+  rand: () => number,
+): number {
+  if (o.temperature === 0) {
+    let best = 0;
+    for (let i = 1; i < logits.length; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  let order = Array.from(logits.keys()).sort((a, b) => logits[b]! - logits[a]!);
+  if (o.topK > 0) order = order.slice(0, o.topK);
+  const max = logits[order[0]!]!;
+  const weights = order.map((i) => Math.exp((logits[i]! - max) / o.temperature));
+  const total = weights.reduce((a, b) => a + b, 0);
+  let keep = order.length;
+  if (o.topP < 1) {
+    let cum = 0;
+    for (let k = 0; k < order.length; k++) {
+      cum += weights[k]! / total;
+      if (cum >= o.topP) {
+        keep = k + 1;
+        break;
+      }
+    }
+  }
+  const kept = weights.slice(0, keep);
+  let r = rand() * kept.reduce((a, b) => a + b, 0);
+  for (let k = 0; k < keep; k++) {
+    r -= kept[k]!;
+    if (r <= 0) return order[k]!;
+  }
+  return order[keep - 1]!;
+}
+
+/** Logits of the last position after feeding `ids` at the cache's current length. */
+function step(model: LlamaModel, cache: KVCache, ids: readonly number[]): Float32Array {
+  const g = new Graph(model.backend);
+  try {
+    const input = g.input([1, ids.length], 'i32', 'ids');
+    const logits = g.output(model.forward(g, input, { cache, lastOnly: true }));
+    g.compile();
+    g.set(input, Int32Array.from(ids));
+    g.run();
+    cache.length += ids.length;
+    return g.read(logits);
+  } finally {
+    g.dispose();
+  }
+}
+
+export function generate(
+  model: LlamaModel,
+  tokenizer: Tokenizer,
+  prompt: readonly number[],
+  options: GenerateOptions = {},
+): GenerateResult {
+  const o = validate(options);
+  if (prompt.length === 0) throw new QtuneError('INVALID_ARGUMENT', 'generate: the prompt has no tokens');
+  const vocab = model.config.vocab_size;
+  const badId = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+  if (badId !== undefined)
+    throw new QtuneError(
+      'INVALID_ARGUMENT',
+      `generate: prompt token ${badId} is outside the vocabulary of ${vocab}`,
+    );
+  const cache = new KVCache(model.backend, model.config, prompt.length + o.maxNewTokens);
+  const rand = seeded(o.seed);
+  const eos = new Set(tokenizer.eosIds);
+  const out: number[] = [];
+  let stoppedBy: GenerateResult['stoppedBy'] = 'length';
+  try {
+    let logits = step(model, cache, prompt);
+    for (let i = 0; i < o.maxNewTokens; i++) {
+      const next = sampleToken(logits, o, rand);
+      if (o.stopAtEos && eos.has(next)) {
+        stoppedBy = 'eos';
+        break;
+      }
+      out.push(next);
+      options.onToken?.(next);
+      if (i + 1 < o.maxNewTokens) logits = step(model, cache, [next]);
+    }
+  } finally {
+    cache.dispose();
+  }
+  return { ids: out, text: tokenizer.decode(out, { skipSpecialTokens: true }), stoppedBy };
+}

@@ -1,0 +1,299 @@
+/**
+ * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral and Qwen2/2.5.
+ *
+ *   x = embed_tokens[ids]
+ *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
+ *               x += down_proj(silu(gate_proj(n)) · up_proj(n))                          n = rms(x)·post_attention_layernorm
+ *   logits = lm_head(rms(x)·norm)          (lm_head = embed_tokens when tie_word_embeddings)
+ *
+ * Weights are stored in the Hugging Face layout under the checkpoint's own names, so loading is a
+ * walk over {@link llamaWeights}. Rotary embeddings use the HF (neox, rotate-half) layout; GGUF files,
+ * whose q/k rows llama.cpp reorders, are converted back when they are read (src/io/gguf-llama.ts).
+ */
+import type { Backend } from '../engine/device.js';
+import type { DType } from '../engine/dtype.js';
+import { ConfigError, QtuneError } from '../errors.js';
+import type { Graph } from '../tensor/graph.js';
+import { add, mul } from '../tensor/ops/elementwise.js';
+import { concat, permute, reshape, slice } from '../tensor/ops/layout.js';
+import { linear, matmul } from '../tensor/ops/matmul.js';
+import { embedding, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
+import { TensorStore, type TensorSpec } from '../tensor/store.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { LlamaConfig } from './config.js';
+
+export type WeightRole = 'embedding' | 'linear' | 'norm' | 'bias' | 'lm_head';
+
+export interface WeightSpec {
+  name: string;
+  shape: number[];
+  role: WeightRole;
+}
+
+/** Every weight of a model: its checkpoint name, shape `[out, in]` and role. */
+export function llamaWeights(c: LlamaConfig): WeightSpec[] {
+  const hd = c.head_dim;
+  const w: WeightSpec[] = [
+    { name: 'model.embed_tokens.weight', shape: [c.vocab_size, c.hidden_size], role: 'embedding' },
+  ];
+  for (let i = 0; i < c.num_hidden_layers; i++) {
+    const p = `model.layers.${i}`;
+    w.push({ name: `${p}.input_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
+    w.push({
+      name: `${p}.self_attn.q_proj.weight`,
+      shape: [c.num_attention_heads * hd, c.hidden_size],
+      role: 'linear',
+    });
+    w.push({
+      name: `${p}.self_attn.k_proj.weight`,
+      shape: [c.num_key_value_heads * hd, c.hidden_size],
+      role: 'linear',
+    });
+    w.push({
+      name: `${p}.self_attn.v_proj.weight`,
+      shape: [c.num_key_value_heads * hd, c.hidden_size],
+      role: 'linear',
+    });
+    if (c.attention_bias) {
+      w.push({ name: `${p}.self_attn.q_proj.bias`, shape: [c.num_attention_heads * hd], role: 'bias' });
+      w.push({ name: `${p}.self_attn.k_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
+      w.push({ name: `${p}.self_attn.v_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
+    }
+    w.push({
+      name: `${p}.self_attn.o_proj.weight`,
+      shape: [c.hidden_size, c.num_attention_heads * hd],
+      role: 'linear',
+    });
+    w.push({ name: `${p}.post_attention_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
+    w.push({
+      name: `${p}.mlp.gate_proj.weight`,
+      shape: [c.intermediate_size, c.hidden_size],
+      role: 'linear',
+    });
+    w.push({ name: `${p}.mlp.up_proj.weight`, shape: [c.intermediate_size, c.hidden_size], role: 'linear' });
+    w.push({
+      name: `${p}.mlp.down_proj.weight`,
+      shape: [c.hidden_size, c.intermediate_size],
+      role: 'linear',
+    });
+  }
+  w.push({ name: 'model.norm.weight', shape: [c.hidden_size], role: 'norm' });
+  if (!c.tie_word_embeddings)
+    w.push({ name: 'lm_head.weight', shape: [c.vocab_size, c.hidden_size], role: 'lm_head' });
+  return w;
+}
+
+/** Key and value cache for generation: `[B, n_kv_heads, capacity, head_dim]` per layer. */
+export class KVCache {
+  readonly store: TensorStore;
+  readonly capacity: number;
+  readonly batch: number;
+  /** Tokens already in the cache. */
+  length = 0;
+
+  constructor(backend: Backend, c: LlamaConfig, capacity: number, batch = 1) {
+    this.capacity = capacity;
+    this.batch = batch;
+    const shape = [batch, c.num_key_value_heads, capacity, c.head_dim];
+    const specs: TensorSpec[] = [];
+    for (let i = 0; i < c.num_hidden_layers; i++) {
+      specs.push({ name: `k${i}`, shape, dtype: 'f32' }, { name: `v${i}`, shape, dtype: 'f32' });
+    }
+    this.store = TensorStore.create(backend, specs);
+  }
+
+  dispose(): void {
+    this.store.dispose();
+  }
+}
+
+/**
+ * Replaces `linear(x, W)` of a module (named like `model.layers.0.self_attn.q_proj`) — how adapters
+ * such as LoRA wrap a layer without the model knowing them. Return null to keep the plain product.
+ * A module's bias is added after.
+ */
+export type LinearHook = (module: string, x: Tensor, weight: Tensor) => Tensor | null;
+
+export interface ForwardOptions {
+  linear?: LinearHook;
+  /** Position of the first token (the cache length when generating). */
+  start?: number;
+  /** Reads earlier keys and values from it and schedules this call's into it. */
+  cache?: KVCache;
+  /** Compute logits for the last position only (generation). */
+  lastOnly?: boolean;
+}
+
+export class LlamaModel {
+  readonly config: LlamaConfig;
+  readonly store: TensorStore;
+
+  constructor(config: LlamaConfig, store: TensorStore) {
+    this.config = config;
+    this.store = store;
+  }
+
+  /**
+   * Allocates a model's weights (zero-filled) on `backend`; `dtypeOf` picks each weight's storage
+   * type (norms and biases stay f32).
+   */
+  static allocate(
+    backend: Backend,
+    config: LlamaConfig,
+    dtypeOf: (w: WeightSpec) => DType = () => 'f32',
+  ): LlamaModel {
+    const specs = llamaWeights(config).map((w) => ({
+      name: w.name,
+      shape: w.shape,
+      dtype: w.role === 'norm' || w.role === 'bias' ? ('f32' as const) : dtypeOf(w),
+    }));
+    return new LlamaModel(config, TensorStore.create(backend, specs));
+  }
+
+  get backend(): Backend {
+    return this.store.backend;
+  }
+
+  weight(name: string): Tensor {
+    return this.store.get(name);
+  }
+
+  /**
+   * Logits `[B, T, vocab]` (or `[B, 1, vocab]` with `lastOnly`) for token ids `[B, T]`, an i32 input
+   * of `g`. Positions run from `start`.
+   */
+  forward(g: Graph, ids: Tensor, o: ForwardOptions = {}): Tensor {
+    const c = this.config;
+    if (ids.dtype !== 'i32' || ids.rank !== 2)
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `LlamaModel.forward: ids must be i32 [B, T], got ${ids.toString()}`,
+      );
+    const [B, T] = ids.shape as [number, number];
+    const start = o.start ?? o.cache?.length ?? 0;
+    const total = start + T;
+    if (c.sliding_window !== null && total > c.sliding_window) {
+      throw new ConfigError(
+        `${total} tokens exceed the model's sliding_window of ${c.sliding_window}; qtune does not implement windowed attention`,
+        {
+          hint: `keep prompt and generation under ${c.sliding_window} tokens`,
+        },
+      );
+    }
+    if (o.cache !== undefined && (total > o.cache.capacity || o.cache.batch !== B)) {
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `the KV cache holds ${o.cache.capacity} tokens for batch ${o.cache.batch}; asked for ${total} at batch ${B}`,
+      );
+    }
+    return g.build(() => {
+      const positions = g.constant(
+        Int32Array.from({ length: T }, (_, i) => start + i),
+        [T],
+        'positions',
+      );
+      const freqFactors =
+        c.rope_scaling?.rope_type === 'llama3'
+          ? g.constant(
+              llama3FreqFactors({
+                dims: c.head_dim,
+                base: c.rope_theta,
+                factor: c.rope_scaling.factor,
+                lowFreqFactor: c.rope_scaling.low_freq_factor,
+                highFreqFactor: c.rope_scaling.high_freq_factor,
+                originalMaxPositionEmbeddings: c.rope_scaling.original_max_position_embeddings,
+              }),
+              [c.head_dim / 2],
+              'rope_freqs',
+            )
+          : null;
+      const ropeOpts = {
+        mode: 'neox' as const,
+        base: c.rope_theta,
+        freqScale: c.rope_scaling?.rope_type === 'linear' ? 1 / c.rope_scaling.factor : 1,
+        freqFactors,
+        nCtxOrig: c.max_position_embeddings,
+      };
+
+      let x = embedding(this.weight('model.embed_tokens.weight'), ids); // (B, T, C)
+      for (let i = 0; i < c.num_hidden_layers; i++) {
+        const p = `model.layers.${i}`;
+        const n1 = mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.input_layernorm.weight`));
+        x = add(
+          x,
+          this.attention(g, n1, i, { B, T, start, positions, ropeOpts, cache: o.cache, hook: o.linear }),
+        );
+        const n2 = mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
+        const mlp = this.project(
+          `${p}.mlp.down_proj`,
+          swiglu(
+            this.project(`${p}.mlp.gate_proj`, n2, o.linear),
+            this.project(`${p}.mlp.up_proj`, n2, o.linear),
+          ),
+          o.linear,
+        );
+        x = add(x, mlp);
+      }
+      if (o.lastOnly === true && T > 1) x = slice(x, 1, T - 1, T); // (B, 1, C)
+      const h = mul(rmsNorm(x, c.rms_norm_eps), this.weight('model.norm.weight'));
+      const head = c.tie_word_embeddings
+        ? this.weight('model.embed_tokens.weight')
+        : this.weight('lm_head.weight');
+      return linear(h, head); // (B, T, V)
+    });
+  }
+
+  /** A module's linear layer: `x @ Wᵀ (+ bias)`, or what the hook makes of it. */
+  private project(module: string, x: Tensor, hook: LinearHook | undefined): Tensor {
+    const w = this.weight(`${module}.weight`);
+    const y = hook?.(module, x, w) ?? linear(x, w);
+    return this.store.has(`${module}.bias`) ? add(y, this.weight(`${module}.bias`)) : y;
+  }
+
+  private attention(
+    g: Graph,
+    n: Tensor,
+    layer: number,
+    a: {
+      B: number;
+      T: number;
+      start: number;
+      positions: Tensor;
+      ropeOpts: Parameters<typeof rope>[2];
+      cache: KVCache | undefined;
+      hook: LinearHook | undefined;
+    },
+  ): Tensor {
+    const c = this.config;
+    const p = `model.layers.${layer}.self_attn`;
+    const { B, T } = a;
+    const H = c.num_attention_heads;
+    const Hkv = c.num_key_value_heads;
+    const hd = c.head_dim;
+    const proj = (name: 'q' | 'k' | 'v', heads: number) =>
+      reshape(this.project(`${p}.${name}_proj`, n, a.hook), [B, T, heads, hd]);
+    const q = permute(rope(proj('q', H), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, H, T, hd)
+    let k = permute(rope(proj('k', Hkv), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, Hkv, T, hd)
+    let v = permute(proj('v', Hkv), [0, 2, 1, 3]); // (B, Hkv, T, hd)
+    if (a.cache !== undefined) {
+      const kc = a.cache.store.get(`k${layer}`);
+      const vc = a.cache.store.get(`v${layer}`);
+      g.assign(kc, k, { axis: 2, start: a.start });
+      g.assign(vc, v, { axis: 2, start: a.start });
+      if (a.start > 0) {
+        k = concat(slice(kc, 2, 0, a.start), k, 2); // (B, Hkv, start+T, hd)
+        v = concat(slice(vc, 2, 0, a.start), v, 2);
+      }
+    }
+    // query heads h·r .. h·r+r-1 share kv head h (ggml's grouped broadcasting = HF's repeat_kv)
+    const scores = linear(q, k); // (B, H, T, start+T)
+    const probs = softmax(scores, { scale: 1 / Math.sqrt(hd), causal: true });
+    const out = matmul(probs, v); // (B, H, T, hd)
+    const merged = reshape(permute(out, [0, 2, 1, 3]), [B, T, H * hd]);
+    return this.project(`${p}.o_proj`, merged, a.hook);
+  }
+
+  dispose(): void {
+    this.store.dispose();
+  }
+}

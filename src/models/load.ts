@@ -1,0 +1,265 @@
+/**
+ * `loadModel(source, options)`: a Hugging Face folder, a GGUF file, or a Hub id, loaded onto a
+ * backend with its tokenizer.
+ *
+ * Strategies:
+ * - `low_memory` (default): the weights are allocated at their final size first, then each tensor
+ *   is read, converted or quantized and written, one at a time — peak memory stays near the final
+ *   model plus one tensor;
+ * - `full`: every tensor is read into memory, then converted — simpler, twice the peak or more.
+ *
+ * @example
+ * const { model, tokenizer } = await loadModel('tiny-model', { backend: 'cpu', quantize: 'q8_0' });
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { BackendManager } from '../backends/manager.js';
+import type { Backend } from '../engine/device.js';
+import { GGML_TYPE_IDS, isFloatDType, isQuantDType, type DType, type FloatDType } from '../engine/dtype.js';
+import { getEngine } from '../engine/library.js';
+import { ConfigError, FormatError, QtuneError } from '../errors.js';
+import { readGguf, readGgufTensor } from '../io/gguf.js';
+import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from '../io/gguf-llama.js';
+import { downloadModel, isHubId, type HubOptions } from '../io/hub.js';
+import { SafetensorsCheckpoint } from '../io/safetensors.js';
+import { Tokenizer } from '../io/tokenizer.js';
+import { decode } from '../tensor/host.js';
+import { parseLlamaConfig, type LlamaConfig } from './config.js';
+import { LlamaModel, llamaWeights, type WeightSpec } from './llama.js';
+
+export type LoadStrategy = 'full' | 'low_memory';
+
+export interface LoadOptions extends HubOptions {
+  /** A backend, or a device request for BackendManager.select ('auto', 'cpu', 'vulkan', ...). */
+  backend?: Backend | string;
+  strategy?: LoadStrategy;
+  /** Storage type of the embeddings and linear weights (default f32; norms and biases stay f32). */
+  dtype?: FloatDType;
+  /** Quantize the decoder blocks' linear weights to this type as they are read. */
+  quantize?: DType;
+}
+
+export interface LoadedModel {
+  model: LlamaModel;
+  tokenizer: Tokenizer;
+  config: LlamaConfig;
+  source: { kind: 'folder' | 'gguf'; path: string };
+  /** Weights kept in `dtype` although quantization was asked for (rows not whole blocks). */
+  notQuantized: string[];
+  dispose(): void;
+}
+
+/** Where a tensor's bytes come from, before conversion. */
+interface Source {
+  names: string[];
+  /** The tensor's storage type in the file. */
+  dtypeOf(name: string): DType;
+  shapeOf(name: string): number[];
+  /** Raw bytes in `dtypeOf(name)`, in a new array or at the start of `into`. */
+  read(name: string, into?: Uint8Array): Uint8Array;
+  close(): void;
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (e) {
+    throw new FormatError(file, `is not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+  }
+}
+
+const ST_TO_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
+
+function folderSource(dir: string): Source {
+  const ckpt = SafetensorsCheckpoint.open(dir);
+  return {
+    names: ckpt.names(),
+    dtypeOf: (n) => {
+      const e = ckpt.entry(n);
+      const d = ST_TO_DTYPE[e.dtype];
+      if (d === undefined)
+        throw new FormatError(e.file, `tensor ${n} is ${e.dtype}; qtune reads F32, F16 and BF16 weights`);
+      return d;
+    },
+    shapeOf: (n) => ckpt.entry(n).shape,
+    read: (n, into) => ckpt.readRaw(n, into),
+    close: () => ckpt.close(),
+  };
+}
+
+function resolveBackend(b: Backend | string | undefined): Backend {
+  if (b === undefined || typeof b === 'string') return new BackendManager().select(b);
+  return b;
+}
+
+/** Loads a model and its tokenizer. */
+export async function loadModel(source: string, o: LoadOptions = {}): Promise<LoadedModel> {
+  let location = source;
+  if (!existsSync(source)) {
+    if (!isHubId(source)) {
+      throw new QtuneError('NOT_FOUND', `model ${source} does not exist`, {
+        hint: 'give a model folder, a .gguf file, or a Hub id such as org/name',
+      });
+    }
+    location = await downloadModel(source, o);
+  }
+  const backend = resolveBackend(o.backend);
+  if (o.quantize !== undefined && !isQuantDType(o.quantize) && !isFloatDType(o.quantize)) {
+    throw new QtuneError('INVALID_ARGUMENT', `quantize: ${o.quantize} is not a weight type`);
+  }
+  if (statSync(location).isFile()) {
+    if (!location.endsWith('.gguf'))
+      throw new QtuneError('INVALID_ARGUMENT', `${location} is a file but not .gguf`, {
+        hint: 'give a model folder or a .gguf file',
+      });
+    return loadGguf(location, backend, o);
+  }
+  const config = readConfig(location);
+  const genFile = path.join(location, 'generation_config.json');
+  const genEos = existsSync(genFile) ? readJson(genFile)['eos_token_id'] : undefined;
+  const genIds: unknown[] = Array.isArray(genEos) ? genEos : [genEos];
+  const extraEos = [...config.eos_token_id, ...genIds.filter((x): x is number => typeof x === 'number')];
+  const tokenizer = Tokenizer.fromFolder(location, extraEos);
+  const { model, notQuantized } = loadWeights(location, config, backend, o);
+  return {
+    model,
+    tokenizer,
+    config,
+    source: { kind: 'folder', path: location },
+    notQuantized,
+    dispose: () => model.dispose(),
+  };
+}
+
+/**
+ * The weights of a Hugging Face folder (or a .safetensors file) as a model, without a tokenizer.
+ */
+export function loadWeights(
+  location: string,
+  config: LlamaConfig,
+  backend: Backend | string | undefined,
+  o: Omit<LoadOptions, keyof HubOptions | 'backend'> = {},
+): { model: LlamaModel; notQuantized: string[] } {
+  const src = folderSource(location);
+  try {
+    return fill(config, src, resolveBackend(backend), o, location);
+  } finally {
+    src.close();
+  }
+}
+
+/** Reads and validates a folder's config.json. */
+export function readConfig(dir: string): LlamaConfig {
+  const configFile = path.join(dir, 'config.json');
+  if (!existsSync(configFile))
+    throw new QtuneError('NOT_FOUND', `${dir} has no config.json`, {
+      hint: 'point at a Hugging Face model folder',
+    });
+  try {
+    return parseLlamaConfig(readJson(configFile));
+  } catch (e) {
+    if (e instanceof ConfigError)
+      throw new ConfigError(
+        `${configFile}: ${e.message.replace('config.json: ', '')}`,
+        e.hint === undefined ? {} : { hint: e.hint },
+      );
+    throw e;
+  }
+}
+
+function loadGguf(file: string, backend: Backend, o: LoadOptions): LoadedModel {
+  const g = readGguf(file);
+  const config = ggufToConfig(g);
+  const tokenizer = ggufTokenizer(g, config);
+  const hfNames = new Map<string, string>();
+  for (const name of g.tensors.keys()) {
+    const hf = ggufToHfName(name);
+    if (hf !== null) hfNames.set(hf, name);
+  }
+  const src: Source = {
+    names: [...hfNames.keys()],
+    dtypeOf: (n) => g.tensors.get(hfNames.get(n)!)!.dtype,
+    shapeOf: (n) => g.tensors.get(hfNames.get(n)!)!.shape,
+    read: (n, into) =>
+      ggufTensorToHf(
+        config,
+        n,
+        g.tensors.get(hfNames.get(n)!)!.shape,
+        readGgufTensor(g, hfNames.get(n)!, into),
+      ),
+    close: () => undefined,
+  };
+  const { model, notQuantized } = fill(config, src, backend, o, file);
+  return {
+    model,
+    tokenizer,
+    config,
+    source: { kind: 'gguf', path: file },
+    notQuantized,
+    dispose: () => model.dispose(),
+  };
+}
+
+function fill(
+  config: LlamaConfig,
+  src: Source,
+  backend: Backend,
+  o: Omit<LoadOptions, keyof HubOptions | 'backend'>,
+  file: string,
+): { model: LlamaModel; notQuantized: string[] } {
+  const { api } = getEngine();
+  const specs = llamaWeights(config);
+  const have = new Set(src.names);
+  for (const w of specs) {
+    if (!have.has(w.name))
+      throw new FormatError(file, `has no tensor ${w.name}`, {
+        hint: 'the checkpoint does not match its config',
+      });
+    const shape = src.shapeOf(w.name);
+    if (shape.join() !== w.shape.join()) {
+      throw new FormatError(
+        file,
+        `tensor ${w.name} is [${shape.join(', ')}], the config needs [${w.shape.join(', ')}]`,
+      );
+    }
+  }
+  const notQuantized: string[] = [];
+  const float: DType = o.dtype ?? 'f32';
+  const targetOf = (w: WeightSpec): DType => {
+    if (w.role === 'norm' || w.role === 'bias') return 'f32';
+    if (o.quantize !== undefined && w.role === 'linear') {
+      if (w.shape[1]! % api.blck_size(GGML_TYPE_IDS[o.quantize]) === 0) return o.quantize;
+      notQuantized.push(w.name);
+    }
+    // without a requested type, keep the file's (a quantized GGUF model stays quantized)
+    return o.dtype === undefined && o.quantize === undefined ? src.dtypeOf(w.name) : float;
+  };
+  const targets = new Map(specs.map((w) => [w.name, targetOf(w)]));
+  const numel = (name: string) => src.shapeOf(name).reduce((a, b) => a * b, 1);
+  // low_memory reuses one byte buffer and one f32 buffer, sized for the largest tensor, for every
+  // tensor: the only garbage left per tensor is its quantized bytes
+  const largest = Math.max(...specs.map((w) => numel(w.name)));
+  const scratch =
+    o.strategy === 'full' ? null : { bytes: new Uint8Array(largest * 4), f32: new Float32Array(largest) };
+  const convert = (name: string, raw: Uint8Array): Uint8Array | Float32Array => {
+    const from = src.dtypeOf(name);
+    if (from === targets.get(name)) return raw;
+    if (from === 'f32' && raw.byteOffset % 4 === 0)
+      return new Float32Array(raw.buffer, raw.byteOffset, numel(name));
+    return decode(from, raw, numel(name), scratch?.f32);
+  };
+
+  // full: everything in host memory first; low_memory: one tensor at a time into the allocated model
+  const preloaded = o.strategy === 'full' ? new Map(specs.map((w) => [w.name, src.read(w.name)])) : null;
+  const model = LlamaModel.allocate(backend, config, (w) => targets.get(w.name)!);
+  try {
+    for (const w of specs) {
+      const raw = preloaded?.get(w.name) ?? src.read(w.name, scratch?.bytes);
+      model.store.write(model.weight(w.name), convert(w.name, raw));
+    }
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return { model, notQuantized };
+}

