@@ -1,5 +1,8 @@
 /** The qtune command: engine info, backends, help, and exit code 2 with one line for bad input. */
 import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import { qtune } from '../helpers/cli.js';
 
@@ -52,6 +55,12 @@ describe('qtune CLI', () => {
     [['engine', 'info'], { QTUNE_ENGINE: 'turbo' }, 'QTUNE_ENGINE=turbo'],
     [['demo', '--backend', 'tpu'], {}, '"tpu"'],
     [['demo', '--steps=-3'], {}, '--steps=-3'],
+    [['init-tiny'], {}, 'init-tiny'],
+    [['init-tiny', '/tmp/x', '--family', 'gpt2'], {}, '--family=gpt2'],
+    [['init-tiny', '/tmp/x', '--tokenizer', 'bert'], {}, '--tokenizer=bert'],
+    [['generate', '--prompt', 'hi'], {}, '--model'],
+    [['generate', '--model', '/nonexistent/model', '--prompt', 'hi'], {}, '/nonexistent/model'],
+    [['generate', '--model', 'x', '--prompt', 'hi', '--top-p', '2'], {}, '--top-p=2'],
   ] as [string[], Record<string, string>, string][]) {
     it(`bad input (${[...args, ...Object.entries(env).map(([k, v]) => `${k}=${v}`)].join(' ')}) exits 2 with one line`, () => {
       const r = qtune(args, env);
@@ -72,8 +81,50 @@ describe('qtune CLI', () => {
     assert.match(r.stdout, /frozen base weight unchanged/);
   });
 
+  it('init-tiny writes a model that generate loads and runs, plain and with --chat', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qtune-cli-'));
+    try {
+      const init = qtune([
+        'init-tiny',
+        path.join(dir, 'm'),
+        '--family',
+        'qwen2',
+        '--layers',
+        '2',
+        '--seed',
+        '3',
+      ]);
+      assert.equal(init.code, 0, init.stderr);
+      assert.match(init.stdout, /qwen2, hidden 256, 2 layers, 8 heads \(4 kv\), vocab 151665/);
+      for (const chat of [[], ['--chat', '--system', 'Be brief.']]) {
+        const gen = qtune([
+          'generate',
+          '--model',
+          path.join(dir, 'm'),
+          '--prompt',
+          'Call me Ishmael.',
+          '--max-new-tokens',
+          '5',
+          '--backend',
+          'cpu',
+          ...chat,
+        ]);
+        assert.equal(gen.code, 0, gen.stderr);
+        assert.ok(gen.stdout.trim().length > 0, 'no text generated');
+      }
+      const corrupt = path.join(dir, 'm', 'model.safetensors');
+      writeFileSync(corrupt, readFileSync(corrupt).subarray(0, 1000));
+      const bad = qtune(['generate', '--model', path.join(dir, 'm'), '--prompt', 'x', '--backend', 'cpu']);
+      assert.equal(bad.code, 2);
+      assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
+      assert.match(bad.stderr, /model\.safetensors/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('every command has --help listing its options', () => {
-    for (const cmd of ['demo', 'backends', 'engine']) {
+    for (const cmd of ['demo', 'generate', 'init-tiny', 'backends', 'engine']) {
       const r = qtune([cmd, '--help']);
       assert.equal(r.code, 0);
       assert.match(r.stdout, /usage: qtune/);

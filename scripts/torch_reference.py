@@ -1,0 +1,206 @@
+#!/usr/bin/python3
+"""PyTorch reference outputs for qtune's parity tests (tests/models/parity.test.ts).
+
+Writes, for each tiny configuration, a Hugging Face style folder under tests/fixtures/parity/<name>/:
+  config.json, model.safetensors (f32)       the model, randomly initialised from a seed
+  reference.json                              ids, labels, loss, LoRA settings, shapes
+  logits.bin                                  f32 logits [B, T, vocab] of the model
+  lora.safetensors                            the rank-8 LoRA weights on q_proj and v_proj
+  lora_grads.safetensors                      d(loss)/d(LoRA weights)
+
+The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 (RMSNorm,
+rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
+softmax, SwiGLU), in float64 for the reference values, independently of qtune.
+
+Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py
+"""
+import json
+import math
+import os
+import struct
+
+import torch
+
+torch.set_default_dtype(torch.float64)
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests', 'fixtures', 'parity')
+
+CONFIGS = {
+    # Llama with grouped-query attention, untied embeddings
+    'llama_gqa': dict(model_type='llama', vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
+                      max_position_embeddings=128, tie_word_embeddings=False, rope_scaling=None),
+    # Qwen2: biases on q, k, v; tied embeddings
+    'qwen2_bias_tied': dict(model_type='qwen2', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                            max_position_embeddings=128, tie_word_embeddings=True, rope_scaling=None),
+    # Llama 3.1 style rope scaling, tied embeddings
+    'llama3_rope_scaling': dict(model_type='llama', vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, rope_theta=500000.0,
+                                max_position_embeddings=128, tie_word_embeddings=True,
+                                rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                                  original_max_position_embeddings=16)),
+}
+B, T = 2, 12
+RANK, ALPHA = 8, 16
+TARGETS = ('q_proj', 'v_proj')
+
+
+def weights(c, gen):
+    hd = c['hidden_size'] // c['num_attention_heads']
+    H, K, C, F = c['num_attention_heads'], c['num_key_value_heads'], c['hidden_size'], c['intermediate_size']
+    w = {}
+    rnd = lambda *s: torch.randn(*s, generator=gen) * 0.1
+    w['model.embed_tokens.weight'] = rnd(c['vocab_size'], C)
+    for i in range(c['num_hidden_layers']):
+        p = f'model.layers.{i}'
+        w[f'{p}.input_layernorm.weight'] = 1 + rnd(C)
+        w[f'{p}.self_attn.q_proj.weight'] = rnd(H * hd, C)
+        w[f'{p}.self_attn.k_proj.weight'] = rnd(K * hd, C)
+        w[f'{p}.self_attn.v_proj.weight'] = rnd(K * hd, C)
+        if c['model_type'] == 'qwen2':
+            w[f'{p}.self_attn.q_proj.bias'] = rnd(H * hd)
+            w[f'{p}.self_attn.k_proj.bias'] = rnd(K * hd)
+            w[f'{p}.self_attn.v_proj.bias'] = rnd(K * hd)
+        w[f'{p}.self_attn.o_proj.weight'] = rnd(C, H * hd)
+        w[f'{p}.post_attention_layernorm.weight'] = 1 + rnd(C)
+        w[f'{p}.mlp.gate_proj.weight'] = rnd(F, C)
+        w[f'{p}.mlp.up_proj.weight'] = rnd(F, C)
+        w[f'{p}.mlp.down_proj.weight'] = rnd(C, F)
+    w['model.norm.weight'] = 1 + rnd(C)
+    if not c['tie_word_embeddings']:
+        w['lm_head.weight'] = rnd(c['vocab_size'], C)
+    return w
+
+
+def inv_freq(c, hd):
+    freq = 1.0 / (c['rope_theta'] ** (torch.arange(0, hd, 2) / hd))
+    rs = c['rope_scaling']
+    if rs is None:
+        return freq
+    low_wavelen = rs['original_max_position_embeddings'] / rs['low_freq_factor']
+    high_wavelen = rs['original_max_position_embeddings'] / rs['high_freq_factor']
+    out = []
+    for f in freq.tolist():
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(f)
+        elif wavelen > low_wavelen:
+            out.append(f / rs['factor'])
+        else:
+            smooth = (rs['original_max_position_embeddings'] / wavelen - rs['low_freq_factor']) / (rs['high_freq_factor'] - rs['low_freq_factor'])
+            out.append((1 - smooth) * f / rs['factor'] + smooth * f)
+    return torch.tensor(out)
+
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def forward(c, w, lora, ids):
+    H, K = c['num_attention_heads'], c['num_key_value_heads']
+    hd = c['hidden_size'] // H
+    pos = torch.arange(T, dtype=torch.float64)
+    ang = torch.outer(pos, inv_freq(c, hd))
+    emb = torch.cat((ang, ang), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    mask = torch.full((T, T), float('-inf')).triu(1)
+
+    def lin(x, name):
+        y = x @ w[f'{name}.weight'].T
+        if f'{name}.bias' in w:
+            y = y + w[f'{name}.bias']
+        if name in lora:
+            a, b = lora[name]
+            y = y + (ALPHA / RANK) * ((x @ a.T) @ b.T)
+        return y
+
+    x = w['model.embed_tokens.weight'][ids]
+    for i in range(c['num_hidden_layers']):
+        p = f'model.layers.{i}'
+        n = rms_norm(x, w[f'{p}.input_layernorm.weight'], c['rms_norm_eps'])
+        q = lin(n, f'{p}.self_attn.q_proj').view(B, T, H, hd).transpose(1, 2)
+        k = lin(n, f'{p}.self_attn.k_proj').view(B, T, K, hd).transpose(1, 2)
+        v = lin(n, f'{p}.self_attn.v_proj').view(B, T, K, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k = k.repeat_interleave(H // K, dim=1)
+        v = v.repeat_interleave(H // K, dim=1)
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1)
+        o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
+        x = x + lin(o, f'{p}.self_attn.o_proj')
+        n = rms_norm(x, w[f'{p}.post_attention_layernorm.weight'], c['rms_norm_eps'])
+        gate = lin(n, f'{p}.mlp.gate_proj')
+        x = x + lin(torch.nn.functional.silu(gate) * lin(n, f'{p}.mlp.up_proj'), f'{p}.mlp.down_proj')
+    x = rms_norm(x, w['model.norm.weight'], c['rms_norm_eps'])
+    head = w['model.embed_tokens.weight'] if c['tie_word_embeddings'] else w['lm_head.weight']
+    return x @ head.T
+
+
+def write_safetensors(path, tensors):
+    header, blobs, off = {}, [], 0
+    for name, t in tensors.items():
+        data = t.detach().to(torch.float32).contiguous().numpy().tobytes()
+        header[name] = dict(dtype='F32', shape=list(t.shape), data_offsets=[off, off + len(data)])
+        blobs.append(data)
+        off += len(data)
+    h = json.dumps(header).encode()
+    h += b' ' * ((8 - (8 + len(h)) % 8) % 8)
+    with open(path, 'wb') as f:
+        f.write(struct.pack('<Q', len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def main():
+    for k, (name, c) in enumerate(CONFIGS.items()):
+        gen = torch.Generator().manual_seed(1234 + k)
+        w = weights(c, gen)
+        # the checkpoint holds f32 values: compute the reference from exactly those
+        w = {n: t.to(torch.float32).to(torch.float64) for n, t in w.items()}
+        ids = torch.randint(0, c['vocab_size'], (B, T), generator=gen)
+        labels = torch.cat((ids[:, 1:], torch.full((B, 1), -100)), dim=1)
+        labels[0, :3] = -100  # a masked prompt
+        lora = {}
+        for i in range(c['num_hidden_layers']):
+            for t in TARGETS:
+                name_ = f'model.layers.{i}.self_attn.{t}'
+                out_dim = w[f'{name_}.weight'].shape[0]
+                a = (torch.randn(RANK, c['hidden_size'], generator=gen) * 0.1).to(torch.float32).to(torch.float64)
+                b = (torch.randn(out_dim, RANK, generator=gen) * 0.1).to(torch.float32).to(torch.float64)
+                lora[name_] = (a.requires_grad_(), b.requires_grad_())
+        logits = forward(c, w, {}, ids)
+        lora_logits = forward(c, w, lora, ids)
+        loss = torch.nn.functional.cross_entropy(lora_logits.reshape(-1, c['vocab_size']), labels.reshape(-1), ignore_index=-100)
+        loss.backward()
+
+        d = os.path.join(OUT, name)
+        os.makedirs(d, exist_ok=True)
+        cfg = dict(c, head_dim=c['hidden_size'] // c['num_attention_heads'], hidden_act='silu', torch_dtype='float32')
+        if c['model_type'] == 'qwen2':
+            cfg['use_sliding_window'] = False
+        json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'), indent=2)
+        write_safetensors(os.path.join(d, 'model.safetensors'), w)
+        lora_tensors, grad_tensors = {}, {}
+        for n_, (a, b) in lora.items():
+            lora_tensors[f'{n_}.lora_A.weight'] = a
+            lora_tensors[f'{n_}.lora_B.weight'] = b
+            grad_tensors[f'{n_}.lora_A.weight'] = a.grad
+            grad_tensors[f'{n_}.lora_B.weight'] = b.grad
+        write_safetensors(os.path.join(d, 'lora.safetensors'), lora_tensors)
+        write_safetensors(os.path.join(d, 'lora_grads.safetensors'), grad_tensors)
+        with open(os.path.join(d, 'logits.bin'), 'wb') as f:
+            f.write(logits.detach().to(torch.float32).numpy().tobytes())
+        json.dump(dict(batch=B, seq=T, ids=ids.tolist(), labels=labels.tolist(), lora_rank=RANK, lora_alpha=ALPHA,
+                       lora_targets=list(TARGETS), loss=loss.item(), torch=torch.__version__),
+                  open(os.path.join(d, 'reference.json'), 'w'), indent=1)
+        print(f'{name}: loss {loss.item():.6f}, logits {tuple(logits.shape)}')
+
+
+if __name__ == '__main__':
+    main()
