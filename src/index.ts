@@ -12,3 +12,27 @@ export type { DType, FloatDType, QuantDType } from './engine/dtype.js';
 export { FLOAT_DTYPES, QUANT_DTYPES } from './engine/dtype.js';
 export * from './errors.js';
 export { trainQloraMlp } from './demo/qlora-mlp.js';
+export {
+  loadModel,
+  loadWeights,
+  readConfig,
+  type LoadOptions,
+  type LoadedModel,
+  type LoadStrategy,
+} from './models/load.js';
+export {
+  LlamaModel,
+  KVCache,
+  llamaWeights,
+  type ForwardOptions,
+  type LinearHook,
+  type WeightSpec,
+} from './models/llama.js';
+export { parseLlamaConfig, configToJson, type LlamaConfig, type ModelType } from './models/config.js';
+export { generate, sampleToken, type GenerateOptions, type GenerateResult } from './models/generate.js';
+export { createTinyModel, type TinyModelOptions, type TinyTokenizer } from './models/tiny.js';
+export { Tokenizer, DEFAULT_CHAT_TEMPLATE, type ChatMessage } from './io/tokenizer.js';
+export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './io/safetensors.js';
+export { readGguf, readGgufTensor, writeGguf } from './io/gguf.js';
+export { writeLlamaGguf } from './io/gguf-llama.js';
+export { downloadModel } from './io/hub.js';
