@@ -118,6 +118,12 @@ describe('qtune CLI', () => {
       assert.equal(bad.code, 2);
       assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
       assert.match(bad.stderr, /model\.safetensors/);
+      const gguf = path.join(dir, 'broken.gguf');
+      writeFileSync(gguf, Buffer.from('GGUF\x03\x00\x00\x00truncated', 'latin1'));
+      const badGguf = qtune(['generate', '--model', gguf, '--prompt', 'x', '--backend', 'cpu']);
+      assert.equal(badGguf.code, 2, badGguf.stderr);
+      assert.equal(badGguf.stderr.trim().split('\n').length, 1, badGguf.stderr);
+      assert.match(badGguf.stderr, /broken\.gguf: declares \d+ tensors/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -120,6 +120,15 @@ describe('tiny Llama-family models', () => {
           m.tokenizer.encode('never mind how long'),
         );
         assert.equal(fromGguf.tokenizer.chatTemplate, m.tokenizer.chatTemplate);
+        const prompt = m.tokenizer.encode('The whale');
+        const fromFile = generate(fromGguf.model, fromGguf.tokenizer, prompt, {
+          maxNewTokens: 4,
+          stopAtEos: false,
+        });
+        assert.deepEqual(
+          fromFile,
+          generate(m.model, m.tokenizer, prompt, { maxNewTokens: 4, stopAtEos: false }),
+        );
       } finally {
         fromGguf.dispose();
       }
