@@ -15,6 +15,9 @@ const MB = 1024 * 1024;
 
 function setup() {
   const backend = cpuBackend();
+  // one thread: this checks memory, and test files run two at a time on two cores, where a second
+  // spinning compute thread only waits for a core
+  backend.setThreads(1);
   const rand = rng(3);
   const store = TensorStore.create(backend, [
     { name: 'w1', shape: [64, 32], dtype: 'q8_0' },
