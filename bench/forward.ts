@@ -44,13 +44,13 @@ function child(runs: number): Measurement {
   });
   const model = LlamaModel.allocate(cpuBackend(), config);
   let s = 1;
-  for (const t of model.store.tensors) {
+  for (const t of model.tensors()) {
     const data = new Float32Array(t.numel);
     for (let i = 0; i < data.length; i++) {
       s = (s * 1664525 + 1013904223) >>> 0;
       data[i] = t.rank === 1 ? 1 : (s / 2 ** 32 - 0.5) * 0.04;
     }
-    model.store.write(t, data);
+    model.write(t.name, data);
   }
   const g = new Graph(cpuBackend());
   const ids = g.input([SHAPE.batch, SHAPE.seq], 'i32');

@@ -382,14 +382,14 @@ export function writeLlamaGguf(
   for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
 
   const tensors: GgufTensorToWrite[] = [];
-  for (const t of model.store.tensors) {
-    let bytes = model.store.readBytes(t);
+  for (const t of model.tensors()) {
+    let bytes = t.store!.readBytes(t);
     let dtype = t.dtype;
     if (o.dtype !== undefined && o.dtype !== dtype && t.rank === 2) {
       const { api } = getEngine();
       const inner = t.shape[1]!;
       if (inner % api.blck_size(GGML_TYPE_IDS[o.dtype]) === 0) {
-        bytes = encode(o.dtype, model.store.read(t), t.shape);
+        bytes = encode(o.dtype, t.read(), t.shape);
         dtype = o.dtype;
       }
     }

@@ -124,13 +124,23 @@ export interface ForwardOptions {
   lastOnly?: boolean;
 }
 
+/** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
+export function weightGroup(name: string): string {
+  const m = /^model\.layers\.(\d+)\./.exec(name);
+  return m === null ? 'model' : `layer.${m[1]}`;
+}
+
 export class LlamaModel {
   readonly config: LlamaConfig;
-  readonly store: TensorStore;
+  /**
+   * One store per decoder block and one for the rest, so a block's weights can be replaced (quantized,
+   * moved) without the whole model existing twice.
+   */
+  private readonly groups: Map<string, TensorStore>;
 
-  constructor(config: LlamaConfig, store: TensorStore) {
+  constructor(config: LlamaConfig, groups: Map<string, TensorStore>) {
     this.config = config;
-    this.store = store;
+    this.groups = groups;
   }
 
   /**
@@ -142,20 +152,70 @@ export class LlamaModel {
     config: LlamaConfig,
     dtypeOf: (w: WeightSpec) => DType = () => 'f32',
   ): LlamaModel {
-    const specs = llamaWeights(config).map((w) => ({
-      name: w.name,
-      shape: w.shape,
-      dtype: w.role === 'norm' || w.role === 'bias' ? ('f32' as const) : dtypeOf(w),
-    }));
-    return new LlamaModel(config, TensorStore.create(backend, specs));
+    const byGroup = new Map<string, TensorSpec[]>();
+    for (const w of llamaWeights(config)) {
+      const dtype = w.role === 'norm' || w.role === 'bias' ? ('f32' as const) : dtypeOf(w);
+      const g = weightGroup(w.name);
+      byGroup.set(g, [...(byGroup.get(g) ?? []), { name: w.name, shape: w.shape, dtype }]);
+    }
+    const groups = new Map<string, TensorStore>();
+    try {
+      for (const [g, specs] of byGroup) groups.set(g, TensorStore.create(backend, specs));
+    } catch (e) {
+      for (const st of groups.values()) st.dispose();
+      throw e;
+    }
+    return new LlamaModel(config, groups);
+  }
+
+  /** Every weight, in checkpoint order. */
+  tensors(): Tensor[] {
+    return llamaWeights(this.config).map((w) => this.weight(w.name));
+  }
+
+  /** Bytes of all weight buffers. */
+  get bytes(): number {
+    let n = 0;
+    for (const st of this.groups.values()) n += st.bytes;
+    return n;
+  }
+
+  /** Writes f32 values (converted or quantized to the weight's type) or raw bytes into a weight. */
+  write(name: string, data: Float32Array | Uint8Array): void {
+    const t = this.weight(name);
+    t.store!.write(t, data);
+  }
+
+  /** The store holding a decoder block's weights (or `model` for the rest). */
+  group(key: string): TensorStore {
+    const st = this.groups.get(key);
+    if (st === undefined) throw new QtuneError('INVALID_ARGUMENT', `the model has no weight group ${key}`);
+    return st;
+  }
+
+  /** Replaces a group's store (holding the same weight names) and frees the old one. */
+  replaceGroup(key: string, store: TensorStore): void {
+    const old = this.group(key);
+    for (const t of old.tensors) {
+      if (!store.has(t.name))
+        throw new QtuneError('INVALID_ARGUMENT', `replacement for ${key} lacks ${t.name}`);
+    }
+    if (store.backend !== old.backend)
+      throw new QtuneError('INVALID_ARGUMENT', `replacement for ${key} lives on another device`);
+    this.groups.set(key, store);
+    old.dispose();
   }
 
   get backend(): Backend {
-    return this.store.backend;
+    return this.group('model').backend;
   }
 
   weight(name: string): Tensor {
-    return this.store.get(name);
+    return this.group(weightGroup(name)).get(name);
+  }
+
+  has(name: string): boolean {
+    return this.groups.get(weightGroup(name))?.has(name) ?? false;
   }
 
   /**
@@ -247,7 +307,7 @@ export class LlamaModel {
   private project(module: string, x: Tensor, hook: LinearHook | undefined): Tensor {
     const w = this.weight(`${module}.weight`);
     const y = hook?.(module, x, w) ?? linear(x, w);
-    return this.store.has(`${module}.bias`) ? add(y, this.weight(`${module}.bias`)) : y;
+    return this.has(`${module}.bias`) ? add(y, this.weight(`${module}.bias`)) : y;
   }
 
   private attention(
@@ -294,6 +354,6 @@ export class LlamaModel {
   }
 
   dispose(): void {
-    this.store.dispose();
+    for (const st of this.groups.values()) st.dispose();
   }
 }

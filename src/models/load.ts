@@ -255,7 +255,7 @@ function fill(
   try {
     for (const w of specs) {
       const raw = preloaded?.get(w.name) ?? src.read(w.name, scratch?.bytes);
-      model.store.write(model.weight(w.name), convert(w.name, raw));
+      model.write(w.name, convert(w.name, raw));
     }
   } catch (e) {
     model.dispose();

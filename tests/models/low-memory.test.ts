@@ -36,7 +36,7 @@ function measure(strategy: 'full' | 'low_memory'): { growthMb: number; modelMb: 
     const backend = cpuBackend();
     const before = process.memoryUsage().rss;
     const { model } = loadWeights(${JSON.stringify(tmp)}, readConfig(${JSON.stringify(tmp)}), backend, { strategy: '${strategy}', quantize: 'q4_0' });
-    console.log(JSON.stringify({ before, peak: process.resourceUsage().maxRSS * 1024, model: model.store.bytes }));
+    console.log(JSON.stringify({ before, peak: process.resourceUsage().maxRSS * 1024, model: model.bytes }));
   `;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
     cwd: ROOT,
