@@ -9,13 +9,23 @@ import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 import * as generate from './commands/generate.js';
 import * as initTiny from './commands/init-tiny.js';
+import * as quant from './commands/quant.js';
+import * as quantize from './commands/quantize.js';
 
 interface Command {
   spec: CommandSpec;
   run(argv: string[], out: (s: string) => void): number | Promise<number>;
 }
 
-const COMMANDS: Record<string, Command> = { demo, generate, 'init-tiny': initTiny, backends, engine };
+const COMMANDS: Record<string, Command> = {
+  demo,
+  generate,
+  'init-tiny': initTiny,
+  quantize,
+  quant,
+  backends,
+  engine,
+};
 
 /** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
 const INPUT_ERRORS = new Set<ErrorCode>([

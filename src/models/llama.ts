@@ -151,12 +151,16 @@ export class LlamaModel {
     backend: Backend,
     config: LlamaConfig,
     dtypeOf: (w: WeightSpec) => DType = () => 'f32',
+    trainable: (w: WeightSpec) => boolean = () => false,
   ): LlamaModel {
     const byGroup = new Map<string, TensorSpec[]>();
     for (const w of llamaWeights(config)) {
       const dtype = w.role === 'norm' || w.role === 'bias' ? ('f32' as const) : dtypeOf(w);
       const g = weightGroup(w.name);
-      byGroup.set(g, [...(byGroup.get(g) ?? []), { name: w.name, shape: w.shape, dtype }]);
+      byGroup.set(g, [
+        ...(byGroup.get(g) ?? []),
+        { name: w.name, shape: w.shape, dtype, requiresGrad: trainable(w) },
+      ]);
     }
     const groups = new Map<string, TensorStore>();
     try {

@@ -37,6 +37,8 @@ export interface LoadOptions extends HubOptions {
   dtype?: FloatDType;
   /** Quantize the decoder blocks' linear weights to this type as they are read. */
   quantize?: DType;
+  /** Make every weight trainable (full fine-tuning; float weights only). */
+  trainable?: boolean;
 }
 
 export interface LoadedModel {
@@ -251,7 +253,24 @@ function fill(
 
   // full: everything in host memory first; low_memory: one tensor at a time into the allocated model
   const preloaded = o.strategy === 'full' ? new Map(specs.map((w) => [w.name, src.read(w.name)])) : null;
-  const model = LlamaModel.allocate(backend, config, (w) => targets.get(w.name)!);
+  if (o.trainable === true) {
+    const frozen = specs.find((w) => !isFloatDType(targets.get(w.name)!));
+    if (frozen !== undefined) {
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `trainable: ${frozen.name} is ${targets.get(frozen.name)!}; only float weights train`,
+        {
+          hint: 'load with dtype f32 (or bf16/f16) for full fine-tuning, or train an adapter over the quantized base',
+        },
+      );
+    }
+  }
+  const model = LlamaModel.allocate(
+    backend,
+    config,
+    (w) => targets.get(w.name)!,
+    () => o.trainable === true,
+  );
   try {
     for (const w of specs) {
       const raw = preloaded?.get(w.name) ?? src.read(w.name, scratch?.bytes);
