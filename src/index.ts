@@ -36,3 +36,20 @@ export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './io/s
 export { readGguf, readGgufTensor, writeGguf } from './io/gguf.js';
 export { writeLlamaGguf } from './io/gguf-llama.js';
 export { downloadModel } from './io/hub.js';
+export { METHODS, QUANT_METHODS, methodDType, type QuantMethod } from './quant/methods.js';
+export {
+  validateQuantizationConfig,
+  modulePlan,
+  type QuantizationConfig,
+  type ConfigProblem,
+} from './quant/config.js';
+export {
+  createQuantizationAdapter,
+  recommendQuantization,
+  quantizeValues,
+  QuantizedLinear,
+  type QuantizationAdapter,
+  type QuantizeReport,
+} from './quant/adapter.js';
+export { compatibilityMatrix, type MatrixEntry } from './quant/matrix.js';
+export { hqqQuantize } from './quant/hqq.js';

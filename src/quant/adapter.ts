@@ -69,7 +69,11 @@ export class QuantizedLinear {
 export interface QuantizationAdapter {
   readonly backend: Backend;
   readonly config: QuantizationConfig;
-  quantizeModel(model: LlamaModel): QuantizeReport;
+  /**
+   * `onGroup` is called once per block, when its quantized copy exists beside the original and just
+   * before the original is freed (the moment of peak memory).
+   */
+  quantizeModel(model: LlamaModel, options?: { onGroup?: (group: string) => void }): QuantizeReport;
   createQuantizedLinear(
     weight: Float32Array,
     shape: readonly [number, number],
@@ -92,7 +96,7 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
     backend,
     config,
 
-    quantizeModel(model) {
+    quantizeModel(model, options = {}) {
       if (model.backend !== backend)
         throw new QtuneError(
           'INVALID_ARGUMENT',
@@ -120,6 +124,7 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
           }
           return { t, plan };
         });
+        if (plans.every(({ plan }) => plan === null)) continue; // nothing to quantize: leave the block as it is
         const store = TensorStore.create(
           backend,
           plans.map(({ t, plan }) => ({ name: t.name, shape: t.shape, dtype: plan?.dtype ?? t.dtype })),
@@ -139,6 +144,7 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
           store.dispose();
           throw e;
         }
+        options.onGroup?.(group); // the high-water mark: this block exists twice, nothing else does
         model.replaceGroup(group, store);
       }
       report.bytesAfter = model.bytes;

@@ -4,7 +4,13 @@
  * layers, and the compatibility matrix (`qtune quant matrix`).
  */
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, it } from 'node:test';
+import { nativeMemory } from '../../src/engine/memory.js';
+import { loadModel } from '../../src/models/load.js';
+import { createTinyModel } from '../../src/models/tiny.js';
 import { BackendManager, probeCapabilities } from '../../src/backends/manager.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { QtuneError } from '../../src/errors.js';
@@ -118,6 +124,97 @@ describe('quantization config', () => {
       g.dispose();
       plain.dispose();
       layer.dispose();
+    }
+  });
+
+  it('quantizeModel works one block at a time: the f32 and quantized models never coexist whole', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qtune-qm-'));
+    try {
+      createTinyModel(dir, { layers: 4, tieWordEmbeddings: true });
+      const { model, dispose } = await loadModel(dir, { backend: cpuBackend(), dtype: 'f32' });
+      try {
+        const start = nativeMemory().total;
+        const blockF32 = model.group('layer.0').bytes;
+        let peak = start;
+        const report = createQuantizationAdapter(cpuBackend(), {
+          method: 'int8',
+          skipModules: ['lm_head', 'model.embed_tokens', '*.down_proj'],
+        }).quantizeModel(model, {
+          onGroup: () => (peak = Math.max(peak, nativeMemory().total)),
+        });
+        assert.equal(report.quantized.length, 4 * 6);
+        assert.ok(report.bytesAfter < report.bytesBefore);
+        // never more than the f32 model plus one quantized block
+        assert.ok(peak <= start + blockF32, `peak ${peak} > ${start} + one block (${blockF32})`);
+      } finally {
+        dispose();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('qtune quantize writes a GGUF that generate runs', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'qtune-qc-'));
+    try {
+      createTinyModel(path.join(dir, 'm'), {
+        hiddenSize: 64,
+        intermediateSize: 128,
+        layers: 1,
+        heads: 4,
+        kvHeads: 2,
+      });
+      const q = qtune([
+        'quantize',
+        '--model',
+        path.join(dir, 'm'),
+        '--method',
+        'int8',
+        '--out',
+        path.join(dir, 'q.gguf'),
+      ]);
+      assert.equal(q.code, 0, q.stderr);
+      assert.match(q.stdout, /quantized 7 weights with int8/);
+      const gen = qtune([
+        'generate',
+        '--model',
+        path.join(dir, 'q.gguf'),
+        '--prompt',
+        'Call me',
+        '--max-new-tokens',
+        '3',
+        '--backend',
+        'cpu',
+      ]);
+      assert.equal(gen.code, 0, gen.stderr);
+      // rows of 64 cannot hold k-quant blocks of 256: kept, and said so
+      const k = qtune([
+        'quantize',
+        '--model',
+        path.join(dir, 'm'),
+        '--method',
+        'q4_k',
+        '--out',
+        path.join(dir, 'k.gguf'),
+      ]);
+      assert.equal(k.code, 0, k.stderr);
+      assert.match(
+        k.stdout,
+        /kept model\.layers\.0\.self_attn\.q_proj\.weight: rows of 64 are not whole q4_K blocks of 256/,
+      );
+      const bad = qtune([
+        'quantize',
+        '--model',
+        path.join(dir, 'm'),
+        '--method',
+        'int3',
+        '--out',
+        path.join(dir, 'x.gguf'),
+      ]);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--method=int3/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
