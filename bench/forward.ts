@@ -7,17 +7,16 @@
  *
  *   npm run bench:forward [-- --rounds 2] [--runs 10] [--json]
  */
-import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cpuBackend } from '../src/engine/device.js';
 import { getEngine } from '../src/engine/library.js';
-import { nativeEngineDir } from '../src/engine/paths.js';
 import { parseLlamaConfig } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
 import { Graph } from '../src/tensor/graph.js';
+import { enginesToCompare, runChild, runPython } from './common.js';
 
 const SHAPE = { dim: 768, layers: 12, heads: 12, kvHeads: 4, ffn: 2048, vocab: 32000, seq: 256, batch: 1 };
 const BASELINE = path.resolve(
@@ -78,16 +77,9 @@ function child(runs: number): Measurement {
   };
 }
 
-function torch(steps: number): { tokens_per_s: number; step_s: number; peak_rss_mb: number } | string {
+function torch(steps: number): { tokens_per_s: number; step_s: number } | string {
   if (!existsSync(BASELINE)) return `PyTorch anchor skipped: ${BASELINE} not found`;
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    LD_LIBRARY_PATH: '/usr/lib/x86_64-linux-gnu/openblas-openmp',
-  };
-  delete env['OPENBLAS_CORETYPE'];
-  delete env['OPENBLAS_L2_SIZE'];
   const args = [
-    BASELINE,
     ...[
       '--dim',
       SHAPE.dim,
@@ -115,21 +107,7 @@ function torch(steps: number): { tokens_per_s: number; step_s: number; peak_rss_
       getEngine().info.threads,
     ],
   ].map(String);
-  const r = spawnSync('/usr/bin/python3', args, { encoding: 'utf8', env, maxBuffer: 16 * 1024 * 1024 });
-  if (r.status !== 0)
-    return `PyTorch anchor skipped: ${(r.stderr || String(r.error)).trim().split('\n').pop()} (apt-get install python3-torch libopenblas0-openmp)`;
-  const line = r.stdout.trim().split('\n').pop()!;
-  const j = JSON.parse(line) as {
-    tokens_per_s: number;
-    step_s: number;
-    peak_rss_mb?: number;
-    max_rss_mb?: number;
-  };
-  return {
-    tokens_per_s: j.tokens_per_s,
-    step_s: j.step_s,
-    peak_rss_mb: j.peak_rss_mb ?? j.max_rss_mb ?? NaN,
-  };
+  return runPython<{ tokens_per_s: number; step_s: number }>([BASELINE, ...args]);
 }
 
 function main(): void {
@@ -146,21 +124,12 @@ function main(): void {
     console.log(JSON.stringify(child(runs)));
     return;
   }
-  const engines = ['prebuilt', ...(existsSync(path.join(nativeEngineDir(), 'build.json')) ? ['native'] : [])];
+  const engines = enginesToCompare();
   const best = new Map<string, Measurement>();
   let anchor: ReturnType<typeof torch> | undefined;
   for (let round = 0; round < Number(values.rounds); round++) {
     for (const engine of engines) {
-      const r = spawnSync(
-        process.execPath,
-        [fileURLToPath(import.meta.url), '--child', '--runs', String(runs)],
-        {
-          encoding: 'utf8',
-          env: { ...process.env, QTUNE_ENGINE: engine },
-        },
-      );
-      if (r.status !== 0) throw new Error(`bench child (${engine}) failed:\n${r.stderr}`);
-      const m = JSON.parse(r.stdout.trim().split('\n').pop()!) as Measurement;
+      const m = runChild<Measurement>(fileURLToPath(import.meta.url), engine, ['--runs', String(runs)]);
       const prev = best.get(engine);
       if (prev === undefined || m.tokens_per_s > prev.tokens_per_s) best.set(engine, m);
     }

@@ -7,21 +7,18 @@
  *
  *   npm run bench:ops [-- --runs 7] [--json]
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cpuBackend, type Backend } from '../src/engine/device.js';
 import type { DType } from '../src/engine/dtype.js';
 import { getEngine } from '../src/engine/library.js';
-import { nativeEngineDir } from '../src/engine/paths.js';
 import { Graph } from '../src/tensor/graph.js';
 import { linear, linearInputGrad } from '../src/tensor/ops/matmul.js';
 import { TensorStore } from '../src/tensor/store.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { attachTransposed } from '../src/tensor/transposed.js';
+import { enginesToCompare, runChild, runPython } from './common.js';
 
 const K = 4096; // in features
 const N = 2048; // out features
@@ -171,27 +168,7 @@ function torchAnchor(
   runs: number,
   threads: number,
 ): { torch: string; forward_gflops: number; dx_gflops: number } | string {
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    LD_LIBRARY_PATH: '/usr/lib/x86_64-linux-gnu/openblas-openmp',
-  };
-  delete env['OPENBLAS_CORETYPE'];
-  delete env['OPENBLAS_L2_SIZE'];
-  const r = spawnSync(
-    '/usr/bin/python3',
-    ['-c', TORCH.replaceAll('THREADS', String(threads)).replaceAll('RUNS', String(runs))],
-    {
-      encoding: 'utf8',
-      env,
-    },
-  );
-  if (r.status !== 0)
-    return `PyTorch anchor skipped: ${(r.stderr || String(r.error)).trim().split('\n').pop()} (apt-get install python3-torch libopenblas0-openmp)`;
-  return JSON.parse(r.stdout.trim().split('\n').pop()!) as {
-    torch: string;
-    forward_gflops: number;
-    dx_gflops: number;
-  };
+  return runPython(['-c', TORCH.replaceAll('THREADS', String(threads)).replaceAll('RUNS', String(runs))]);
 }
 
 function main(): void {
@@ -207,18 +184,9 @@ function main(): void {
     console.log(JSON.stringify(child(runs)));
     return;
   }
-  const self = fileURLToPath(import.meta.url);
-  const engines = ['prebuilt', ...(existsSync(path.join(nativeEngineDir(), 'build.json')) ? ['native'] : [])];
   const rows: Row[] = [];
-  for (const engine of engines) {
-    const r = spawnSync(process.execPath, [self, '--child', '--runs', String(runs)], {
-      encoding: 'utf8',
-      env: { ...process.env, QTUNE_ENGINE: engine },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-    if (r.status !== 0) throw new Error(`bench child (${engine}) failed:\n${r.stderr}`);
-    rows.push(...(JSON.parse(r.stdout.trim().split('\n').pop()!) as Row[]));
-  }
+  for (const engine of enginesToCompare())
+    rows.push(...runChild<Row[]>(fileURLToPath(import.meta.url), engine, ['--runs', String(runs)]));
   const threads = getEngine().info.threads;
   const anchor = torchAnchor(runs, threads);
   const cpu = `${getEngine().info.cpuModel}; ${os.cpus().length} vCPU; flags: ${Object.keys(getEngine().info.cpuFeatures).join(' ')}`;

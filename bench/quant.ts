@@ -6,19 +6,16 @@
  *
  *   npm run bench:quant [-- --runs 5] [--json]
  */
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cpuBackend } from '../src/engine/device.js';
 import { getEngine } from '../src/engine/library.js';
-import { nativeEngineDir } from '../src/engine/paths.js';
 import { quantizeValues } from '../src/quant/adapter.js';
 import { METHODS, type QuantMethod } from '../src/quant/methods.js';
 import { Graph } from '../src/tensor/graph.js';
 import { linear, linearInputGrad } from '../src/tensor/ops/matmul.js';
 import { TensorStore } from '../src/tensor/store.js';
+import { enginesToCompare, runChild, runPython } from './common.js';
 
 const K = 4096;
 const N = 2048;
@@ -128,35 +125,10 @@ function main(): void {
     return;
   }
   const rows: Row[] = [];
-  for (const engine of [
-    'prebuilt',
-    ...(existsSync(path.join(nativeEngineDir(), 'build.json')) ? ['native'] : []),
-  ]) {
-    const r = spawnSync(
-      process.execPath,
-      [fileURLToPath(import.meta.url), '--child', '--runs', String(runs)],
-      {
-        encoding: 'utf8',
-        env: { ...process.env, QTUNE_ENGINE: engine },
-        maxBuffer: 16 * 1024 * 1024,
-      },
-    );
-    if (r.status !== 0) throw new Error(`bench child (${engine}) failed:\n${r.stderr}`);
-    rows.push(...(JSON.parse(r.stdout.trim().split('\n').pop()!) as Row[]));
-  }
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    LD_LIBRARY_PATH: '/usr/lib/x86_64-linux-gnu/openblas-openmp',
-  };
-  delete env['OPENBLAS_CORETYPE'];
-  delete env['OPENBLAS_L2_SIZE'];
-  const t = spawnSync(
-    '/usr/bin/python3',
-    ['-c', TORCH.replace('RUNS', String(runs)).replace('RUNS', String(runs))],
-    { encoding: 'utf8', env },
-  );
-  const torch =
-    t.status === 0 ? (JSON.parse(t.stdout.trim()) as { forward_gflops: number }).forward_gflops : null;
+  for (const engine of enginesToCompare())
+    rows.push(...runChild<Row[]>(fileURLToPath(import.meta.url), engine, ['--runs', String(runs)]));
+  const anchor = runPython<{ forward_gflops: number }>(['-c', TORCH.replaceAll('RUNS', String(runs))]);
+  const torch = typeof anchor === 'string' ? null : anchor.forward_gflops;
   if (values.json) {
     console.log(
       JSON.stringify({ cpu: getEngine().info.cpuModel, rows, torch_fp32_forward_gflops: torch }, null, 2),
@@ -167,9 +139,7 @@ function main(): void {
     `CPU: ${getEngine().info.cpuModel}; ${getEngine().info.threads} threads; W ${N}x${K}, ${M} tokens; median of ${runs}`,
   );
   console.log(
-    torch === null
-      ? `PyTorch anchor skipped: ${t.stderr.trim().split('\n').pop() ?? ''}`
-      : `PyTorch fp32 forward: ${torch.toFixed(0)} GFLOP/s`,
+    typeof anchor === 'string' ? anchor : `PyTorch fp32 forward: ${anchor.forward_gflops.toFixed(0)} GFLOP/s`,
   );
   console.log('');
   console.log(

@@ -68,3 +68,14 @@ export function intFlag(name: string, value: string | boolean | undefined): numb
   }
   return n;
 }
+
+/** Lines of a plain-text table: a header, a rule, and the rows, columns padded to fit. */
+export function formatTable(head: string[], rows: string[][]): string[] {
+  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (r: string[]) =>
+    r
+      .map((c, i) => c.padEnd(widths[i]!))
+      .join('  ')
+      .trimEnd();
+  return [line(head), line(widths.map((w) => '-'.repeat(w))), ...rows.map(line)];
+}

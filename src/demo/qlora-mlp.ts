@@ -14,6 +14,7 @@ import { crossEntropy } from '../tensor/ops/loss.js';
 import { linear } from '../tensor/ops/matmul.js';
 import { silu } from '../tensor/ops/nn.js';
 import { TensorStore } from '../tensor/store.js';
+import { gaussian, seededUniform } from '../util/random.js';
 
 export interface QloraMlpOptions {
   steps?: number;
@@ -38,30 +39,9 @@ const RANK = 4;
 const ALPHA = 8;
 const BATCH = 48;
 
-/** mulberry32 */
-function seeded(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function gaussian(n: number, rand: () => number, std: number): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const u = Math.max(rand(), 1e-12);
-    out[i] = Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * rand()) * std;
-  }
-  return out;
-}
-
 export function trainQloraMlp(backend: Backend, o: QloraMlpOptions = {}): QloraMlpResult {
   const steps = o.steps ?? 150;
-  const rand = seeded(o.seed ?? 42);
+  const rand = seededUniform(o.seed ?? 42);
   const store = TensorStore.create(backend, [
     { name: 'w1', shape: [HIDDEN, IN], dtype: 'q4_0' },
     { name: 'lora_a', shape: [RANK, IN], dtype: 'f32', requiresGrad: true },
@@ -72,13 +52,13 @@ export function trainQloraMlp(backend: Backend, o: QloraMlpOptions = {}): QloraM
   const a = store.get('lora_a');
   const b = store.get('lora_b');
   const w2 = store.get('w2');
-  store.write(w1, gaussian(HIDDEN * IN, rand, 1 / Math.sqrt(IN)));
+  store.write(w1, gaussian(rand, HIDDEN * IN, 1 / Math.sqrt(IN)));
   const bound = 1 / Math.sqrt(IN); // kaiming_uniform_(a=√5)
   store.write(
     a,
     Float32Array.from({ length: RANK * IN }, () => (2 * rand() - 1) * bound),
   );
-  store.write(w2, gaussian(CLASSES * HIDDEN, rand, 1 / Math.sqrt(HIDDEN)));
+  store.write(w2, gaussian(rand, CLASSES * HIDDEN, 1 / Math.sqrt(HIDDEN)));
   const hash = () => createHash('sha256').update(store.readBytes(w1)).digest('hex');
   const baseHashBefore = hash();
 
@@ -94,7 +74,7 @@ export function trainQloraMlp(backend: Backend, o: QloraMlpOptions = {}): QloraM
     opt.build(g, g.backward(loss, [a, b, w2]));
     const lossOut = g.output(loss);
     g.compile();
-    g.set(x, gaussian(BATCH * IN, rand, 1));
+    g.set(x, gaussian(rand, BATCH * IN));
     g.set(
       labels,
       Int32Array.from({ length: BATCH }, () => Math.floor(rand() * CLASSES)),

@@ -6,6 +6,7 @@
 import { QtuneError } from '../errors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { Graph } from '../tensor/graph.js';
+import { seededUniform } from '../util/random.js';
 import { KVCache, type LlamaModel } from './llama.js';
 
 export interface GenerateOptions {
@@ -46,18 +47,6 @@ function validate(o: GenerateOptions): Required<Omit<GenerateOptions, 'onToken'>
   if (!Number.isInteger(r.topK) || r.topK < 0) throw bad('topK', r.topK, 'an integer >= 0');
   if (!(r.topP > 0 && r.topP <= 1)) throw bad('topP', r.topP, 'a number in (0, 1]');
   return r;
-}
-
-/** mulberry32 */
-function seeded(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** Picks the next token from logits. */
@@ -128,7 +117,7 @@ export function generate(
       `generate: prompt token ${badId} is outside the vocabulary of ${vocab}`,
     );
   const cache = new KVCache(model.backend, model.config, prompt.length + o.maxNewTokens);
-  const rand = seeded(o.seed);
+  const rand = seededUniform(o.seed);
   const eos = new Set(tokenizer.eosIds);
   const out: number[] = [];
   let stoppedBy: GenerateResult['stoppedBy'] = 'length';

@@ -15,6 +15,7 @@ import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { DEFAULT_CHAT_TEMPLATE, Tokenizer } from '../io/tokenizer.js';
 import { QtuneError } from '../errors.js';
 import { configToJson, parseLlamaConfig, type LlamaConfig, type RopeScaling } from './config.js';
+import { gaussian, seededUniform } from '../util/random.js';
 import { llamaWeights } from './llama.js';
 
 export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5';
@@ -61,28 +62,6 @@ export function tinyTokenizerFiles(name: TinyTokenizer): {
   };
 }
 
-/** mulberry32 + Box–Muller: reproducible weights from a seed. */
-function gaussians(seed: number) {
-  let s = seed >>> 0;
-  const uniform = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return (n: number, std: number): Float32Array => {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i += 2) {
-      const r = Math.sqrt(-2 * Math.log(Math.max(uniform(), 1e-12))) * std;
-      const a = 2 * Math.PI * uniform();
-      out[i] = r * Math.cos(a);
-      if (i + 1 < n) out[i + 1] = r * Math.sin(a);
-    }
-    return out;
-  };
-}
-
 /** Writes a tiny model folder and returns its config. */
 export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaConfig {
   const family = o.family ?? 'llama';
@@ -112,11 +91,11 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     pad_token_id: tokenizer.padId,
     torch_dtype: { F32: 'float32', F16: 'float16', BF16: 'bfloat16' }[o.dtype ?? 'F32'],
   });
-  const normal = gaussians(o.seed ?? 0);
+  const uniform = seededUniform(o.seed ?? 0);
   const std = o.initStd ?? 0.02;
   const tensors: TensorToWrite[] = llamaWeights(config).map((w) => {
     const n = w.shape.reduce((a, b) => a * b, 1);
-    const data = w.role === 'norm' ? new Float32Array(n).fill(1) : normal(n, std);
+    const data = w.role === 'norm' ? new Float32Array(n).fill(1) : gaussian(uniform, n, std);
     return { name: w.name, shape: w.shape, data, dtype: o.dtype ?? 'F32' };
   });
   mkdirSync(dir, { recursive: true });

@@ -131,7 +131,8 @@ describe('quantization config', () => {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'qtune-qm-'));
     try {
       createTinyModel(dir, { layers: 4, tieWordEmbeddings: true });
-      const { model, dispose } = await loadModel(dir, { backend: cpuBackend(), dtype: 'f32' });
+      const loaded = await loadModel(dir, { backend: cpuBackend(), dtype: 'f32' });
+      const model = loaded.model;
       try {
         const start = nativeMemory().total;
         const blockF32 = model.group('layer.0').bytes;
@@ -147,7 +148,7 @@ describe('quantization config', () => {
         // never more than the f32 model plus one quantized block
         assert.ok(peak <= start + blockF32, `peak ${peak} > ${start} + one block (${blockF32})`);
       } finally {
-        dispose();
+        loaded.dispose();
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

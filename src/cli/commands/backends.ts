@@ -1,6 +1,6 @@
 /** `qtune backends`: the devices, their memory and what they can run, probed on this machine. */
 import { BackendManager } from '../../backends/manager.js';
-import { helpText, parse, type CommandSpec } from '../args.js';
+import { formatTable, helpText, parse, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'backends',
@@ -32,14 +32,6 @@ export function run(argv: string[], out: (s: string) => void): number {
     r.available ? r.description : (r.reason ?? ''),
   ]);
   const head = ['device', 'kind', 'available', 'memory free/total', 'bf16', 'quant train/fwd', 'description'];
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) =>
-    r
-      .map((c, i) => c.padEnd(widths[i]!))
-      .join('  ')
-      .trimEnd();
-  out(fmt(head));
-  out(fmt(widths.map((w) => '-'.repeat(w))));
-  for (const r of rows) out(fmt(r));
+  for (const line of formatTable(head, rows)) out(line);
   return 0;
 }

@@ -1,7 +1,7 @@
 /** `qtune quant matrix`: devices × quantization methods, probed on this machine. */
-import { compatibilityMatrix } from '../../quant/matrix.js';
+import { compatibilityMatrix, type MatrixEntry } from '../../quant/matrix.js';
 import { METHODS } from '../../quant/methods.js';
-import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
+import { formatTable, helpText, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'quant',
@@ -37,36 +37,23 @@ export function run(argv: string[], out: (s: string) => void): number {
     out(JSON.stringify(rows, null, 2));
     return 0;
   }
+  // one line per method and bit width (`hqq:4`, `hqq:5`), one column per device
+  const label = (r: MatrixEntry) =>
+    Object.keys(METHODS[r.method].dtypes).length > 1 ? `${r.method}:${r.bits}` : r.method;
   const devices = [...new Set(rows.map((r) => r.device))];
-  const methods = [
-    ...new Set(
-      rows.map((r) => `${r.method}${Object.keys(METHODS[r.method].dtypes).length > 1 ? `:${r.bits}` : ''}`),
-    ),
-  ];
-  const cell = (d: string, label: string) => {
-    const r = rows.find(
-      (x) =>
-        x.device === d &&
-        `${x.method}${Object.keys(METHODS[x.method].dtypes).length > 1 ? `:${x.bits}` : ''}` === label,
-    )!;
-    return r.train ? 'train' : r.forward ? 'forward' : '-';
-  };
   const head = ['method', 'type', ...devices];
-  const table = methods.map((label) => {
-    const r = rows.find(
-      (x) => `${x.method}${Object.keys(METHODS[x.method].dtypes).length > 1 ? `:${x.bits}` : ''}` === label,
-    )!;
-    return [label, r.dtype, ...devices.map((d) => cell(d, label))];
+  const table = [...new Set(rows.map(label))].map((l) => {
+    const of = rows.filter((r) => label(r) === l);
+    return [
+      l,
+      of[0]!.dtype,
+      ...devices.map((d) => {
+        const r = of.find((x) => x.device === d)!;
+        return r.train ? 'train' : r.forward ? 'forward' : '-';
+      }),
+    ];
   });
-  const widths = head.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
-  const fmt = (r: string[]) =>
-    r
-      .map((c, i) => c.padEnd(widths[i]!))
-      .join('  ')
-      .trimEnd();
-  out(fmt(head));
-  out(fmt(widths.map((w) => '-'.repeat(w))));
-  for (const r of table) out(fmt(r));
+  for (const line of formatTable(head, table)) out(line);
   out('');
   out(
     'train: forward and the gradient through a frozen weight (QLoRA); forward: inference only; -: not supported',
