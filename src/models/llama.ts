@@ -13,6 +13,7 @@
 import type { Backend } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';
 import { ConfigError, QtuneError } from '../errors.js';
+import { checkpoint } from '../tensor/checkpoint.js';
 import type { Graph } from '../tensor/graph.js';
 import { add, mul } from '../tensor/ops/elementwise.js';
 import { concat, permute, reshape, slice } from '../tensor/ops/layout.js';
@@ -122,6 +123,11 @@ export interface ForwardOptions {
   cache?: KVCache;
   /** Compute logits for the last position only (generation). */
   lastOnly?: boolean;
+  /**
+   * Gradient checkpointing: keep only each decoder block's input for the backward pass and
+   * recompute the block's activations there (training only; not with a cache).
+   */
+  checkpoint?: boolean;
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -244,6 +250,8 @@ export class LlamaModel {
         },
       );
     }
+    if (o.checkpoint === true && o.cache !== undefined)
+      throw new QtuneError('INVALID_ARGUMENT', 'gradient checkpointing is for training; it cannot fill a KV cache');
     if (o.cache !== undefined && (total > o.cache.capacity || o.cache.batch !== B)) {
       throw new QtuneError(
         'INVALID_ARGUMENT',
@@ -281,22 +289,25 @@ export class LlamaModel {
 
       let x = embedding(this.weight('model.embed_tokens.weight'), ids); // (B, T, C)
       for (let i = 0; i < c.num_hidden_layers; i++) {
-        const p = `model.layers.${i}`;
-        const n1 = mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.input_layernorm.weight`));
-        x = add(
-          x,
-          this.attention(g, n1, i, { B, T, start, positions, ropeOpts, cache: o.cache, hook: o.linear }),
-        );
-        const n2 = mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
-        const mlp = this.project(
-          `${p}.mlp.down_proj`,
-          swiglu(
-            this.project(`${p}.mlp.gate_proj`, n2, o.linear),
-            this.project(`${p}.mlp.up_proj`, n2, o.linear),
-          ),
-          o.linear,
-        );
-        x = add(x, mlp);
+        const block = (h: Tensor): Tensor => {
+          const p = `model.layers.${i}`;
+          const n1 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.input_layernorm.weight`));
+          h = add(
+            h,
+            this.attention(g, n1, i, { B, T, start, positions, ropeOpts, cache: o.cache, hook: o.linear }),
+          );
+          const n2 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
+          const mlp = this.project(
+            `${p}.mlp.down_proj`,
+            swiglu(
+              this.project(`${p}.mlp.gate_proj`, n2, o.linear),
+              this.project(`${p}.mlp.up_proj`, n2, o.linear),
+            ),
+            o.linear,
+          );
+          return add(h, mlp);
+        };
+        x = o.checkpoint === true ? checkpoint([x], block) : block(x);
       }
       if (o.lastOnly === true && T > 1) x = slice(x, 1, T - 1, T); // (B, 1, C)
       const h = mul(rmsNorm(x, c.rms_norm_eps), this.weight('model.norm.weight'));

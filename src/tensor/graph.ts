@@ -66,7 +66,8 @@ export class Graph {
   private readonly ctx: NativeContext;
   private readonly leafCtx: NativeContext;
   private readonly leaves: LeafInit[] = [];
-  private readonly tape: TapeEntry[] = [];
+  private tape: TapeEntry[] = [];
+  private readonly trackers: Set<Tensor>[] = [];
   private readonly outputs = new Set<Tensor>();
   private readonly assigns: { target: TensorPtr; value: Tensor }[] = [];
   private readonly hooks: (() => void)[] = [];
@@ -215,37 +216,10 @@ export class Graph {
     const grads = new Map<Tensor, Tensor>();
     const seed = this.constant(Float32Array.of(1), loss.shape, 'loss_grad_seed');
     grads.set(loss, seed);
-    const { api } = getEngine();
     this.recording = false;
     active.push(this);
     try {
-      for (let i = this.tape.length - 1; i >= 0; i--) {
-        const entry = this.tape[i]!;
-        const dy = grads.get(entry.output);
-        if (dy === undefined) continue;
-        const dxs = entry.backward(dy);
-        entry.inputs.forEach((x, k) => {
-          const raw = dxs[k] ?? null;
-          if (raw === null || !x.requiresGrad) return;
-          // ggml's elementwise kernels need contiguous rows: views (transpose, slice) are copied
-          const dx = isContiguous(raw)
-            ? raw
-            : this.node((ctx) => api.cont(ctx, raw.ptr), raw.shape, raw.dtype, false);
-          if (!sameShape(dx.shape, x.shape)) {
-            throw new QtuneError(
-              'GRAPH',
-              `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
-            );
-          }
-          const prev = grads.get(x);
-          grads.set(
-            x,
-            prev === undefined
-              ? dx
-              : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
-          );
-        });
-      }
+      this.propagate(this.tape, grads);
     } finally {
       active.pop();
       this.recording = true;
@@ -257,6 +231,106 @@ export class Graph {
       if (g !== undefined) out.set(t, g);
     }
     return out;
+  }
+
+  /** Walks `tape` backwards, adding each op's input gradients into `grads`. */
+  private propagate(tape: readonly TapeEntry[], grads: Map<Tensor, Tensor>): void {
+    const { api } = getEngine();
+    for (let i = tape.length - 1; i >= 0; i--) {
+      const entry = tape[i]!;
+      const dy = grads.get(entry.output);
+      if (dy === undefined) continue;
+      const dxs = entry.backward(dy);
+      entry.inputs.forEach((x, k) => {
+        const raw = dxs[k] ?? null;
+        if (raw === null || !x.requiresGrad) return;
+        // ggml's elementwise kernels need contiguous rows: views (transpose, slice) are copied
+        const dx = isContiguous(raw)
+          ? raw
+          : this.node((ctx) => api.cont(ctx, raw.ptr), raw.shape, raw.dtype, false);
+        if (!sameShape(dx.shape, x.shape)) {
+          throw new QtuneError(
+            'GRAPH',
+            `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
+          );
+        }
+        const prev = grads.get(x);
+        grads.set(
+          x,
+          prev === undefined
+            ? dx
+            : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
+        );
+      });
+    }
+  }
+
+  /**
+   * Runs `fn` and returns, with its result, the stored tensors with requiresGrad that its ops read
+   * (gradient checkpointing needs them before the backward pass exists).
+   */
+  track<T>(fn: () => T): { result: T; used: Tensor[] } {
+    const used = new Set<Tensor>();
+    this.trackers.push(used);
+    try {
+      return { result: fn(), used: [...used] };
+    } finally {
+      this.trackers.pop();
+    }
+  }
+
+  /** Called by every op with its operands (see {@link track}). */
+  noteOperand(t: Tensor): void {
+    if (t.kind === 'stored' && t.requiresGrad) for (const s of this.trackers) s.add(t);
+  }
+
+  /**
+   * The gradient rule of a checkpointed segment: builds `fn` again from `inputs` (while the backward
+   * pass is being built, so the recomputed activations live only as long as their gradients need
+   * them) with a tape of its own, and returns the gradients of `inputs` and of `params` for the
+   * output gradient `dy`.
+   */
+  recompute(
+    inputs: readonly Tensor[],
+    params: readonly Tensor[],
+    fn: (...xs: Tensor[]) => Tensor,
+    dy: Tensor,
+  ): (Tensor | null)[] {
+    const { api } = getEngine();
+    const outerTape = this.tape;
+    const wasRecording = this.recording;
+    this.tape = [];
+    this.recording = true;
+    active.push(this);
+    try {
+      // x + 0·dy[0]: the recomputation depends on dy, so ggml orders it after the gradient of the
+      // segment's output exists instead of keeping its activations alive from the forward pass
+      const es = api.type_size(GGML_TYPE_IDS[dy.dtype]);
+      const dep = this.node(
+        (ctx) => api.scale(ctx, api.view_4d(ctx, dy.ptr, 1, 1, 1, 1, es, es, es, 0), 0),
+        [1],
+        'f32',
+        false,
+        'recompute_dep',
+      );
+      const fresh = inputs.map((x) =>
+        this.record(
+          'recompute_input',
+          [x],
+          this.node((ctx) => api.add(ctx, x.ptr, dep.ptr), x.shape, x.dtype, x.requiresGrad),
+          (d) => [d],
+        ),
+      );
+      const y = fn(...fresh);
+      const grads = new Map<Tensor, Tensor>([[y, dy]]);
+      this.recording = false;
+      this.propagate(this.tape, grads);
+      return [...inputs.map((x) => grads.get(x) ?? null), ...params.map((p) => grads.get(p) ?? null)];
+    } finally {
+      active.pop();
+      this.tape = outerTape;
+      this.recording = wasRecording;
+    }
   }
 
   /** Keeps a node's value readable after {@link run}; returns the tensor to read (made contiguous if needed). */

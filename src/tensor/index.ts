@@ -46,4 +46,5 @@ export {
   type SoftmaxOptions,
 } from './ops/nn.js';
 export { crossEntropy, type CrossEntropyOptions } from './ops/loss.js';
+export { checkpoint } from './checkpoint.js';
 export { attachTransposed, type TransposedMode } from './transposed.js';

@@ -30,6 +30,7 @@ export function graphOf(op: string, ...ts: (Tensor | null | undefined)[]): Graph
     );
   }
   for (const t of ts) {
+    if (t != null) g.noteOperand(t);
     if (t?.kind === 'stored' && t.store!.backend !== g.backend) {
       throw new QtuneError(
         'GRAPH',
