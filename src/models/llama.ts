@@ -251,7 +251,10 @@ export class LlamaModel {
       );
     }
     if (o.checkpoint === true && o.cache !== undefined)
-      throw new QtuneError('INVALID_ARGUMENT', 'gradient checkpointing is for training; it cannot fill a KV cache');
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        'gradient checkpointing is for training; it cannot fill a KV cache',
+      );
     if (o.cache !== undefined && (total > o.cache.capacity || o.cache.batch !== B)) {
       throw new QtuneError(
         'INVALID_ARGUMENT',

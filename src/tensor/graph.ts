@@ -257,9 +257,7 @@ export class Graph {
         const prev = grads.get(x);
         grads.set(
           x,
-          prev === undefined
-            ? dx
-            : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
+          prev === undefined ? dx : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
         );
       });
     }
