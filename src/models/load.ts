@@ -37,8 +37,11 @@ export interface LoadOptions extends HubOptions {
   dtype?: FloatDType;
   /** Quantize the decoder blocks' linear weights to this type as they are read. */
   quantize?: DType;
-  /** Make every weight trainable (full fine-tuning; float weights only). */
-  trainable?: boolean;
+  /**
+   * Make every weight trainable (full fine-tuning), or those a predicate picks by name (Llama-Pro's
+   * new blocks). Trainable weights are stored in f32 (master weights) whatever `dtype` says.
+   */
+  trainable?: boolean | ((name: string) => boolean);
 }
 
 export interface LoadedModel {
@@ -227,8 +230,10 @@ function fill(
   }
   const notQuantized: string[] = [];
   const float: DType = o.dtype ?? 'f32';
+  const trains = (name: string): boolean =>
+    typeof o.trainable === 'function' ? o.trainable(name) : o.trainable === true;
   const targetOf = (w: WeightSpec): DType => {
-    if (w.role === 'norm' || w.role === 'bias') return 'f32';
+    if (w.role === 'norm' || w.role === 'bias' || (trains(w.name) && o.quantize === undefined)) return 'f32';
     if (o.quantize !== undefined && w.role === 'linear') {
       if (w.shape[1]! % api.blck_size(GGML_TYPE_IDS[o.quantize]) === 0) return o.quantize;
       notQuantized.push(w.name);
@@ -253,8 +258,8 @@ function fill(
 
   // full: everything in host memory first; low_memory: one tensor at a time into the allocated model
   const preloaded = o.strategy === 'full' ? new Map(specs.map((w) => [w.name, src.read(w.name)])) : null;
-  if (o.trainable === true) {
-    const frozen = specs.find((w) => !isFloatDType(targets.get(w.name)!));
+  {
+    const frozen = specs.find((w) => trains(w.name) && !isFloatDType(targets.get(w.name)!));
     if (frozen !== undefined) {
       throw new QtuneError(
         'INVALID_ARGUMENT',
@@ -269,7 +274,7 @@ function fill(
     backend,
     config,
     (w) => targets.get(w.name)!,
-    () => o.trainable === true,
+    (w) => trains(w.name),
   );
   try {
     for (const w of specs) {

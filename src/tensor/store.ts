@@ -131,6 +131,11 @@ export class TensorStore {
     return t;
   }
 
+  /** Sets every tensor of the store to zero (one clear of its buffer). */
+  zero(): void {
+    this.buffer.clear(0);
+  }
+
   /** Writes f32 values (converted or quantized to the tensor's type), int32 values, or raw bytes. */
   write(t: Tensor, data: Float32Array | Int32Array | Uint8Array): void {
     this.check(t);

@@ -1,0 +1,983 @@
+/**
+ * The Trainer: every train type over one loop.
+ *
+ * A step is up to three ggml graphs, each built once and run as often as needed:
+ *   accumulate  (per micro-batch)  forward, backward of Σ token losses × loss scale, grads += into
+ *                                  one buffer per trainable tensor
+ *   norm        (per step)         Σ grad², read by the host: the global norm for clipping, and the
+ *                                  overflow check of fp16 loss scaling
+ *   update      (per step)         grads × (1 / (target tokens × loss scale) × clip factor), then the
+ *                                  optimizer's update
+ * Dividing by the step's count of target tokens (not per micro-batch) makes 4 micro-batches of 1
+ * equal one batch of 4.
+ *
+ * @example
+ * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
+ * const result = trainer.train();
+ * trainer.saveAdapter('out/adapter');
+ * trainer.dispose();
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Backend } from '../engine/device.js';
+import type { FloatDType } from '../engine/dtype.js';
+import { ConfigError, QtuneError } from '../errors.js';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
+import type { Tokenizer } from '../io/tokenizer.js';
+import { configToJson, type LlamaConfig } from '../models/config.js';
+import { llamaWeights, type LlamaModel, type LinearHook } from '../models/llama.js';
+import { loadModel, type LoadOptions } from '../models/load.js';
+import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
+import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
+import { createQuantizationAdapter } from '../quant/adapter.js';
+import { Graph } from '../tensor/graph.js';
+import { add, mul, sqr } from '../tensor/ops/elementwise.js';
+import { cast, sum } from '../tensor/ops/layout.js';
+import { crossEntropy } from '../tensor/ops/loss.js';
+import { linear } from '../tensor/ops/matmul.js';
+import { TensorStore } from '../tensor/store.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { seededUniform } from '../util/random.js';
+import { readExpansion, type Expansion } from './expand.js';
+import { LoraLayers, type LoraOptions } from './lora.js';
+import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
+import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
+
+export type Precision = 'fp32' | 'bf16' | 'fp16' | 'bf16_autocast' | 'fp16_autocast';
+export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16', 'fp16', 'bf16_autocast', 'fp16_autocast'];
+
+/** One training sequence: token ids and next-token labels (-100 where no loss is counted). */
+export interface Example {
+  ids: Int32Array;
+  labels: Int32Array;
+}
+
+export interface TrainData {
+  train: readonly Example[];
+  validation?: readonly Example[];
+}
+
+export interface TrainerOptions {
+  trainType: string;
+  /** The frozen base's quantization method; default from the train type (qlora: nf4). */
+  quantization?: string;
+  /** LoRA and DoRA settings (rank 8, alpha 16 by default). */
+  lora?: Omit<LoraOptions, 'dora' | 'seed'>;
+  precision?: Precision;
+  /** Sequences per micro-batch. Default 1. */
+  batchSize?: number;
+  gradientAccumulationSteps?: number;
+  /** Passes over the training data (default 1), unless maxSteps is set. */
+  epochs?: number;
+  maxSteps?: number;
+  gradientCheckpointing?: boolean;
+  /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
+  maxGradNorm?: number;
+  /** Default AdamW, lr 2e-4, no weight decay. */
+  optimizer?: Partial<OptimizerConfig>;
+  /** Default constant; its lr is the optimizer's. */
+  schedule?: Omit<ScheduleConfig, 'lr' | 'total_steps'>;
+  /** Evaluate on the validation data every N steps (0: only at the end). */
+  evalEvery?: number;
+  /** Validation sequences per evaluation (default all). */
+  evalExamples?: number;
+  /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
+  saveEvery?: number;
+  outputDir?: string;
+  seed?: number;
+  /** fp16 loss scaling: initial scale and how many good steps double it. */
+  lossScale?: { initial?: number; growthInterval?: number };
+  /** Called with every log record (steps, evaluations, skipped steps). */
+  onLog?: (record: LogRecord) => void;
+}
+
+export interface LogRecord {
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint';
+  step: number;
+  epoch: number;
+  loss?: number;
+  lr?: number;
+  gradNorm?: number;
+  tokens?: number;
+  tokensPerS?: number;
+  lossScale?: number;
+  perplexity?: number;
+  path?: string;
+  message?: string;
+  memory?: { engineBytes: number; rssBytes: number; peakRssBytes: number };
+}
+
+export interface StepResult {
+  step: number;
+  /** Mean loss over the step's target tokens. */
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  /** fp16 only: the gradients overflowed, the update was skipped and the scale halved. */
+  skipped: boolean;
+  seconds: number;
+}
+
+export interface TrainResult {
+  steps: number;
+  losses: number[];
+  evals: { step: number; loss: number; perplexity: number }[];
+  memory: MemoryReport;
+  tokensPerS: number;
+  seconds: number;
+}
+
+/** What identifies a run, stored in checkpoints so one from another model or setup is refused. */
+interface RunIdentity {
+  model: string;
+  trainType: string;
+  adapter: string;
+  quantization: string | null;
+  params: { name: string; shape: number[] }[];
+}
+
+const STATE_FILE = 'trainer_state.json';
+const FORMAT_VERSION = 1;
+
+export class TrainingError extends QtuneError {
+  override name = 'TrainingError';
+  constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
+    super('COMPUTE', message, options);
+  }
+}
+
+function positiveInt(field: string, v: number | undefined, def: number): number {
+  const x = v ?? def;
+  if (!Number.isInteger(x) || x < 1)
+    throw new ConfigError(`${field}: ${JSON.stringify(x)} must be a positive integer`, {
+      hint: `set ${field} to 1 or more`,
+    });
+  return x;
+}
+
+/** A hash of the model's config, to recognise checkpoints of the same base. */
+function modelId(config: LlamaConfig): string {
+  return createHash('sha256')
+    .update(JSON.stringify(configToJson(config)))
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** Storage type of frozen float weights for a precision. */
+function frozenDType(p: Precision): FloatDType {
+  return p === 'bf16' ? 'bf16' : p === 'fp16' ? 'f16' : 'f32';
+}
+
+/** Matmul type of the low-precision modes (weights cast in the graph), or null. */
+function computeDType(p: Precision): FloatDType | null {
+  return p === 'bf16_autocast' || p === 'bf16'
+    ? 'bf16'
+    : p === 'fp16_autocast' || p === 'fp16'
+      ? 'f16'
+      : null;
+}
+
+export interface PreparedModel {
+  model: LlamaModel;
+  tokenizer: Tokenizer | null;
+  trainType: ResolvedTrainType;
+  /** Llama-Pro: the expansion record of the model folder. */
+  expansion: Expansion | null;
+  dispose(): void;
+}
+
+/**
+ * How to load a model for a train type and precision: frozen float weights in the precision's type,
+ * trainable ones in f32 (master weights).
+ */
+export function trainingLoadOptions(
+  trainType: ResolvedTrainType,
+  precision: Precision,
+  expansion: Expansion | null,
+): Pick<LoadOptions, 'dtype' | 'trainable'> {
+  const isNew = newLayerTest(expansion);
+  return {
+    dtype: frozenDType(precision),
+    trainable: trainType.adapter === 'full' ? true : trainType.adapter === 'llama_pro' ? isNew : false,
+  };
+}
+
+function newLayerTest(expansion: Expansion | null): (name: string) => boolean {
+  const prefixes = expansion?.newLayers.map((i) => `model.layers.${i}.`) ?? [];
+  return (name) => prefixes.some((p) => name.startsWith(p));
+}
+
+/** Quantizes the frozen decoder weights when the train type asks for it (one block at a time). */
+export function quantizeForTraining(
+  model: LlamaModel,
+  trainType: ResolvedTrainType,
+  expansion: Expansion | null,
+): void {
+  if (trainType.quantization === null) return;
+  const adapter = createQuantizationAdapter(model.backend, {
+    method: trainType.quantization,
+    skipModules: [
+      'lm_head',
+      'model.embed_tokens',
+      ...(expansion?.newLayers.map((i) => `model.layers.${i}.*`) ?? []),
+    ],
+  });
+  adapter.quantizeModel(model);
+}
+
+function checkPrecision(precision: string): Precision {
+  if (!PRECISIONS.includes(precision as Precision))
+    throw new ConfigError(`precision: "${precision}" is not a precision`, {
+      hint: `use one of ${PRECISIONS.join(', ')}`,
+    });
+  return precision as Precision;
+}
+
+/** Loads a model folder, GGUF file or Hub id for a train type and precision. */
+export async function prepareModel(
+  source: string,
+  o: { trainType: string; quantization?: string; precision?: Precision; backend?: Backend | string },
+): Promise<PreparedModel> {
+  const trainType = resolveTrainType(o.trainType, o.quantization);
+  const precision = checkPrecision(o.precision ?? 'fp32');
+  const expansion = trainType.adapter === 'llama_pro' && existsSync(source) ? readExpansion(source) : null;
+  if (trainType.adapter === 'llama_pro' && expansion === null)
+    throw new ConfigError(
+      `train_type: ${trainType.name} needs a model expanded by \`qtune expand\`; ${source} is not one`,
+      { hint: `run \`npx qtune expand --model ${source} --blocks N --out DIR\` and train DIR` },
+    );
+  const loaded = await loadModel(source, {
+    ...(o.backend === undefined ? {} : { backend: o.backend }),
+    ...trainingLoadOptions(trainType, precision, expansion),
+  });
+  try {
+    quantizeForTraining(loaded.model, trainType, expansion);
+  } catch (e) {
+    loaded.dispose();
+    throw e;
+  }
+  return {
+    model: loaded.model,
+    tokenizer: loaded.tokenizer,
+    trainType,
+    expansion,
+    dispose: () => loaded.dispose(),
+  };
+}
+
+export class Trainer {
+  readonly model: LlamaModel;
+  readonly tokenizer: Tokenizer | null;
+  readonly trainType: ResolvedTrainType;
+  readonly lora: LoraLayers | null;
+  readonly params: readonly Tensor[];
+  readonly optimizer: Optimizer;
+  readonly schedule: Schedule;
+  readonly totalSteps: number;
+  readonly precision: Precision;
+  readonly batchSize: number;
+  readonly accumulation: number;
+  private readonly o: TrainerOptions;
+  private readonly data: TrainData;
+  private readonly seqLen: number;
+  private readonly grads: TensorStore;
+  private readonly identity: RunIdentity;
+  private readonly disposeModel: () => void;
+  private readonly seed: number;
+  private readonly maxGradNorm: number;
+  private readonly scaling: { growthInterval: number } | null;
+
+  // ---- progress (all of it goes into checkpoints)
+  private stepCount = 0;
+  private epoch = 0;
+  /** Position in the current epoch's order. */
+  private cursor = 0;
+  private microStep = 0;
+  private lossScale: number;
+  private goodSteps = 0;
+  private order: number[] = [];
+
+  private accGraph: {
+    g: Graph;
+    ids: Tensor;
+    labels: Tensor;
+    scale: Tensor;
+    loss: Tensor;
+  } | null = null;
+  private normGraph: { g: Graph; sumsq: Tensor } | null = null;
+  private updateGraph: { g: Graph; factor: Tensor } | null = null;
+  private evalGraph: { g: Graph; ids: Tensor; labels: Tensor; loss: Tensor } | null = null;
+  private memoryReport: MemoryReport | null = null;
+
+  /**
+   * A trainer over a model already loaded with {@link prepareModel}. The trainer owns it from here
+   * and frees it in {@link dispose}.
+   */
+  constructor(prepared: PreparedModel, data: TrainData, o: TrainerOptions) {
+    this.model = prepared.model;
+    this.tokenizer = prepared.tokenizer;
+    this.disposeModel = () => prepared.dispose();
+    this.trainType = prepared.trainType;
+    this.o = o;
+    this.data = data;
+    this.precision = checkPrecision(o.precision ?? 'fp32');
+    this.batchSize = positiveInt('batch_size', o.batchSize, 1);
+    this.accumulation = positiveInt('gradient_accumulation_steps', o.gradientAccumulationSteps, 1);
+    this.seed = o.seed ?? 42;
+    this.maxGradNorm = o.maxGradNorm ?? 1;
+    if (!(this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm)))
+      throw new ConfigError(`max_grad_norm: ${this.maxGradNorm} must be ≥ 0`, {
+        hint: 'use 1.0, or 0 to turn clipping off',
+      });
+    const fp16 = this.precision === 'fp16' || this.precision === 'fp16_autocast';
+    this.scaling = fp16
+      ? { growthInterval: positiveInt('loss_scale.growth_interval', o.lossScale?.growthInterval, 2000) }
+      : null;
+    this.lossScale = fp16 ? (o.lossScale?.initial ?? 2 ** 16) : 1;
+
+    if (data.train.length === 0)
+      throw new ConfigError('dataset: the training split is empty', { hint: 'give at least one example' });
+    this.seqLen = data.train[0]!.ids.length;
+    for (const [split, list] of [
+      ['train', data.train],
+      ['validation', data.validation ?? []],
+    ] as const) {
+      list.forEach((e, i) => {
+        if (e.ids.length !== this.seqLen || e.labels.length !== this.seqLen)
+          throw new ConfigError(
+            `dataset: ${split} example ${i} has ${e.ids.length} ids and ${e.labels.length} labels; every example needs ${this.seqLen}`,
+            { hint: 'pad or truncate every example to the context length' },
+          );
+      });
+    }
+
+    const stepsPerEpoch = Math.max(1, Math.floor(data.train.length / (this.batchSize * this.accumulation)));
+    if (o.maxSteps !== undefined) this.totalSteps = positiveInt('max_steps', o.maxSteps, 1);
+    else {
+      const epochs = o.epochs ?? 1;
+      if (!(epochs > 0))
+        throw new ConfigError(`num_epochs: ${epochs} must be positive`, { hint: 'use 1 or more' });
+      this.totalSteps = Math.max(1, Math.ceil(epochs * stepsPerEpoch));
+    }
+
+    try {
+      if (this.trainType.adapter === 'lora' || this.trainType.adapter === 'dora') {
+        this.lora = LoraLayers.create(this.model, {
+          rank: 8,
+          alpha: 16,
+          ...o.lora,
+          dora: this.trainType.adapter === 'dora',
+          seed: this.seed,
+        });
+        this.params = this.lora.params();
+      } else {
+        this.lora = null;
+        this.params = this.model.tensors().filter((t) => t.requiresGrad);
+      }
+      if (this.params.length === 0)
+        throw new ConfigError(`train_type: ${this.trainType.name} leaves nothing to train in this model`);
+      this.grads = TensorStore.create(
+        this.model.backend,
+        this.params.map((p, i) => ({ name: `grad${i}`, shape: p.shape, dtype: 'f32' as const })),
+      );
+      const optConfig: OptimizerConfig = {
+        name: 'adamw',
+        lr: 2e-4,
+        weight_decay: 0,
+        ...o.optimizer,
+      } as OptimizerConfig;
+      this.optimizer = createOptimizer(this.model.backend, this.params, optConfig);
+      this.schedule = createSchedule({
+        name: 'constant',
+        ...o.schedule,
+        lr: this.optimizer.lr,
+        total_steps: this.totalSteps,
+      } as ScheduleConfig);
+    } catch (e) {
+      this.disposeModel();
+      throw e;
+    }
+    this.identity = {
+      model: modelId(this.model.config),
+      trainType: this.trainType.name,
+      adapter: this.trainType.adapter,
+      quantization: this.trainType.quantization,
+      params: this.params.map((p) => ({ name: p.name, shape: [...p.shape] })),
+    };
+    this.order = this.epochOrder(0);
+  }
+
+  /** Loads `source` for the options' train type and precision and returns a trainer over it. */
+  static async create(
+    source: string,
+    data: TrainData,
+    o: TrainerOptions & { backend?: Backend | string },
+  ): Promise<Trainer> {
+    const prepared = await prepareModel(source, {
+      trainType: o.trainType,
+      ...(o.quantization === undefined ? {} : { quantization: o.quantization }),
+      ...(o.precision === undefined ? {} : { precision: o.precision }),
+      ...(o.backend === undefined ? {} : { backend: o.backend }),
+    });
+    return new Trainer(prepared, data, o);
+  }
+
+  /** Updates applied (or skipped by loss scaling) so far. */
+  get step(): number {
+    return this.stepCount;
+  }
+
+  get currentLossScale(): number {
+    return this.lossScale;
+  }
+
+  // ------------------------------------------------------------------------------ data
+
+  /** The order of the training examples in `epoch`: a seeded shuffle, the same on every run. */
+  private epochOrder(epoch: number): number[] {
+    const n = this.data.train.length;
+    const order = Array.from({ length: n }, (_, i) => i);
+    const rand = seededUniform((this.seed * 1000003 + epoch) >>> 0);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(rand() * (i + 1));
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    return order;
+  }
+
+  /** The next micro-batch of training examples (the data wraps into the next epoch). */
+  private nextMicroBatch(): Example[] {
+    const out: Example[] = [];
+    while (out.length < this.batchSize) {
+      if (this.cursor >= this.order.length) {
+        this.epoch++;
+        this.cursor = 0;
+        this.order = this.epochOrder(this.epoch);
+      }
+      out.push(this.data.train[this.order[this.cursor++]!]!);
+    }
+    return out;
+  }
+
+  private pack(batch: readonly Example[]): { ids: Int32Array; labels: Int32Array; tokens: number } {
+    const T = this.seqLen;
+    const ids = new Int32Array(this.batchSize * T);
+    const labels = new Int32Array(this.batchSize * T).fill(-100);
+    batch.forEach((e, b) => {
+      ids.set(e.ids, b * T);
+      labels.set(e.labels, b * T);
+    });
+    let tokens = 0;
+    for (const l of labels) if (l !== -100) tokens++;
+    return { ids, labels, tokens };
+  }
+
+  // ------------------------------------------------------------------------------ graphs
+
+  /** The forward's linear hook: adapters, and the low-precision matmuls of autocast modes. */
+  private linearHook(): LinearHook | undefined {
+    const lowp = computeDType(this.precision);
+    const adapter = this.lora?.hook();
+    if (lowp === null) return adapter;
+    return (module, x, w) => {
+      const wc = w.dtype === 'f32' ? cast(w, lowp) : w;
+      return adapter?.(module, x, wc) ?? linear(x, wc);
+    };
+  }
+
+  private buildAccumulate(): NonNullable<Trainer['accGraph']> {
+    const g = new Graph(this.model.backend);
+    try {
+      const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
+      const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
+      const scale = g.input([1], 'f32', 'loss_scale');
+      const hook = this.linearHook();
+      const logits = this.model.forward(g, ids, {
+        ...(hook === undefined ? {} : { linear: hook }),
+        checkpoint: this.o.gradientCheckpointing === true,
+      });
+      const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
+      const grads = g.backward(mul(lossSum, scale), this.params);
+      this.params.forEach((p, i) => {
+        const acc = this.grads.get(`grad${i}`);
+        const grad = grads.get(p);
+        if (grad === undefined) throw new QtuneError('GRAPH', `no gradient reaches ${p.name}`);
+        g.assign(acc, add(acc, grad));
+      });
+      const loss = g.output(lossSum);
+      g.compile();
+      return { g, ids, labels, scale, loss };
+    } catch (e) {
+      g.dispose();
+      throw e;
+    }
+  }
+
+  private buildNorm(): NonNullable<Trainer['normGraph']> {
+    const g = new Graph(this.model.backend);
+    try {
+      const sumsq = g.build(() => {
+        let total: Tensor | null = null;
+        for (const t of this.grads.tensors) {
+          const s = sum(sqr(t));
+          total = total === null ? s : add(total, s);
+        }
+        return g.output(total!);
+      });
+      g.compile();
+      return { g, sumsq };
+    } catch (e) {
+      g.dispose();
+      throw e;
+    }
+  }
+
+  private buildUpdate(): NonNullable<Trainer['updateGraph']> {
+    const g = new Graph(this.model.backend);
+    try {
+      const factor = g.input([1], 'f32', 'grad_factor');
+      const grads = new Map<Tensor, Tensor>();
+      g.noGrad(() => this.params.forEach((p, i) => grads.set(p, mul(this.grads.get(`grad${i}`), factor))));
+      this.optimizer.build(g, grads);
+      g.compile();
+      return { g, factor };
+    } catch (e) {
+      g.dispose();
+      throw e;
+    }
+  }
+
+  private buildEval(): NonNullable<Trainer['evalGraph']> {
+    const g = new Graph(this.model.backend);
+    try {
+      const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
+      const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
+      const hook = this.linearHook();
+      const loss = g.output(
+        g.noGrad(() =>
+          crossEntropy(this.model.forward(g, ids, hook === undefined ? {} : { linear: hook }), labels, {
+            reduction: 'sum',
+          }),
+        ),
+      );
+      g.compile();
+      return { g, ids, labels, loss };
+    } catch (e) {
+      g.dispose();
+      throw e;
+    }
+  }
+
+  private engineBytes(): number {
+    let n = this.model.bytes + this.grads.bytes + (this.lora?.store.bytes ?? 0) + this.optimizerBytes();
+    for (const x of [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph]) {
+      if (x !== null) n += x.g.memory().compute + x.g.memory().inputs;
+    }
+    return n;
+  }
+
+  private optimizerBytes(): number {
+    // state tensors are f32, one set per slot; count them from the checkpoint view once
+    return (this.optimizerStateBytes ??= this.optimizer
+      .stateTensors()
+      .reduce((n, t) => n + t.data.byteLength, 0));
+  }
+  private optimizerStateBytes: number | undefined;
+
+  private phase(): PhaseMemory {
+    return { engineBytes: this.engineBytes(), rssBytes: rss() };
+  }
+
+  /** Builds the graphs on first use, measuring memory after each phase. */
+  private ensureGraphs(): void {
+    if (this.accGraph !== null) return;
+    const load = this.phase();
+    const probe = this.pack(this.data.train.slice(0, this.batchSize));
+    this.evalGraph = this.buildEval();
+    this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
+    this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
+    this.evalGraph.g.run();
+    const forward = this.phase();
+    this.accGraph = this.buildAccumulate();
+    const backward = { engineBytes: this.engineBytes(), rssBytes: 0 };
+    this.normGraph = this.buildNorm();
+    this.updateGraph = this.buildUpdate();
+    this.memoryReport = {
+      load,
+      forward,
+      backward,
+      optimizer: { engineBytes: 0, rssBytes: 0 },
+      peakRssBytes: 0,
+      parts: {
+        weights: this.model.bytes,
+        trainable: this.params.reduce((n, p) => n + p.numel * 4, 0),
+        gradients: this.grads.bytes,
+        optimizerState: this.optimizerBytes(),
+        activations: this.accGraph.g.memory().compute,
+      },
+    };
+  }
+
+  // ------------------------------------------------------------------------------ the step
+
+  /**
+   * One optimizer step over `gradientAccumulationSteps` micro-batches: the next ones of the training
+   * data, or those given.
+   */
+  stepOnce(microBatches?: readonly (readonly Example[])[]): StepResult {
+    this.ensureGraphs();
+    const acc = this.accGraph!;
+    const t0 = performance.now();
+    const batches = microBatches ?? Array.from({ length: this.accumulation }, () => this.nextMicroBatch());
+    let tokens = 0;
+    let lossSum = 0;
+    let overflow = false;
+    for (const batch of batches) {
+      if (batch.length > this.batchSize)
+        throw new ConfigError(
+          `a micro-batch of ${batch.length} examples exceeds batch_size ${this.batchSize}`,
+        );
+      const packed = this.pack(batch);
+      this.microStep++;
+      if (packed.tokens === 0) continue; // nothing to learn from: no gradient, no count
+      if (this.lora !== null) this.lora.step = this.microStep;
+      acc.g.set(acc.ids, packed.ids);
+      acc.g.set(acc.labels, packed.labels);
+      acc.g.set(acc.scale, Float32Array.of(this.lossScale));
+      acc.g.run();
+      const l = acc.g.read(acc.loss)[0]!;
+      if (!Number.isFinite(l)) {
+        if (this.scaling === null) this.diverged(l);
+        overflow = true;
+      }
+      lossSum += l;
+      tokens += packed.tokens;
+      if (this.memoryReport !== null && this.memoryReport.backward.rssBytes === 0)
+        this.memoryReport.backward.rssBytes = rss();
+    }
+    const lr = this.schedule.lrAt(this.stepCount);
+    if (tokens === 0) {
+      this.stepCount++;
+      return {
+        step: this.stepCount,
+        loss: NaN,
+        lr,
+        gradNorm: 0,
+        tokens: 0,
+        skipped: true,
+        seconds: (performance.now() - t0) / 1000,
+      };
+    }
+    const norm = this.normGraph!;
+    norm.g.run();
+    const gradNorm = Math.sqrt(norm.g.read(norm.sumsq)[0]!) / (tokens * this.lossScale);
+    overflow ||= !Number.isFinite(gradNorm);
+    let skipped = false;
+    if (overflow) {
+      if (this.scaling === null) this.diverged(gradNorm, 'gradient norm');
+      // fp16: skip the update and halve the scale, as PyTorch's GradScaler
+      this.lossScale /= 2;
+      this.goodSteps = 0;
+      skipped = true;
+      if (this.lossScale < 1) this.diverged(NaN, 'loss scale fell below 1 and the gradients still overflow:');
+    } else {
+      const clip =
+        this.maxGradNorm > 0 && gradNorm > this.maxGradNorm ? this.maxGradNorm / (gradNorm + 1e-6) : 1;
+      const up = this.updateGraph!;
+      this.optimizer.lr = lr;
+      up.g.set(up.factor, Float32Array.of(clip / (tokens * this.lossScale)));
+      up.g.run();
+      if (this.scaling !== null && ++this.goodSteps >= this.scaling.growthInterval) {
+        this.lossScale *= 2;
+        this.goodSteps = 0;
+      }
+      if (this.memoryReport !== null && this.memoryReport.optimizer.rssBytes === 0) {
+        this.memoryReport.optimizer = this.phase();
+        this.memoryReport.backward.rssBytes ||= rss();
+      }
+    }
+    this.grads.zero();
+    this.stepCount++;
+    const loss = lossSum / tokens;
+    return {
+      step: this.stepCount,
+      loss,
+      lr,
+      gradNorm,
+      tokens,
+      skipped,
+      seconds: (performance.now() - t0) / 1000,
+    };
+  }
+
+  private diverged(value: number, what = 'loss'): never {
+    const last = this.lastCheckpoint;
+    throw new TrainingError(
+      `training stopped at step ${this.stepCount + 1}: the ${what} is ${value}${last === null ? '' : `; the last good checkpoint is ${last}`}`,
+      { hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32' },
+    );
+  }
+  private lastCheckpoint: string | null = null;
+
+  // ------------------------------------------------------------------------------ evaluation
+
+  /** Mean loss and perplexity over the validation data (or its first `evalExamples`). */
+  evaluate(examples: readonly Example[] = this.data.validation ?? []): {
+    loss: number;
+    perplexity: number;
+    tokens: number;
+  } {
+    if (examples.length === 0)
+      throw new ConfigError('evaluation needs validation data', { hint: 'give a validation split' });
+    this.ensureGraphs();
+    const ev = this.evalGraph!;
+    const limit = this.o.evalExamples ?? examples.length;
+    const list = examples.slice(0, limit);
+    let total = 0;
+    let tokens = 0;
+    for (let i = 0; i < list.length; i += this.batchSize) {
+      const packed = this.pack(list.slice(i, i + this.batchSize));
+      if (packed.tokens === 0) continue;
+      ev.g.set(ev.ids, packed.ids);
+      ev.g.set(ev.labels, packed.labels);
+      ev.g.run();
+      total += ev.g.read(ev.loss)[0]!;
+      tokens += packed.tokens;
+    }
+    const loss = total / tokens;
+    return { loss, perplexity: Math.exp(loss), tokens };
+  }
+
+  // ------------------------------------------------------------------------------ the loop
+
+  /** Trains to the last step: steps, periodic evaluation and checkpoints, a final evaluation and checkpoint. */
+  train(): TrainResult {
+    const o = this.o;
+    const losses: number[] = [];
+    const evals: TrainResult['evals'] = [];
+    const hasVal = (this.data.validation?.length ?? 0) > 0;
+    const t0 = performance.now();
+    let tokens = 0;
+    while (this.stepCount < this.totalSteps) {
+      const r = this.stepOnce();
+      tokens += r.tokens;
+      losses.push(r.loss);
+      this.log({
+        kind: r.skipped ? 'skip' : 'step',
+        step: r.step,
+        epoch: this.epochFloat(),
+        loss: r.loss,
+        lr: r.lr,
+        gradNorm: r.gradNorm,
+        tokens: r.tokens,
+        tokensPerS: r.tokens / r.seconds,
+        ...(this.scaling === null ? {} : { lossScale: this.lossScale }),
+        ...(r.skipped
+          ? { message: `gradients overflowed; update skipped, loss scale now ${this.lossScale}` }
+          : {}),
+        memory: { ...this.phase(), peakRssBytes: peakRss() },
+      });
+      const last = this.stepCount === this.totalSteps;
+      if (hasVal && (((o.evalEvery ?? 0) > 0 && this.stepCount % o.evalEvery! === 0) || last)) {
+        const e = this.evaluate();
+        evals.push({ step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
+        this.log({
+          kind: 'eval',
+          step: this.stepCount,
+          epoch: this.epochFloat(),
+          loss: e.loss,
+          perplexity: e.perplexity,
+        });
+      }
+      if (
+        o.outputDir !== undefined &&
+        (((o.saveEvery ?? 0) > 0 && this.stepCount % o.saveEvery! === 0) || last)
+      ) {
+        const dir = this.saveCheckpoint(path.join(o.outputDir, `checkpoint-${this.stepCount}`));
+        this.log({ kind: 'checkpoint', step: this.stepCount, epoch: this.epochFloat(), path: dir });
+      }
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    const memory = this.memory();
+    return { steps: this.stepCount, losses, evals, memory, tokensPerS: tokens / seconds, seconds };
+  }
+
+  private epochFloat(): number {
+    return this.epoch + this.cursor / this.data.train.length;
+  }
+
+  private log(r: LogRecord): void {
+    this.o.onLog?.(r);
+  }
+
+  /** Memory per phase (measured when the graphs were first built and run). */
+  memory(): MemoryReport {
+    this.ensureGraphs();
+    const m = this.memoryReport!;
+    return { ...m, peakRssBytes: peakRss() };
+  }
+
+  // ------------------------------------------------------------------------------ checkpoints
+
+  /**
+   * Writes the trainable weights, optimizer state, schedule position, loss scale, RNG and data
+   * position into `dir` (a temporary folder renamed into place: a crash leaves the last one whole).
+   */
+  saveCheckpoint(dir: string): string {
+    const tmp = `${dir}.tmp-${process.pid}`;
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(tmp, { recursive: true });
+    try {
+      writeSafetensors(
+        path.join(tmp, 'trainable.safetensors'),
+        this.params.map((p) => ({
+          name: p.name,
+          shape: p.shape,
+          dtype: 'F32' as const,
+          data: p.store!.read(p),
+        })),
+      );
+      writeSafetensors(
+        path.join(tmp, 'optimizer.safetensors'),
+        this.optimizer
+          .stateTensors()
+          .map((t) => ({ name: t.name, shape: t.shape, dtype: 'F32' as const, data: t.data })),
+      );
+      const state = {
+        format: FORMAT_VERSION,
+        identity: this.identity,
+        step: this.stepCount,
+        epoch: this.epoch,
+        cursor: this.cursor,
+        micro_step: this.microStep,
+        seed: this.seed,
+        loss_scale: this.lossScale,
+        good_steps: this.goodSteps,
+        optimizer: this.optimizer.state(),
+        schedule: {
+          name: this.schedule.name,
+          lr: this.schedule.lr,
+          total_steps: this.totalSteps,
+          warmup_steps: this.schedule.warmupSteps,
+        },
+        batch_size: this.batchSize,
+        gradient_accumulation_steps: this.accumulation,
+        precision: this.precision,
+      };
+      writeFileSync(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+      const old = `${dir}.old-${process.pid}`;
+      if (existsSync(dir)) renameSync(dir, old);
+      renameSync(tmp, dir);
+      rmSync(old, { recursive: true, force: true });
+    } catch (e) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    this.lastCheckpoint = dir;
+    return dir;
+  }
+
+  /**
+   * Continues from a checkpoint of this same run setup: afterwards the trainer computes exactly the
+   * steps the interrupted run would have.
+   */
+  loadCheckpoint(dir: string): void {
+    const file = path.join(dir, STATE_FILE);
+    if (!existsSync(file))
+      throw new QtuneError('NOT_FOUND', `${dir} is not a qtune checkpoint (no ${STATE_FILE})`, {
+        hint: 'point resume at a checkpoint-N folder of an output directory',
+      });
+    let state: {
+      format: number;
+      identity: RunIdentity;
+      step: number;
+      epoch: number;
+      cursor: number;
+      micro_step: number;
+      seed: number;
+      loss_scale: number;
+      good_steps: number;
+      optimizer: { step: number };
+      batch_size: number;
+      gradient_accumulation_steps: number;
+    };
+    try {
+      state = JSON.parse(readFileSync(file, 'utf8')) as typeof state;
+    } catch (e) {
+      throw new QtuneError(
+        'FORMAT',
+        `${file} is not valid JSON (${e instanceof Error ? e.message : String(e)})`,
+      );
+    }
+    const id = state.identity;
+    const mismatch =
+      id?.model !== this.identity.model
+        ? `another model (config ${String(id?.model)}, this one is ${this.identity.model})`
+        : id.trainType !== this.identity.trainType || id.quantization !== this.identity.quantization
+          ? `train type ${id.trainType}${id.quantization === null ? '' : ` over ${id.quantization}`}, this run is ${this.identity.trainType}${this.identity.quantization === null ? '' : ` over ${this.identity.quantization}`}`
+          : JSON.stringify(id.params) !== JSON.stringify(this.identity.params)
+            ? 'other trainable tensors (LoRA rank or target modules differ)'
+            : null;
+    if (mismatch !== null)
+      throw new ConfigError(`checkpoint ${dir} was written for ${mismatch}`, {
+        hint: 'resume with the model and settings that wrote it, or start a new run',
+      });
+    if (
+      state.seed !== this.seed ||
+      state.batch_size !== this.batchSize ||
+      state.gradient_accumulation_steps !== this.accumulation
+    )
+      throw new ConfigError(
+        `checkpoint ${dir} was written with seed ${state.seed}, batch_size ${state.batch_size}, gradient_accumulation_steps ${state.gradient_accumulation_steps}; this run has ${this.seed}, ${this.batchSize}, ${this.accumulation}`,
+        { hint: 'use the same seed and batch settings to resume exactly' },
+      );
+    const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
+    const opt = SafetensorsFile.open(path.join(dir, 'optimizer.safetensors'));
+    try {
+      for (const p of this.params) p.store!.write(p, weights.readF32(p.name));
+      this.optimizer.loadState(
+        state.optimizer.step,
+        opt.names().map((n) => ({ name: n, shape: opt.entry(n).shape, data: opt.readF32(n) })),
+      );
+    } finally {
+      weights.close();
+      opt.close();
+    }
+    this.stepCount = state.step;
+    this.epoch = state.epoch;
+    this.cursor = state.cursor;
+    this.microStep = state.micro_step;
+    this.lossScale = state.loss_scale;
+    this.goodSteps = state.good_steps;
+    this.order = this.epochOrder(this.epoch);
+    this.lastCheckpoint = dir;
+  }
+
+  /** The trained LoRA/DoRA tensors on the host (see src/adapters for the PEFT and GGUF writers). */
+  adapterWeights(): ReturnType<LoraLayers['toHost']> {
+    if (this.lora === null)
+      throw new ConfigError(`train_type ${this.trainType.name} trains no adapter`, {
+        hint: 'save the model instead (full and llama_pro train the model itself)',
+      });
+    return this.lora.toHost();
+  }
+
+  /** Every weight of the model with the trained values (full and llama_pro), as f32. */
+  modelWeights(): { name: string; shape: number[]; data: Float32Array }[] {
+    return llamaWeights(this.model.config).map((w) => {
+      const t = this.model.weight(w.name);
+      return { name: w.name, shape: w.shape, data: t.store!.read(t) };
+    });
+  }
+
+  dispose(): void {
+    for (const x of [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph]) x?.g.dispose();
+    this.accGraph = this.normGraph = this.updateGraph = this.evalGraph = null;
+    this.optimizer.dispose();
+    this.grads.dispose();
+    this.lora?.dispose();
+    this.disposeModel();
+  }
+}
