@@ -169,6 +169,7 @@ export interface GgmlApi {
   exp(ctx: Ctx, a: T): T;
   tanh(ctx: Ctx, a: T): T;
   neg(ctx: Ctx, a: T): T;
+  sgn(ctx: Ctx, a: T): T;
   step(ctx: Ctx, a: T): T;
   sum(ctx: Ctx, a: T): T;
   sum_rows(ctx: Ctx, a: T): T;
@@ -362,6 +363,7 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   exp: 'ggml_tensor *ggml_exp(ggml_context *ctx, ggml_tensor *a)',
   tanh: 'ggml_tensor *ggml_tanh(ggml_context *ctx, ggml_tensor *a)',
   neg: 'ggml_tensor *ggml_neg(ggml_context *ctx, ggml_tensor *a)',
+  sgn: 'ggml_tensor *ggml_sgn(ggml_context *ctx, ggml_tensor *a)',
   step: 'ggml_tensor *ggml_step(ggml_context *ctx, ggml_tensor *a)',
   sum: 'ggml_tensor *ggml_sum(ggml_context *ctx, ggml_tensor *a)',
   sum_rows: 'ggml_tensor *ggml_sum_rows(ggml_context *ctx, ggml_tensor *a)',

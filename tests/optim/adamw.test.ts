@@ -24,7 +24,8 @@ describe('AdamW graph ops match the closed form', () => {
         ]);
         const p = store.get('p');
         store.write(p, Float32Array.from(p0));
-        const o = { lr: 0.05, beta1: 0.8, beta2: 0.95, eps: 1e-6, weightDecay: 0.1 };
+        // decays: a vector would be spared by the default rule; this test checks the decay arithmetic
+        const o = { lr: 0.05, beta1: 0.8, beta2: 0.95, eps: 1e-6, weightDecay: 0.1, decays: () => true };
         const opt = new AdamW(backend, [p], o);
         const g = new Graph(backend);
         try {

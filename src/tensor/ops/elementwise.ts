@@ -158,3 +158,17 @@ export function log(x: Tensor): Tensor {
   const y = g.node((ctx) => ggml().log(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'log');
   return g.record('log', [x], y, (dy) => [div(dy, x)]);
 }
+
+/**
+ * sign(x): −1, 0 or 1 (ggml_sgn; CPU and Vulkan both run it). Piecewise constant, so no gradient
+ * flows through it; it is meant for optimizer updates (Lion).
+ *
+ * @example
+ * const s = sign(g.input([4])); // [-2, 0, 1e-30, 3] → [-1, 0, 1, 1]
+ */
+export function sign(x: Tensor): Tensor {
+  const g = graphOf('sign', x);
+  requireFloat('sign', x);
+  x = contiguous(x);
+  return g.node((ctx) => ggml().sgn(ctx, x.ptr), x.shape, x.dtype, false, 'sign');
+}
