@@ -35,12 +35,12 @@ after(() => rmSync(tmp, { recursive: true, force: true }));
 
 /** Per train type: learning rate, and the validation loss drop it must reach. */
 const RECIPES: Record<string, { lr: number; margin: number }> = {
-  full: { lr: 1e-3, margin: 0.02 },
-  lora: { lr: 2e-2, margin: 0.01 },
-  qlora: { lr: 2e-2, margin: 0.01 },
-  dora: { lr: 2e-2, margin: 0.01 },
+  full: { lr: 1e-3, margin: 0.01 },
+  lora: { lr: 5e-3, margin: 0.01 },
+  qlora: { lr: 5e-3, margin: 0.01 },
+  dora: { lr: 5e-3, margin: 0.01 },
   llama_pro: { lr: 2e-3, margin: 0.01 },
-  bnb_dora: { lr: 2e-2, margin: 0.01 },
+  bnb_dora: { lr: 5e-3, margin: 0.01 },
 };
 const STEPS = 12;
 
