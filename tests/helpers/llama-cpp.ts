@@ -10,9 +10,11 @@
  * struct over 16 bytes travels in memory on x86-64, so only the size has to be right).
  * `llama_batch` (56 bytes) is declared field by field as llama.h has it.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import koffi from 'koffi';
 import { getEngine } from '../../src/engine/library.js';
+import { LIB_EXT, LIB_PREFIX, LLAMA_CPP_TAG } from '../../src/engine/paths.js';
 
 koffi.opaque('qtune_llama_model');
 koffi.opaque('qtune_llama_context');
@@ -52,10 +54,29 @@ interface LlamaApi {
 
 let api: LlamaApi | undefined;
 
+/** libllama of the engine qtune loaded, or why llama.cpp cannot run in this process. */
+function libllamaPath(): { file: string } | { reason: string } {
+  const info = getEngine().info;
+  if (info.kind !== 'prebuilt')
+    return {
+      reason: `qtune runs a ${info.kind} ggml build; libllama comes with the prebuilt package and must share its ggml (set QTUNE_ENGINE=prebuilt)`,
+    };
+  const file = path.join(info.path, `${LIB_PREFIX}llama.${LLAMA_CPP_TAG}${LIB_EXT}`);
+  if (!existsSync(file)) return { reason: `${file} is not there (no libllama in the prebuilt package)` };
+  return { file };
+}
+
+/** Null when llama.cpp can run here, else the reason (for `it(..., { skip })`). */
+export function llamaCppUnavailable(): string | null {
+  const p = libllamaPath();
+  return 'reason' in p ? p.reason : null;
+}
+
 function bind(): LlamaApi {
   if (api !== undefined) return api;
-  const dir = getEngine().info.path;
-  const lib = koffi.load(path.join(dir, 'libllama.v0.5.0.so'));
+  const p = libllamaPath();
+  if ('reason' in p) throw new Error(`llama.cpp is unavailable: ${p.reason}`);
+  const lib = koffi.load(p.file);
   const bound: LlamaApi = {
     backend_init: lib.func('void llama_backend_init(void)'),
     log_set: lib.func('void llama_log_set(qtune_llama_log_cb *cb, void *user)'),
