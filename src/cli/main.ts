@@ -9,6 +9,7 @@ import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 import * as generate from './commands/generate.js';
 import * as initTiny from './commands/init-tiny.js';
+import * as merge from './commands/merge.js';
 import * as quant from './commands/quant.js';
 import * as quantize from './commands/quantize.js';
 
@@ -23,6 +24,7 @@ const COMMANDS: Record<string, Command> = {
   'init-tiny': initTiny,
   quantize,
   quant,
+  merge,
   backends,
   engine,
 };

@@ -80,7 +80,8 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
   return out;
 }
 
-function ropeHeads(c: LlamaConfig, hfName: string): number | null {
+/** The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama`), or null. */
+export function ropeHeads(c: LlamaConfig, hfName: string): number | null {
   if (c.model_type === 'qwen2') return null;
   if (/\.self_attn\.q_proj\.(weight|bias)$/.test(hfName)) return c.num_attention_heads;
   if (/\.self_attn\.k_proj\.(weight|bias)$/.test(hfName)) return c.num_key_value_heads;
