@@ -43,6 +43,10 @@ import { readExpansion, type Expansion } from './expand.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
 import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
+import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
+import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
+import { saveModel } from '../adapters/merge.js';
+import { savePeftAdapter } from '../adapters/peft.js';
 
 export type Precision = 'fp32' | 'bf16' | 'fp16' | 'bf16_autocast' | 'fp16_autocast';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16', 'fp16', 'bf16_autocast', 'fp16_autocast'];
@@ -180,6 +184,8 @@ function computeDType(p: Precision): FloatDType | null {
 }
 
 export interface PreparedModel {
+  /** Where the model came from (a folder, GGUF file or Hub id): the adapter's base_model_name_or_path. */
+  source: string;
   model: LlamaModel;
   tokenizer: Tokenizer | null;
   trainType: ResolvedTrainType;
@@ -259,6 +265,7 @@ export async function prepareModel(
     throw e;
   }
   return {
+    source,
     model: loaded.model,
     tokenizer: loaded.tokenizer,
     trainType,
@@ -286,6 +293,7 @@ export class Trainer {
   private readonly identity: RunIdentity;
   private readonly disposeModel: () => void;
   private readonly seed: number;
+  private readonly source: string;
   private readonly maxGradNorm: number;
   private readonly scaling: { growthInterval: number } | null;
 
@@ -316,6 +324,7 @@ export class Trainer {
    * and frees it in {@link dispose}.
    */
   constructor(prepared: PreparedModel, data: TrainData, o: TrainerOptions) {
+    this.source = prepared.source;
     this.model = prepared.model;
     this.tokenizer = prepared.tokenizer;
     this.disposeModel = () => prepared.dispose();
@@ -387,14 +396,14 @@ export class Trainer {
         lr: 2e-4,
         weight_decay: 0,
         ...o.optimizer,
-      } as OptimizerConfig;
+      };
       this.optimizer = createOptimizer(this.model.backend, this.params, optConfig);
       this.schedule = createSchedule({
         name: 'constant',
         ...o.schedule,
         lr: this.optimizer.lr,
         total_steps: this.totalSteps,
-      } as ScheduleConfig);
+      });
     } catch (e) {
       this.disposeModel();
       throw e;
@@ -891,7 +900,7 @@ export class Trainer {
       });
     let state: {
       format: number;
-      identity: RunIdentity;
+      identity?: RunIdentity;
       step: number;
       epoch: number;
       cursor: number;
@@ -955,13 +964,56 @@ export class Trainer {
     this.lastCheckpoint = dir;
   }
 
-  /** The trained LoRA/DoRA tensors on the host (see src/adapters for the PEFT and GGUF writers). */
-  adapterWeights(): ReturnType<LoraLayers['toHost']> {
+  /** The trained LoRA/DoRA tensors on the host, in the form the PEFT and GGUF writers take. */
+  adapterWeights(): LoraAdapterData {
     if (this.lora === null)
       throw new ConfigError(`train_type ${this.trainType.name} trains no adapter`, {
         hint: 'save the model instead (full and llama_pro train the model itself)',
       });
-    return this.lora.toHost();
+    const modules = new Map<string, LoraModule>();
+    for (const [name, m] of this.lora.toHost()) {
+      modules.set(name, {
+        rank: m.info.rank,
+        alpha: m.info.alpha,
+        inFeatures: m.info.inFeatures,
+        outFeatures: m.info.outFeatures,
+        A: m.A,
+        B: m.B,
+        ...(m.magnitude === undefined ? {} : { magnitude: m.magnitude }),
+      });
+    }
+    const o = this.lora.options;
+    return {
+      baseModel: this.source,
+      rsLora: o.rsLora,
+      dora: o.dora,
+      dropout: o.dropout,
+      targetModules: [...new Set([...modules.keys()].map((m) => m.split('.').pop()!))],
+      modules,
+    };
+  }
+
+  /**
+   * Writes what the run trained into `dir`: LoRA as a PEFT adapter (adapter_model.safetensors,
+   * adapter_config.json) and a llama.cpp GGUF adapter (adapter.gguf); DoRA as a PEFT adapter (llama.cpp
+   * has no DoRA: merge it with \`qtune merge\`); full and llama_pro as a model folder (dir/model).
+   * Returns the paths written.
+   */
+  saveOutputs(dir: string, o: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): string[] {
+    mkdirSync(dir, { recursive: true });
+    if (this.lora !== null) {
+      const data = this.adapterWeights();
+      savePeftAdapter(dir, data);
+      const written = [path.join(dir, 'adapter_model.safetensors'), path.join(dir, 'adapter_config.json')];
+      if (!data.dora) {
+        saveGgufLoraAdapter(path.join(dir, 'adapter.gguf'), data, this.model.config);
+        written.push(path.join(dir, 'adapter.gguf'));
+      }
+      return written;
+    }
+    if (this.tokenizer === null)
+      throw new ConfigError('saving a trained model needs its tokenizer; this model was loaded without one');
+    return saveModel(this.model, path.join(dir, 'model'), this.tokenizer, { dtype: o.dtype ?? 'f32' });
   }
 
   /** Every weight of the model with the trained values (full and llama_pro), as f32. */

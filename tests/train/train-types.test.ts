@@ -89,6 +89,7 @@ function fixtureSetup(): Setup {
       );
       quantizeForTraining(model, trainType, expansion);
       return Promise.resolve({
+        source: src,
         model,
         tokenizer: null,
         trainType,
