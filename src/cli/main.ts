@@ -7,6 +7,7 @@ import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
+import * as expand from './commands/expand.js';
 import * as generate from './commands/generate.js';
 import * as initTiny from './commands/init-tiny.js';
 import * as merge from './commands/merge.js';
@@ -25,6 +26,7 @@ const COMMANDS: Record<string, Command> = {
   quantize,
   quant,
   merge,
+  expand,
   backends,
   engine,
 };
