@@ -36,6 +36,7 @@ import { probeVulkanDevices, type VulkanPhysicalDevice } from './vulkan-probe.js
 
 export interface GpuBackendInfo {
   kind: GpuKind;
+  /** The npm package it came from, or `native build` for a backend compiled by `qtune engine build --cuda`. */
   package: string;
   path: string;
   loaded: boolean;
@@ -87,6 +88,8 @@ interface Primary {
   kind: 'prebuilt' | 'native';
   dir: string;
   registryFile: string;
+  /** A native build's CUDA backend library (linked by its registry), when it was built with `--cuda`. */
+  cudaFile: string | null;
 }
 
 function choosePrimary(packages: PrebuiltPackage[]): Primary {
@@ -109,8 +112,15 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       },
     );
   }
-  if (hasNative && want !== 'prebuilt')
-    return { kind: 'native', dir: nativeDir, registryFile: nativeRegistry };
+  if (hasNative && want !== 'prebuilt') {
+    const cudaFile = path.join(nativeDir, `${LIB_PREFIX}ggml-cuda${LIB_EXT}`);
+    return {
+      kind: 'native',
+      dir: nativeDir,
+      registryFile: nativeRegistry,
+      cudaFile: existsSync(cudaFile) ? cudaFile : null,
+    };
+  }
 
   // Every prebuilt package carries libggml-base, the registry and the CPU variants: prefer the CPU-only one.
   const pkg = packages.find((p) => p.gpu === null) ?? packages[0];
@@ -131,7 +141,7 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       hint: `reinstall it: npm install ${pkg.name}@${NODE_LLAMA_CPP_VERSION}`,
     });
   }
-  return { kind: 'prebuilt', dir: pkg.dir, registryFile };
+  return { kind: 'prebuilt', dir: pkg.dir, registryFile, cudaFile: null };
 }
 
 /** Picks the prebuilt CPU variant the way ggml does: the highest `ggml_backend_score()` wins. */
@@ -163,12 +173,26 @@ function loadEngine(): Engine {
   let api: GgmlApi;
   try {
     const base = koffi.load(basePath);
-    // the native registry links the CPU backend directly; load it first so the dynamic linker finds
-    // it by soname (the build folder named in its run path is gone)
+    // the native registry links the CPU (and CUDA) backend directly; load them first so the dynamic
+    // linker finds them by soname (the build folder named in their run path is gone)
     if (primary.kind === 'native') koffi.load(path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`));
+    if (primary.cudaFile !== null) {
+      try {
+        koffi.load(primary.cudaFile);
+      } catch (e) {
+        throw new QtuneError(
+          'ENGINE_LOAD',
+          `the native build links CUDA, but ${primary.cudaFile} does not load: ${e instanceof Error ? e.message : String(e)}`,
+          {
+            hint: 'install the CUDA runtime it was built against (libcudart, libcublas) and the NVIDIA driver, rebuild without --cuda (`npx qtune engine build --force`), or set QTUNE_ENGINE=prebuilt',
+          },
+        );
+      }
+    }
     const registry = koffi.load(path.join(primary.dir, primary.registryFile));
     api = bindGgml(base, registry);
   } catch (e) {
+    if (e instanceof QtuneError) throw e;
     throw new QtuneError(
       'ENGINE_LOAD',
       `cannot load ggml from ${primary.dir}: ${e instanceof Error ? e.message : String(e)}`,
@@ -205,8 +229,29 @@ function loadEngine(): Engine {
 
     const gpuBackends: GpuBackendInfo[] = [];
     const softwareVulkanDevices: string[] = [];
+    if (primary.cudaFile !== null) {
+      // registered by the native libggml itself (linked, not loaded with backend_load)
+      const reg = findReg(api, 'CUDA');
+      let devices = 0;
+      for (let i = 0; i < api.backend_dev_count(); i++)
+        if (api.backend_reg_name(api.backend_dev_backend_reg(api.backend_dev_get(i))) === 'CUDA') devices++;
+      gpuBackends.push({
+        kind: 'cuda',
+        package: 'native build',
+        path: primary.cudaFile,
+        loaded: reg !== null && devices > 0,
+        note:
+          reg === null
+            ? 'the native build has a CUDA library, but ggml registered no CUDA backend'
+            : devices === 0
+              ? `the CUDA backend found no usable GPU: ${lastLog() ?? 'check the NVIDIA driver (nvidia-smi)'}`
+              : null,
+      });
+    }
     for (const pkg of packages) {
       if (pkg.gpu === null) continue;
+      // one CUDA backend per process: the native build's, when it has one
+      if (pkg.gpu === 'cuda' && primary.cudaFile !== null) continue;
       const file = path.join(pkg.dir, `${LIB_PREFIX}ggml-${pkg.gpu}${LIB_EXT}`);
       if (!existsSync(file)) continue;
       let note: string | null = null;

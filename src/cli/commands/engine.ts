@@ -1,14 +1,28 @@
 /** `qtune engine info|build`: which ggml is loaded, and the opt-in native build. */
 import { getEngine } from '../../engine/library.js';
-import { buildNativeEngine, cleanNativeEngines } from '../../engine/native-build.js';
+import { buildNativeEngine, cleanNativeEngines, readNativeBuildMeta } from '../../engine/native-build.js';
 import { nativeEngineDir } from '../../engine/paths.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'engine',
-  summary: 'Show the ggml engine qtune loads, or compile a native one for this CPU.',
-  usage: 'qtune engine info [--json] | qtune engine build [--jobs N] [--force] | qtune engine build --clean',
+  summary: 'Show the ggml engine qtune loads, or compile a native one for this CPU (and CUDA GPUs).',
+  usage:
+    'qtune engine info [--json] | qtune engine build [--cuda [--cuda-arch LIST]] [--source DIR] [--jobs N] [--force] | qtune engine build --clean',
   flags: {
+    cuda: {
+      type: 'boolean',
+      default: false,
+      help: "also compile ggml's CUDA backend (needs the CUDA toolkit's nvcc)",
+    },
+    'cuda-arch': {
+      type: 'string',
+      help: 'CUDA architectures to compile for, e.g. 90 or "86;89" (default: native, the GPUs present)',
+    },
+    source: {
+      type: 'string',
+      help: `llama.cpp source folder to build from instead of node-llama-cpp's bundle (default: QTUNE_LLAMA_CPP_SOURCE)`,
+    },
     json: { type: 'boolean', default: false, help: 'print engine info as JSON' },
     jobs: { type: 'string', help: 'parallel compile jobs for build (default: all CPUs)' },
     force: { type: 'boolean', default: false, help: 'rebuild even if a native build for this CPU exists' },
@@ -42,6 +56,9 @@ export function run(argv: string[], out: (s: string) => void): number {
         `gpu backend: ${g.kind} ${g.loaded ? 'loaded' : 'not loaded'} from ${g.package}${g.note ? ` — ${g.note}` : ''}`,
       );
     }
+    const cuda = info.kind === 'native' ? readNativeBuildMeta(info.path)?.cuda : undefined;
+    if (cuda !== undefined)
+      out(`cuda build:  architectures ${cuda.arch}, nvcc ${cuda.nvccVersion} (${cuda.nvcc})`);
     if (info.kind === 'prebuilt')
       out(`native build: none for this CPU (\`qtune engine build\` writes ${nativeEngineDir()})`);
     return 0;
@@ -53,15 +70,21 @@ export function run(argv: string[], out: (s: string) => void): number {
       return 0;
     }
     const jobs = intFlag('jobs', values['jobs']);
+    const cudaArch = values['cuda-arch'];
+    const source = values['source'];
     const result = buildNativeEngine({
       force: values['force'] === true,
+      cuda: values['cuda'] === true,
       log: (s) => out(`engine build: ${s}`),
       ...(jobs === undefined ? {} : { jobs }),
+      ...(typeof cudaArch === 'string' ? { cudaArch } : {}),
+      ...(typeof source === 'string' ? { source } : {}),
     });
+    const what = result.cudaArch === null ? 'native engine' : `native engine with CUDA (${result.cudaArch})`;
     out(
       result.reused
-        ? `a native build for this CPU already exists at ${result.dir} (use --force to rebuild)`
-        : `built the native engine in ${result.seconds.toFixed(0)} s at ${result.dir}; qtune uses it from now on (QTUNE_ENGINE=prebuilt to opt out)`,
+        ? `a ${what.replace('native engine', 'native build')} for this CPU already exists at ${result.dir} (use --force to rebuild)`
+        : `built the ${what} in ${result.seconds.toFixed(0)} s at ${result.dir}; qtune uses it from now on (QTUNE_ENGINE=prebuilt to opt out)`,
     );
     return 0;
   }
