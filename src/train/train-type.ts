@@ -52,7 +52,7 @@ export function resolveTrainType(name: string, quantization?: string): ResolvedT
     throw new ConfigError(`quantization: "${quantization}" is not a method`, {
       hint: `use one of ${Object.keys(METHODS).join(', ')}`,
     });
-  let q: QuantMethod | null = (quantization) ?? t.quantization ?? null;
+  let q: QuantMethod | null = quantization ?? t.quantization ?? null;
   if (q === 'none') q = null;
   if (t.adapter === 'full' && q !== null)
     throw new ConfigError(`quantization: full fine-tuning trains every weight, so it cannot be ${q}`, {
