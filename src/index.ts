@@ -2,7 +2,44 @@
  * qtune's public API. See README.md for a tour.
  */
 export * from './tensor/index.js';
-export { AdamW, type AdamWOptions } from './optim/adamw.js';
+export { AdamW, Adam, type AdamWOptions } from './optim/adamw.js';
+export { SGD } from './optim/sgd.js';
+export { Adadelta } from './optim/adadelta.js';
+export { Lion } from './optim/lion.js';
+export {
+  createOptimizer,
+  defaultDecays,
+  OPTIMIZER_NAMES,
+  type Optimizer,
+  type OptimizerConfig,
+  type OptimizerName,
+} from './optim/optimizer.js';
+export { createSchedule, SCHEDULE_NAMES, type Schedule, type ScheduleConfig } from './optim/schedule.js';
+export {
+  Trainer,
+  TrainingError,
+  prepareModel,
+  quantizeForTraining,
+  trainingLoadOptions,
+  PRECISIONS,
+  type Example,
+  type LogRecord,
+  type Precision,
+  type PreparedModel,
+  type StepResult,
+  type TrainData,
+  type TrainerOptions,
+  type TrainResult,
+} from './train/trainer.js';
+export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './train/lora.js';
+export { resolveTrainType, TRAIN_TYPES, type ResolvedTrainType } from './train/train-type.js';
+export { expandModel, planExpansion, readExpansion, type Expansion } from './train/expand.js';
+export type { MemoryReport } from './train/memory.js';
+export { savePeftAdapter, loadPeftAdapter } from './adapters/peft.js';
+export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './adapters/gguf-lora.js';
+export { mergeAdapter, saveModel } from './adapters/merge.js';
+export { loadAdapter, createAdapterHook } from './adapters/apply.js';
+export type { LoraAdapterData, LoraModule } from './adapters/lora-weights.js';
 export { BackendManager, probeCapabilities, type DeviceKind, type DeviceReport } from './backends/manager.js';
 export { Backend, cpuBackend, listDevices, openBackend, type DeviceInfo } from './engine/device.js';
 export { getEngine, type EngineInfo } from './engine/library.js';

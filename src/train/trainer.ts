@@ -433,8 +433,8 @@ export class Trainer {
     return new Trainer(prepared, data, o);
   }
 
-  /** Updates applied (or skipped by loss scaling) so far. */
-  get step(): number {
+  /** Optimizer steps taken so far (updates, and fp16 steps skipped for overflow). */
+  get globalStep(): number {
     return this.stepCount;
   }
 
@@ -635,7 +635,7 @@ export class Trainer {
    * One optimizer step over `gradientAccumulationSteps` micro-batches: the next ones of the training
    * data, or those given.
    */
-  stepOnce(microBatches?: readonly (readonly Example[])[]): StepResult {
+  step(microBatches?: readonly (readonly Example[])[]): StepResult {
     this.ensureGraphs();
     const acc = this.accGraph!;
     const t0 = performance.now();
@@ -770,7 +770,7 @@ export class Trainer {
     const t0 = performance.now();
     let tokens = 0;
     while (this.stepCount < this.totalSteps) {
-      const r = this.stepOnce();
+      const r = this.step();
       tokens += r.tokens;
       losses.push(r.loss);
       this.log({

@@ -138,6 +138,22 @@ describe('train types converge', () => {
             `validation loss fell ${(100 * drop).toFixed(2)}%, needs ${100 * recipe.margin}%`,
           );
           if (trainType !== 'full') assert.equal(frozenHash(), before, 'frozen weights changed');
+          if (trainType === 'llama_pro' && prepared.tokenizer !== null) {
+            // the expanded model with its trained blocks, saved and loaded again, gives the same loss
+            const out = path.join(tmp, `out-${device.name}`);
+            trainer.saveOutputs(out);
+            const again = await prepareModel(path.join(out, 'model'), {
+              trainType: 'lora',
+              backend: device.backend,
+            });
+            const reloaded = new Trainer(again, s.data, { trainType: 'lora', batchSize: 4, maxSteps: 1 });
+            try {
+              const l = reloaded.evaluate().loss;
+              assert.ok(Math.abs(l - end) <= 1e-5 * end, `saved model: ${l}, trained: ${end}`);
+            } finally {
+              reloaded.dispose();
+            }
+          }
         } finally {
           trainer.dispose();
         }

@@ -170,7 +170,7 @@ describe('Trainer', () => {
     const resumed = trainer({ ...opts, outputDir: path.join(tmp, 'resume2') });
     try {
       resumed.loadCheckpoint(path.join(out, 'checkpoint-3'));
-      assert.equal(resumed.step, 3);
+      assert.equal(resumed.globalStep, 3);
       const rest = resumed.train().losses;
       assert.deepEqual(rest, whole.slice(3));
     } finally {
@@ -208,7 +208,7 @@ describe('Trainer', () => {
     });
     try {
       const before = t.adapterWeights().modules.get('model.layers.0.self_attn.q_proj')!.B.slice();
-      const first = t.stepOnce();
+      const first = t.step();
       assert.equal(first.skipped, true);
       assert.deepEqual(
         t.adapterWeights().modules.get('model.layers.0.self_attn.q_proj')!.B,
@@ -262,6 +262,96 @@ describe('Trainer', () => {
     } finally {
       t.dispose();
     }
+  });
+
+  it('clips the global gradient norm', () => {
+    const t = trainer({
+      trainType: 'full',
+      maxSteps: 1,
+      maxGradNorm: 1e-3,
+      optimizer: { name: 'sgd', lr: 1 },
+    });
+    try {
+      const before = t.params.map((p) => p.store!.read(p));
+      const r = t.step();
+      let sq = 0;
+      t.params.forEach((p, i) => {
+        const after = p.store!.read(p);
+        for (let k = 0; k < after.length; k++) sq += (after[k]! - before[i]![k]!) ** 2;
+      });
+      // plain SGD with lr 1 moves the weights by the clipped gradient: its norm is max_grad_norm
+      assert.ok(r.gradNorm > 1e-2, `the gradient norm ${r.gradNorm} is too small to be clipped`);
+      assert.ok(Math.abs(Math.sqrt(sq) - 1e-3) <= 1e-3 * 1e-3, `update norm ${Math.sqrt(sq)}`);
+    } finally {
+      t.dispose();
+    }
+  });
+
+  it('evaluates every N steps: loss and perplexity', () => {
+    const evals: { step: number; loss?: number; perplexity?: number }[] = [];
+    const t = trainer({ maxSteps: 4, evalEvery: 2, onLog: (r) => r.kind === 'eval' && evals.push(r) });
+    try {
+      const result = t.train();
+      assert.deepEqual(
+        evals.map((e) => e.step),
+        [2, 4],
+      );
+      for (const e of evals) assert.ok(Math.abs(e.perplexity! - Math.exp(e.loss!)) <= 1e-9 * e.perplexity!);
+      assert.deepEqual(
+        result.evals.map((e) => e.step),
+        [2, 4],
+      );
+    } finally {
+      t.dispose();
+    }
+  });
+
+  it('refuses a checkpoint of another model', () => {
+    const mine = trainer({ maxSteps: 1, lora: { rank: 4, alpha: 8 } });
+    const ckpt = mine.saveCheckpoint(path.join(tmp, 'fixture-ckpt'));
+    mine.dispose();
+    const other = new Trainer(prepare('lora', cpuBackend(), 'fp32', deepModel()), DATA, {
+      trainType: 'lora',
+      batchSize: 2,
+      lora: { rank: 4, alpha: 8 },
+      seed: 3,
+    });
+    try {
+      assert.throws(
+        () => other.loadCheckpoint(ckpt),
+        (e: unknown) => e instanceof ConfigError && /written for another model/.test(e.message),
+      );
+    } finally {
+      other.dispose();
+    }
+  });
+
+  it('resolves the seed system train types and their aliases', () => {
+    const cases: [string, string | undefined, string, string | null][] = [
+      ['full', undefined, 'full', null],
+      ['lora', undefined, 'lora', null],
+      ['custom_lora', 'int8', 'lora', 'int8'],
+      ['qlora', undefined, 'lora', 'nf4'],
+      ['custom_qlora', 'int4', 'lora', 'int4'],
+      ['dora', undefined, 'dora', null],
+      ['llama_pro', undefined, 'llama_pro', null],
+      ['hqq_lora', undefined, 'lora', 'hqq'],
+      ['hqq_dora', undefined, 'dora', 'hqq'],
+      ['bnb_dora', undefined, 'dora', 'nf4'],
+      ['bnb_llama_pro', undefined, 'llama_pro', 'nf4'],
+      ['hqq_llama_pro', undefined, 'llama_pro', 'hqq'],
+    ];
+    for (const [name, q, adapter, quantization] of cases) {
+      const r = resolveTrainType(name, q);
+      assert.deepEqual([r.adapter, r.quantization], [adapter, quantization], name);
+    }
+    assert.throws(
+      () => resolveTrainType('qlora2'),
+      /train_type: "qlora2" is not a train type \(use one of full, lora/,
+    );
+    assert.throws(() => resolveTrainType('full', 'nf4'), /full fine-tuning trains every weight/);
+    assert.throws(() => resolveTrainType('qlora', 'none'), /trains over a quantized base/);
+    assert.throws(() => resolveTrainType('lora', 'int3'), /quantization: "int3" is not a method/);
   });
 
   it('reads the learning rate the optimizer used at every step from the schedule', () => {
