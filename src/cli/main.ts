@@ -5,9 +5,11 @@
 import { QtuneError, type ErrorCode } from '../errors.js';
 import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
+import * as chat from './commands/chat.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 import * as expand from './commands/expand.js';
+import * as exportCommand from './commands/export.js';
 import * as generate from './commands/generate.js';
 import * as initTiny from './commands/init-tiny.js';
 import * as merge from './commands/merge.js';
@@ -22,11 +24,13 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   demo,
   generate,
+  chat,
   'init-tiny': initTiny,
   quantize,
   quant,
   merge,
   expand,
+  export: exportCommand,
   backends,
   engine,
 };

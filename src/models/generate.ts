@@ -7,7 +7,7 @@ import { QtuneError } from '../errors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { Graph } from '../tensor/graph.js';
 import { seededUniform } from '../util/random.js';
-import { KVCache, type LlamaModel } from './llama.js';
+import { KVCache, type LinearHook, type LlamaModel } from './llama.js';
 
 export interface GenerateOptions {
   maxNewTokens?: number;
@@ -21,6 +21,8 @@ export interface GenerateOptions {
   /** Stop at an end-of-sequence token (default true). */
   stopAtEos?: boolean;
   onToken?: (id: number) => void;
+  /** Applies an adapter (LoRA/DoRA) to the linear layers, as in training. */
+  linear?: LinearHook;
 }
 
 export interface GenerateResult {
@@ -30,7 +32,7 @@ export interface GenerateResult {
   stoppedBy: 'eos' | 'length';
 }
 
-function validate(o: GenerateOptions): Required<Omit<GenerateOptions, 'onToken'>> {
+function validate(o: GenerateOptions): Required<Omit<GenerateOptions, 'onToken' | 'linear'>> {
   const r = {
     maxNewTokens: o.maxNewTokens ?? 64,
     temperature: o.temperature ?? 0,
@@ -86,11 +88,18 @@ export function sampleToken(
 }
 
 /** Logits of the last position after feeding `ids` at the cache's current length. */
-function step(model: LlamaModel, cache: KVCache, ids: readonly number[]): Float32Array {
+function step(
+  model: LlamaModel,
+  cache: KVCache,
+  ids: readonly number[],
+  hook: LinearHook | undefined,
+): Float32Array {
   const g = new Graph(model.backend);
   try {
     const input = g.input([1, ids.length], 'i32', 'ids');
-    const logits = g.output(model.forward(g, input, { cache, lastOnly: true }));
+    const logits = g.output(
+      model.forward(g, input, { cache, lastOnly: true, ...(hook === undefined ? {} : { linear: hook }) }),
+    );
     g.compile();
     g.set(input, Int32Array.from(ids));
     g.run();
@@ -122,7 +131,7 @@ export function generate(
   const out: number[] = [];
   let stoppedBy: GenerateResult['stoppedBy'] = 'length';
   try {
-    let logits = step(model, cache, prompt);
+    let logits = step(model, cache, prompt, options.linear);
     for (let i = 0; i < o.maxNewTokens; i++) {
       const next = sampleToken(logits, o, rand);
       if (o.stopAtEos && eos.has(next)) {
@@ -131,7 +140,7 @@ export function generate(
       }
       out.push(next);
       options.onToken?.(next);
-      if (i + 1 < o.maxNewTokens) logits = step(model, cache, [next]);
+      if (i + 1 < o.maxNewTokens) logits = step(model, cache, [next], options.linear);
     }
   } finally {
     cache.dispose();

@@ -874,6 +874,22 @@ export class Trainer {
         batch_size: this.batchSize,
         gradient_accumulation_steps: this.accumulation,
         precision: this.precision,
+        adapter:
+          this.lora === null
+            ? null
+            : {
+                base_model: this.source,
+                rs_lora: this.lora.options.rsLora,
+                dora: this.lora.options.dora,
+                dropout: this.lora.options.dropout,
+                modules: [...this.lora.modules.values()].map((m) => ({
+                  module: m.module,
+                  rank: m.rank,
+                  alpha: m.alpha,
+                  in_features: m.inFeatures,
+                  out_features: m.outFeatures,
+                })),
+              },
       };
       writeFileSync(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
       const old = `${dir}.old-${process.pid}`;
@@ -962,6 +978,54 @@ export class Trainer {
     this.goodSteps = state.good_steps;
     this.order = this.epochOrder(this.epoch);
     this.lastCheckpoint = dir;
+  }
+
+  /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */
+  static checkpointAdapter(dir: string): LoraAdapterData {
+    const file = path.join(dir, STATE_FILE);
+    if (!existsSync(file))
+      throw new QtuneError('NOT_FOUND', `${dir} is not a qtune checkpoint (no ${STATE_FILE})`, {
+        hint: 'give a checkpoint-N folder of an output directory',
+      });
+    const state = JSON.parse(readFileSync(file, 'utf8')) as {
+      adapter?: {
+        base_model: string;
+        rs_lora: boolean;
+        dora: boolean;
+        dropout: number;
+        modules: { module: string; rank: number; alpha: number; in_features: number; out_features: number }[];
+      } | null;
+    };
+    const a = state.adapter;
+    if (a === undefined || a === null)
+      throw new ConfigError(`checkpoint ${dir} holds no adapter (full or llama_pro training)`, {
+        hint: 'export adapters from lora/qlora/dora runs',
+      });
+    const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
+    try {
+      const modules = new Map<string, LoraModule>();
+      for (const m of a.modules) {
+        modules.set(m.module, {
+          rank: m.rank,
+          alpha: m.alpha,
+          inFeatures: m.in_features,
+          outFeatures: m.out_features,
+          A: weights.readF32(`${m.module}.lora_A`),
+          B: weights.readF32(`${m.module}.lora_B`),
+          ...(a.dora ? { magnitude: weights.readF32(`${m.module}.lora_magnitude`) } : {}),
+        });
+      }
+      return {
+        baseModel: a.base_model,
+        rsLora: a.rs_lora,
+        dora: a.dora,
+        dropout: a.dropout,
+        targetModules: [...new Set(a.modules.map((m) => m.module.split('.').pop()!))],
+        modules,
+      };
+    } finally {
+      weights.close();
+    }
   }
 
   /** The trained LoRA/DoRA tensors on the host, in the form the PEFT and GGUF writers take. */

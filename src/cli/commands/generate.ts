@@ -1,5 +1,6 @@
 /** `qtune generate`: text from a model folder, GGUF file or Hub id. */
 import { isFloatDType, isDType } from '../../engine/dtype.js';
+import { createAdapterHook, loadAdapter, type AdapterHook } from '../../adapters/apply.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
@@ -8,7 +9,7 @@ export const spec: CommandSpec = {
   name: 'generate',
   summary: 'Generate text with a model (greedy or sampled); --chat applies its chat template.',
   usage:
-    'qtune generate --model PATH|ORG/NAME --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]',
+    'qtune generate --model PATH|ORG/NAME [--adapter DIR|FILE.gguf] --prompt TEXT [--chat] [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S]',
   flags: {
     model: { type: 'string', help: 'model folder, .gguf file, or Hub id (required)' },
     prompt: { type: 'string', help: 'the prompt (required)' },
@@ -26,6 +27,7 @@ export const spec: CommandSpec = {
     backend: { type: 'string', default: 'auto', help: 'device (QTUNE_BACKEND also works)' },
     dtype: { type: 'string', help: 'weight storage type: f32, f16 or bf16 (default: as stored in the file)' },
     quantize: { type: 'string', help: 'quantize the linear weights on load (q8_0, q4_0, q4_K, iq4_nl, ...)' },
+    adapter: { type: 'string', help: 'a LoRA/DoRA adapter: a PEFT folder or a LoRA .gguf file' },
   },
 };
 
@@ -73,7 +75,10 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     ...(dtype === undefined ? {} : { dtype }),
     ...(quantize === undefined ? {} : { quantize }),
   });
+  let adapter: AdapterHook | null = null;
   try {
+    if (typeof values['adapter'] === 'string')
+      adapter = createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config));
     const tok = loaded.tokenizer;
     const ids =
       values['chat'] === true
@@ -90,10 +95,14 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
             { addSpecialTokens: false },
           )
         : tok.encode(prompt);
-    const r = generate(loaded.model, tok, ids, options);
+    const r = generate(loaded.model, tok, ids, {
+      ...options,
+      ...(adapter === null ? {} : { linear: adapter.hook }),
+    });
     out(r.text);
     return 0;
   } finally {
+    adapter?.dispose();
     loaded.dispose();
   }
 }

@@ -1,0 +1,72 @@
+/**
+ * `qtune export`: an adapter in another format — a PEFT folder, a LoRA .gguf or a training
+ * checkpoint in, a PEFT folder or a llama.cpp LoRA .gguf out.
+ */
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { loadAdapter } from '../../adapters/apply.js';
+import { saveGgufLoraAdapter } from '../../adapters/gguf-lora.js';
+import type { LoraAdapterData } from '../../adapters/lora-weights.js';
+import { savePeftAdapter } from '../../adapters/peft.js';
+import { readGguf } from '../../io/gguf.js';
+import { ggufToConfig } from '../../io/gguf-llama.js';
+import type { LlamaConfig } from '../../models/config.js';
+import { readConfig } from '../../models/load.js';
+import { Trainer } from '../../train/trainer.js';
+import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
+
+export const spec: CommandSpec = {
+  name: 'export',
+  summary:
+    'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder or a llama.cpp LoRA .gguf.',
+  usage: 'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH',
+  flags: {
+    from: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)' },
+    model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
+    format: { type: 'string', help: 'gguf or peft (required)' },
+    out: { type: 'string', help: 'the .gguf file or folder to write (required)' },
+  },
+};
+
+function baseConfig(model: string): LlamaConfig {
+  if (!existsSync(model))
+    throw new UsageError(
+      `export: --model ${model} does not exist`,
+      'give the base model folder or .gguf file',
+    );
+  return model.endsWith('.gguf') ? ggufToConfig(readGguf(model)) : readConfig(model);
+}
+
+export function run(argv: string[], out: (s: string) => void): number {
+  const { values } = parse(spec, argv);
+  if (values['help'] === true) {
+    out(helpText(spec));
+    return 0;
+  }
+  const from = values['from'];
+  const model = values['model'];
+  const format = values['format'];
+  const dest = values['out'];
+  if (typeof from !== 'string') throw new UsageError('export: --from is required');
+  if (typeof model !== 'string') throw new UsageError('export: --model is required', 'the base model');
+  if (format !== 'gguf' && format !== 'peft')
+    throw new UsageError(
+      `export: --format=${String(format)} is not gguf or peft`,
+      'use --format gguf or --format peft',
+    );
+  if (typeof dest !== 'string') throw new UsageError('export: --out is required');
+  if (!existsSync(from)) throw new UsageError(`export: --from ${from} does not exist`);
+  const config = baseConfig(model);
+  const data: LoraAdapterData = existsSync(path.join(from, 'trainer_state.json'))
+    ? Trainer.checkpointAdapter(from)
+    : loadAdapter(from, config);
+  if (format === 'gguf') {
+    if (!dest.endsWith('.gguf'))
+      throw new UsageError(`export: --out ${dest} must end with .gguf for --format gguf`);
+    saveGgufLoraAdapter(dest, data, config);
+  } else {
+    savePeftAdapter(dest, data);
+  }
+  out(`exported ${data.modules.size} adapted modules (${data.dora ? 'DoRA' : 'LoRA'}) as ${format}: ${dest}`);
+  return 0;
+}

@@ -1,0 +1,357 @@
+/**
+ * The training config: one flat, typed record with a default and a line of help per option, read
+ * from YAML and overridden by `--key value` flags. Validated once, here: an unknown key or a bad
+ * value is one ConfigError naming the key, the value and what is allowed.
+ *
+ * @example
+ * const config = resolveTrainConfig(readConfigFile('run.yaml'), { lr: '1e-4' });
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { parseDocument } from 'yaml';
+import { ConfigError, FormatError } from '../errors.js';
+import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
+import { SCHEDULE_NAMES } from '../optim/schedule.js';
+import { QUANT_METHODS } from '../quant/methods.js';
+import { PRECISIONS } from '../train/trainer.js';
+import { TRAIN_TYPES } from '../train/train-type.js';
+
+type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list';
+
+interface OptionSpec {
+  kind: Kind;
+  default: string | number | boolean | string[] | null;
+  help: string;
+  choices?: readonly string[];
+  min?: number;
+  max?: number;
+  /** The value must be above `min` (not equal). */
+  minExclusive?: boolean;
+}
+
+export const DATASET_FORMATS = [
+  'alpaca',
+  'chat',
+  'completion',
+  'prompt_completion',
+  'guanaco',
+  'sql',
+  'orca_math',
+  'dummy',
+] as const;
+
+/** Every option of `qtune train`, in the order `--help` lists them. */
+export const TRAIN_OPTIONS = {
+  model: {
+    kind: 'string',
+    default: null,
+    help: 'base model: a Hugging Face folder, a .gguf file or a Hub id (required)',
+  },
+  backend: {
+    kind: 'string',
+    default: 'auto',
+    help: 'device: auto, cpu, cuda, metal (mps), vulkan, or a device name such as Vulkan0',
+  },
+  threads: { kind: 'int', default: null, min: 1, help: 'CPU threads (default: physical cores)' },
+  train_type: { kind: 'string', default: 'lora', choices: TRAIN_TYPES, help: 'what trains' },
+  quantization: {
+    kind: 'string',
+    default: null,
+    choices: QUANT_METHODS,
+    help: "the frozen base's quantization (default from train_type: qlora → nf4)",
+  },
+  lora_rank: { kind: 'int', default: 8, min: 1, help: 'LoRA rank r' },
+  lora_alpha: { kind: 'number', default: 16, min: 0, minExclusive: true, help: 'LoRA alpha (scale alpha/r)' },
+  lora_dropout: { kind: 'number', default: 0, min: 0, max: 0.99, help: 'dropout on the adapter input' },
+  lora_target_modules: {
+    kind: 'list',
+    default: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
+    help: 'modules to adapt: short names or globs over full names',
+  },
+  use_rslora: { kind: 'boolean', default: false, help: 'scale by alpha/sqrt(r) (rsLoRA)' },
+  dataset: {
+    kind: 'string',
+    default: null,
+    help: 'training data: a .json/.jsonl file or a Hub dataset id (required unless dataset_format is dummy)',
+  },
+  dataset_format: {
+    kind: 'string',
+    default: 'alpaca',
+    choices: DATASET_FORMATS,
+    help: 'record layout of the dataset',
+  },
+  val_dataset: { kind: 'string', default: null, help: 'validation file (default: split off val_size)' },
+  val_size: {
+    kind: 'number',
+    default: 0.05,
+    min: 0,
+    help: 'validation split: a fraction below 1 or a count of records',
+  },
+  max_samples: { kind: 'int', default: null, min: 1, help: 'use at most this many training records' },
+  packing: {
+    kind: 'boolean',
+    default: false,
+    help: 'pack several samples into one sequence (no attention across them)',
+  },
+  context_length: {
+    kind: 'int',
+    default: 512,
+    min: 8,
+    help: 'tokens per sequence (longer samples are truncated)',
+  },
+  batch_size: { kind: 'int', default: 1, min: 1, help: 'sequences per micro-batch' },
+  gradient_accumulation_steps: { kind: 'int', default: 1, min: 1, help: 'micro-batches per optimizer step' },
+  num_epochs: {
+    kind: 'number',
+    default: 1,
+    min: 0,
+    minExclusive: true,
+    help: 'passes over the training data (unless max_steps)',
+  },
+  max_steps: { kind: 'int', default: null, min: 1, help: 'optimizer steps (overrides num_epochs)' },
+  precision: {
+    kind: 'string',
+    default: 'fp32',
+    choices: PRECISIONS,
+    help: 'fp32, bf16, fp16 (loss scaling), bf16_autocast, fp16_autocast',
+  },
+  gradient_checkpointing: {
+    kind: 'boolean',
+    default: false,
+    help: 'recompute each decoder block in the backward pass (less memory)',
+  },
+  optimizer: { kind: 'string', default: 'adamw', choices: OPTIMIZER_NAMES, help: 'optimizer' },
+  lr: { kind: 'number', default: 2e-4, min: 0, minExclusive: true, help: 'peak learning rate' },
+  weight_decay: { kind: 'number', default: 0, min: 0, help: 'weight decay (not on norms and biases)' },
+  max_grad_norm: { kind: 'number', default: 1, min: 0, help: 'clip the global gradient norm (0: off)' },
+  lr_scheduler: {
+    kind: 'string',
+    default: 'constant',
+    choices: SCHEDULE_NAMES,
+    help: 'learning-rate schedule',
+  },
+  warmup_steps: {
+    kind: 'int',
+    default: null,
+    min: 0,
+    help: 'linear warmup steps (or warmup_ratio, not both)',
+  },
+  warmup_ratio: { kind: 'number', default: null, min: 0, max: 1, help: 'warmup as a fraction of the steps' },
+  min_lr_ratio: { kind: 'number', default: null, min: 0, max: 1, help: 'cosine: floor as a fraction of lr' },
+  num_cycles: { kind: 'int', default: null, min: 1, help: 'cosine_with_restarts: cycles' },
+  eval_steps: { kind: 'int', default: 0, min: 0, help: 'evaluate every N steps (0: at the end only)' },
+  save_steps: { kind: 'int', default: 0, min: 0, help: 'checkpoint every N steps (0: at the end only)' },
+  logging_steps: {
+    kind: 'int',
+    default: 10,
+    min: 1,
+    help: 'plain log line every N steps when not in a terminal',
+  },
+  output_dir: {
+    kind: 'string',
+    default: 'out',
+    help: 'where checkpoints, the adapter, metrics and plots go',
+  },
+  resume_from_checkpoint: {
+    kind: 'string',
+    default: null,
+    help: 'a checkpoint-N folder, or "latest" in output_dir',
+  },
+  seed: { kind: 'int', default: 42, min: 0, help: 'seed of data order, initialisation and dropout' },
+  log_to: {
+    kind: 'list',
+    default: [],
+    choices: ['tensorboard', 'wandb'],
+    help: 'also log to tensorboard and/or wandb',
+  },
+} as const satisfies Record<string, OptionSpec>;
+
+export type TrainOptionName = keyof typeof TRAIN_OPTIONS;
+
+type ValueOf<S extends OptionSpec> = S['kind'] extends 'list'
+  ? string[]
+  : S['kind'] extends 'boolean'
+    ? boolean
+    : S['kind'] extends 'string'
+      ? string
+      : number;
+
+/** A validated config: every option present, null where it has no default and was not given. */
+export type TrainConfig = {
+  -readonly [K in TrainOptionName]: (typeof TRAIN_OPTIONS)[K]['default'] extends null
+    ? ValueOf<(typeof TRAIN_OPTIONS)[K]> | null
+    : ValueOf<(typeof TRAIN_OPTIONS)[K]>;
+};
+
+const SPECS: Record<string, OptionSpec> = TRAIN_OPTIONS;
+
+/** Reads a YAML config file; a syntax error names the file and line. */
+export function readConfigFile(file: string): Record<string, unknown> {
+  if (!existsSync(file))
+    throw new ConfigError(`config: ${file} does not exist`, { hint: 'give the path of a YAML config file' });
+  const doc = parseDocument(readFileSync(file, 'utf8'), { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0]!;
+    const line = e.linePos?.[0].line;
+    throw new FormatError(file, `${line === undefined ? '' : `line ${line}: `}${e.message.split('\n')[0]!}`, {
+      hint: 'fix the YAML syntax',
+    });
+  }
+  const value: unknown = doc.toJS();
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value))
+    throw new FormatError(file, 'must be a mapping of option: value', { hint: 'see `qtune train --help`' });
+  return value as Record<string, unknown>;
+}
+
+function closest(key: string): string | undefined {
+  const dist = (a: string, b: string): number => {
+    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+    for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+    for (let i = 1; i <= a.length; i++)
+      for (let j = 1; j <= b.length; j++)
+        d[i]![j] = Math.min(
+          d[i - 1]![j]! + 1,
+          d[i]![j - 1]! + 1,
+          d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
+        );
+    return d[a.length]![b.length]!;
+  };
+  let best: string | undefined;
+  let bestD = 4;
+  for (const k of Object.keys(SPECS)) {
+    const d = dist(key, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return best;
+}
+
+/** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
+function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean): unknown {
+  const bad = (why: string, fix: string): never => {
+    throw new ConfigError(`${key}: ${JSON.stringify(raw)} ${why}`, {
+      hint: fix,
+      details: { field: key, value: raw },
+    });
+  };
+  if (raw === null) return null;
+  switch (spec.kind) {
+    case 'boolean': {
+      if (typeof raw === 'boolean') return raw;
+      if (fromFlag && (raw === 'true' || raw === 'false')) return raw === 'true';
+      return bad('is not true or false', `set ${key} to true or false`);
+    }
+    case 'int':
+    case 'number': {
+      const n =
+        typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : NaN;
+      if (!Number.isFinite(n)) return bad('is not a number', `set ${key} to a number`);
+      if (spec.kind === 'int' && !Number.isInteger(n))
+        return bad('is not a whole number', `set ${key} to an integer`);
+      const range =
+        spec.min !== undefined && spec.max !== undefined
+          ? `from ${spec.min} to ${spec.max}`
+          : spec.min !== undefined
+            ? `${spec.minExclusive === true ? 'above' : 'at least'} ${spec.min}`
+            : `at most ${spec.max}`;
+      if (spec.min !== undefined && (n < spec.min || (spec.minExclusive === true && n === spec.min)))
+        return bad(`is out of range`, `${key} must be ${range}`);
+      if (spec.max !== undefined && n > spec.max) return bad('is out of range', `${key} must be ${range}`);
+      return n;
+    }
+    case 'string': {
+      const s = typeof raw === 'string' ? raw : typeof raw === 'number' ? String(raw) : undefined;
+      if (s === undefined) return bad('is not a string', `set ${key} to a text value`);
+      if (spec.choices !== undefined && !spec.choices.includes(s))
+        return bad('is not allowed', `${key} must be one of ${spec.choices.join(', ')}`);
+      return s;
+    }
+    case 'list': {
+      const list =
+        typeof raw === 'string'
+          ? raw
+              .split(',')
+              .map((x) => x.trim())
+              .filter((x) => x !== '')
+          : raw;
+      if (!Array.isArray(list) || !list.every((x) => typeof x === 'string'))
+        return bad(
+          'is not a list of names',
+          `set ${key} to a list such as [a, b] (or a,b on the command line)`,
+        );
+      const strings = list as string[];
+      const wrong = spec.choices === undefined ? undefined : strings.find((x) => !spec.choices!.includes(x));
+      if (wrong !== undefined)
+        return bad(`contains "${wrong}", which is not allowed`, `${key} takes ${spec.choices!.join(', ')}`);
+      return strings;
+    }
+  }
+}
+
+/**
+ * The full config: defaults, then the file's values, then the flags' (strings from the command
+ * line). Checks every key and value, and the options that depend on each other.
+ */
+export function resolveTrainConfig(
+  file: Record<string, unknown>,
+  flags: Record<string, string | boolean> = {},
+): TrainConfig {
+  const out: Record<string, unknown> = {};
+  for (const [k, spec] of Object.entries(SPECS)) out[k] = spec.default;
+  for (const [source, values] of [
+    ['file', file],
+    ['flag', flags],
+  ] as const) {
+    for (const [k, v] of Object.entries(values)) {
+      const spec = SPECS[k];
+      if (spec === undefined) {
+        const near = closest(k);
+        throw new ConfigError(`${source === 'flag' ? `--${k}` : k}: unknown option`, {
+          hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,
+          details: { field: k },
+        });
+      }
+      out[k] = coerce(
+        k,
+        spec,
+        typeof v === 'boolean' && spec.kind !== 'boolean' ? String(v) : v,
+        source === 'flag',
+      );
+    }
+  }
+  const c = out as TrainConfig;
+  if (c.model === null)
+    throw new ConfigError('model: missing', {
+      hint: 'set model to a model folder, a .gguf file or a Hub id',
+    });
+  if (c.dataset === null && c.dataset_format !== 'dummy')
+    throw new ConfigError('dataset: missing', {
+      hint: 'set dataset to a .json/.jsonl file or a Hub dataset id, or dataset_format: dummy for a smoke run',
+    });
+  if (c.warmup_steps !== null && c.warmup_ratio !== null)
+    throw new ConfigError(
+      `warmup_steps: ${c.warmup_steps} and warmup_ratio: ${c.warmup_ratio} are both set`,
+      {
+        hint: 'give one of them',
+      },
+    );
+  if (c.val_size >= 1 && !Number.isInteger(c.val_size))
+    throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {
+      hint: 'use e.g. 0.05 or 100',
+    });
+  return c;
+}
+
+/** `--help` text: every option with its default. */
+export function trainOptionsHelp(): string[] {
+  return Object.entries(SPECS).map(([k, s]) => {
+    const def =
+      s.default === null
+        ? ''
+        : ` (default: ${Array.isArray(s.default) ? s.default.join(',') || '[]' : String(s.default)})`;
+    const choices =
+      s.choices !== undefined && s.kind !== 'list' && s.choices.length <= 8
+        ? ` [${s.choices.join('|')}]`
+        : '';
+    return `  --${k.padEnd(28)} ${s.help}${choices}${def}`;
+  });
+}
