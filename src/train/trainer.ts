@@ -286,6 +286,8 @@ export class Trainer {
   readonly precision: Precision;
   readonly batchSize: number;
   readonly accumulation: number;
+  /** Receives every log record (initially the options' onLog; set it to attach loggers later). */
+  onLog: ((record: LogRecord) => void) | undefined;
   private readonly o: TrainerOptions;
   private readonly data: TrainData;
   private readonly seqLen: number;
@@ -330,6 +332,7 @@ export class Trainer {
     this.disposeModel = () => prepared.dispose();
     this.trainType = prepared.trainType;
     this.o = o;
+    this.onLog = o.onLog;
     this.data = data;
     this.precision = checkPrecision(o.precision ?? 'fp32');
     this.batchSize = positiveInt('batch_size', o.batchSize, 1);
@@ -818,7 +821,7 @@ export class Trainer {
   }
 
   private log(r: LogRecord): void {
-    this.o.onLog?.(r);
+    this.onLog?.(r);
   }
 
   /** Memory per phase (measured when the graphs were first built and run). */

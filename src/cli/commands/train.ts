@@ -1,0 +1,187 @@
+/**
+ * `qtune train --config run.yaml [--key value ...]`: data file to fine-tuned adapter in one command.
+ * Every option of the config (see `qtune train --help`) can also be given as a flag, which wins.
+ */
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { BackendManager } from '../../backends/manager.js';
+import { loadDataset } from '../../data/index.js';
+import { ConfigError } from '../../errors.js';
+import type { OptimizerConfig } from '../../optim/optimizer.js';
+import type { ScheduleConfig } from '../../optim/schedule.js';
+import { createRunLoggers } from '../../report/logger.js';
+import { Trainer, prepareModel, type TrainerOptions } from '../../train/trainer.js';
+import { UsageError, type CommandSpec } from '../args.js';
+import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
+
+export const spec: CommandSpec = {
+  name: 'train',
+  summary: 'Fine-tune a model from a YAML config (lora, qlora, dora, full, llama_pro, ...).',
+  usage: 'qtune train --config run.yaml [--option value ...]',
+  flags: {},
+};
+
+function help(): string {
+  return [
+    spec.summary,
+    '',
+    `usage: ${spec.usage}`,
+    '',
+    'Every option can be set in the YAML file (option: value) or as a flag (--option value); flags win.',
+    '',
+    'options:',
+    `  --${'config'.padEnd(28)} the YAML config file`,
+    ...trainOptionsHelp(),
+    `  --${'help'.padEnd(28)} show this help`,
+  ].join('\n');
+}
+
+/** Splits argv into --config, --help and the option flags (every config option is a flag). */
+function readFlags(argv: string[]): { config?: string; help: boolean; flags: Record<string, string | boolean> } {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({ args: argv, strict: false, allowPositionals: true });
+  } catch (e) {
+    throw new UsageError(`train: ${e instanceof Error ? e.message : String(e)}`, 'see `qtune train --help`');
+  }
+  if (parsed.positionals.length > 0)
+    throw new UsageError(`train: unexpected argument "${parsed.positionals[0]!}"`, 'options are --name value');
+  const flags: Record<string, string | boolean> = {};
+  let config: string | undefined;
+  let helpWanted = false;
+  for (const [k, v] of Object.entries(parsed.values)) {
+    const value = Array.isArray(v) ? v[v.length - 1]! : v!;
+    if (k === 'help') helpWanted = true;
+    else if (k === 'config') {
+      if (typeof value !== 'string') throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
+      config = value;
+    } else flags[k.replace(/-/g, '_')] = value;
+  }
+  return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
+}
+
+function latestCheckpoint(dir: string): string {
+  const found = existsSync(dir)
+    ? readdirSync(dir)
+        .filter((d) => /^checkpoint-\d+$/.test(d))
+        .sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)))
+    : [];
+  if (found.length === 0)
+    throw new ConfigError(`resume_from_checkpoint: latest, but ${dir} has no checkpoint-N folder`, {
+      hint: 'train without resume_from_checkpoint first, or name a checkpoint folder',
+    });
+  return path.join(dir, found[found.length - 1]!);
+}
+
+/** The trainer options a config asks for. */
+export function trainerOptions(c: TrainConfig): TrainerOptions {
+  const optimizer = { name: c.optimizer, lr: c.lr, weight_decay: c.weight_decay } as OptimizerConfig;
+  const schedule: Record<string, unknown> = { name: c.lr_scheduler };
+  if (c.warmup_steps !== null) schedule['warmup_steps'] = c.warmup_steps;
+  if (c.warmup_ratio !== null) schedule['warmup_ratio'] = c.warmup_ratio;
+  if (c.min_lr_ratio !== null) schedule['min_lr_ratio'] = c.min_lr_ratio;
+  if (c.num_cycles !== null) schedule['num_cycles'] = c.num_cycles;
+  return {
+    trainType: c.train_type,
+    ...(c.quantization === null ? {} : { quantization: c.quantization }),
+    lora: {
+      rank: c.lora_rank,
+      alpha: c.lora_alpha,
+      dropout: c.lora_dropout,
+      targetModules: c.lora_target_modules,
+      rsLora: c.use_rslora,
+    },
+    precision: c.precision as TrainerOptions['precision'] & string,
+    batchSize: c.batch_size,
+    gradientAccumulationSteps: c.gradient_accumulation_steps,
+    epochs: c.num_epochs,
+    ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
+    gradientCheckpointing: c.gradient_checkpointing,
+    maxGradNorm: c.max_grad_norm,
+    optimizer,
+    schedule: schedule as Omit<ScheduleConfig, 'lr' | 'total_steps'>,
+    evalEvery: c.eval_steps,
+    saveEvery: c.save_steps,
+    outputDir: c.output_dir,
+    seed: c.seed,
+  };
+}
+
+export async function run(argv: string[], out: (s: string) => void): Promise<number> {
+  const { config: file, help: wantsHelp, flags } = readFlags(argv);
+  if (wantsHelp) {
+    out(help());
+    return 0;
+  }
+  const c = resolveTrainConfig(file === undefined ? {} : readConfigFile(file), flags);
+  const manager = new BackendManager();
+  if (c.threads !== null) manager.setThreads(c.threads);
+  const backend = manager.select(c.backend);
+  const options = trainerOptions(c);
+  const prepared = await prepareModel(c.model!, {
+    trainType: c.train_type,
+    ...(c.quantization === null ? {} : { quantization: c.quantization }),
+    ...(options.precision === undefined ? {} : { precision: options.precision }),
+    backend,
+  });
+  let trainer: Trainer;
+  try {
+    if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
+    const data = await loadDataset(
+      {
+        path: c.dataset ?? '',
+        format: c.dataset_format,
+        ...(c.val_dataset === null ? {} : { val_path: c.val_dataset }),
+        val_size: c.val_size,
+        packing: c.packing,
+        seed: c.seed,
+        ...(c.max_samples === null ? {} : { max_samples: c.max_samples }),
+      },
+      prepared.tokenizer,
+      c.context_length,
+    );
+    mkdirSync(c.output_dir, { recursive: true });
+    trainer = new Trainer(prepared, data, options);
+  } catch (e) {
+    prepared.dispose();
+    throw e;
+  }
+  try {
+    const logger = await createRunLoggers({
+      outputDir: c.output_dir,
+      logTo: c.log_to as ('tensorboard' | 'wandb')[],
+      totalSteps: trainer.totalSteps,
+      everySteps: c.logging_steps,
+      runConfig: c as unknown as Record<string, unknown>,
+    });
+    if (c.resume_from_checkpoint !== null) {
+      const dir =
+        c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;
+      trainer.loadCheckpoint(dir);
+      out(`resumed from ${dir} at step ${trainer.globalStep}`);
+    }
+    trainer.onLog = (r) => logger.log(r);
+    let result;
+    try {
+      result = trainer.train();
+    } catch (e) {
+      await logger.close();
+      throw e;
+    }
+    const written = trainer.saveOutputs(c.output_dir);
+    await logger.close(result);
+    const first = result.losses.find(Number.isFinite);
+    const last = result.losses.filter(Number.isFinite).at(-1);
+    const val = result.evals.at(-1);
+    out(
+      `trained ${result.steps} steps (${c.train_type} on ${backend.name}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
+        (val === undefined ? '' : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
+        `, ${result.tokensPerS.toFixed(0)} tokens/s, peak RSS ${(result.memory.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
+    );
+    out(`wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`);
+    return 0;
+  } finally {
+    trainer.dispose();
+  }
+}
