@@ -138,6 +138,11 @@ export abstract class GraphOptimizer implements Optimizer {
   }
 
   /** Every state tensor, named `state.<param index>.<slot>` as PyTorch's state_dict numbers them. */
+  /** Bytes of the state tensors on the device. */
+  get stateBytes(): number {
+    return this.store?.bytes ?? 0;
+  }
+
   stateTensors(): OptimizerStateTensor[] {
     const store = this.store;
     if (store === null) return [];

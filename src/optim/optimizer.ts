@@ -54,6 +54,8 @@ export interface Optimizer {
   decays(t: Tensor): boolean;
   /** Adds the update of every parameter to `g`; each run of `g` applies one update. */
   build(g: Graph, grads: Map<Tensor, Tensor>): void;
+  /** Bytes of the state tensors on the device. */
+  readonly stateBytes: number;
   /** Copies of every state tensor (moments, momentum buffers), for a checkpoint. */
   stateTensors(): OptimizerStateTensor[];
   state(): OptimizerState;

@@ -591,12 +591,8 @@ export class Trainer {
   }
 
   private optimizerBytes(): number {
-    // state tensors are f32, one set per slot; count them from the checkpoint view once
-    return (this.optimizerStateBytes ??= this.optimizer
-      .stateTensors()
-      .reduce((n, t) => n + t.data.byteLength, 0));
+    return this.optimizer.stateBytes;
   }
-  private optimizerStateBytes: number | undefined;
 
   private phase(): PhaseMemory {
     return { engineBytes: this.engineBytes(), rssBytes: rss() };
