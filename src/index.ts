@@ -72,7 +72,24 @@ export { Tokenizer, DEFAULT_CHAT_TEMPLATE, type ChatMessage } from './io/tokeniz
 export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './io/safetensors.js';
 export { readGguf, readGgufTensor, writeGguf } from './io/gguf.js';
 export { writeLlamaGguf } from './io/gguf-llama.js';
-export { downloadModel } from './io/hub.js';
+export { downloadModel, downloadDataset } from './io/hub.js';
+export {
+  loadDataset,
+  validateDatasetConfig,
+  recordsToExamples,
+  type DatasetConfig,
+  type ResolvedDatasetConfig,
+} from './data/dataset.js';
+export {
+  DATASET_FORMATS,
+  FORMAT_FIELDS,
+  recordSample,
+  dummyRecords,
+  type DatasetFormat,
+} from './data/formats.js';
+export { loadRecords, readRecords, type DataRecord } from './data/records.js';
+export { packSamples, packedAttentionMask } from './data/packing.js';
+export { tokenizeChat, tokenizeParts, toExample, type Sample, type TextPart } from './data/tokenize.js';
 export { METHODS, QUANT_METHODS, methodDType, type QuantMethod } from './quant/methods.js';
 export {
   validateQuantizationConfig,

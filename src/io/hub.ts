@@ -1,6 +1,8 @@
 /**
- * Downloads a model from the Hugging Face Hub into the standard cache layout that huggingface_hub,
- * transformers and mlx-lm share, so a model fetched by one is found by the others:
+ * Downloads a model (or a dataset's JSON files) from the Hugging Face Hub into the standard cache
+ * layout that huggingface_hub, transformers and mlx-lm share, so a model fetched by one is found by
+ * the others (datasets live under `datasets--{org}--{name}`, asked for through `/api/datasets/...`
+ * and `/datasets/{repo}/resolve/...`):
  *
  *   $HF_HUB_CACHE (default $HF_HOME/hub, HF_HOME default ~/.cache/huggingface)
  *     models--{org}--{name}/refs/{revision}            the commit the revision resolved to
@@ -15,6 +17,7 @@ import {
   existsSync,
   mkdirSync,
   readFileSync,
+  readdirSync,
   renameSync,
   rmSync,
   symlinkSync,
@@ -49,8 +52,11 @@ export function hubCacheDir(o: HubOptions = {}): string {
   return path.join(home, 'hub');
 }
 
-function repoFolder(repo: string, o: HubOptions): string {
-  return path.join(hubCacheDir(o), `models--${repo.replace('/', '--')}`);
+/** A model or a dataset repository: where the Hub serves it and where the cache keeps it. */
+type RepoType = 'model' | 'dataset';
+
+function repoFolder(repo: string, o: HubOptions, type: RepoType = 'model'): string {
+  return path.join(hubCacheDir(o), `${type}s--${repo.replace('/', '--')}`);
 }
 
 /** Files of a model repository that loading needs. */
@@ -104,12 +110,67 @@ async function request(url: string, o: HubOptions, init: RequestInit = {}): Prom
  * Makes sure a model's files are in the cache and returns the snapshot folder holding them.
  */
 export async function downloadModel(repo: string, o: HubOptions = {}): Promise<string> {
+  return downloadRepo(
+    'model',
+    repo,
+    o,
+    (files) => {
+      const picked = wanted(files);
+      if (!picked.includes('config.json'))
+        throw new QtuneError('NOT_FOUND', `${repo} has no config.json`, {
+          hint: 'qtune loads Hugging Face transformer repositories',
+        });
+      return picked;
+    },
+    'config.json',
+  );
+}
+
+/**
+ * Makes sure the files of a dataset repository that `pick` chooses (from the repository's file
+ * list) are in the cache; returns the snapshot folder and the chosen files. Offline, the files of
+ * the cached snapshot are chosen from what it holds.
+ */
+export async function downloadDataset(
+  repo: string,
+  pick: (files: string[]) => string[],
+  o: HubOptions = {},
+): Promise<{ snapshot: string; files: string[] }> {
+  let files: string[] = [];
+  const snapshot = await downloadRepo('dataset', repo, o, (all) => (files = pick(all)), null);
+  return { snapshot, files };
+}
+
+/** Lists a snapshot's files (relative paths), following its symlinks into the blobs. */
+function snapshotFiles(snap: string, sub = ''): string[] {
+  const out: string[] = [];
+  for (const e of readdirSync(path.join(snap, sub), { withFileTypes: true })) {
+    const rel = sub === '' ? e.name : `${sub}/${e.name}`;
+    if (e.isDirectory()) out.push(...snapshotFiles(snap, rel));
+    else out.push(rel);
+  }
+  return out;
+}
+
+/**
+ * The download of one repository revision: resolve the revision to a commit through the info API,
+ * choose files from its list, fetch each missing one into a blob and link it into the snapshot.
+ * `offlineMarker` is a file the cached snapshot must hold to count as complete offline (null: the
+ * snapshot folder existing is enough).
+ */
+async function downloadRepo(
+  type: RepoType,
+  repo: string,
+  o: HubOptions,
+  pick: (files: string[]) => string[],
+  offlineMarker: string | null,
+): Promise<string> {
   if (!REPO_ID.test(repo))
     throw new QtuneError('INVALID_ARGUMENT', `"${repo}" is not a Hub repository id`, {
       hint: 'use org/name',
     });
   const revision = o.revision ?? 'main';
-  const folder = repoFolder(repo, o);
+  const folder = repoFolder(repo, o, type);
   const refFile = path.join(folder, 'refs', revision);
   const cachedCommit = existsSync(refFile)
     ? readFileSync(refFile, 'utf8').trim()
@@ -118,17 +179,19 @@ export async function downloadModel(repo: string, o: HubOptions = {}): Promise<s
       : undefined;
   if (process.env['HF_HUB_OFFLINE'] === '1' || process.env['HF_HUB_OFFLINE'] === 'true') {
     const snap = cachedCommit === undefined ? undefined : path.join(folder, 'snapshots', cachedCommit);
-    if (snap === undefined || !existsSync(path.join(snap, 'config.json'))) {
+    if (snap === undefined || !existsSync(path.join(snap, offlineMarker ?? ''))) {
       throw new QtuneError(
         'NOT_FOUND',
         `${repo}@${revision} is not in the cache at ${folder} and HF_HUB_OFFLINE is set`,
       );
     }
+    if (offlineMarker === null) pick(snapshotFiles(snap));
     return snap;
   }
   const endpoint = (o.endpoint ?? process.env['HF_ENDPOINT'] ?? 'https://huggingface.co').replace(/\/$/, '');
+  const api = type === 'model' ? 'models' : 'datasets';
   const info = (await (
-    await request(`${endpoint}/api/models/${repo}/revision/${encodeURIComponent(revision)}`, o)
+    await request(`${endpoint}/api/${api}/${repo}/revision/${encodeURIComponent(revision)}`, o)
   ).json()) as {
     sha?: string;
     siblings?: { rfilename: string }[];
@@ -137,21 +200,17 @@ export async function downloadModel(repo: string, o: HubOptions = {}): Promise<s
   if (typeof commit !== 'string' || !Array.isArray(info.siblings)) {
     throw new QtuneError(
       'NETWORK',
-      `${endpoint} answered the model info of ${repo} without sha and siblings`,
+      `${endpoint} answered the ${type} info of ${repo} without sha and siblings`,
     );
   }
-  const files = wanted(info.siblings.map((s) => s.rfilename));
-  if (!files.includes('config.json'))
-    throw new QtuneError('NOT_FOUND', `${repo} has no config.json`, {
-      hint: 'qtune loads Hugging Face transformer repositories',
-    });
+  const files = pick(info.siblings.map((s) => s.rfilename));
   const snap = path.join(folder, 'snapshots', commit);
   mkdirSync(path.join(folder, 'blobs'), { recursive: true });
   mkdirSync(snap, { recursive: true });
   for (const file of files) {
     const link = path.join(snap, file);
     if (existsSync(link)) continue;
-    const url = `${endpoint}/${repo}/resolve/${commit}/${file}`;
+    const url = `${endpoint}/${type === 'model' ? '' : 'datasets/'}${repo}/resolve/${commit}/${file}`;
     o.log?.(`downloading ${repo}/${file}`);
     const res = await request(url, o);
     const etag = (res.headers.get('x-linked-etag') ?? res.headers.get('etag') ?? `${commit}-${file}`)

@@ -128,6 +128,14 @@ export interface ForwardOptions {
    * recompute the block's activations there (training only; not with a cache).
    */
   checkpoint?: boolean;
+  /**
+   * An additive attention mask, 0 where a query may see a key and -Infinity where not: an f32 tensor
+   * `[T, T]` (every sequence) or `[B, 1, T, T]` (per sequence, broadcast over heads), of keys
+   * `start + T` wide. It adds to the causal mask, so for packed samples the block-diagonal mask that
+   * src/data/packing.ts builds keeps each sample to its own tokens. Positions need not restart per
+   * sample: RoPE makes attention depend only on the distance between query and key.
+   */
+  mask?: Tensor;
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -261,6 +269,18 @@ export class LlamaModel {
         `the KV cache holds ${o.cache.capacity} tokens for batch ${o.cache.batch}; asked for ${total} at batch ${B}`,
       );
     }
+    if (o.mask !== undefined) {
+      const m = o.mask.shape;
+      const ok =
+        o.mask.dtype === 'f32' &&
+        ((m.length === 2 && m[0] === T && m[1] === total) ||
+          (m.length === 4 && m[0] === B && m[1] === 1 && m[2] === T && m[3] === total));
+      if (!ok)
+        throw new QtuneError(
+          'INVALID_ARGUMENT',
+          `LlamaModel.forward: mask must be f32 [${T}, ${total}] or [${B}, 1, ${T}, ${total}], got ${o.mask.toString()}`,
+        );
+    }
     return g.build(() => {
       const positions = g.constant(
         Int32Array.from({ length: T }, (_, i) => start + i),
@@ -297,7 +317,16 @@ export class LlamaModel {
           const n1 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.input_layernorm.weight`));
           h = add(
             h,
-            this.attention(g, n1, i, { B, T, start, positions, ropeOpts, cache: o.cache, hook: o.linear }),
+            this.attention(g, n1, i, {
+              B,
+              T,
+              start,
+              positions,
+              ropeOpts,
+              cache: o.cache,
+              hook: o.linear,
+              mask: o.mask,
+            }),
           );
           const n2 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
           const mlp = this.project(
@@ -340,6 +369,7 @@ export class LlamaModel {
       ropeOpts: Parameters<typeof rope>[2];
       cache: KVCache | undefined;
       hook: LinearHook | undefined;
+      mask: Tensor | undefined;
     },
   ): Tensor {
     const c = this.config;
@@ -365,7 +395,7 @@ export class LlamaModel {
     }
     // query heads h·r .. h·r+r-1 share kv head h (ggml's grouped broadcasting = HF's repeat_kv)
     const scores = linear(q, k); // (B, H, T, start+T)
-    const probs = softmax(scores, { scale: 1 / Math.sqrt(hd), causal: true });
+    const probs = softmax(scores, { scale: 1 / Math.sqrt(hd), causal: true, mask: a.mask ?? null });
     const out = matmul(probs, v); // (B, H, T, hd)
     const merged = reshape(permute(out, [0, 2, 1, 3]), [B, T, H * hd]);
     return this.project(`${p}.o_proj`, merged, a.hook);

@@ -39,6 +39,7 @@ import { linear } from '../tensor/ops/matmul.js';
 import { TensorStore } from '../tensor/store.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
+import { packedAttentionMask } from '../data/packing.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
 import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
@@ -55,6 +56,11 @@ export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16', 'fp16', 'bf16_a
 export interface Example {
   ids: Int32Array;
   labels: Int32Array;
+  /**
+   * Packed samples (src/data/packing.ts): the sample id of each position. Positions attend only to
+   * earlier positions of the same id (a block-diagonal causal mask); without it, to all earlier ones.
+   */
+  segments?: Int32Array;
 }
 
 export interface TrainData {
@@ -315,10 +321,14 @@ export class Trainer {
     labels: Tensor;
     scale: Tensor;
     loss: Tensor;
+    mask: Tensor | null; // packing
   } | null = null;
   private normGraph: { g: Graph; sumsq: Tensor } | null = null;
   private updateGraph: { g: Graph; factor: Tensor } | null = null;
-  private evalGraph: { g: Graph; ids: Tensor; labels: Tensor; loss: Tensor } | null = null;
+  private evalGraph: { g: Graph; ids: Tensor; labels: Tensor; loss: Tensor; mask: Tensor | null } | null =
+    null;
+  /** Packing: some example carries segments, so the graphs take an attention mask input. */
+  private readonly packed: boolean;
   private memoryReport: MemoryReport | null = null;
 
   /**
@@ -357,13 +367,20 @@ export class Trainer {
       ['validation', data.validation ?? []],
     ] as const) {
       list.forEach((e, i) => {
-        if (e.ids.length !== this.seqLen || e.labels.length !== this.seqLen)
+        if (
+          e.ids.length !== this.seqLen ||
+          e.labels.length !== this.seqLen ||
+          (e.segments !== undefined && e.segments.length !== this.seqLen) // packing
+        )
           throw new ConfigError(
-            `dataset: ${split} example ${i} has ${e.ids.length} ids and ${e.labels.length} labels; every example needs ${this.seqLen}`,
+            `dataset: ${split} example ${i} has ${e.ids.length} ids, ${e.labels.length} labels${e.segments === undefined ? '' : ` and ${e.segments.length} segments`}; every example needs ${this.seqLen}`,
             { hint: 'pad or truncate every example to the context length' },
           );
       });
     }
+
+    // packing: a block-diagonal attention mask when any example carries segments
+    this.packed = [...data.train, ...(data.validation ?? [])].some((e) => e.segments !== undefined);
 
     const stepsPerEpoch = Math.max(1, Math.floor(data.train.length / (this.batchSize * this.accumulation)));
     if (o.maxSteps !== undefined) this.totalSteps = positiveInt('max_steps', o.maxSteps, 1);
@@ -473,7 +490,12 @@ export class Trainer {
     return out;
   }
 
-  private pack(batch: readonly Example[]): { ids: Int32Array; labels: Int32Array; tokens: number } {
+  private pack(batch: readonly Example[]): {
+    ids: Int32Array;
+    labels: Int32Array;
+    tokens: number;
+    mask: Float32Array | null;
+  } {
     const T = this.seqLen;
     const ids = new Int32Array(this.batchSize * T);
     const labels = new Int32Array(this.batchSize * T).fill(-100);
@@ -483,7 +505,20 @@ export class Trainer {
     });
     let tokens = 0;
     for (const l of labels) if (l !== -100) tokens++;
-    return { ids, labels, tokens };
+    // packing: the block-diagonal causal mask [B, 1, T, T] of the batch's segments
+    const mask = this.packed
+      ? packedAttentionMask(
+          batch.map((e) => e.segments),
+          this.batchSize,
+          T,
+        )
+      : null;
+    return { ids, labels, tokens, mask };
+  }
+
+  /** Packing: the attention mask input of a graph, or nothing without packed examples. */
+  private maskInput(g: Graph): Tensor | null {
+    return this.packed ? g.input([this.batchSize, 1, this.seqLen, this.seqLen], 'f32', 'attn_mask') : null;
   }
 
   // ------------------------------------------------------------------------------ graphs
@@ -505,9 +540,11 @@ export class Trainer {
       const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
       const scale = g.input([1], 'f32', 'loss_scale');
+      const mask = this.maskInput(g);
       const hook = this.linearHook();
       const logits = this.model.forward(g, ids, {
         ...(hook === undefined ? {} : { linear: hook }),
+        ...(mask === null ? {} : { mask }),
         checkpoint: this.o.gradientCheckpointing === true,
       });
       const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
@@ -520,7 +557,7 @@ export class Trainer {
       });
       const loss = g.output(lossSum);
       g.compile();
-      return { g, ids, labels, scale, loss };
+      return { g, ids, labels, scale, loss, mask };
     } catch (e) {
       g.dispose();
       throw e;
@@ -566,16 +603,21 @@ export class Trainer {
     try {
       const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
+      const mask = this.maskInput(g);
       const hook = this.linearHook();
+      const forwardOptions = {
+        ...(hook === undefined ? {} : { linear: hook }),
+        ...(mask === null ? {} : { mask }),
+      };
       const loss = g.output(
         g.noGrad(() =>
-          crossEntropy(this.model.forward(g, ids, hook === undefined ? {} : { linear: hook }), labels, {
+          crossEntropy(this.model.forward(g, ids, forwardOptions), labels, {
             reduction: 'sum',
           }),
         ),
       );
       g.compile();
-      return { g, ids, labels, loss };
+      return { g, ids, labels, loss, mask };
     } catch (e) {
       g.dispose();
       throw e;
@@ -606,6 +648,7 @@ export class Trainer {
     this.evalGraph = this.buildEval();
     this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
     this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
+    if (this.evalGraph.mask !== null) this.evalGraph.g.set(this.evalGraph.mask, probe.mask!); // packing
     this.evalGraph.g.run();
     const forward = this.phase();
     this.accGraph = this.buildAccumulate();
@@ -654,6 +697,7 @@ export class Trainer {
       acc.g.set(acc.ids, packed.ids);
       acc.g.set(acc.labels, packed.labels);
       acc.g.set(acc.scale, Float32Array.of(this.lossScale));
+      if (acc.mask !== null) acc.g.set(acc.mask, packed.mask!); // packing
       acc.g.run();
       const l = acc.g.read(acc.loss)[0]!;
       if (!Number.isFinite(l)) {
@@ -750,6 +794,7 @@ export class Trainer {
       if (packed.tokens === 0) continue;
       ev.g.set(ev.ids, packed.ids);
       ev.g.set(ev.labels, packed.labels);
+      if (ev.mask !== null) ev.g.set(ev.mask, packed.mask!); // packing
       ev.g.run();
       total += ev.g.read(ev.loss)[0]!;
       tokens += packed.tokens;

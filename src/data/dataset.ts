@@ -1,0 +1,209 @@
+/**
+ * The dataset entry point: read records (a local file or a Hub dataset), shuffle them by seed, split
+ * off validation records, tokenize them in a format and make equal-length examples (padded, or
+ * packed) for the Trainer.
+ *
+ * @example
+ * const tok = Tokenizer.fromFolder('tiny-model');
+ * const data = await loadDataset({ path: 'data/style.jsonl', format: 'alpaca', val_size: 0.1 }, tok, 256);
+ * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
+ */
+import { ConfigError } from '../errors.js';
+import type { HubOptions } from '../io/hub.js';
+import type { Tokenizer } from '../io/tokenizer.js';
+import type { Example, TrainData } from '../train/trainer.js';
+import { seededUniform } from '../util/random.js';
+import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
+import { packSamples } from './packing.js';
+import { loadRecords, type DataRecord } from './records.js';
+import { eosId, padId, toExample } from './tokenize.js';
+
+/** Where a dataset comes from and how it becomes examples; names as in the YAML config. */
+export interface DatasetConfig {
+  /** A `.jsonl` / `.json` file, or a Hub dataset id `org/name`. Not needed for `dummy`. */
+  path?: string;
+  /** How records become prompt and response: see {@link DATASET_FORMATS} and README "Datasets". */
+  format: string;
+  /** Hub datasets: the split whose files to read (default `train`). */
+  split?: string;
+  /** Hub datasets: one file of the repository to read instead of a split's. */
+  file?: string;
+  /** Hub datasets: branch, tag or commit (default `main`). */
+  revision?: string;
+  /** Validation records split off the (shuffled) records: a fraction in (0, 1) or a count ≥ 1. */
+  val_size?: number;
+  /** Validation records from a separate file (same format) instead of val_size. */
+  val_path?: string;
+  /** Concatenate samples into full sequences with a block-diagonal attention mask. Default false. */
+  packing?: boolean;
+  /** Shuffle the records by `seed` before splitting. Default true. */
+  shuffle?: boolean;
+  /** Default 42. */
+  seed?: number;
+  /** Use at most this many records (after shuffling); for `dummy`, how many to make (default 64). */
+  max_samples?: number;
+}
+
+/** A checked {@link DatasetConfig} with its defaults filled in. */
+export interface ResolvedDatasetConfig extends Omit<
+  DatasetConfig,
+  'format' | 'split' | 'packing' | 'shuffle' | 'seed'
+> {
+  format: DatasetFormat;
+  split: string;
+  packing: boolean;
+  shuffle: boolean;
+  seed: number;
+}
+
+const CONFIG_FIELDS = [
+  'path',
+  'format',
+  'split',
+  'file',
+  'revision',
+  'val_size',
+  'val_path',
+  'packing',
+  'shuffle',
+  'seed',
+  'max_samples',
+] as const;
+
+function fail(field: string, value: unknown, must: string, hint: string): ConfigError {
+  return new ConfigError(`dataset.${field}: ${JSON.stringify(value)} ${must}`, {
+    hint,
+    details: { field, value },
+  });
+}
+
+/** Checks a dataset config and fills the defaults; errors name the field, the value and what is allowed. */
+export function validateDatasetConfig(c: DatasetConfig): ResolvedDatasetConfig {
+  for (const k of Object.keys(c))
+    if (!(CONFIG_FIELDS as readonly string[]).includes(k))
+      throw fail(
+        k,
+        (c as unknown as Record<string, unknown>)[k],
+        'is not a dataset setting',
+        `use ${CONFIG_FIELDS.join(', ')}`,
+      );
+  if (!DATASET_FORMATS.includes(c.format as DatasetFormat))
+    throw fail('format', c.format, 'is not a dataset format', `use one of ${DATASET_FORMATS.join(', ')}`);
+  const format = c.format as DatasetFormat;
+  if (format !== 'dummy' && (typeof c.path !== 'string' || c.path === ''))
+    throw fail(
+      'path',
+      c.path,
+      'is not a data file or Hub dataset id',
+      'give a .jsonl/.json file or org/name',
+    );
+  for (const k of ['split', 'file', 'revision', 'val_path'] as const)
+    if (c[k] !== undefined && (typeof c[k] !== 'string' || c[k] === ''))
+      throw fail(k, c[k], 'must be a non-empty string', `remove ${k} or set it to a name`);
+  const v = c.val_size;
+  if (v !== undefined && !(typeof v === 'number' && ((v > 0 && v < 1) || (Number.isInteger(v) && v >= 1))))
+    throw fail('val_size', v, 'must be a fraction in (0, 1) or a whole count ≥ 1', 'e.g. 0.1 or 20');
+  if (v !== undefined && c.val_path !== undefined)
+    throw fail('val_size', v, 'and val_path both give validation data', 'set one of them');
+  if (c.max_samples !== undefined && !(Number.isInteger(c.max_samples) && c.max_samples >= 1))
+    throw fail('max_samples', c.max_samples, 'must be a whole number ≥ 1', 'e.g. 1000');
+  if (c.seed !== undefined && !Number.isInteger(c.seed))
+    throw fail('seed', c.seed, 'must be an integer', 'e.g. 42');
+  for (const k of ['packing', 'shuffle'] as const)
+    if (c[k] !== undefined && typeof c[k] !== 'boolean')
+      throw fail(k, c[k], 'must be true or false', `set ${k}: true or false`);
+  return {
+    ...c,
+    format,
+    split: c.split ?? 'train',
+    packing: c.packing ?? false,
+    shuffle: c.shuffle ?? true,
+    seed: c.seed ?? 42,
+  };
+}
+
+/** A seeded Fisher–Yates shuffle: the same order for the same seed. */
+export function shuffled<T>(items: readonly T[], seed: number): T[] {
+  const out = [...items];
+  const rand = seededUniform(seed >>> 0);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+/** How many of `n` records val_size takes: a fraction rounds to at least 1, a count is itself. */
+export function validationCount(n: number, valSize: number): number {
+  const k = valSize < 1 ? Math.max(1, Math.round(n * valSize)) : valSize;
+  if (k >= n) throw fail('val_size', valSize, `leaves no training records of ${n}`, 'use a smaller val_size');
+  return k;
+}
+
+/**
+ * Tokenizes records in a format into examples of `contextLength` positions: each sample truncated
+ * and padded on its own, or (packing) concatenated with others. Samples left with nothing to learn
+ * (their targets all cut off by truncation) are dropped.
+ */
+export function recordsToExamples(
+  records: readonly DataRecord[],
+  format: DatasetFormat,
+  tokenizer: Tokenizer,
+  contextLength: number,
+  packing: boolean,
+): Example[] {
+  const pad = padId(tokenizer);
+  const samples = records
+    .map((r) => recordSample(tokenizer, format, r))
+    .filter((s) => s.targets.slice(1, contextLength + 1).some((t) => t));
+  return packing
+    ? packSamples(samples, contextLength, pad)
+    : samples.map((s) => toExample(s, contextLength, pad));
+}
+
+/**
+ * Reads, shuffles, splits and tokenizes a dataset into the Trainer's {@link TrainData}: every
+ * example `contextLength` positions long, labels -100 where no loss is counted.
+ */
+export async function loadDataset(
+  config: DatasetConfig,
+  tokenizer: Tokenizer,
+  contextLength: number,
+  o: { hub?: HubOptions } = {},
+): Promise<TrainData> {
+  const c = validateDatasetConfig(config);
+  if (!(Number.isInteger(contextLength) && contextLength >= 2))
+    throw new ConfigError(`context_length: ${contextLength} must be a whole number ≥ 2`, {
+      hint: 'e.g. 512',
+    });
+  eosId(tokenizer);
+  const hub = {
+    split: c.split,
+    ...(c.file === undefined ? {} : { file: c.file }),
+    hub: { ...o.hub, ...(c.revision === undefined ? {} : { revision: c.revision }) },
+  };
+  let records =
+    c.format === 'dummy' ? dummyRecords(c.max_samples ?? 64, c.seed) : await loadRecords(c.path!, hub);
+  if (records.length === 0)
+    throw new ConfigError(`dataset.path: ${c.path} has no records`, {
+      hint: 'give a file with at least one record',
+    });
+  if (c.shuffle) records = shuffled(records, c.seed);
+  if (c.max_samples !== undefined) records = records.slice(0, c.max_samples);
+  let validation: DataRecord[] = [];
+  if (c.val_size !== undefined) {
+    const k = validationCount(records.length, c.val_size);
+    validation = records.slice(0, k);
+    records = records.slice(k);
+  } else if (c.val_path !== undefined) {
+    validation = await loadRecords(c.val_path, hub);
+  }
+  const train = recordsToExamples(records, c.format, tokenizer, contextLength, c.packing);
+  if (train.length === 0)
+    throw new ConfigError(
+      `dataset: no training record keeps a target token within context_length ${contextLength}`,
+      { hint: 'raise context_length or shorten the prompts' },
+    );
+  const val = recordsToExamples(validation, c.format, tokenizer, contextLength, c.packing);
+  return val.length === 0 ? { train } : { train, validation: val };
+}
