@@ -8,6 +8,7 @@ import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
+import * as evalCommand from './commands/eval.js';
 import * as expand from './commands/expand.js';
 import * as exportCommand from './commands/export.js';
 import * as generate from './commands/generate.js';
@@ -15,6 +16,8 @@ import * as initTiny from './commands/init-tiny.js';
 import * as merge from './commands/merge.js';
 import * as quant from './commands/quant.js';
 import * as quantize from './commands/quantize.js';
+import * as quickstart from './commands/quickstart.js';
+import * as train from './commands/train.js';
 
 interface Command {
   spec: CommandSpec;
@@ -22,6 +25,9 @@ interface Command {
 }
 
 const COMMANDS: Record<string, Command> = {
+  train,
+  eval: evalCommand,
+  quickstart,
   demo,
   generate,
   chat,

@@ -8,6 +8,7 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
+import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError } from '../errors.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
@@ -27,17 +28,6 @@ interface OptionSpec {
   /** The value must be above `min` (not equal). */
   minExclusive?: boolean;
 }
-
-export const DATASET_FORMATS = [
-  'alpaca',
-  'chat',
-  'completion',
-  'prompt_completion',
-  'guanaco',
-  'sql',
-  'orca_math',
-  'dummy',
-] as const;
 
 /** Every option of `qtune train`, in the order `--help` lists them. */
 export const TRAIN_OPTIONS = {
@@ -188,11 +178,12 @@ const SPECS: Record<string, OptionSpec> = TRAIN_OPTIONS;
 export function readConfigFile(file: string): Record<string, unknown> {
   if (!existsSync(file))
     throw new ConfigError(`config: ${file} does not exist`, { hint: 'give the path of a YAML config file' });
-  const doc = parseDocument(readFileSync(file, 'utf8'), { prettyErrors: false, uniqueKeys: true });
+  const text = readFileSync(file, 'utf8');
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;
-    const line = e.linePos?.[0].line;
-    throw new FormatError(file, `${line === undefined ? '' : `line ${line}: `}${e.message.split('\n')[0]!}`, {
+    const line = text.slice(0, e.pos[0]).split('\n').length;
+    throw new FormatError(file, `line ${line}: ${e.message.split('\n')[0]!}`, {
       hint: 'fix the YAML syntax',
     });
   }
@@ -278,7 +269,7 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
           'is not a list of names',
           `set ${key} to a list such as [a, b] (or a,b on the command line)`,
         );
-      const strings = list as string[];
+      const strings = list;
       const wrong = spec.choices === undefined ? undefined : strings.find((x) => !spec.choices!.includes(x));
       if (wrong !== undefined)
         return bad(`contains "${wrong}", which is not allowed`, `${key} takes ${spec.choices!.join(', ')}`);

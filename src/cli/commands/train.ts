@@ -4,9 +4,8 @@
  */
 import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
 import { BackendManager } from '../../backends/manager.js';
-import { loadDataset } from '../../data/index.js';
+import { loadDataset } from '../../data/dataset.js';
 import { ConfigError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
@@ -37,26 +36,34 @@ function help(): string {
   ].join('\n');
 }
 
-/** Splits argv into --config, --help and the option flags (every config option is a flag). */
-function readFlags(argv: string[]): { config?: string; help: boolean; flags: Record<string, string | boolean> } {
-  let parsed: ReturnType<typeof parseArgs>;
-  try {
-    parsed = parseArgs({ args: argv, strict: false, allowPositionals: true });
-  } catch (e) {
-    throw new UsageError(`train: ${e instanceof Error ? e.message : String(e)}`, 'see `qtune train --help`');
-  }
-  if (parsed.positionals.length > 0)
-    throw new UsageError(`train: unexpected argument "${parsed.positionals[0]!}"`, 'options are --name value');
+/**
+ * Splits argv into --config, --help and the option flags: `--name value`, `--name=value`, or a bare
+ * `--name` (true) before another flag or at the end.
+ */
+function readFlags(argv: string[]): {
+  config?: string;
+  help: boolean;
+  flags: Record<string, string | boolean>;
+} {
   const flags: Record<string, string | boolean> = {};
   let config: string | undefined;
   let helpWanted = false;
-  for (const [k, v] of Object.entries(parsed.values)) {
-    const value = Array.isArray(v) ? v[v.length - 1]! : v!;
-    if (k === 'help') helpWanted = true;
-    else if (k === 'config') {
-      if (typeof value !== 'string') throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (!arg.startsWith('--') || arg === '--')
+      throw new UsageError(`train: unexpected argument "${arg}"`, 'options are --name value');
+    const eq = arg.indexOf('=');
+    const name = (eq < 0 ? arg.slice(2) : arg.slice(2, eq)).replace(/-/g, '_');
+    let value: string | boolean;
+    if (eq >= 0) value = arg.slice(eq + 1);
+    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i]!;
+    else value = true;
+    if (name === 'help') helpWanted = true;
+    else if (name === 'config') {
+      if (typeof value !== 'string')
+        throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
-    } else flags[k.replace(/-/g, '_')] = value;
+    } else flags[name] = value;
   }
   return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
 }
@@ -153,7 +160,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       logTo: c.log_to as ('tensorboard' | 'wandb')[],
       totalSteps: trainer.totalSteps,
       everySteps: c.logging_steps,
-      runConfig: c as unknown as Record<string, unknown>,
+      runConfig: c,
     });
     if (c.resume_from_checkpoint !== null) {
       const dir =
@@ -176,10 +183,14 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     const val = result.evals.at(-1);
     out(
       `trained ${result.steps} steps (${c.train_type} on ${backend.name}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
-        (val === undefined ? '' : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
+        (val === undefined
+          ? ''
+          : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
         `, ${result.tokensPerS.toFixed(0)} tokens/s, peak RSS ${(result.memory.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
     );
-    out(`wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`);
+    out(
+      `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`,
+    );
     return 0;
   } finally {
     trainer.dispose();
