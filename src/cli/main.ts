@@ -5,6 +5,7 @@
 import { QtuneError, type ErrorCode } from '../errors.js';
 import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
+import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 import * as expand from './commands/expand.js';
@@ -29,6 +30,7 @@ const COMMANDS: Record<string, Command> = {
   expand,
   backends,
   engine,
+  bench,
 };
 
 /** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
