@@ -6,6 +6,7 @@ import { QtuneError, type ErrorCode } from '../errors.js';
 import { UsageError, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
+import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
 import * as evalCommand from './commands/eval.js';
@@ -39,6 +40,7 @@ const COMMANDS: Record<string, Command> = {
   export: exportCommand,
   backends,
   engine,
+  bench,
 };
 
 /** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */

@@ -1,0 +1,456 @@
+/**
+ * The training benchmark (`qtune bench`, `npm run bench`): tokens/s and peak RSS of one optimizer
+ * step per train type (LoRA, QLoRA over nf4 and int8 bases, full fine-tuning) at the shapes of
+ * ../shared/bench/baseline, beside PyTorch's `bench_lora.py` of the same shape and mode run in the
+ * same session.
+ *
+ * Every configuration runs in a child process (./train-child.ts), so each peak RSS is its own: a
+ * Llama model allocated with seeded random weights (no download), quantized by
+ * `quantizeForTraining` for the QLoRA rows, handed to the Trainer as a `PreparedModel`, and trained
+ * on the baseline's synthetic task (a sparse Markov chain over 64 active tokens with 4 successors
+ * each, 8 fixed batches cycled). Warm-up steps are not timed; best and median of the timed steps are
+ * reported. PyTorch has no QLoRA: the QLoRA rows compare with PyTorch's fp32 LoRA.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { getEngine } from '../engine/library.js';
+import { runPython } from './common.js';
+
+// ------------------------------------------------------------------------------------ what runs
+
+export interface BenchShape {
+  name: string;
+  dim: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  ffn: number;
+  vocab: number;
+  seq: number;
+  batch: number;
+  rank: number;
+  alpha: number;
+  tie: boolean;
+  /** Default warm-up and timed steps (the baseline's run_all.sh uses 2+20, 2+10, 1+5). */
+  warmup: number;
+  steps: number;
+  /** LoRA learning rate (the baseline lowers it for 1.1B). */
+  loraLr: number;
+}
+
+/** The baseline's configurations (a), (b) and (c) (../shared/bench/baseline/README.md). */
+export const SHAPES: Record<string, BenchShape> = {
+  tiny: {
+    name: 'tiny',
+    dim: 256,
+    layers: 4,
+    heads: 8,
+    kvHeads: 4,
+    ffn: 688,
+    vocab: 4096,
+    seq: 256,
+    batch: 4,
+    rank: 8,
+    alpha: 16,
+    tie: false,
+    warmup: 2,
+    steps: 10,
+    loraLr: 5e-3,
+  },
+  small: {
+    name: 'small',
+    dim: 768,
+    layers: 12,
+    heads: 12,
+    kvHeads: 4,
+    ffn: 2048,
+    vocab: 32000,
+    seq: 256,
+    batch: 4,
+    rank: 16,
+    alpha: 32,
+    tie: false,
+    warmup: 1,
+    steps: 4,
+    loraLr: 5e-3,
+  },
+  '1.1b': {
+    name: '1.1b',
+    dim: 2048,
+    layers: 22,
+    heads: 32,
+    kvHeads: 4,
+    ffn: 5632,
+    vocab: 32000,
+    seq: 256,
+    batch: 1,
+    rank: 16,
+    alpha: 32,
+    tie: false,
+    warmup: 1,
+    steps: 3,
+    loraLr: 2e-3,
+  },
+};
+
+export interface BenchRunType {
+  /** How `--train-types` names it. */
+  id: string;
+  trainType: string;
+  quantization: string | null;
+  /** The baseline mode it is compared with. */
+  baseline: 'lora' | 'full';
+}
+
+export const RUN_TYPES: Record<string, BenchRunType> = {
+  lora: { id: 'lora', trainType: 'lora', quantization: null, baseline: 'lora' },
+  qlora: { id: 'qlora', trainType: 'qlora', quantization: 'nf4', baseline: 'lora' },
+  'qlora-int8': { id: 'qlora-int8', trainType: 'qlora', quantization: 'int8', baseline: 'lora' },
+  full: { id: 'full', trainType: 'full', quantization: null, baseline: 'full' },
+};
+
+/** Train types run only at some shapes: the 1.1B shape is the baseline's LoRA configuration (c). */
+export function runTypesFor(shape: BenchShape, wanted: readonly string[]): BenchRunType[] {
+  return wanted.filter((id) => shape.name !== '1.1b' || id === 'lora').map((id) => RUN_TYPES[id]!);
+}
+
+/** What the child process is asked to run. */
+export interface ChildSpec {
+  shape: BenchShape;
+  run: BenchRunType;
+  warmup: number;
+  steps: number;
+  /** Seconds to wait for an idle machine before the timed steps (0: do not wait). */
+  quietWait: number;
+}
+
+/** What the child reports. */
+export interface ChildResult {
+  engine: string;
+  threads: number;
+  tokens_per_step: number;
+  step_s_best: number;
+  step_s_median: number;
+  step_times: number[];
+  /** 1 when other processes used little CPU during the step (the baseline's rule). */
+  step_clean: number[];
+  waited_for_quiet_s: number;
+  /**
+   * Median seconds per step in each of the Trainer's graphs and the rest (host work); `forward`: the
+   * best of 2 forward-only passes of one batch (the eval graph), the part of `accumulate` before backward.
+   */
+  graph_s: { accumulate: number; norm: number; update: number; other: number; forward: number };
+  model_gflop_per_step: number;
+  /** Peak RSS from the Trainer's construction on (the model already loaded and quantized). */
+  peak_rss_mb: number;
+  /** Peak RSS while the f32 model was allocated, filled and quantized (before the Trainer). */
+  load_peak_rss_mb: number;
+  engine_mb: { weights: number; gradients: number; optimizer_state: number; activations: number };
+  loss_first: number;
+  loss_last: number;
+  params_total: number;
+  params_trainable: number;
+}
+
+/** One row of the report. */
+export interface BenchRow {
+  shape: string;
+  train_type: string;
+  /** The frozen base's quantization (nf4, int8), or null for a float base. */
+  quantization: string | null;
+  /** The Trainer's precision (compute and trainable weights). */
+  precision: 'fp32';
+  engine: string;
+  threads: number;
+  tokens_per_s: number;
+  tokens_per_s_median: number;
+  step_s_best: number;
+  step_s_median: number;
+  gflops: number;
+  peak_rss_mb: number;
+  load_peak_rss_mb: number;
+  graph_s: ChildResult['graph_s'];
+  loss_first: number;
+  loss_last: number;
+  /** bench_lora.py --mode baseline_mode, fp32. */
+  baseline_mode: 'lora' | 'full';
+  baseline_tokens_per_s: number | null;
+  baseline_tokens_per_s_median: number | null;
+  baseline_peak_rss_mb: number | null;
+  baseline_gflops: number | null;
+  /** tokens_per_s ÷ baseline_tokens_per_s (best against best). */
+  ratio: number | null;
+  /** The same of the medians. */
+  ratio_median: number | null;
+  /** QLoRA rows: peak_rss_mb ÷ PyTorch fp32 LoRA's peak RSS. */
+  rss_ratio?: number | null;
+  /** The issue's targets: LoRA tokens/s ≥ PyTorch fp32 (ratio ≥ 1); 4-bit QLoRA peak RSS ≤ 40% of it. */
+  target?: { what: string; met: boolean | null };
+}
+
+// ------------------------------------------------------------------------------------ the FLOP model
+
+/** bench_lora.py's `step_flops`: the model FLOPs of one step (linear incl. head, attention, adapters). */
+export function stepFlops(s: BenchShape, mode: 'lora' | 'full'): number {
+  const hd = s.dim / s.heads;
+  const tokens = s.batch * s.seq;
+  const perLayer = s.dim * s.heads * hd * 2 + s.dim * s.kvHeads * hd * 2 + 3 * s.dim * s.ffn;
+  const lin = 2 * tokens * (s.layers * perLayer + s.dim * s.vocab);
+  const attn = 2 * 2 * s.batch * s.seq * s.seq * s.heads * hd * s.layers;
+  if (mode === 'full') return 3 * (lin + attn);
+  const io: [number, number][] = [
+    [s.dim, s.heads * hd],
+    [s.dim, s.kvHeads * hd],
+    [s.dim, s.kvHeads * hd],
+    [s.heads * hd, s.dim],
+    [s.dim, s.ffn],
+    [s.dim, s.ffn],
+    [s.ffn, s.dim],
+  ];
+  const lora = 2 * tokens * s.layers * io.reduce((n, [i, o]) => n + s.rank * (i + o), 0);
+  return 2 * lin + 3 * attn + 3 * lora;
+}
+
+// ------------------------------------------------------------------------------------ processes
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+/** The child's entry point (dist/src/bench/train-child.js beside this file). */
+const CHILD = path.join(HERE, 'train-child.js');
+
+/** bench_lora.py in the project's ../shared/bench/baseline, when this is a checkout beside it. */
+export function defaultBaseline(): string {
+  return path.resolve(HERE, '../../../../shared/bench/baseline/bench_lora.py');
+}
+
+function runQtune(spec: ChildSpec): ChildResult {
+  const r = spawnSync(process.execPath, ['--expose-gc', CHILD, JSON.stringify(spec)], {
+    encoding: 'utf8',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  if (r.status !== 0)
+    throw new Error(
+      `bench child (${spec.shape.name} ${spec.run.id}) failed (${r.status ?? r.signal}):\n${r.stderr}`,
+    );
+  return JSON.parse(r.stdout.trim().split('\n').pop()!) as ChildResult;
+}
+
+interface TorchResult {
+  tokens_per_s: number;
+  step_s: number;
+  step_s_min: number;
+  peak_rss_mib: number;
+  achieved_gflops: number;
+  model_gflop_per_step: number;
+  clean_steps: number;
+  timed_steps: number;
+  loss_first: number | null;
+  loss_last: number | null;
+  torch: string;
+  openblas_core: string;
+}
+
+function runTorch(
+  baseline: string,
+  s: BenchShape,
+  mode: 'lora' | 'full',
+  warmup: number,
+  steps: number,
+  quietWait: number,
+  threads: number,
+): TorchResult | string {
+  if (!existsSync(baseline)) return `PyTorch baseline skipped: ${baseline} not found (--baseline PATH)`;
+  const args = {
+    dim: s.dim,
+    layers: s.layers,
+    heads: s.heads,
+    'kv-heads': s.kvHeads,
+    ffn: s.ffn,
+    vocab: s.vocab,
+    seq: s.seq,
+    batch: s.batch,
+    rank: s.rank,
+    alpha: s.alpha,
+    mode,
+    steps,
+    'max-steps': 2 * steps,
+    warmup,
+    threads,
+    'quiet-wait': quietWait,
+    ...(mode === 'lora' ? { lr: s.loraLr } : {}),
+    tag: `qtune-bench-${s.name}-${mode}`,
+  };
+  const argv = Object.entries(args).flatMap(([k, v]) => [`--${k}`, String(v)]);
+  return runPython<TorchResult>([baseline, ...argv, '--no-eval', ...(s.tie ? ['--tie'] : [])]);
+}
+
+// ------------------------------------------------------------------------------------ the benchmark
+
+export interface BenchOptions {
+  shapes: string[];
+  trainTypes: string[];
+  /** Override the shapes' timed and warm-up steps. */
+  steps?: number;
+  warmup?: number;
+  rounds: number;
+  baseline: string | null;
+  quietWait: number;
+  /** Progress lines (stderr in the CLI). */
+  progress?: (line: string) => void;
+}
+
+export interface BenchReport {
+  cpu: string;
+  engine: string;
+  threads: number;
+  date: string;
+  rounds: number;
+  rows: BenchRow[];
+  notes: string[];
+}
+
+const mb = (x: number) => Math.round(x * 10) / 10;
+
+/**
+ * Runs every shape × train type `rounds` times, alternating with the PyTorch baseline of the same
+ * shape and mode; best of the rounds against best.
+ */
+export function runTrainBench(o: BenchOptions): BenchReport {
+  const info = getEngine().info;
+  const log = o.progress ?? (() => {});
+  const notes: string[] = [];
+  const best = new Map<string, ChildResult>();
+  const torch = new Map<string, TorchResult>();
+  for (let round = 0; round < o.rounds; round++) {
+    for (const name of o.shapes) {
+      const shape = SHAPES[name]!;
+      const warmup = o.warmup ?? shape.warmup;
+      const steps = o.steps ?? shape.steps;
+      const runs = runTypesFor(shape, o.trainTypes);
+      const modes = [...new Set(runs.map((r) => r.baseline))];
+      for (const mode of modes) {
+        if (o.baseline !== null) {
+          log(`round ${round + 1}: PyTorch ${name} ${mode} ...`);
+          const t = runTorch(o.baseline, shape, mode, warmup, steps, o.quietWait, info.threads);
+          if (typeof t === 'string') {
+            if (!notes.includes(t)) notes.push(t);
+          } else {
+            const key = `${name}/${mode}`;
+            const prev = torch.get(key);
+            if (prev === undefined || t.step_s_min < prev.step_s_min) torch.set(key, t);
+            log(
+              `  ${((shape.batch * shape.seq) / t.step_s_min).toFixed(0)} tokens/s (best step), peak RSS ${t.peak_rss_mib} MiB`,
+            );
+          }
+        }
+        for (const run of runs.filter((r) => r.baseline === mode)) {
+          log(`round ${round + 1}: qtune ${name} ${run.id} ...`);
+          const r = runQtune({ shape, run, warmup, steps, quietWait: o.quietWait });
+          const key = `${name}/${run.id}`;
+          const prev = best.get(key);
+          if (prev === undefined || r.step_s_best < prev.step_s_best) best.set(key, r);
+          log(
+            `  ${(r.tokens_per_step / r.step_s_best).toFixed(0)} tokens/s (best step), peak RSS ${r.peak_rss_mb} MB`,
+          );
+        }
+      }
+    }
+  }
+  const rows: BenchRow[] = [];
+  for (const name of o.shapes) {
+    const shape = SHAPES[name]!;
+    for (const run of runTypesFor(shape, o.trainTypes)) {
+      const r = best.get(`${name}/${run.id}`)!;
+      const t = torch.get(`${name}/${run.baseline}`);
+      const tokens = r.tokens_per_step;
+      const tps = tokens / r.step_s_best;
+      const tpsMedian = tokens / r.step_s_median;
+      const bt = t === undefined ? null : tokens / t.step_s_min;
+      const btMedian = t === undefined ? null : tokens / t.step_s;
+      const row: BenchRow = {
+        shape: name,
+        train_type: run.trainType,
+        quantization: run.quantization,
+        precision: 'fp32',
+        engine: r.engine,
+        threads: r.threads,
+        tokens_per_s: mb(tps),
+        tokens_per_s_median: mb(tpsMedian),
+        step_s_best: r.step_s_best,
+        step_s_median: r.step_s_median,
+        gflops: mb(r.model_gflop_per_step / r.step_s_best),
+        peak_rss_mb: r.peak_rss_mb,
+        load_peak_rss_mb: r.load_peak_rss_mb,
+        graph_s: r.graph_s,
+        loss_first: r.loss_first,
+        loss_last: r.loss_last,
+        baseline_mode: run.baseline,
+        baseline_tokens_per_s: bt === null ? null : mb(bt),
+        baseline_tokens_per_s_median: btMedian === null ? null : mb(btMedian),
+        baseline_peak_rss_mb: t === undefined ? null : t.peak_rss_mib,
+        baseline_gflops: t === undefined ? null : mb(t.model_gflop_per_step / t.step_s_min),
+        ratio: bt === null ? null : Math.round((tps / bt) * 1000) / 1000,
+        ratio_median: btMedian === null ? null : Math.round((tpsMedian / btMedian) * 1000) / 1000,
+      };
+      if (run.trainType === 'qlora')
+        row.rss_ratio = t === undefined ? null : Math.round((r.peak_rss_mb / t.peak_rss_mib) * 1000) / 1000;
+      if (run.id === 'lora')
+        row.target = {
+          what: 'tokens/s ≥ PyTorch fp32 LoRA (ratio ≥ 1)',
+          met: row.ratio === null ? null : row.ratio >= 1,
+        };
+      if (run.id === 'qlora')
+        row.target = {
+          what: 'peak RSS ≤ 40% of PyTorch fp32 LoRA (rss_ratio ≤ 0.4)',
+          met: row.rss_ratio == null ? null : row.rss_ratio <= 0.4,
+        };
+      rows.push(row);
+    }
+  }
+  const first = [...torch.values()][0];
+  if (first !== undefined) notes.push(`PyTorch ${first.torch}, OpenBLAS core ${first.openblas_core}`);
+  return {
+    cpu: info.cpuModel,
+    engine: `${info.kind} (${info.cpuVariant})`,
+    threads: info.threads,
+    date: new Date().toISOString().slice(0, 10),
+    rounds: o.rounds,
+    rows,
+    notes,
+  };
+}
+
+const fmt = (x: number | null | undefined, digits = 0) => (x == null ? 'n/a' : x.toFixed(digits));
+
+/** The report as a markdown table and the targets, one line each. */
+export function formatReport(r: BenchReport): string[] {
+  const lines = [
+    `CPU: ${r.cpu}; engine ${r.engine}; ${r.threads} threads; ${r.date}; best of ${r.rounds} round(s), fp32 compute`,
+    ...r.notes,
+    '',
+    '| shape | train type | base | tokens/s best (median) | PyTorch tokens/s best (median) | ratio best (median) | GFLOP/s qtune / PyTorch | peak RSS MB (load peak) | PyTorch peak RSS MB | RSS ratio | step s: accumulate (of it forward) / norm / update / other |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const x of r.rows) {
+    const g = x.graph_s;
+    lines.push(
+      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} |`,
+    );
+  }
+  lines.push('');
+  for (const x of r.rows) {
+    if (x.target === undefined) continue;
+    const verdict = x.target.met === null ? 'not checked (no baseline)' : x.target.met ? 'MET' : 'MISSED';
+    const by =
+      x.train_type === 'lora' && x.ratio !== null
+        ? ` (ratio ${x.ratio.toFixed(2)})`
+        : x.rss_ratio != null
+          ? ` (rss_ratio ${x.rss_ratio.toFixed(2)})`
+          : '';
+    lines.push(
+      `target ${x.shape} ${x.train_type}${x.quantization ? ` ${x.quantization}` : ''}: ${x.target.what}: ${verdict}${by}`,
+    );
+  }
+  return lines;
+}

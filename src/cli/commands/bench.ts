@@ -1,0 +1,97 @@
+/** `qtune bench`: training tokens/s and peak RSS per train type, beside PyTorch run in the same session. */
+import { defaultBaseline, formatReport, RUN_TYPES, runTrainBench, SHAPES } from '../../bench/train.js';
+import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
+
+export const spec: CommandSpec = {
+  name: 'bench',
+  summary: 'Benchmark training (tokens/s, peak RSS) per train type against PyTorch fp32 on this machine.',
+  usage:
+    'qtune bench [--shapes tiny,small,1.1b] [--train-types lora,qlora,qlora-int8,full] [--steps N] [--rounds N] [--no-baseline] [--json]',
+  flags: {
+    shapes: {
+      type: 'string',
+      default: 'tiny,small',
+      help: `shapes of ../shared/bench/baseline to run: ${Object.keys(SHAPES).join(', ')} (1.1b: LoRA only, ~5 GB, minutes)`,
+    },
+    'train-types': {
+      type: 'string',
+      default: Object.keys(RUN_TYPES).join(','),
+      help: 'lora, qlora (nf4 base), qlora-int8 (int8 base), full',
+    },
+    quick: { type: 'boolean', default: false, help: 'the tiny shape only, 3 timed steps, no wait for quiet' },
+    steps: { type: 'string', help: 'timed steps per run (default: tiny 10, small 4, 1.1b 3)' },
+    warmup: { type: 'string', help: 'untimed warm-up steps per run (default: tiny 2, small and 1.1b 1)' },
+    rounds: {
+      type: 'string',
+      default: '1',
+      help: 'alternate qtune and PyTorch this many times; best of them',
+    },
+    'quiet-wait': {
+      type: 'string',
+      default: '30',
+      help: 'seconds to wait, at most, for an idle machine before the timed steps (0: none)',
+    },
+    baseline: {
+      type: 'string',
+      help: 'bench_lora.py of the PyTorch baseline (default: ../shared/bench/baseline)',
+    },
+    'no-baseline': { type: 'boolean', default: false, help: 'skip PyTorch (no ratios)' },
+    json: { type: 'boolean', default: false, help: 'print a JSON array, one object per run' },
+  },
+};
+
+function list(flag: string, value: string, known: readonly string[]): string[] {
+  const items = value
+    .split(',')
+    .map((x) => x.trim().toLowerCase())
+    .filter((x) => x !== '');
+  const bad = items.find((x) => !known.includes(x));
+  if (bad !== undefined || items.length === 0)
+    throw new UsageError(
+      `bench: --${flag}=${value} names ${bad === undefined ? 'nothing' : `"${bad}"`}`,
+      `use ${known.join(', ')}`,
+    );
+  return [...new Set(items)];
+}
+
+export function run(argv: string[], out: (s: string) => void): number {
+  const { values } = parse(spec, argv);
+  if (values['help'] === true) {
+    out(helpText(spec));
+    return 0;
+  }
+  const quick = values['quick'] === true;
+  const shapes = quick ? ['tiny'] : list('shapes', String(values['shapes']), Object.keys(SHAPES));
+  const trainTypes = list('train-types', String(values['train-types']), Object.keys(RUN_TYPES));
+  const steps = intFlag('steps', values['steps']) ?? (quick ? 3 : undefined);
+  const warmup = values['warmup'] === '0' ? 0 : intFlag('warmup', values['warmup']);
+  const rounds = intFlag('rounds', values['rounds'])!;
+  const quietWait = values['quiet-wait'] === '0' || quick ? 0 : intFlag('quiet-wait', values['quiet-wait'])!;
+  const noBaseline = values['no-baseline'] === true;
+  const baseline = noBaseline
+    ? null
+    : typeof values['baseline'] === 'string'
+      ? values['baseline']
+      : defaultBaseline();
+  const report = runTrainBench({
+    shapes,
+    trainTypes,
+    ...(steps === undefined ? {} : { steps }),
+    ...(warmup === undefined ? {} : { warmup }),
+    rounds,
+    baseline,
+    quietWait,
+    progress: (line) => console.error(line),
+  });
+  if (values['json'] === true) {
+    for (const n of report.notes) console.error(n);
+    out(
+      JSON.stringify(
+        report.rows.map((r) => ({ cpu: report.cpu, date: report.date, rounds: report.rounds, ...r })),
+      ),
+    );
+    return 0;
+  }
+  for (const line of formatReport(report)) out(line);
+  return 0;
+}

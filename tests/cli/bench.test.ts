@@ -1,0 +1,76 @@
+/** `qtune bench`: the JSON's fields for one cheap run (behaviour, not timings), help, and bad flags. */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { qtune } from '../helpers/cli.js';
+
+describe('qtune bench', () => {
+  it('--json prints one object per run with the documented fields', () => {
+    const r = qtune([
+      'bench',
+      '--json',
+      '--shapes',
+      'tiny',
+      '--train-types',
+      'lora,qlora',
+      '--steps',
+      '1',
+      '--warmup',
+      '0',
+      '--no-baseline',
+      '--quiet-wait',
+      '0',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const rows = JSON.parse(r.stdout) as Record<string, unknown>[];
+    assert.equal(rows.length, 2);
+    for (const key of [
+      'shape',
+      'train_type',
+      'quantization',
+      'precision',
+      'tokens_per_s',
+      'tokens_per_s_median',
+      'peak_rss_mb',
+      'baseline_tokens_per_s',
+      'baseline_peak_rss_mb',
+      'ratio',
+      'cpu',
+    ]) {
+      for (const row of rows) assert.ok(key in row, `missing ${key}`);
+    }
+    const [lora, qlora] = rows as [Record<string, unknown>, Record<string, unknown>];
+    assert.deepEqual([lora['shape'], lora['train_type'], lora['quantization']], ['tiny', 'lora', null]);
+    assert.deepEqual([qlora['train_type'], qlora['quantization']], ['qlora', 'nf4']);
+    assert.equal(lora['precision'], 'fp32');
+    assert.ok((lora['tokens_per_s'] as number) > 0);
+    assert.ok((lora['peak_rss_mb'] as number) > 0);
+    assert.ok(Number.isFinite(lora['loss_first']));
+    // without the baseline there is nothing to divide by
+    assert.equal(lora['baseline_tokens_per_s'], null);
+    assert.equal(lora['ratio'], null);
+    assert.ok('rss_ratio' in qlora);
+    assert.ok(!('rss_ratio' in lora));
+  });
+
+  it('--help lists the flags', () => {
+    const r = qtune(['bench', '--help']);
+    assert.equal(r.code, 0, r.stderr);
+    for (const flag of ['--shapes', '--train-types', '--steps', '--no-baseline', '--json'])
+      assert.ok(r.stdout.includes(flag), flag);
+  });
+
+  for (const args of [
+    ['--shapes', 'huge'],
+    ['--train-types', 'lora,magic'],
+    ['--steps', '0'],
+  ]) {
+    it(`bad input (${args.join(' ')}) exits 2 with one line`, () => {
+      const r = qtune(['bench', ...args]);
+      assert.equal(r.code, 2, r.stdout + r.stderr);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0]!, /^qtune: error: /);
+      assert.ok(lines[0]!.includes(args[1]!), lines[0]);
+    });
+  }
+});
