@@ -220,7 +220,7 @@ export function child(spec: ChildSpec): ChildResult {
 
   const losses: number[] = [];
   try {
-    for (let i = 0; i < spec.warmup; i++) losses.push(trainer.stepOnce().loss);
+    for (let i = 0; i < spec.warmup; i++) losses.push(trainer.step().loss);
     const waited = waitForQuiet(spec.quietWait);
     const mon = new LoadMonitor();
     const ncpu = os.availableParallelism();
@@ -231,7 +231,7 @@ export function child(spec: ChildSpec): ChildResult {
       graphTime.clear();
       mon.reset();
       const t0 = performance.now();
-      losses.push(trainer.stepOnce().loss);
+      losses.push(trainer.step().loss);
       const dt = (performance.now() - t0) / 1000;
       const { wall, foreign } = mon.foreign();
       times.push(dt);

@@ -233,7 +233,7 @@ function fill(
   const trains = (name: string): boolean =>
     typeof o.trainable === 'function' ? o.trainable(name) : o.trainable === true;
   const targetOf = (w: WeightSpec): DType => {
-    if (w.role === 'norm' || w.role === 'bias' || (trains(w.name) && o.quantize === undefined)) return 'f32';
+    if (w.role === 'norm' || w.role === 'bias' || trains(w.name)) return 'f32';
     if (o.quantize !== undefined && w.role === 'linear') {
       if (w.shape[1]! % api.blck_size(GGML_TYPE_IDS[o.quantize]) === 0) return o.quantize;
       notQuantized.push(w.name);

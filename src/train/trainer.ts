@@ -31,6 +31,7 @@ import { loadModel, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
 import { createQuantizationAdapter } from '../quant/adapter.js';
+import { methodDType } from '../quant/methods.js';
 import { Graph } from '../tensor/graph.js';
 import { add, mul, sqr } from '../tensor/ops/elementwise.js';
 import { cast, sum } from '../tensor/ops/layout.js';
@@ -260,12 +261,19 @@ export async function prepareModel(
       `train_type: ${trainType.name} needs a model expanded by \`qtune expand\`; ${source} is not one`,
       { hint: `run \`npx qtune expand --model ${source} --blocks N --out DIR\` and train DIR` },
     );
+  // plain methods quantize each weight as it is read, so the f32 model never exists whole; HQQ's
+  // solver works block by block after loading
+  const onLoad =
+    trainType.quantization !== null && trainType.quantization !== 'hqq'
+      ? methodDType(trainType.quantization)
+      : undefined;
   const loaded = await loadModel(source, {
     ...(o.backend === undefined ? {} : { backend: o.backend }),
     ...trainingLoadOptions(trainType, precision, expansion),
+    ...(onLoad === undefined ? {} : { quantize: onLoad }),
   });
   try {
-    quantizeForTraining(loaded.model, trainType, expansion);
+    if (onLoad === undefined) quantizeForTraining(loaded.model, trainType, expansion);
   } catch (e) {
     loaded.dispose();
     throw e;
