@@ -45,11 +45,8 @@ export const spec: CommandSpec = {
   },
 };
 
-const PROMPTS = [
-  'What should a sailor do when a storm comes?',
-  'Describe the sea at dawn.',
-  'Why do whales sing?',
-];
+/** Two instructions of the fine-tuning data and one it never saw. */
+const PROMPTS = ['What is a harpoon?', 'What is a mast?', 'Why do whales sing?'];
 
 function mobyDickText(): string {
   const require = createRequire(import.meta.url);
