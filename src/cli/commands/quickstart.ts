@@ -179,11 +179,11 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       const ids = tok.encode(text);
       const answer = (hook: typeof adapter.hook | undefined) =>
         generate(loaded.model, tok, ids, {
-          maxNewTokens: 32,
+          maxNewTokens: 24,
           ...(hook === undefined ? {} : { linear: hook }),
         })
-          .text.trim()
-          .split('\n')[0]!;
+          .text.replace(/\s+/g, ' ')
+          .trim();
       out(`\nprompt: ${prompt}\n  base:  ${answer(undefined)}\n  tuned: ${answer(adapter.hook)}`);
     }
   } finally {
