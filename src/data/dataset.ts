@@ -30,7 +30,7 @@ export interface DatasetConfig {
   file?: string;
   /** Hub datasets: branch, tag or commit (default `main`). */
   revision?: string;
-  /** Validation records split off the (shuffled) records: a fraction in (0, 1) or a count ≥ 1. */
+  /** Validation records split off the (shuffled) records: a fraction in (0, 1) or a count ≥ 1 (0: none). */
   val_size?: number;
   /** Validation records from a separate file (same format) instead of val_size. */
   val_path?: string;
@@ -101,9 +101,14 @@ export function validateDatasetConfig(c: DatasetConfig): ResolvedDatasetConfig {
     if (c[k] !== undefined && (typeof c[k] !== 'string' || c[k] === ''))
       throw fail(k, c[k], 'must be a non-empty string', `remove ${k} or set it to a name`);
   const v = c.val_size;
-  if (v !== undefined && !(typeof v === 'number' && ((v > 0 && v < 1) || (Number.isInteger(v) && v >= 1))))
-    throw fail('val_size', v, 'must be a fraction in (0, 1) or a whole count ≥ 1', 'e.g. 0.1 or 20');
-  if (v !== undefined && c.val_path !== undefined)
+  if (v !== undefined && !(typeof v === 'number' && ((v >= 0 && v < 1) || (Number.isInteger(v) && v >= 1))))
+    throw fail(
+      'val_size',
+      v,
+      'must be 0 (no split), a fraction in (0, 1) or a whole count ≥ 1',
+      'e.g. 0.1 or 20',
+    );
+  if (v !== undefined && v > 0 && c.val_path !== undefined)
     throw fail('val_size', v, 'and val_path both give validation data', 'set one of them');
   if (c.max_samples !== undefined && !(Number.isInteger(c.max_samples) && c.max_samples >= 1))
     throw fail('max_samples', c.max_samples, 'must be a whole number ≥ 1', 'e.g. 1000');
@@ -191,7 +196,7 @@ export async function loadDataset(
   if (c.shuffle) records = shuffled(records, c.seed);
   if (c.max_samples !== undefined) records = records.slice(0, c.max_samples);
   let validation: DataRecord[] = [];
-  if (c.val_size !== undefined) {
+  if (c.val_size !== undefined && c.val_size > 0) {
     const k = validationCount(records.length, c.val_size);
     validation = records.slice(0, k);
     records = records.slice(k);

@@ -96,6 +96,88 @@ describe('qtune train', () => {
     });
   }
 
+  it('eval, export, chat and generate use the trained adapter', () => {
+    const out = path.join(tmp, 'out-lora'); // written by the lora example above
+    const ev = qtune([
+      'eval',
+      '--model',
+      tiny,
+      '--adapter',
+      out,
+      '--dataset',
+      path.join(ROOT, 'data', 'style.jsonl'),
+      '--max-samples',
+      '8',
+      '--context-length',
+      '64',
+      '--json',
+    ]);
+    assert.equal(ev.code, 0, ev.stderr);
+    const r = JSON.parse(ev.stdout) as { loss: number; perplexity: number; tokens: number; samples: number };
+    assert.equal(r.samples, 8);
+    assert.ok(r.tokens > 0 && Number.isFinite(r.loss));
+    assert.ok(Math.abs(r.perplexity - Math.exp(r.loss)) <= 1e-9 * r.perplexity);
+    const gguf = path.join(tmp, 'exported.gguf');
+    const ex = qtune([
+      'export',
+      '--from',
+      path.join(out, 'checkpoint-2'),
+      '--model',
+      tiny,
+      '--format',
+      'gguf',
+      '--out',
+      gguf,
+    ]);
+    assert.equal(ex.code, 0, ex.stderr);
+    assert.ok(existsSync(gguf));
+    const peft = path.join(tmp, 'exported-peft');
+    assert.equal(
+      qtune(['export', '--from', gguf, '--model', tiny, '--format', 'peft', '--out', peft]).code,
+      0,
+    );
+    assert.ok(existsSync(path.join(peft, 'adapter_model.safetensors')));
+    for (const adapter of [out, gguf, peft]) {
+      const chat = qtune([
+        'chat',
+        '--model',
+        tiny,
+        '--adapter',
+        adapter,
+        '--prompt',
+        'Hello',
+        '--max-new-tokens',
+        '4',
+        '--backend',
+        'cpu',
+      ]);
+      assert.equal(chat.code, 0, chat.stderr);
+    }
+    // the same adapter from every format gives the same greedy text
+    const texts = [out, gguf, peft].map(
+      (a) =>
+        qtune([
+          'generate',
+          '--model',
+          tiny,
+          '--adapter',
+          a,
+          '--prompt',
+          'The sea',
+          '--max-new-tokens',
+          '8',
+          '--backend',
+          'cpu',
+        ]).stdout,
+    );
+    assert.equal(texts[1], texts[0]);
+    assert.equal(texts[2], texts[0]);
+    oneLineError(
+      qtune(['export', '--from', out, '--model', tiny, '--format', 'onnx', '--out', peft]),
+      /--format=onnx is not gguf or peft/,
+    );
+  });
+
   it('resumes from the latest checkpoint', () => {
     const out = path.join(tmp, 'out-resume');
     const args = [

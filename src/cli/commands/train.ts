@@ -139,8 +139,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       {
         path: c.dataset ?? '',
         format: c.dataset_format,
-        ...(c.val_dataset === null ? {} : { val_path: c.val_dataset }),
-        val_size: c.val_size,
+        ...(c.val_dataset === null ? { val_size: c.val_size } : { val_path: c.val_dataset }),
         packing: c.packing,
         seed: c.seed,
         ...(c.max_samples === null ? {} : { max_samples: c.max_samples }),
