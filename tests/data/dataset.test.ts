@@ -184,7 +184,7 @@ describe('loadDataset', () => {
       [{ format: 'alpaca' }, /dataset\.path: undefined is not a data file or Hub dataset id/],
       [
         { path: PC, format: 'alpaca', val_size: 1.5 },
-        /dataset\.val_size: 1\.5 must be a fraction in \(0, 1\) or a whole count/,
+        /dataset\.val_size: 1\.5 must be 0 \(no split\), a fraction in \(0, 1\) or a whole count/,
       ],
       [
         { path: PC, format: 'alpaca', val_size: 0.1, val_path: PC },
