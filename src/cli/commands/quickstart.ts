@@ -183,7 +183,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
           ...(hook === undefined ? {} : { linear: hook }),
         })
           .text.replace(/\s+/g, ' ')
-          .trim();
+          .trim() || '(blank lines only)';
       out(`\nprompt: ${prompt}\n  base:  ${answer(undefined)}\n  tuned: ${answer(adapter.hook)}`);
     }
   } finally {
