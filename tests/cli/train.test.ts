@@ -205,7 +205,8 @@ describe('qtune train', () => {
       writeFileSync(f, body);
       return f;
     };
-    const base = `model: ${tiny}\ndataset: ${path.join(ROOT, 'data', 'style.jsonl')}\n`;
+    const badOut = path.join(tmp, 'never-written');
+    const base = `model: ${tiny}\ndataset: ${path.join(ROOT, 'data', 'style.jsonl')}\noutput_dir: ${badOut}\n`;
     oneLineError(
       qtune(['train', '--config', cfg(`${base}lora_rnak: 8\n`)]),
       /lora_rnak: unknown option.*did you mean lora_rank/,
@@ -234,6 +235,6 @@ describe('qtune train', () => {
     const bad = path.join(tmp, 'bad.jsonl');
     writeFileSync(bad, '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n');
     oneLineError(qtune(['train', '--config', cfg(base), '--dataset', bad]), /bad\.jsonl.*line 2/);
-    assert.ok(!existsSync(path.join(ROOT, 'out')), 'a failed run wrote into the default output folder');
+    assert.ok(!existsSync(badOut), 'a failed run wrote into its output folder');
   });
 });
