@@ -107,3 +107,4 @@ export {
 } from './quant/adapter.js';
 export { compatibilityMatrix, type MatrixEntry } from './quant/matrix.js';
 export { hqqQuantize } from './quant/hqq.js';
+export * from './report/index.js';
