@@ -1,7 +1,8 @@
 /**
  * A float64 reference implementation of every op, written plainly from the math (PyTorch semantics,
  * row-major, outermost dimension first). Gradient checks differentiate these with central finite
- * differences; forward checks compare qtune's outputs with them. Nothing here calls qtune.
+ * differences; forward checks compare qtune's outputs with them. Nothing here calls qtune's
+ * computations (only its seeded random generator is shared).
  */
 
 export interface Arr {
@@ -302,17 +303,8 @@ export function crossEntropy(logits: Arr, labels: number[], ignore = -100): Arr 
   return arr([], [count === 0 ? 0 : total / count]);
 }
 
-/** Seeded uniform [0, 1) generator (mulberry32). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded uniform [0, 1) generator (mulberry32): qtune's own, so tests and library draw the same streams. */
+export { seededUniform as rng } from '../../src/util/random.js';
 
 /** n standard normal values (Box–Muller) from a seeded generator. */
 export function normals(n: number, rand: () => number, scale = 1): Float64Array {
