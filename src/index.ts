@@ -108,3 +108,15 @@ export {
 export { compatibilityMatrix, type MatrixEntry } from './quant/matrix.js';
 export { hqqQuantize } from './quant/hqq.js';
 export * from './report/index.js';
+export { splitGlobalBatch, shareOf, type Collectives, type BatchSplit } from './train/parallel.js';
+export {
+  connect,
+  launchedUnderMpi,
+  SingleProcess,
+  MpiCommunicator,
+  MpiLibrary,
+  MpiError,
+  MpiUnavailableError,
+  TIMEOUT_EXIT_CODE,
+  type Communicator,
+} from './dist/index.js';

@@ -1,6 +1,6 @@
 /** Command-line parsing shared by the commands: strict flags, typed errors, generated help. */
 import { parseArgs } from 'node:util';
-import { QtuneError } from '../errors.js';
+import { QtuneError, type ErrorCode } from '../errors.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
@@ -14,6 +14,23 @@ export interface CommandSpec {
   summary: string;
   usage: string;
   flags: Record<string, FlagSpec>;
+}
+
+/** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
+const INPUT_ERRORS = new Set<ErrorCode>([
+  'INVALID_ARGUMENT',
+  'DEVICE_UNAVAILABLE',
+  'SHAPE',
+  'DTYPE',
+  'UNSUPPORTED_OP',
+  'FORMAT',
+  'CONFIG',
+  'NOT_FOUND',
+]);
+
+/** The CLI's exit code for an error: 2 for wrong input, 1 for a failure. */
+export function exitCodeOf(e: unknown): number {
+  return e instanceof QtuneError && INPUT_ERRORS.has(e.code) ? 2 : 1;
 }
 
 /** A mistake in what the user typed: the CLI prints it on one line and exits with code 2. */

@@ -2,8 +2,8 @@
  * qtune's command line. Every command parses strictly; a mistake prints one line naming the flag or
  * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
  */
-import { QtuneError, type ErrorCode } from '../errors.js';
-import { UsageError, type CommandSpec } from './args.js';
+import { QtuneError } from '../errors.js';
+import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
 import * as bench from './commands/bench.js';
@@ -14,6 +14,7 @@ import * as expand from './commands/expand.js';
 import * as exportCommand from './commands/export.js';
 import * as generate from './commands/generate.js';
 import * as initTiny from './commands/init-tiny.js';
+import * as launch from './commands/launch.js';
 import * as merge from './commands/merge.js';
 import * as quant from './commands/quant.js';
 import * as quantize from './commands/quantize.js';
@@ -27,6 +28,7 @@ interface Command {
 
 const COMMANDS: Record<string, Command> = {
   train,
+  launch,
   eval: evalCommand,
   quickstart,
   demo,
@@ -42,18 +44,6 @@ const COMMANDS: Record<string, Command> = {
   engine,
   bench,
 };
-
-/** Error codes that mean the input was wrong (exit 2) rather than that something failed (exit 1). */
-const INPUT_ERRORS = new Set<ErrorCode>([
-  'INVALID_ARGUMENT',
-  'DEVICE_UNAVAILABLE',
-  'SHAPE',
-  'DTYPE',
-  'UNSUPPORTED_OP',
-  'FORMAT',
-  'CONFIG',
-  'NOT_FOUND',
-]);
 
 function usage(): string {
   const lines = [
@@ -86,7 +76,7 @@ export async function main(
   } catch (e) {
     if (e instanceof QtuneError) {
       console.error(`qtune: error: ${e.message}`);
-      return INPUT_ERRORS.has(e.code) ? 2 : 1;
+      return exitCodeOf(e);
     }
     throw e;
   }

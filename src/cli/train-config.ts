@@ -153,6 +153,12 @@ export const TRAIN_OPTIONS = {
     choices: ['tensorboard', 'wandb'],
     help: 'also log to tensorboard and/or wandb',
   },
+  dist_timeout: {
+    kind: 'number',
+    default: 600,
+    min: 0,
+    help: 'MPI runs: seconds a rank waits for the others in one collective before it ends the job (0: forever)',
+  },
 } as const satisfies Record<string, OptionSpec>;
 
 export type TrainOptionName = keyof typeof TRAIN_OPTIONS;

@@ -27,6 +27,10 @@ export interface MetricsRow {
   path?: string;
   message?: string;
   memory?: { engine_bytes: number; rss_bytes: number; peak_rss_bytes: number };
+  /** Data-parallel runs: ranks, and each step's gradient all-reduce time and bytes. */
+  world_size?: number;
+  allreduce_ms?: number;
+  allreduce_bytes?: number;
 }
 
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);
@@ -48,6 +52,9 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
       rss_bytes: r.memory.rssBytes,
       peak_rss_bytes: r.memory.peakRssBytes,
     };
+  if (r.worldSize !== undefined) row.world_size = r.worldSize;
+  if (r.allreduceMs !== undefined) row.allreduce_ms = r.allreduceMs;
+  if (r.allreduceBytes !== undefined) row.allreduce_bytes = r.allreduceBytes;
   return row;
 }
 

@@ -172,9 +172,11 @@ export class TensorStore {
     return out;
   }
 
-  /** Reads a tensor as f32 values (dequantized when it is quantized). */
-  read(t: Tensor): Float32Array {
-    return decode(t.dtype, this.readBytes(t), numel(t.shape));
+  /** Reads a tensor as f32 values (dequantized when it is quantized), into `into` when given. */
+  read(t: Tensor, into?: Float32Array): Float32Array {
+    if (into !== undefined && into.length !== t.numel)
+      throw new ShapeError(`"${t.name}" ${fmtShape(t.shape)} holds ${t.numel} values, not ${into.length}`);
+    return decode(t.dtype, this.readBytes(t), numel(t.shape), into);
   }
 
   /** Reads an i32 tensor. */

@@ -44,6 +44,7 @@ import { packedAttentionMask } from '../data/packing.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
 import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
+import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
@@ -101,6 +102,14 @@ export interface TrainerOptions {
   lossScale?: { initial?: number; growthInterval?: number };
   /** Called with every log record (steps, evaluations, skipped steps). */
   onLog?: (record: LogRecord) => void;
+  /**
+   * Data parallelism: the ranks of a job (a src/dist Communicator). Each step's global batch of
+   * batchSize × gradientAccumulationSteps examples splits across the ranks (src/train/parallel.ts),
+   * the gradients and token counts are summed across them before the update, and rank 0's trainable
+   * weights, optimizer state and progress are broadcast before the first step (and after a
+   * checkpoint load). N ranks compute the update one process would; only rank 0 writes checkpoints.
+   */
+  comm?: Collectives;
 }
 
 export interface LogRecord {
@@ -117,6 +126,11 @@ export interface LogRecord {
   path?: string;
   message?: string;
   memory?: { engineBytes: number; rssBytes: number; peakRssBytes: number };
+  /** Data-parallel runs: ranks in the job. */
+  worldSize?: number;
+  /** Data-parallel steps: time of the gradient all-reduce (with its device-host copies), and bytes summed. */
+  allreduceMs?: number;
+  allreduceBytes?: number;
 }
 
 export interface StepResult {
@@ -129,6 +143,9 @@ export interface StepResult {
   /** fp16 only: the gradients overflowed, the update was skipped and the scale halved. */
   skipped: boolean;
   seconds: number;
+  /** Data-parallel runs: milliseconds and bytes of the gradient all-reduce (0 in a job of one). */
+  allreduceMs: number;
+  allreduceBytes: number;
 }
 
 export interface TrainResult {
@@ -300,6 +317,8 @@ export class Trainer {
   readonly precision: Precision;
   readonly batchSize: number;
   readonly accumulation: number;
+  /** Examples per micro-batch on this rank: batchSize, or less when a global batch splits across ranks. */
+  readonly microBatchSize: number;
   /** Receives every log record (initially the options' onLog; set it to attach loggers later). */
   onLog: ((record: LogRecord) => void) | undefined;
   private readonly o: TrainerOptions;
@@ -312,6 +331,12 @@ export class Trainer {
   private readonly source: string;
   private readonly maxGradNorm: number;
   private readonly scaling: { growthInterval: number } | null;
+  /** Data parallelism: the job's ranks (null: this process alone). */
+  private readonly comm: Collectives | null;
+  /** Rank 0's state has reached every rank since the last construction or checkpoint load. */
+  private synced = false;
+  /** Host buffer of the gradient all-reduce (a bucket of whole gradient tensors). */
+  private gradBucket: Float32Array | null = null;
 
   // ---- progress (all of it goes into checkpoints)
   private stepCount = 0;
@@ -355,6 +380,11 @@ export class Trainer {
     this.precision = checkPrecision(o.precision ?? 'fp32');
     this.batchSize = positiveInt('batch_size', o.batchSize, 1);
     this.accumulation = positiveInt('gradient_accumulation_steps', o.gradientAccumulationSteps, 1);
+    this.comm = o.comm ?? null;
+    this.microBatchSize =
+      this.comm === null
+        ? this.batchSize
+        : splitGlobalBatch(this.batchSize, this.accumulation, this.comm.size).microBatch;
     this.seed = o.seed ?? 42;
     this.maxGradNorm = o.maxGradNorm ?? 1;
     if (!(this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm)))
@@ -484,10 +514,10 @@ export class Trainer {
     return order;
   }
 
-  /** The next micro-batch of training examples (the data wraps into the next epoch). */
-  private nextMicroBatch(): Example[] {
+  /** The next `n` training examples of the order (the data wraps into the next epoch). */
+  private nextExamples(n: number): Example[] {
     const out: Example[] = [];
-    while (out.length < this.batchSize) {
+    while (out.length < n) {
       if (this.cursor >= this.order.length) {
         this.epoch++;
         this.cursor = 0;
@@ -498,6 +528,21 @@ export class Trainer {
     return out;
   }
 
+  /**
+   * This rank's micro-batches of the next global batch: all of it alone; with N ranks, the rank's
+   * contiguous share of it (every rank walks the same order).
+   */
+  private nextMicroBatches(): Example[][] {
+    const global = this.nextExamples(this.batchSize * this.accumulation);
+    const size = this.comm?.size ?? 1;
+    const per = global.length / size;
+    const mine = global.slice((this.comm?.rank ?? 0) * per, ((this.comm?.rank ?? 0) + 1) * per);
+    const out: Example[][] = [];
+    for (let i = 0; i < mine.length; i += this.microBatchSize)
+      out.push(mine.slice(i, i + this.microBatchSize));
+    return out;
+  }
+
   private pack(batch: readonly Example[]): {
     ids: Int32Array;
     labels: Int32Array;
@@ -505,8 +550,8 @@ export class Trainer {
     mask: Float32Array | null;
   } {
     const T = this.seqLen;
-    const ids = new Int32Array(this.batchSize * T);
-    const labels = new Int32Array(this.batchSize * T).fill(-100);
+    const ids = new Int32Array(this.microBatchSize * T);
+    const labels = new Int32Array(this.microBatchSize * T).fill(-100);
     batch.forEach((e, b) => {
       ids.set(e.ids, b * T);
       labels.set(e.labels, b * T);
@@ -517,7 +562,7 @@ export class Trainer {
     const mask = this.packed
       ? packedAttentionMask(
           batch.map((e) => e.segments),
-          this.batchSize,
+          this.microBatchSize,
           T,
         )
       : null;
@@ -526,7 +571,9 @@ export class Trainer {
 
   /** Packing: the attention mask input of a graph, or nothing without packed examples. */
   private maskInput(g: Graph): Tensor | null {
-    return this.packed ? g.input([this.batchSize, 1, this.seqLen, this.seqLen], 'f32', 'attn_mask') : null;
+    return this.packed
+      ? g.input([this.microBatchSize, 1, this.seqLen, this.seqLen], 'f32', 'attn_mask')
+      : null;
   }
 
   // ------------------------------------------------------------------------------ graphs
@@ -545,8 +592,8 @@ export class Trainer {
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
     const g = new Graph(this.model.backend);
     try {
-      const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
-      const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
+      const ids = g.input([this.microBatchSize, this.seqLen], 'i32', 'ids');
+      const labels = g.input([this.microBatchSize, this.seqLen], 'i32', 'labels');
       const scale = g.input([1], 'f32', 'loss_scale');
       const mask = this.maskInput(g);
       const hook = this.linearHook();
@@ -609,8 +656,8 @@ export class Trainer {
   private buildEval(): NonNullable<Trainer['evalGraph']> {
     const g = new Graph(this.model.backend);
     try {
-      const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
-      const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
+      const ids = g.input([this.microBatchSize, this.seqLen], 'i32', 'ids');
+      const labels = g.input([this.microBatchSize, this.seqLen], 'i32', 'labels');
       const mask = this.maskInput(g);
       const hook = this.linearHook();
       const forwardOptions = {
@@ -652,7 +699,7 @@ export class Trainer {
   private ensureGraphs(): void {
     if (this.accGraph !== null) return;
     const load = this.phase();
-    const probe = this.pack(this.data.train.slice(0, this.batchSize));
+    const probe = this.pack(this.data.train.slice(0, this.microBatchSize));
     this.evalGraph = this.buildEval();
     this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
     this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
@@ -687,36 +734,51 @@ export class Trainer {
    */
   step(microBatches?: readonly (readonly Example[])[]): StepResult {
     this.ensureGraphs();
+    if (!this.synced) this.syncFromRank0();
     const acc = this.accGraph!;
     const t0 = performance.now();
-    const batches = microBatches ?? Array.from({ length: this.accumulation }, () => this.nextMicroBatch());
+    const batches = microBatches ?? this.nextMicroBatches();
+    const rank = this.comm?.rank ?? 0;
+    const size = this.comm?.size ?? 1;
+    const firstMicroStep = this.microStep;
     let tokens = 0;
     let lossSum = 0;
     let overflow = false;
-    for (const batch of batches) {
-      if (batch.length > this.batchSize)
+    batches.forEach((batch, k) => {
+      if (batch.length > this.microBatchSize)
         throw new ConfigError(
-          `a micro-batch of ${batch.length} examples exceeds batch_size ${this.batchSize}`,
+          `a micro-batch of ${batch.length} examples exceeds ${this.microBatchSize === this.batchSize ? 'batch_size' : "this rank's micro-batch size"} ${this.microBatchSize}`,
         );
       const packed = this.pack(batch);
-      this.microStep++;
-      if (packed.tokens === 0) continue; // nothing to learn from: no gradient, no count
-      if (this.lora !== null) this.lora.step = this.microStep;
+      if (packed.tokens === 0) return; // nothing to learn from: no gradient, no count
+      // dropout masks: one seed per (global micro-batch slot, rank)
+      if (this.lora !== null) this.lora.step = (firstMicroStep + k + 1) * size + rank;
       acc.g.set(acc.ids, packed.ids);
       acc.g.set(acc.labels, packed.labels);
       acc.g.set(acc.scale, Float32Array.of(this.lossScale));
       if (acc.mask !== null) acc.g.set(acc.mask, packed.mask!); // packing
       acc.g.run();
       const l = acc.g.read(acc.loss)[0]!;
-      if (!Number.isFinite(l)) {
-        if (this.scaling === null) this.diverged(l);
-        overflow = true;
-      }
+      if (!Number.isFinite(l)) overflow = true;
       lossSum += l;
       tokens += packed.tokens;
       if (this.memoryReport !== null && this.memoryReport.backward.rssBytes === 0)
         this.memoryReport.backward.rssBytes = rss();
+    });
+    this.microStep = firstMicroStep + (microBatches === undefined ? this.accumulation : batches.length);
+    let allreduceMs = 0;
+    let allreduceBytes = 0;
+    if (this.comm !== null && this.comm.size > 1) {
+      // every rank holds the sum of its share; summed over the ranks, the step's whole batch
+      const t = performance.now();
+      const totals = Float64Array.of(tokens, lossSum, overflow ? 1 : 0);
+      this.comm.allReduceSum(totals);
+      allreduceBytes = totals.byteLength + this.allReduceGradients();
+      allreduceMs = performance.now() - t;
+      [tokens, lossSum] = [totals[0]!, totals[1]!];
+      overflow = totals[2]! > 0;
     }
+    if (overflow && this.scaling === null) this.diverged(lossSum);
     const lr = this.schedule.lrAt(this.stepCount);
     if (tokens === 0) {
       this.stepCount++;
@@ -728,6 +790,8 @@ export class Trainer {
         tokens: 0,
         skipped: true,
         seconds: (performance.now() - t0) / 1000,
+        allreduceMs,
+        allreduceBytes,
       };
     }
     const norm = this.normGraph!;
@@ -769,7 +833,94 @@ export class Trainer {
       tokens,
       skipped,
       seconds: (performance.now() - t0) / 1000,
+      allreduceMs,
+      allreduceBytes,
     };
+  }
+
+  /**
+   * Sums every gradient buffer over the ranks, in buckets of whole tensors of at most 64 MiB (a
+   * larger tensor goes alone). Returns the bytes summed.
+   */
+  private allReduceGradients(): number {
+    const comm = this.comm!;
+    const cap = 16 * 2 ** 20; // floats
+    const tensors = this.grads.tensors;
+    const total = tensors.reduce((n, t) => n + t.numel, 0);
+    this.gradBucket ??= new Float32Array(Math.min(cap, total));
+    const bucket = this.gradBucket;
+    let pending: Tensor[] = [];
+    let fill = 0;
+    const flush = (): void => {
+      if (pending.length === 0) return;
+      const view = bucket.subarray(0, fill);
+      let off = 0;
+      for (const t of pending) {
+        this.grads.read(t, view.subarray(off, off + t.numel));
+        off += t.numel;
+      }
+      comm.allReduceSum(view);
+      off = 0;
+      for (const t of pending) {
+        this.grads.write(t, view.subarray(off, off + t.numel));
+        off += t.numel;
+      }
+      pending = [];
+      fill = 0;
+    };
+    for (const t of tensors) {
+      if (t.numel > cap) {
+        flush();
+        const data = this.grads.read(t);
+        comm.allReduceSum(data);
+        this.grads.write(t, data);
+        continue;
+      }
+      if (fill + t.numel > cap) flush();
+      pending.push(t);
+      fill += t.numel;
+    }
+    flush();
+    return total * 4;
+  }
+
+  /**
+   * Makes every rank start from rank 0's state: trainable weights, optimizer state and progress
+   * (LoRA's seeded initialisation is the same everywhere already; this also covers weights loaded
+   * from files that differ, and a checkpoint read on one rank while it was being replaced).
+   */
+  private syncFromRank0(): void {
+    this.synced = true;
+    const comm = this.comm;
+    if (comm === null || comm.size === 1) return;
+    for (const p of this.params) {
+      const data = p.store!.read(p);
+      comm.broadcast(data, 0);
+      p.store!.write(p, data);
+    }
+    const progress = Float64Array.of(
+      this.stepCount,
+      this.epoch,
+      this.cursor,
+      this.microStep,
+      this.lossScale,
+      this.goodSteps,
+      this.optimizer.step,
+    );
+    comm.broadcast(progress, 0);
+    const state = this.optimizer.stateTensors();
+    for (const t of state) comm.broadcast(t.data, 0);
+    this.optimizer.loadState(progress[6]!, state);
+    const epoch = progress[1]!;
+    if (epoch !== this.epoch) this.order = this.epochOrder(epoch);
+    [this.stepCount, this.epoch, this.cursor, this.microStep, this.lossScale, this.goodSteps] = [
+      progress[0]!,
+      epoch,
+      progress[2]!,
+      progress[3]!,
+      progress[4]!,
+      progress[5]!,
+    ];
   }
 
   private diverged(value: number, what = 'loss'): never {
@@ -794,11 +945,17 @@ export class Trainer {
     this.ensureGraphs();
     const ev = this.evalGraph!;
     const limit = this.o.evalExamples ?? examples.length;
-    const list = examples.slice(0, limit);
+    // data parallelism: each rank evaluates a contiguous share, and the sums add up
+    const [start, end] = shareOf(
+      Math.min(limit, examples.length),
+      this.comm?.rank ?? 0,
+      this.comm?.size ?? 1,
+    );
+    const list = examples.slice(start, end);
     let total = 0;
     let tokens = 0;
-    for (let i = 0; i < list.length; i += this.batchSize) {
-      const packed = this.pack(list.slice(i, i + this.batchSize));
+    for (let i = 0; i < list.length; i += this.microBatchSize) {
+      const packed = this.pack(list.slice(i, i + this.microBatchSize));
       if (packed.tokens === 0) continue;
       ev.g.set(ev.ids, packed.ids);
       ev.g.set(ev.labels, packed.labels);
@@ -806,6 +963,11 @@ export class Trainer {
       ev.g.run();
       total += ev.g.read(ev.loss)[0]!;
       tokens += packed.tokens;
+    }
+    if (this.comm !== null && this.comm.size > 1) {
+      const sums = Float64Array.of(total, tokens);
+      this.comm.allReduceSum(sums);
+      [total, tokens] = [sums[0]!, sums[1]!];
     }
     const loss = total / tokens;
     return { loss, perplexity: Math.exp(loss), tokens };
@@ -839,6 +1001,9 @@ export class Trainer {
           ? { message: `gradients overflowed; update skipped, loss scale now ${this.lossScale}` }
           : {}),
         memory: { ...this.phase(), peakRssBytes: peakRss() },
+        ...(this.comm === null
+          ? {}
+          : { worldSize: this.comm.size, allreduceMs: r.allreduceMs, allreduceBytes: r.allreduceBytes }),
       });
       const last = this.stepCount === this.totalSteps;
       if (hasVal && (((o.evalEvery ?? 0) > 0 && this.stepCount % o.evalEvery! === 0) || last)) {
@@ -856,8 +1021,12 @@ export class Trainer {
         o.outputDir !== undefined &&
         (((o.saveEvery ?? 0) > 0 && this.stepCount % o.saveEvery! === 0) || last)
       ) {
-        const dir = this.saveCheckpoint(path.join(o.outputDir, `checkpoint-${this.stepCount}`));
-        this.log({ kind: 'checkpoint', step: this.stepCount, epoch: this.epochFloat(), path: dir });
+        const dir = path.join(o.outputDir, `checkpoint-${this.stepCount}`);
+        // data parallelism: the ranks hold the same state; rank 0 writes it
+        if ((this.comm?.rank ?? 0) === 0) {
+          this.saveCheckpoint(dir);
+          this.log({ kind: 'checkpoint', step: this.stepCount, epoch: this.epochFloat(), path: dir });
+        } else this.lastCheckpoint = dir;
       }
     }
     const seconds = (performance.now() - t0) / 1000;
@@ -1030,6 +1199,7 @@ export class Trainer {
     this.goodSteps = state.good_steps;
     this.order = this.epochOrder(this.epoch);
     this.lastCheckpoint = dir;
+    this.synced = false;
   }
 
   /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */

@@ -6,12 +6,14 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
+import { connect, type Communicator } from '../../dist/index.js';
 import { ConfigError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
 import { Trainer, prepareModel, type TrainerOptions } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
+import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -40,7 +42,7 @@ function help(): string {
  * Splits argv into --config, --help and the option flags: `--name value`, `--name=value`, or a bare
  * `--name` (true) before another flag or at the end.
  */
-function readFlags(argv: string[]): {
+export function readFlags(argv: string[]): {
   config?: string;
   help: boolean;
   flags: Record<string, string | boolean>;
@@ -122,10 +124,28 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     return 0;
   }
   const c = resolveTrainConfig(file === undefined ? {} : readConfigFile(file), flags);
+  // one rank of a data-parallel job when an MPI launcher started this process (src/dist)
+  const comm = connect({ timeoutS: c.dist_timeout });
+  let code: number;
+  try {
+    code = await train(c, comm, comm.rank === 0 ? out : () => undefined);
+  } catch (e) {
+    if (comm.size > 1) failJob(comm, e);
+    comm.finalize();
+    throw e;
+  }
+  comm.finalize();
+  return code;
+}
+
+async function train(c: TrainConfig, comm: Communicator, out: (s: string) => void): Promise<number> {
   const manager = new BackendManager();
-  if (c.threads !== null) manager.setThreads(c.threads);
-  const backend = manager.select(c.backend);
-  const options = trainerOptions(c);
+  const threads = rankThreads(c.threads, comm);
+  if (threads !== null) manager.setThreads(threads);
+  const backend = manager.select(rankBackend(c.backend, manager, comm));
+  const options: TrainerOptions = { ...trainerOptions(c), ...(comm.kind === 'mpi' ? { comm } : {}) };
+  // rank 0 writes every file of the run; the others only train
+  const writer = comm.rank === 0;
   const prepared = await prepareModel(c.model!, {
     trainType: c.train_type,
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
@@ -147,20 +167,24 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       prepared.tokenizer,
       c.context_length,
     );
-    mkdirSync(c.output_dir, { recursive: true });
+    if (writer) mkdirSync(c.output_dir, { recursive: true });
     trainer = new Trainer(prepared, data, options);
   } catch (e) {
     prepared.dispose();
     throw e;
   }
   try {
-    const logger = await createRunLoggers({
-      outputDir: c.output_dir,
-      logTo: c.log_to as ('tensorboard' | 'wandb')[],
-      totalSteps: trainer.totalSteps,
-      everySteps: c.logging_steps,
-      runConfig: c,
-    });
+    const logger = writer
+      ? await createRunLoggers({
+          outputDir: c.output_dir,
+          logTo: c.log_to as ('tensorboard' | 'wandb')[],
+          totalSteps: trainer.totalSteps,
+          everySteps: c.logging_steps,
+          runConfig: { ...c, world_size: comm.size },
+          // a rank's stderr is a pseudo-terminal even when mpirun's output goes to a file
+          ...(comm.kind === 'mpi' ? { tty: false } : {}),
+        })
+      : { log: () => undefined, close: () => undefined };
     if (c.resume_from_checkpoint !== null) {
       const dir =
         c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;
@@ -175,13 +199,13 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       await logger.close();
       throw e;
     }
-    const written = trainer.saveOutputs(c.output_dir);
+    const written = writer ? trainer.saveOutputs(c.output_dir) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
     const val = result.evals.at(-1);
     out(
-      `trained ${result.steps} steps (${c.train_type} on ${backend.name}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
+      `trained ${result.steps} steps (${c.train_type} on ${backend.name}${comm.size > 1 ? ` × ${comm.size} ranks` : ''}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
         (val === undefined
           ? ''
           : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
