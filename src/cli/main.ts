@@ -53,6 +53,8 @@ const INPUT_ERRORS = new Set<ErrorCode>([
   'FORMAT',
   'CONFIG',
   'NOT_FOUND',
+  // a batch or model the device cannot hold: the fix is in the input (smaller batch, quantization)
+  'OUT_OF_MEMORY',
 ]);
 
 function usage(): string {
