@@ -26,6 +26,8 @@ export class QtuneError extends Error {
   readonly code: ErrorCode;
   readonly hint: string | undefined;
   readonly details: Readonly<Record<string, unknown>>;
+  /** The message without the hint (to wrap it in another error with more context). */
+  readonly problem: string;
 
   constructor(
     code: ErrorCode,
@@ -33,6 +35,7 @@ export class QtuneError extends Error {
     options: { hint?: string; details?: Record<string, unknown> } = {},
   ) {
     super(options.hint === undefined ? message : `${message} (${options.hint})`);
+    this.problem = message;
     this.code = code;
     this.hint = options.hint;
     this.details = options.details ?? {};
@@ -104,4 +107,29 @@ export class ConfigError extends QtuneError {
 /** Formats a shape the way error messages print it: `[2, 3, 4]`. */
 export function fmtShape(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;
+}
+
+/**
+ * A thrown value's message on one line, for wrapping in a QtuneError: JSON.parse quotes the text it
+ * stopped at, newlines included.
+ */
+export function errorText(e: unknown): string {
+  return (e instanceof Error ? e.message : String(e)).replace(/\s*[\r\n\u2028\u2029]+\s*/g, ' ').trim();
+}
+
+/** A name from a file, quoted for a message: escaped (it may hold any characters) and cut at 80. */
+export function quote(s: string): string {
+  const q = JSON.stringify(s);
+  return q.length > 80 ? `${q.slice(0, 78)}…"` : q;
+}
+
+/** A value for a message: JSON (numbers as numbers, NaN included), cut at 80 characters. */
+export function shownValue(v: unknown): string {
+  let s: string;
+  try {
+    s = typeof v === 'number' || typeof v === 'bigint' ? String(v) : (JSON.stringify(v) ?? String(v));
+  } catch {
+    s = Array.isArray(v) ? '[...]' : String(v); // cyclic
+  }
+  return s.length > 80 ? `${s.slice(0, 78)}…` : s;
 }

@@ -20,7 +20,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, FormatError, QtuneError, fmtShape } from '../errors.js';
+import { ConfigError, FormatError, QtuneError, fmtShape, errorText } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { shortModuleName, validateAdapter, type LoraAdapterData, type LoraModule } from './lora-weights.js';
@@ -148,7 +148,7 @@ function readConfigJson(file: string): Record<string, unknown> {
   try {
     j = JSON.parse(readFileSync(file, 'utf8'));
   } catch (e) {
-    throw new FormatError(file, `is not valid JSON (${e instanceof Error ? e.message : String(e)})`, {
+    throw new FormatError(file, `is not valid JSON (${errorText(e)})`, {
       hint: 'save the adapter again, or fix the file by hand',
     });
   }

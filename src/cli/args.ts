@@ -26,6 +26,8 @@ const INPUT_ERRORS = new Set<ErrorCode>([
   'FORMAT',
   'CONFIG',
   'NOT_FOUND',
+  // a batch or model the device cannot hold: the fix is in the input (smaller batch, quantization)
+  'OUT_OF_MEMORY',
 ]);
 
 /** The CLI's exit code for an error: 2 for wrong input, 1 for a failure. */

@@ -9,7 +9,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
-import { ConfigError, FormatError } from '../errors.js';
+import { ConfigError, FormatError, errorText, quote, shownValue } from '../errors.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
@@ -193,7 +193,15 @@ export function readConfigFile(file: string): Record<string, unknown> {
       hint: 'fix the YAML syntax',
     });
   }
-  const value: unknown = doc.toJS();
+  let value: unknown;
+  try {
+    // aliases are resolved here: one that names no anchor, or too many (an alias bomb), fails
+    value = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    throw new FormatError(file, errorText(e), {
+      hint: 'fix the YAML anchors (&name) and aliases (*name)',
+    });
+  }
   if (value === null || value === undefined) return {};
   if (typeof value !== 'object' || Array.isArray(value))
     throw new FormatError(file, 'must be a mapping of option: value', { hint: 'see `qtune train --help`' });
@@ -225,12 +233,12 @@ function closest(key: string): string | undefined {
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
 function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean): unknown {
   const bad = (why: string, fix: string): never => {
-    throw new ConfigError(`${key}: ${JSON.stringify(raw)} ${why}`, {
+    throw new ConfigError(`${key}: ${shownValue(raw)} ${why}`, {
       hint: fix,
       details: { field: key, value: raw },
     });
   };
-  if (raw === null) return null;
+  if (raw === null) return spec.default; // `key:` with no value (or ~) leaves the default
   switch (spec.kind) {
     case 'boolean': {
       if (typeof raw === 'boolean') return raw;
@@ -278,7 +286,10 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
       const strings = list;
       const wrong = spec.choices === undefined ? undefined : strings.find((x) => !spec.choices!.includes(x));
       if (wrong !== undefined)
-        return bad(`contains "${wrong}", which is not allowed`, `${key} takes ${spec.choices!.join(', ')}`);
+        return bad(
+          `contains ${quote(wrong)}, which is not allowed`,
+          `${key} takes ${spec.choices!.join(', ')}`,
+        );
       return strings;
     }
   }
@@ -299,10 +310,11 @@ export function resolveTrainConfig(
     ['flag', flags],
   ] as const) {
     for (const [k, v] of Object.entries(values)) {
-      const spec = SPECS[k];
+      const spec = Object.hasOwn(SPECS, k) ? SPECS[k] : undefined; // not inherited names (constructor)
       if (spec === undefined) {
         const near = closest(k);
-        throw new ConfigError(`${source === 'flag' ? `--${k}` : k}: unknown option`, {
+        const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
+        throw new ConfigError(`${source === 'flag' ? `--${shown}` : shown}: unknown option`, {
           hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,
           details: { field: k },
         });

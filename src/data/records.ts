@@ -5,7 +5,7 @@
  */
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, FormatError, QtuneError } from '../errors.js';
+import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
 import { downloadDataset, type HubOptions } from '../io/hub.js';
 
 /** One record of a dataset file and where it came from. */
@@ -51,11 +51,10 @@ function readJsonl(file: string, text: string): DataRecord[] {
     try {
       value = JSON.parse(lineText);
     } catch (e) {
-      throw new FormatError(
-        file,
-        `line ${i + 1}: not valid JSON (${e instanceof Error ? e.message : String(e)})`,
-        { hint: 'each line of a .jsonl file must be one JSON object', details: { line: i + 1 } },
-      );
+      throw new FormatError(file, `line ${i + 1}: not valid JSON (${errorText(e)})`, {
+        hint: 'each line of a .jsonl file must be one JSON object',
+        details: { line: i + 1 },
+      });
     }
     if (value === null || typeof value !== 'object' || Array.isArray(value))
       throw new FormatError(file, `line ${i + 1}: a record must be a JSON object, got ${describe(value)}`, {
@@ -72,7 +71,9 @@ function readJsonArray(file: string, text: string): DataRecord[] {
   try {
     value = JSON.parse(text);
   } catch (e) {
-    throw new FormatError(file, `not valid JSON (${e instanceof Error ? e.message : String(e)})`, {
+    const at = /at position (\d+)/.exec(errorText(e));
+    const where = at === null ? '' : `line ${text.slice(0, Number(at[1])).split('\n').length}: `;
+    throw new FormatError(file, `${where}not valid JSON (${errorText(e)})`, {
       hint: 'a .json dataset is one array of objects; use .jsonl for one object a line',
     });
   }

@@ -250,7 +250,17 @@ export interface GgmlApi {
   gallocr_reserve(g: GallocrPtr, graph: GraphPtr): boolean;
   gallocr_alloc_graph(g: GallocrPtr, graph: GraphPtr): boolean;
   gallocr_get_buffer_size(g: GallocrPtr, id: N): N;
+  /** The buffer size gallocr_reserve would allocate for a graph, without allocating it. */
+  gallocr_reserve_n_size(
+    g: GallocrPtr,
+    graph: GraphPtr,
+    nodeIds: null,
+    leafIds: null,
+    sizes: [number | bigint | null],
+  ): void;
   backend_alloc_ctx_tensors_from_buft(ctx: Ctx, buft: BufferTypePtr): BufferPtr | null;
+  /** The bytes backend_alloc_ctx_tensors_from_buft would allocate, without allocating them. */
+  backend_alloc_ctx_tensors_from_buft_size(ctx: Ctx, buft: BufferTypePtr): N;
 
   // backend: buffers
   backend_buft_name(buft: BufferTypePtr): string;
@@ -424,8 +434,12 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   gallocr_reserve: 'bool ggml_gallocr_reserve(ggml_gallocr *g, ggml_cgraph *graph)',
   gallocr_alloc_graph: 'bool ggml_gallocr_alloc_graph(ggml_gallocr *g, ggml_cgraph *graph)',
   gallocr_get_buffer_size: 'size_t ggml_gallocr_get_buffer_size(ggml_gallocr *g, int id)',
+  gallocr_reserve_n_size:
+    'void ggml_gallocr_reserve_n_size(ggml_gallocr *g, ggml_cgraph *graph, const int *node_ids, const int *leaf_ids, _Out_ size_t *sizes)',
   backend_alloc_ctx_tensors_from_buft:
     'ggml_backend_buffer *ggml_backend_alloc_ctx_tensors_from_buft(ggml_context *ctx, ggml_backend_buffer_type *buft)',
+  backend_alloc_ctx_tensors_from_buft_size:
+    'size_t ggml_backend_alloc_ctx_tensors_from_buft_size(ggml_context *ctx, ggml_backend_buffer_type *buft)',
 
   backend_buft_name: 'const char *ggml_backend_buft_name(ggml_backend_buffer_type *buft)',
   backend_buft_is_host: 'bool ggml_backend_buft_is_host(ggml_backend_buffer_type *buft)',

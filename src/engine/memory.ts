@@ -3,6 +3,7 @@
  * Every allocation goes through here, so the live total is known at any time and a test can show it
  * stays flat.
  */
+import os from 'node:os';
 import { OutOfMemoryError, QtuneError } from '../errors.js';
 import type { Backend } from './device.js';
 import {
@@ -47,6 +48,35 @@ function untrack(ptr: BufferPtr | GallocrPtr): void {
   live.delete(koffi.address(ptr));
 }
 
+/** Bytes in a message: `1.5 GiB`, `12.0 MiB`. */
+export function fmtBytes(n: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
+  let v = n;
+  let u = 0;
+  while (v >= 1024 && u < units.length - 1) {
+    v /= 1024;
+    u++;
+  }
+  return u === 0 ? `${n} bytes` : `${v.toFixed(1)} ${units[u]}`;
+}
+
+/**
+ * Bytes a device can still give: its free memory, and for the CPU what the OS reports available
+ * (ggml counts all of the RAM as free; asking for more than is available gets the process killed
+ * when the pages are touched, not a failed allocation).
+ */
+export function availableMemory(backend: Backend): number {
+  const free = backend.memory().free;
+  return backend.isCpu ? Math.min(free, hostAvailable()) : free;
+}
+
+/** Host memory the process can still get: the OS's available memory, within a cgroup's limit. */
+function hostAvailable(): number {
+  // process.availableMemory (Node 20.13+) also applies a container's memory limit
+  const p = process as { availableMemory?: () => number };
+  return typeof p.availableMemory === 'function' ? p.availableMemory() : os.freemem();
+}
+
 /** A ggml context: metadata for up to `capacity` tensors (and a graph, when asked). */
 export class NativeContext {
   readonly ptr: CtxPtr;
@@ -56,6 +86,13 @@ export class NativeContext {
     const { api } = getEngine();
     const bytes =
       tensors * api.tensor_overhead() + (graphNodes > 0 ? api.graph_overhead_custom(graphNodes, false) : 0);
+    // ggml_init aborts when its malloc fails: refuse what the host cannot give first
+    const free = hostAvailable();
+    if (!(bytes <= free))
+      throw new OutOfMemoryError(
+        `a ggml context for ${tensors} tensors needs ${fmtBytes(bytes)}, the host has ${fmtBytes(free)} available`,
+        { hint: 'use fewer tensors per context', details: { needed: bytes, free } },
+      );
     const ptr = api.init({ mem_size: bytes, mem_buffer: null, no_alloc: true });
     if (ptr === null) throw new OutOfMemoryError(`could not allocate a ggml context of ${bytes} bytes`);
     this.ptr = ptr;
@@ -102,11 +139,21 @@ export class NativeBuffer {
     what = 'tensors',
   ): NativeBuffer {
     const { api } = getEngine();
+    const hint =
+      'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory';
+    const needed = api.backend_alloc_ctx_tensors_from_buft_size(ctx.ptr, buft);
+    const free = availableMemory(backend);
+    if (needed > free) {
+      throw new OutOfMemoryError(
+        `${backend.name} has ${fmtBytes(free)} free, the ${what} need ${fmtBytes(needed)}`,
+        { hint, details: { device: backend.name, needed, free } },
+      );
+    }
     const ptr = api.backend_alloc_ctx_tensors_from_buft(ctx.ptr, buft);
     if (ptr === null) {
-      throw new OutOfMemoryError(`${backend.name} could not allocate a buffer for the ${what}`, {
-        hint: 'use a smaller batch or model, quantize the frozen weights, or choose a device with more memory',
-        details: { device: backend.name, free: backend.memory().free },
+      throw new OutOfMemoryError(`${backend.name} could not allocate ${fmtBytes(needed)} for the ${what}`, {
+        hint,
+        details: { device: backend.name, needed, free },
       });
     }
     return new NativeBuffer(ptr, backend.name);
@@ -141,10 +188,22 @@ export class GraphAllocator {
     this.device = backend.name;
   }
 
+  /**
+   * The bytes {@link allocate} would take for `graph` (its tensors without data, graph inputs
+   * included), measured without allocating them.
+   */
+  measure(graph: GraphPtr): number {
+    const sizes: [number | bigint | null] = [null];
+    getEngine().api.gallocr_reserve_n_size(this.ptr, graph, null, null, sizes);
+    return Number(sizes[0] ?? 0);
+  }
+
   /** Allocates every node of `graph`; false when the device is out of memory. */
   allocate(graph: GraphPtr): boolean {
     const { api } = getEngine();
-    const ok = api.gallocr_alloc_graph(this.ptr, graph);
+    // reserve first: after measure() the allocator holds a plan but no buffer, which
+    // gallocr_alloc_graph alone does not notice
+    const ok = api.gallocr_reserve(this.ptr, graph) && api.gallocr_alloc_graph(this.ptr, graph);
     track(this.ptr, ok ? api.gallocr_get_buffer_size(this.ptr, 0) : 0, this.device);
     return ok;
   }

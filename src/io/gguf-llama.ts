@@ -11,11 +11,11 @@
  *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it rebuilds
  *   a byte-level BPE tokenizer from `tokenizer.ggml.*`, or uses a `tokenizer.json` beside the file.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
-import { ConfigError, FormatError, QtuneError } from '../errors.js';
+import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
 import { parseLlamaConfig, type LlamaConfig } from '../models/config.js';
 import type { LlamaModel } from '../models/llama.js';
 import { encode } from '../tensor/host.js';
@@ -99,6 +99,20 @@ export function ggufTensorToHf(
   return heads === null ? bytes : reorderRopeRows(bytes, shape[0]!, heads, false);
 }
 
+/** The GGUF metadata key (after `<arch>.`) of each config.json field ggufToConfig reads from one. */
+const GGUF_CONFIG_KEYS: Record<string, string> = {
+  vocab_size: 'vocab_size',
+  hidden_size: 'embedding_length',
+  intermediate_size: 'feed_forward_length',
+  num_hidden_layers: 'block_count',
+  num_attention_heads: 'attention.head_count',
+  num_key_value_heads: 'attention.head_count_kv',
+  head_dim: 'attention.key_length',
+  rms_norm_eps: 'attention.layer_norm_rms_epsilon',
+  rope_theta: 'rope.freq_base',
+  max_position_embeddings: 'context_length',
+};
+
 /** The config of a GGUF model (architectures `llama` and `qwen2`). */
 export function ggufToConfig(g: GgufFile): LlamaConfig {
   const arch = ggufGet(g, 'general.architecture', 'string');
@@ -136,7 +150,7 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
   const hfConfig = ggufGet(g, 'qtune.hf_config', 'string');
   if (hfConfig !== undefined) {
     // rope scaling and the sliding window as the HF config had them
-    const extra = JSON.parse(hfConfig) as Record<string, unknown>;
+    const extra = jsonObject(g, 'qtune.hf_config', hfConfig);
     for (const k of [
       'rope_scaling',
       'sliding_window',
@@ -160,10 +174,34 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
   try {
     return parseLlamaConfig(j);
   } catch (e) {
-    if (e instanceof ConfigError)
-      throw new ConfigError(`${g.path}: ${e.message.replace('config.json: ', 'metadata ')}`);
-    throw e;
+    if (!(e instanceof ConfigError)) throw e;
+    const field = e.details['field'];
+    const key = typeof field === 'string' ? GGUF_CONFIG_KEYS[field] : undefined;
+    const what = e.problem.replace('config.json: ', '');
+    throw new ConfigError(`${g.path}: ${what}`, {
+      hint:
+        key === undefined
+          ? 'the GGUF metadata does not describe a model qtune reads'
+          : `it comes from the GGUF metadata ${arch}.${key}; the file is corrupt or not a ${arch} model`,
+    });
   }
+}
+
+/** A metadata string that holds a JSON object, parsed. */
+function jsonObject(g: GgufFile, key: string, text: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch (e) {
+    throw new FormatError(g.path, `metadata ${key} is not valid JSON (${errorText(e)})`, {
+      hint: 'the file is corrupt; convert the model again',
+    });
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v))
+    throw new FormatError(g.path, `metadata ${key} is not a JSON object`, {
+      hint: 'the file is corrupt; convert the model again',
+    });
+  return v as Record<string, unknown>;
 }
 
 /** The tokenizer of a GGUF file (see the module comment for the order of sources). */
@@ -171,22 +209,17 @@ export function ggufTokenizer(g: GgufFile, config: LlamaConfig): Tokenizer {
   const embedded = ggufGet(g, 'tokenizer.huggingface.json', 'string');
   const chat = ggufGet(g, 'tokenizer.chat_template', 'string');
   const tokConfigJson = ggufGet(g, 'qtune.tokenizer_config', 'string');
-  const tokConfig = tokConfigJson !== undefined ? (JSON.parse(tokConfigJson) as Record<string, unknown>) : {};
+  const tokConfig = tokConfigJson !== undefined ? jsonObject(g, 'qtune.tokenizer_config', tokConfigJson) : {};
   if (chat !== undefined) tokConfig['chat_template'] = chat;
   if (embedded !== undefined)
-    return new Tokenizer(JSON.parse(embedded) as Record<string, unknown>, tokConfig, config.eos_token_id);
-  const beside = path.join(path.dirname(g.path), 'tokenizer.json');
-  if (existsSync(beside)) {
-    const cfg = path.join(path.dirname(g.path), 'tokenizer_config.json');
-    const c = existsSync(cfg)
-      ? (JSON.parse(readFileSync(cfg, 'utf8')) as Record<string, unknown>)
-      : tokConfig;
     return new Tokenizer(
-      JSON.parse(readFileSync(beside, 'utf8')) as Record<string, unknown>,
-      c,
+      jsonObject(g, 'tokenizer.huggingface.json', embedded),
+      tokConfig,
       config.eos_token_id,
     );
-  }
+  const dir = path.dirname(g.path);
+  if (existsSync(path.join(dir, 'tokenizer.json')))
+    return Tokenizer.fromFolder(dir, config.eos_token_id, tokConfig);
   const model = ggufGet(g, 'tokenizer.ggml.model', 'string');
   const tokens = ggufGet(g, 'tokenizer.ggml.tokens', 'array') as string[] | undefined;
   const merges = ggufGet(g, 'tokenizer.ggml.merges', 'array') as string[] | undefined;

@@ -7,7 +7,7 @@
 import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { dtypeFromId, GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
-import { FormatError, QtuneError } from '../errors.js';
+import { FormatError, QtuneError, quote } from '../errors.js';
 import { writeFileAtomic } from './atomic.js';
 
 const MAGIC = 0x46554747; // "GGUF" little-endian
@@ -29,6 +29,30 @@ export const GgufType = {
   F64: 12,
 } as const;
 export type GgufType = (typeof GgufType)[keyof typeof GgufType];
+
+/**
+ * A key or tensor name as error messages show it: as is when it is short printable ASCII, else
+ * quoted and cut (a corrupt header can hold any bytes there).
+ */
+export function shownName(s: string): string {
+  return /^[\x21-\x7e]{1,100}$/.test(s) ? s : quote(s);
+}
+
+/** Bytes of one value of each scalar type (strings: their 8-byte length at least). */
+const MIN_BYTES: Record<number, number> = {
+  0: 1,
+  1: 1,
+  2: 2,
+  3: 2,
+  4: 4,
+  5: 4,
+  6: 4,
+  7: 1,
+  8: 8,
+  10: 8,
+  11: 8,
+  12: 8,
+};
 
 function asGgufType(file: string, n: number, key: string): GgufType {
   if (!Number.isInteger(n) || n < 0 || n > 12)
@@ -132,12 +156,20 @@ class Cursor {
     return this.buf.readBigInt64LE(at);
   }
   // (each accessor calls need() before touching this.buf: need() may replace the buffer)
-  count(limit: number, what: string): number {
+  /** A u64 count of items of at least `itemBytes` each, checked against the limit and the bytes left. */
+  count(limit: number, what: string, itemBytes = 1): number {
     const v = this.u64(what);
     if (v > BigInt(limit))
       throw new FormatError(this.file, `declares ${v} ${what}, more than the ${limit} qtune accepts`, {
         hint: 'the header is corrupt',
       });
+    const left = this.size - this.pos;
+    if (Number(v) * itemBytes > left)
+      throw new FormatError(
+        this.file,
+        `declares ${v} ${what} at byte ${this.pos - 8}, more than the ${left} bytes left can hold`,
+        { hint: 'the file is truncated or its header is corrupt' },
+      );
     return Number(v);
   }
   string(what: string): string {
@@ -211,22 +243,24 @@ export function readGguf(file: string): GgufFile {
     const version = c.u32('the version');
     if (version !== 2 && version !== 3)
       throw new FormatError(file, `is GGUF version ${version}; qtune reads versions 2 and 3`);
-    const nTensors = c.count(LIMITS.tensors, 'tensors');
-    const nKv = c.count(LIMITS.kvs, 'metadata entries');
+    // a tensor description takes at least 28 bytes, a metadata entry 13
+    const nTensors = c.count(LIMITS.tensors, 'tensors', 28);
+    const nKv = c.count(LIMITS.kvs, 'metadata entries', 13);
     const kv = new Map<string, GgufKv>();
     for (let i = 0; i < nKv; i++) {
-      const key = c.string('a metadata key');
+      const rawKey = c.string(`metadata key ${i}`);
+      const key = shownName(rawKey);
       const type = asGgufType(file, c.u32(`the type of ${key}`), key);
       if (type === GgufType.ARRAY) {
         const itemType = asGgufType(file, c.u32(`the item type of ${key}`), key);
         if (itemType === GgufType.ARRAY)
           throw new FormatError(file, `metadata ${key} is an array of arrays, which qtune does not read`);
-        const n = c.count(LIMITS.array, `items of ${key}`);
+        const n = c.count(LIMITS.array, `items of ${key}`, MIN_BYTES[itemType]);
         const items: GgufScalar[] = new Array<GgufScalar>(n);
         for (let j = 0; j < n; j++) items[j] = readValue(c, itemType, file, key) as GgufScalar;
-        kv.set(key, { type, itemType, value: items });
+        kv.set(rawKey, { type, itemType, value: items });
       } else {
-        kv.set(key, { type, value: readValue(c, type, file, key) });
+        kv.set(rawKey, { type, value: readValue(c, type, file, key) });
       }
     }
     const alignKv = kv.get('general.alignment')?.value;
@@ -237,7 +271,8 @@ export function readGguf(file: string): GgufFile {
     const { api } = getEngine();
     const infos: { name: string; shape: number[]; dtype: DType; rel: number; bytes: number }[] = [];
     for (let i = 0; i < nTensors; i++) {
-      const name = c.string('a tensor name');
+      const rawName = c.string(`the name of tensor ${i}`);
+      const name = shownName(rawName);
       const nDims = c.u32(`the rank of ${name}`);
       if (nDims < 1 || nDims > 4)
         throw new FormatError(file, `tensor ${name} has ${nDims} dimensions`, {
@@ -270,16 +305,16 @@ export function readGguf(file: string): GgufFile {
       const bytes = api.row_size(GGML_TYPE_IDS[dtype], ne[0]!) * ne.slice(1).reduce((a, b) => a * b, 1);
       if (rel % BigInt(alignment) !== 0n)
         throw new FormatError(file, `tensor ${name} starts at ${rel}, not aligned to ${alignment}`);
-      infos.push({ name, shape: [...ne].reverse(), dtype, rel: Number(rel), bytes });
+      infos.push({ name: rawName, shape: [...ne].reverse(), dtype, rel: Number(rel), bytes });
     }
     const dataStart = Math.ceil(c.pos / alignment) * alignment;
     const tensors = new Map<string, GgufTensorInfo>();
     for (const t of infos) {
-      if (tensors.has(t.name)) throw new FormatError(file, `tensor ${t.name} appears twice`);
+      if (tensors.has(t.name)) throw new FormatError(file, `tensor ${shownName(t.name)} appears twice`);
       if (dataStart + t.rel + t.bytes > size) {
         throw new FormatError(
           file,
-          `tensor ${t.name} ends at byte ${dataStart + t.rel + t.bytes} but the file has ${size}`,
+          `tensor ${shownName(t.name)} ends at byte ${dataStart + t.rel + t.bytes} but the file has ${size}`,
           {
             hint: 'the file is truncated',
           },
@@ -296,9 +331,13 @@ export function readGguf(file: string): GgufFile {
     const sorted = [...tensors.values()].sort((a, b) => a.offset - b.offset);
     for (let i = 1; i < sorted.length; i++) {
       if (sorted[i]!.offset < sorted[i - 1]!.offset + sorted[i - 1]!.bytes) {
-        throw new FormatError(file, `tensors ${sorted[i - 1]!.name} and ${sorted[i]!.name} overlap`, {
-          hint: 'the header is corrupt',
-        });
+        throw new FormatError(
+          file,
+          `tensors ${shownName(sorted[i - 1]!.name)} and ${shownName(sorted[i]!.name)} overlap`,
+          {
+            hint: 'the header is corrupt',
+          },
+        );
       }
     }
     return { path: file, version, kv, tensors, alignment, dataStart };
@@ -310,7 +349,7 @@ export function readGguf(file: string): GgufFile {
 /** The raw bytes of one tensor (in its ggml type), in a new array or at the start of `into`. */
 export function readGgufTensor(g: GgufFile, name: string, into?: Uint8Array): Uint8Array {
   const t = g.tensors.get(name);
-  if (t === undefined) throw new FormatError(g.path, `has no tensor ${name}`);
+  if (t === undefined) throw new FormatError(g.path, `has no tensor ${shownName(name)}`);
   const fd = openSync(g.path, 'r');
   try {
     const out = into === undefined ? new Uint8Array(t.bytes) : into.subarray(0, t.bytes);
@@ -318,7 +357,9 @@ export function readGgufTensor(g: GgufFile, name: string, into?: Uint8Array): Ui
     while (done < t.bytes) {
       const n = readSync(fd, out, done, Math.min(t.bytes - done, 1 << 30), t.offset + done);
       if (n === 0)
-        throw new FormatError(g.path, `ends inside tensor ${name}`, { hint: 'the file is truncated' });
+        throw new FormatError(g.path, `ends inside tensor ${shownName(name)}`, {
+          hint: 'the file is truncated',
+        });
       done += n;
     }
     return out;
@@ -345,7 +386,7 @@ export function ggufGet(
   if (!ok)
     throw new FormatError(
       g.path,
-      `metadata ${key} is ${Array.isArray(v) ? 'an array' : typeof v}, expected a ${kind}`,
+      `metadata ${shownName(key)} is ${Array.isArray(v) ? 'an array' : typeof v}, expected a ${kind}`,
     );
   return v;
 }

@@ -8,7 +8,7 @@
  */
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { FormatError, QtuneError } from '../errors.js';
+import { FormatError, QtuneError, errorText, quote } from '../errors.js';
 import { f32ToHalfBytes, halfBytesToF32 } from './half.js';
 import { writeFileAtomic } from './atomic.js';
 
@@ -76,7 +76,7 @@ export class SafetensorsFile {
 
   entry(name: string): SafetensorsEntry {
     const e = this.entries.get(name);
-    if (e === undefined) throw new FormatError(this.path, `has no tensor "${name}"`);
+    if (e === undefined) throw new FormatError(this.path, `has no tensor ${quote(name)}`);
     return e;
   }
 
@@ -89,7 +89,9 @@ export class SafetensorsFile {
     while (done < e.bytes) {
       const n = readSync(this.fd, out, done, Math.min(e.bytes - done, 1 << 30), e.offset + done);
       if (n === 0)
-        throw new FormatError(this.path, `ends inside tensor "${name}"`, { hint: 'the file is truncated' });
+        throw new FormatError(this.path, `ends inside tensor ${quote(name)}`, {
+          hint: 'the file is truncated',
+        });
       done += n;
     }
     return out;
@@ -118,7 +120,10 @@ export function toF32(file: string, e: SafetensorsEntry, raw: Uint8Array): Float
     case 'BF16':
       return halfBytesToF32(raw, 'bf16');
     default:
-      throw new FormatError(file, `tensor "${e.name}" is ${e.dtype}; qtune reads F32, F16 and BF16 weights`);
+      throw new FormatError(
+        file,
+        `tensor ${quote(e.name)} is ${e.dtype}; qtune reads F32, F16 and BF16 weights`,
+      );
   }
 }
 
@@ -145,10 +150,7 @@ function parseHeader(
   try {
     header = JSON.parse(headerBuf.toString('utf8'));
   } catch (e) {
-    throw new FormatError(
-      file,
-      `has a header that is not valid JSON (${e instanceof Error ? e.message : String(e)})`,
-    );
+    throw new FormatError(file, `has a header that is not valid JSON (${errorText(e)})`);
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) {
     throw new FormatError(file, 'has a header that is not a JSON object');
@@ -167,15 +169,19 @@ function parseHeader(
     }
     const t = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
     if (t === null || typeof t !== 'object')
-      throw new FormatError(file, `tensor "${name}" has no description`);
-    if (typeof t.dtype !== 'string' || !(t.dtype in DTYPE_BYTES)) {
-      throw new FormatError(file, `tensor "${name}" has unknown dtype ${JSON.stringify(t.dtype)}`, {
+      throw new FormatError(file, `tensor ${quote(name)} has no description`, {
+        hint: 'the header is corrupt',
+      });
+    if (typeof t.dtype !== 'string' || !Object.hasOwn(DTYPE_BYTES, t.dtype)) {
+      throw new FormatError(file, `tensor ${quote(name)} has unknown dtype ${JSON.stringify(t.dtype)}`, {
         hint: `known: ${Object.keys(DTYPE_BYTES).join(', ')}`,
       });
     }
     const dtype = t.dtype as SafetensorsDType;
     if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw new FormatError(file, `tensor "${name}" has an invalid shape ${JSON.stringify(t.shape)}`);
+      throw new FormatError(file, `tensor ${quote(name)} has an invalid shape ${JSON.stringify(t.shape)}`, {
+        hint: 'the header is corrupt',
+      });
     }
     const shape = t.shape as number[];
     const off = t.data_offsets;
@@ -184,13 +190,15 @@ function parseHeader(
       off.length !== 2 ||
       !off.every((o) => Number.isSafeInteger(o) && (o as number) >= 0)
     ) {
-      throw new FormatError(file, `tensor "${name}" has invalid data_offsets ${JSON.stringify(off)}`);
+      throw new FormatError(file, `tensor ${quote(name)} has invalid data_offsets ${JSON.stringify(off)}`, {
+        hint: 'the header is corrupt',
+      });
     }
     const [begin, end] = off as [number, number];
     if (begin > end || end > dataLen) {
       throw new FormatError(
         file,
-        `tensor "${name}" spans bytes [${begin}, ${end}) but the data holds ${dataLen}`,
+        `tensor ${quote(name)} spans bytes [${begin}, ${end}) but the data holds ${dataLen}`,
         {
           hint: 'the file is truncated or its header is corrupt',
         },
@@ -200,7 +208,7 @@ function parseHeader(
     if (end - begin !== expected) {
       throw new FormatError(
         file,
-        `tensor "${name}" ${dtype} [${shape.join(', ')}] needs ${expected} bytes but spans ${end - begin}`,
+        `tensor ${quote(name)} ${dtype} [${shape.join(', ')}] needs ${expected} bytes but spans ${end - begin}`,
       );
     }
     entries.set(name, { name, dtype, shape, offset: dataStart + begin, bytes: end - begin, file });
@@ -210,7 +218,7 @@ function parseHeader(
     const prev = sorted[i - 1]!;
     const cur = sorted[i]!;
     if (cur.offset < prev.offset + prev.bytes) {
-      throw new FormatError(file, `tensors "${prev.name}" and "${cur.name}" overlap`, {
+      throw new FormatError(file, `tensors ${quote(prev.name)} and ${quote(cur.name)} overlap`, {
         hint: 'the header is corrupt',
       });
     }
@@ -230,7 +238,7 @@ export class SafetensorsCheckpoint {
     for (const f of files) {
       for (const n of f.names()) {
         if (this.byName.has(n))
-          throw new FormatError(f.path, `tensor "${n}" also appears in ${this.byName.get(n)!.path}`);
+          throw new FormatError(f.path, `tensor ${quote(n)} also appears in ${this.byName.get(n)!.path}`);
         this.byName.set(n, f);
       }
     }
@@ -248,10 +256,7 @@ export class SafetensorsCheckpoint {
           .weight_map;
         if (weightMap === null || typeof weightMap !== 'object') throw new Error('no weight_map');
       } catch (e) {
-        throw new FormatError(
-          index,
-          `is not a valid shard index (${e instanceof Error ? e.message : String(e)})`,
-        );
+        throw new FormatError(index, `is not a valid shard index (${errorText(e)})`);
       }
       const shards = [...new Set(Object.values(weightMap))];
       const files: SafetensorsFile[] = [];
@@ -265,7 +270,7 @@ export class SafetensorsCheckpoint {
       for (const [name, shard] of Object.entries(weightMap)) {
         if (ckpt.byName.get(name)?.path !== path.join(location, shard)) {
           ckpt.close();
-          throw new FormatError(index, `lists "${name}" in ${shard}, which does not hold it`);
+          throw new FormatError(index, `lists ${quote(name)} in ${quote(shard)}, which does not hold it`);
         }
       }
       return ckpt;
@@ -291,7 +296,7 @@ export class SafetensorsCheckpoint {
 
   entry(name: string): SafetensorsEntry {
     const f = this.byName.get(name);
-    if (f === undefined) throw new QtuneError('NOT_FOUND', `the checkpoint has no tensor "${name}"`);
+    if (f === undefined) throw new QtuneError('NOT_FOUND', `the checkpoint has no tensor ${quote(name)}`);
     return f.entry(name);
   }
 

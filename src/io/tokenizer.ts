@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import * as hfTokenizers from '@huggingface/tokenizers';
-import { FormatError, QtuneError } from '../errors.js';
+import { FormatError, QtuneError, errorText } from '../errors.js';
 
 export interface ChatMessage {
   role: string;
@@ -52,7 +52,7 @@ function readJson(file: string): Json {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as Json;
   } catch (e) {
-    throw new FormatError(file, `is not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+    throw new FormatError(file, `is not valid JSON (${errorText(e)})`);
   }
 }
 
@@ -80,10 +80,7 @@ export class Tokenizer {
     try {
       this.tok = new HfTokenizerClass(json, config);
     } catch (e) {
-      throw new QtuneError(
-        'FORMAT',
-        `tokenizer.json could not be loaded: ${e instanceof Error ? e.message : String(e)}`,
-      );
+      throw new QtuneError('FORMAT', `tokenizer.json could not be loaded: ${errorText(e)}`);
     }
     this.vocab = new Map();
     const model = json['model'] as Json | undefined;
@@ -93,14 +90,22 @@ export class Tokenizer {
     } else if (Array.isArray(v)) {
       v.forEach((entry, id) => this.vocab.set(String((entry as unknown[])[0]), id)); // Unigram: [piece, score]
     }
-    for (const a of (json['added_tokens'] as Json[] | undefined) ?? []) {
-      if (typeof a['content'] === 'string' && typeof a['id'] === 'number')
-        this.vocab.set(a['content'], a['id']);
+    const added = json['added_tokens'];
+    for (const a of Array.isArray(added) ? (added as unknown[]) : []) {
+      if (a === null || typeof a !== 'object') continue;
+      const { content, id } = a as Json;
+      if (typeof content === 'string' && typeof id === 'number') this.vocab.set(content, id);
     }
     const own = typeof config['chat_template'] === 'string' ? config['chat_template'] : null;
     this.chatTemplate = own ?? DEFAULT_CHAT_TEMPLATE;
     this.hasOwnChatTemplate = own !== null;
-    this.template = new Template(this.chatTemplate);
+    try {
+      this.template = new Template(this.chatTemplate);
+    } catch (e) {
+      throw new QtuneError('FORMAT', `the chat template does not parse: ${errorText(e)}`, {
+        hint: 'fix chat_template in tokenizer_config.json',
+      });
+    }
     this.bosToken = tokenContent(config['bos_token']);
     this.eosToken = tokenContent(config['eos_token']);
     this.padToken = tokenContent(config['pad_token']);
@@ -110,8 +115,11 @@ export class Tokenizer {
     this.padId = this.padToken === null ? null : (this.vocab.get(this.padToken) ?? null);
   }
 
-  /** Reads `tokenizer.json` and `tokenizer_config.json` from a model folder. */
-  static fromFolder(dir: string, extraEosIds: readonly number[] = []): Tokenizer {
+  /**
+   * Reads `tokenizer.json` and `tokenizer_config.json` from a model folder (`defaultConfig` when it
+   * has no tokenizer_config.json).
+   */
+  static fromFolder(dir: string, extraEosIds: readonly number[] = [], defaultConfig: Json = {}): Tokenizer {
     const tj = path.join(dir, 'tokenizer.json');
     if (!existsSync(tj)) {
       throw new QtuneError('NOT_FOUND', `${dir} has no tokenizer.json`, {
@@ -119,7 +127,7 @@ export class Tokenizer {
       });
     }
     const tc = path.join(dir, 'tokenizer_config.json');
-    return new Tokenizer(readJson(tj), existsSync(tc) ? readJson(tc) : {}, extraEosIds);
+    return new Tokenizer(readJson(tj), existsSync(tc) ? readJson(tc) : defaultConfig, extraEosIds);
   }
 
   /** Token count: the largest id plus one. */
@@ -155,10 +163,7 @@ export class Tokenizer {
       });
     } catch (e) {
       if (e instanceof QtuneError) throw e;
-      throw new QtuneError(
-        'INVALID_ARGUMENT',
-        `the chat template failed to render: ${e instanceof Error ? e.message : String(e)}`,
-      );
+      throw new QtuneError('INVALID_ARGUMENT', `the chat template failed to render: ${errorText(e)}`);
     }
   }
 }

@@ -49,19 +49,22 @@ export interface LlamaConfig {
 
 type Json = Record<string, unknown>;
 
-function num(j: Json, key: string, opts: { int?: boolean; min?: number; def?: number } = {}): number {
+function num(
+  j: Json,
+  key: string,
+  opts: { int?: boolean; min?: number; max?: number; def?: number } = {},
+): number {
   const v = j[key] ?? opts.def;
   if (
     typeof v !== 'number' ||
     !Number.isFinite(v) ||
     (opts.int === true && !Number.isInteger(v)) ||
-    v < (opts.min ?? -Infinity)
+    v < (opts.min ?? -Infinity) ||
+    v > (opts.max ?? Infinity)
   ) {
     throw new ConfigError(
-      `config.json: ${key} = ${JSON.stringify(j[key])} is not ${opts.int ? 'an integer' : 'a number'}${opts.min === undefined ? '' : ` >= ${opts.min}`}`,
-      {
-        hint: `set ${key} in config.json`,
-      },
+      `config.json: ${key} = ${JSON.stringify(j[key])} is not ${opts.int ? 'an integer' : 'a number'}${opts.min === undefined ? '' : ` >= ${opts.min}`}${opts.max === undefined ? '' : ` and <= ${opts.max}`}`,
+      { hint: `set ${key} in config.json`, details: { field: key, value: j[key] } },
     );
   }
   return v;
@@ -140,7 +143,8 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
   const pad = tokenIds(j['pad_token_id'], 'pad_token_id');
   return {
     model_type: modelType as ModelType,
-    vocab_size: num(j, 'vocab_size', { int: true, min: 1 }),
+    // token ids are int32 in ggml
+    vocab_size: num(j, 'vocab_size', { int: true, min: 1, max: 2 ** 31 - 1 }),
     hidden_size: hidden,
     intermediate_size: num(j, 'intermediate_size', { int: true, min: 1 }),
     num_hidden_layers: num(j, 'num_hidden_layers', { int: true, min: 1 }),

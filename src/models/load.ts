@@ -17,8 +17,8 @@ import { BackendManager } from '../backends/manager.js';
 import type { Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, isFloatDType, isQuantDType, type DType, type FloatDType } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
-import { ConfigError, FormatError, QtuneError } from '../errors.js';
-import { readGguf, readGgufTensor } from '../io/gguf.js';
+import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
+import { readGguf, readGgufTensor, type GgufFile } from '../io/gguf.js';
 import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from '../io/gguf-llama.js';
 import { downloadModel, isHubId, type HubOptions } from '../io/hub.js';
 import { SafetensorsCheckpoint } from '../io/safetensors.js';
@@ -69,7 +69,7 @@ function readJson(file: string): Record<string, unknown> {
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
   } catch (e) {
-    throw new FormatError(file, `is not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+    throw new FormatError(file, `is not valid JSON (${errorText(e)})`);
   }
 }
 
@@ -165,7 +165,7 @@ export function readConfig(dir: string): LlamaConfig {
   } catch (e) {
     if (e instanceof ConfigError)
       throw new ConfigError(
-        `${configFile}: ${e.message.replace('config.json: ', '')}`,
+        `${configFile}: ${e.problem.replace('config.json: ', '')}`,
         e.hint === undefined ? {} : { hint: e.hint },
       );
     throw e;
@@ -173,9 +173,35 @@ export function readConfig(dir: string): LlamaConfig {
 }
 
 function loadGguf(file: string, backend: Backend, o: LoadOptions): LoadedModel {
+  const { model, config, notQuantized, gguf } = loadGgufWeights(file, backend, o);
+  let tokenizer: Tokenizer;
+  try {
+    tokenizer = ggufTokenizer(gguf, config);
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return {
+    model,
+    tokenizer,
+    config,
+    source: { kind: 'gguf', path: file },
+    notQuantized,
+    dispose: () => model.dispose(),
+  };
+}
+
+/**
+ * The weights and config of a GGUF model file, without its tokenizer (the GGUF twin of
+ * {@link loadWeights}).
+ */
+export function loadGgufWeights(
+  file: string,
+  backend: Backend | string | undefined,
+  o: Omit<LoadOptions, keyof HubOptions | 'backend'> = {},
+): { model: LlamaModel; config: LlamaConfig; notQuantized: string[]; gguf: GgufFile } {
   const g = readGguf(file);
   const config = ggufToConfig(g);
-  const tokenizer = ggufTokenizer(g, config);
   const hfNames = new Map<string, string>();
   for (const name of g.tensors.keys()) {
     const hf = ggufToHfName(name);
@@ -194,15 +220,8 @@ function loadGguf(file: string, backend: Backend, o: LoadOptions): LoadedModel {
       ),
     close: () => undefined,
   };
-  const { model, notQuantized } = fill(config, src, backend, o, file);
-  return {
-    model,
-    tokenizer,
-    config,
-    source: { kind: 'gguf', path: file },
-    notQuantized,
-    dispose: () => model.dispose(),
-  };
+  const { model, notQuantized } = fill(config, src, resolveBackend(backend), o, file);
+  return { model, config, notQuantized, gguf: g };
 }
 
 function fill(
@@ -213,12 +232,31 @@ function fill(
   file: string,
 ): { model: LlamaModel; notQuantized: string[] } {
   const { api } = getEngine();
+  // the config's layer count is checked against the file before every layer's weights are listed
+  let layers = 0;
+  for (const n of src.names) {
+    const m = /^model\.layers\.(\d+)\./.exec(n);
+    if (m !== null) layers = Math.max(layers, Number(m[1]) + 1);
+  }
+  if (config.num_hidden_layers > layers)
+    throw new FormatError(
+      file,
+      `holds ${layers} decoder layers, the config has num_hidden_layers = ${config.num_hidden_layers}`,
+      {
+        hint: 'the checkpoint does not match its config',
+      },
+    );
   const specs = llamaWeights(config);
   const have = new Set(src.names);
   for (const w of specs) {
     if (!have.has(w.name))
       throw new FormatError(file, `has no tensor ${w.name}`, {
         hint: 'the checkpoint does not match its config',
+      });
+    const stored = src.dtypeOf(w.name);
+    if (!isFloatDType(stored) && !isQuantDType(stored))
+      throw new FormatError(file, `tensor ${w.name} is stored as ${stored}`, {
+        hint: 'qtune reads weights stored as f32, f16, bf16 or a quantized type',
       });
     const shape = src.shapeOf(w.name);
     if (shape.join() !== w.shape.join()) {
@@ -245,7 +283,7 @@ function fill(
   const numel = (name: string) => src.shapeOf(name).reduce((a, b) => a * b, 1);
   // low_memory reuses one byte buffer and one f32 buffer, sized for the largest tensor, for every
   // tensor: the only garbage left per tensor is its quantized bytes
-  const largest = Math.max(...specs.map((w) => numel(w.name)));
+  const largest = specs.reduce((m, w) => Math.max(m, numel(w.name)), 0);
   const scratch =
     o.strategy === 'full' ? null : { bytes: new Uint8Array(largest * 4), f32: new Float32Array(largest) };
   const convert = (name: string, raw: Uint8Array): Uint8Array | Float32Array => {

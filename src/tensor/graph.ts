@@ -20,7 +20,14 @@ import type { Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
 import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
-import { GraphAllocator, NativeBuffer, NativeContext, assertAlive } from '../engine/memory.js';
+import {
+  GraphAllocator,
+  NativeBuffer,
+  NativeContext,
+  assertAlive,
+  availableMemory,
+  fmtBytes,
+} from '../engine/memory.js';
 import {
   DTypeError,
   OutOfMemoryError,
@@ -33,6 +40,19 @@ import { decode, encode } from './host.js';
 import { isContiguous, strides } from './ops/common.js';
 import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
 import { Tensor } from './tensor.js';
+
+/** Most elements of one tensor: 2^50 (4 PiB of f32), far beyond any device, and safe from overflow. */
+const MAX_NUMEL = 2 ** 50;
+
+/** ggml computes sizes in 64-bit integers that wrap silently: refuse shapes no device could hold. */
+function checkSize(shape: Shape, what: string): void {
+  const n = numel(shape);
+  if (n > MAX_NUMEL)
+    throw new OutOfMemoryError(`${what}: a tensor of shape ${fmtShape(shape)} holds ${n} elements`, {
+      hint: 'use a smaller batch or context length',
+      details: { shape: [...shape], numel: n },
+    });
+}
 
 /** Returns the gradient for each input of an op (null where none is needed). */
 export type BackwardRule = (dy: Tensor) => (Tensor | null)[];
@@ -56,7 +76,7 @@ export interface GraphOptions {
   maxInputs?: number;
 }
 
-type State = 'building' | 'compiled' | 'disposed';
+type State = 'building' | 'planned' | 'compiled' | 'disposed';
 
 const active: Graph[] = [];
 
@@ -129,6 +149,7 @@ export class Graph {
 
   private leaf(shape: Shape, dtype: DType, name: string, data: Float32Array | Int32Array | null): Tensor {
     checkShape(shape, name);
+    checkSize(shape, name);
     if (!this.leafCtx.hasRoom(1)) {
       throw new QtuneError('GRAPH', `graph has no room for more inputs`, {
         hint: 'raise GraphOptions.maxInputs',
@@ -156,6 +177,7 @@ export class Graph {
     name = '',
   ): Tensor {
     this.assertBuilding('an op');
+    checkSize(shape, name || 'an op');
     if (!this.ctx.hasRoom(2)) {
       throw new QtuneError('GRAPH', `graph reached its limit of ${this.maxNodes} nodes`, {
         hint: 'raise GraphOptions.maxNodes, or split the work into smaller graphs',
@@ -417,10 +439,38 @@ export class Graph {
 
   /**
    * Finishes the graph: orders the nodes (outputs and update values first, then the writes into
-   * stored tensors), checks that the backend supports every op, and allocates memory.
+   * stored tensors), checks that the backend supports every op, and allocates memory (see
+   * {@link plan} for the first half alone).
    */
   compile(): this {
-    this.assertBuilding('compile');
+    if (this.state !== 'planned') this.plan();
+    const cgraph = this.cgraph!;
+    if (this.leaves.length > 0) {
+      this.leafBuffer = NativeBuffer.forContext(
+        this.leafCtx,
+        this.backend,
+        this.backend.bufferType,
+        'graph inputs',
+      );
+      this.leafBuffer.clear(0);
+      for (const leaf of this.leaves) if (leaf.data !== null) this.upload(leaf.tensor, leaf.data);
+    }
+    if (!this.allocator!.allocate(cgraph)) {
+      const needed = this.allocator!.measure(cgraph);
+      throw this.outOfMemory(needed, availableMemory(this.backend));
+    }
+    this.state = 'compiled';
+    return this;
+  }
+
+  /**
+   * The first half of {@link compile}: orders the nodes, checks the ops, and measures the memory the
+   * graph will take (its inputs and intermediate tensors, in bytes, returned) without allocating any: a graph the device
+   * cannot hold fails here with an OutOfMemoryError, before ggml is asked for the memory. Lets a
+   * caller check a large graph before allocating others; {@link compile} allocates it later.
+   */
+  plan(): number {
+    this.assertBuilding('plan');
     const { api } = getEngine();
     const cgraph = api.new_graph_custom(this.ctx.ptr, this.maxNodes, false);
     for (const t of this.outputs) {
@@ -443,31 +493,28 @@ export class Graph {
     this.checkSupport(cgraph, n);
     this.checkLeafDevices();
 
-    if (this.leaves.length > 0) {
-      this.leafBuffer = NativeBuffer.forContext(
-        this.leafCtx,
-        this.backend,
-        this.backend.bufferType,
-        'graph inputs',
-      );
-      this.leafBuffer.clear(0);
-      for (const leaf of this.leaves) if (leaf.data !== null) this.upload(leaf.tensor, leaf.data);
+    // measured before the inputs have memory, so the measure counts them with the intermediates
+    const allocator = new GraphAllocator(this.backend);
+    const needed = allocator.measure(cgraph);
+    const free = availableMemory(this.backend);
+    if (needed > free) {
+      allocator.free();
+      throw this.outOfMemory(needed, free);
     }
-    this.allocator = new GraphAllocator(this.backend);
-    if (!this.allocator.allocate(cgraph)) {
-      this.allocator.free();
-      this.allocator = null;
-      throw new OutOfMemoryError(
-        `${this.backend.name} has not enough memory for this graph's intermediate tensors`,
-        {
-          hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
-          details: { device: this.backend.name, free: this.backend.memory().free },
-        },
-      );
-    }
+    this.allocator = allocator;
     this.cgraph = cgraph;
-    this.state = 'compiled';
-    return this;
+    this.state = 'planned';
+    return needed;
+  }
+
+  private outOfMemory(needed: number, free: number): OutOfMemoryError {
+    return new OutOfMemoryError(
+      `${this.backend.name} has ${fmtBytes(free)} available, this graph needs ${fmtBytes(needed)} for its inputs and intermediate tensors`,
+      {
+        hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
+        details: { device: this.backend.name, needed, free },
+      },
+    );
   }
 
   private checkSupport(cgraph: GraphPtr, n: number): void {

@@ -17,7 +17,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, QtuneError } from '../errors.js';
+import { ConfigError, QtuneError, errorText } from '../errors.js';
 import { SafetensorsCheckpoint, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { configToJson } from '../models/config.js';
 import { readConfig } from '../models/load.js';
@@ -68,13 +68,9 @@ export function readExpansion(dir: string): Expansion | null {
     if (!Array.isArray(j.new_layers) || !Array.isArray(j.source_of)) throw new Error('missing fields');
     return { baseLayers: j.base_layers, newLayers: j.new_layers, sourceOf: j.source_of };
   } catch (e) {
-    throw new QtuneError(
-      'FORMAT',
-      `${file} is not a valid expansion record (${e instanceof Error ? e.message : String(e)})`,
-      {
-        hint: 'expand the base model again with `qtune expand`',
-      },
-    );
+    throw new QtuneError('FORMAT', `${file} is not a valid expansion record (${errorText(e)})`, {
+      hint: 'expand the base model again with `qtune expand`',
+    });
   }
 }
 

@@ -3,6 +3,9 @@
  * state, each graph's intermediate tensors) as ggml allocated them, and the process's resident set.
  */
 import { readFileSync } from 'node:fs';
+import { fmtBytes } from '../engine/memory.js';
+import { OutOfMemoryError } from '../errors.js';
+import type { LlamaConfig } from '../models/config.js';
 
 export interface PhaseMemory {
   /** Bytes of every engine buffer the run holds at this point. */
@@ -45,4 +48,51 @@ export function peakRss(): number {
 
 export function rss(): number {
   return process.memoryUsage().rss;
+}
+
+/** The shapes one training step's memory depends on. */
+export interface StepShape {
+  batchSize: number;
+  /** Tokens per sequence (the context length). */
+  seqLen: number;
+  gradientAccumulationSteps: number;
+  gradientCheckpointing: boolean;
+  /** The frozen base is quantized (qlora and the like). */
+  quantized: boolean;
+}
+
+/**
+ * A lower bound of the bytes one training step's activations take, from the shapes alone: the f32
+ * logits (B·T·vocab), the input of every decoder block (B·T·hidden, kept for the backward pass with
+ * or without gradient checkpointing) and one layer's attention scores (B·heads·T·T).
+ */
+export function stepActivationsLowerBound(c: LlamaConfig, s: StepShape): number {
+  const { batchSize: b, seqLen: t } = s;
+  return 4 * b * t * (c.vocab_size + c.num_hidden_layers * c.hidden_size + c.num_attention_heads * t);
+}
+
+/**
+ * The error for a step that does not fit: it names the batch shape, what the step needs (`exact`:
+ * as ggml measured its graph; else the lower bound) and what the device has, and the ways to need less.
+ */
+export function stepMemoryError(
+  s: StepShape,
+  device: string,
+  needed: number,
+  free: number,
+  exact: boolean,
+): OutOfMemoryError {
+  const advice = [
+    `lower batch_size and raise gradient_accumulation_steps (now ${s.gradientAccumulationSteps}) to keep the effective batch`,
+    'shorten context_length',
+    ...(s.quantized ? [] : ['quantize the frozen base (train_type qlora)']),
+    ...(s.gradientCheckpointing ? [] : ['turn on gradient_checkpointing']),
+  ];
+  return new OutOfMemoryError(
+    `batch_size ${s.batchSize} × context_length ${s.seqLen}: ${exact ? "the training step's intermediate tensors need" : 'one training step needs at least'} ${fmtBytes(needed)} on ${device}, which has ${fmtBytes(free)} available`,
+    {
+      hint: advice.join(', or '),
+      details: { device, needed, free, batchSize: s.batchSize, seqLen: s.seqLen },
+    },
+  );
 }

@@ -18,11 +18,13 @@
  * trainer.dispose();
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../engine/device.js';
+import { availableMemory } from '../engine/memory.js';
 import type { FloatDType } from '../engine/dtype.js';
-import { ConfigError, QtuneError } from '../errors.js';
+import { ConfigError, OutOfMemoryError, QtuneError, errorText } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
@@ -43,7 +45,15 @@ import { seededUniform } from '../util/random.js';
 import { packedAttentionMask } from '../data/packing.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
-import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
+import {
+  peakRss,
+  rss,
+  stepActivationsLowerBound,
+  stepMemoryError,
+  type MemoryReport,
+  type PhaseMemory,
+  type StepShape,
+} from './memory.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
@@ -265,6 +275,54 @@ function checkPrecision(precision: string): Precision {
   return precision as Precision;
 }
 
+/** Whether a process with this id is running (a checkpoint write of it may be in progress). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Tidies what killed runs left in an output folder. A checkpoint is written into
+ * `checkpoint-N.tmp-PID` and renamed into place, so a run killed while writing leaves that folder
+ * incomplete: it is removed (when process PID is no longer running). A run killed while replacing an
+ * existing checkpoint-N may leave the complete old one as `checkpoint-N.old-PID`: it is renamed back
+ * when checkpoint-N is missing, else removed. `resume_from_checkpoint: latest` only ever considers
+ * `checkpoint-N` folders. Returns the names removed or restored.
+ */
+export function cleanCheckpointLeftovers(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const done: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = /^(checkpoint-\d+)\.(tmp|old)-(\d+)$/.exec(name);
+    if (m === null || processAlive(Number(m[3]))) continue;
+    const full = path.join(dir, name);
+    const final = path.join(dir, m[1]!);
+    if (m[2] === 'old' && !existsSync(final)) renameSync(full, final);
+    else rmSync(full, { recursive: true, force: true });
+    done.push(name);
+  }
+  return done;
+}
+
+/**
+ * Refuses, before anything is allocated, a batch shape whose training step cannot fit on the model's
+ * device: a lower bound of the step's activations ({@link stepActivationsLowerBound}) against the
+ * memory the device has available. Throws an OutOfMemoryError that names the batch and the ways out.
+ *
+ * @example
+ * checkStepMemory(prepared.model, { batchSize: 8, seqLen: 512, gradientAccumulationSteps: 1,
+ *   gradientCheckpointing: false, quantized: false });
+ */
+export function checkStepMemory(model: LlamaModel, s: StepShape): void {
+  const needed = stepActivationsLowerBound(model.config, s);
+  const free = availableMemory(model.backend);
+  if (needed > free) throw stepMemoryError(s, model.backend.name, needed, free, false);
+}
+
 /** Loads a model folder, GGUF file or Hub id for a train type and precision. */
 export async function prepareModel(
   source: string,
@@ -430,6 +488,7 @@ export class Trainer {
     }
 
     try {
+      checkStepMemory(this.model, this.stepShape());
       if (this.trainType.adapter === 'lora' || this.trainType.adapter === 'dora') {
         this.lora = LoraLayers.create(this.model, {
           rank: 8,
@@ -611,7 +670,7 @@ export class Trainer {
         g.assign(acc, add(acc, grad));
       });
       const loss = g.output(lossSum);
-      g.compile();
+      g.plan(); // compiled (allocated) by buildGraphs, after the forward phase
       return { g, ids, labels, scale, loss, mask };
     } catch (e) {
       g.dispose();
@@ -695,18 +754,60 @@ export class Trainer {
     return { engineBytes: this.engineBytes(), rssBytes: rss() };
   }
 
+  /** The batch shape of a step, for memory checks and their messages. */
+  private stepShape(): StepShape {
+    return {
+      batchSize: this.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
+      seqLen: this.seqLen,
+      gradientAccumulationSteps: this.accumulation,
+      gradientCheckpointing: this.o.gradientCheckpointing === true,
+      quantized: this.trainType.quantization !== null,
+    };
+  }
+
+  /**
+   * Builds the step's graphs and allocates their memory now (the first step does it otherwise), so
+   * that a batch the device cannot hold fails with an OutOfMemoryError before a run writes anything.
+   */
+  allocate(): void {
+    this.ensureGraphs();
+  }
+
   /** Builds the graphs on first use, measuring memory after each phase. */
   private ensureGraphs(): void {
     if (this.accGraph !== null) return;
+    try {
+      this.buildGraphs();
+    } catch (e) {
+      for (const x of [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph]) x?.g.dispose();
+      this.accGraph = this.normGraph = this.updateGraph = this.evalGraph = null;
+      const { needed, free } = e instanceof OutOfMemoryError ? e.details : {};
+      if (typeof needed === 'number' && typeof free === 'number')
+        throw stepMemoryError(this.stepShape(), this.model.backend.name, needed, free, true);
+      throw e;
+    }
+  }
+
+  private buildGraphs(): void {
     const load = this.phase();
-    const probe = this.pack(this.data.train.slice(0, this.microBatchSize));
-    this.evalGraph = this.buildEval();
-    this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
-    this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
-    if (this.evalGraph.mask !== null) this.evalGraph.g.set(this.evalGraph.mask, probe.mask!); // packing
-    this.evalGraph.g.run();
-    const forward = this.phase();
-    this.accGraph = this.buildAccumulate();
+    // the accumulate graph is the largest: it is measured (planned) before anything is allocated,
+    // and allocated after the forward phase was measured
+    const acc = this.buildAccumulate();
+    let forward: PhaseMemory;
+    try {
+      const probe = this.pack(this.data.train.slice(0, this.microBatchSize));
+      this.evalGraph = this.buildEval();
+      this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
+      this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
+      if (this.evalGraph.mask !== null) this.evalGraph.g.set(this.evalGraph.mask, probe.mask!); // packing
+      this.evalGraph.g.run();
+      forward = this.phase();
+      acc.g.compile();
+    } catch (e) {
+      acc.g.dispose();
+      throw e;
+    }
+    this.accGraph = acc;
     const backward = { engineBytes: this.engineBytes(), rssBytes: 0 };
     this.normGraph = this.buildNorm();
     this.updateGraph = this.buildUpdate();
@@ -978,6 +1079,7 @@ export class Trainer {
   /** Trains to the last step: steps, periodic evaluation and checkpoints, a final evaluation and checkpoint. */
   train(): TrainResult {
     const o = this.o;
+    if (o.outputDir !== undefined) cleanCheckpointLeftovers(o.outputDir);
     const losses: number[] = [];
     const evals: TrainResult['evals'] = [];
     const hasVal = (this.data.validation?.length ?? 0) > 0;
@@ -1112,7 +1214,7 @@ export class Trainer {
                 })),
               },
       };
-      writeFileSync(path.join(tmp, STATE_FILE), JSON.stringify(state, null, 2) + '\n');
+      writeFileAtomic(path.join(tmp, STATE_FILE), [JSON.stringify(state, null, 2) + '\n']);
       const old = `${dir}.old-${process.pid}`;
       if (existsSync(dir)) renameSync(dir, old);
       renameSync(tmp, dir);
@@ -1152,10 +1254,7 @@ export class Trainer {
     try {
       state = JSON.parse(readFileSync(file, 'utf8')) as typeof state;
     } catch (e) {
-      throw new QtuneError(
-        'FORMAT',
-        `${file} is not valid JSON (${e instanceof Error ? e.message : String(e)})`,
-      );
+      throw new QtuneError('FORMAT', `${file} is not valid JSON (${errorText(e)})`);
     }
     const id = state.identity;
     const mismatch =

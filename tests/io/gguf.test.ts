@@ -77,7 +77,7 @@ describe('GGUF', () => {
       })(),
       'tensors',
     ],
-    ['a header cut short', bytes.subarray(0, 60), 'ends while reading'],
+    ['a header cut short', bytes.subarray(0, 60), 'truncated'],
     ['truncated tensor data', bytes.subarray(0, bytes.length - 30), 'truncated'],
     [
       'an unknown value type',

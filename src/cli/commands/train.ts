@@ -11,7 +11,13 @@ import { ConfigError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
-import { Trainer, prepareModel, type TrainerOptions } from '../../train/trainer.js';
+import {
+  Trainer,
+  checkStepMemory,
+  cleanCheckpointLeftovers,
+  prepareModel,
+  type TrainerOptions,
+} from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
@@ -155,6 +161,14 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
+    // an impossible batch shape fails here, before the data is tokenized into examples of that length
+    checkStepMemory(prepared.model, {
+      batchSize: c.batch_size,
+      seqLen: c.context_length,
+      gradientAccumulationSteps: c.gradient_accumulation_steps,
+      gradientCheckpointing: c.gradient_checkpointing,
+      quantized: prepared.trainType.quantization !== null,
+    });
     const data = await loadDataset(
       {
         path: c.dataset ?? '',
@@ -167,13 +181,14 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
       prepared.tokenizer,
       c.context_length,
     );
-    if (writer) mkdirSync(c.output_dir, { recursive: true });
     trainer = new Trainer(prepared, data, options);
   } catch (e) {
     prepared.dispose();
     throw e;
   }
   try {
+    trainer.allocate(); // a step the device cannot hold fails before anything is written
+    if (writer) mkdirSync(c.output_dir, { recursive: true });
     const logger = writer
       ? await createRunLoggers({
           outputDir: c.output_dir,
@@ -185,6 +200,7 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
           ...(comm.kind === 'mpi' ? { tty: false } : {}),
         })
       : { log: () => undefined, close: () => undefined };
+    if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
     if (c.resume_from_checkpoint !== null) {
       const dir =
         c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;

@@ -1,0 +1,342 @@
+/**
+ * The readers the fuzz tests attack, each with the real files it starts from (written by qtune
+ * itself, or the repository's own data and example configs), how a case mutates them, and how the
+ * result is read and checked. A case passes when the reader succeeds with a consistent result or
+ * throws a QtuneError; anything else is a bug.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { trainerOptions } from '../../src/cli/commands/train.js';
+import { readConfigFile, resolveTrainConfig, TRAIN_OPTIONS } from '../../src/cli/train-config.js';
+import { loadDataset } from '../../src/data/dataset.js';
+import { readRecords } from '../../src/data/records.js';
+import { cpuBackend } from '../../src/engine/device.js';
+import { ggufToConfig, ggufTokenizer, writeLlamaGguf } from '../../src/io/gguf-llama.js';
+import { readGguf, readGgufTensor } from '../../src/io/gguf.js';
+import { DTYPE_BYTES, SafetensorsCheckpoint, writeSafetensors } from '../../src/io/safetensors.js';
+import { Tokenizer } from '../../src/io/tokenizer.js';
+import { configToJson, parseLlamaConfig } from '../../src/models/config.js';
+import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
+import { loadGgufWeights, loadWeights, readConfig } from '../../src/models/load.js';
+import { tinyTokenizerFiles } from '../../src/models/tiny.js';
+import { createSchedule } from '../../src/optim/schedule.js';
+import { gaussian, seededUniform } from '../../src/util/random.js';
+import { ROOT } from '../helpers/cli.js';
+import { ggufLayout, safetensorsLayout } from './layout.js';
+import { int, mutateBinary, mutateJson, mutateLines, pick, type Rand } from './mutate.js';
+
+export interface FuzzCase {
+  desc: string;
+  /** Files to write into the case folder (relative name → bytes or text). */
+  files: Record<string, Uint8Array | string>;
+}
+
+export interface FuzzTarget {
+  /** Cases in `npm test`; QTUNE_SLOW=1 runs ten times as many. */
+  cases: number;
+  /** What a case reads, for the summary. */
+  reads: string;
+  /** Writes the real files the cases start from into `dir` (once per run). */
+  prepare(dir: string): void;
+  /** Case `index`'s mutated files. */
+  make(r: Rand, index: number): FuzzCase;
+  /** Reads the case folder and checks the result; throws what the reader throws. */
+  read(dir: string, index: number): Promise<void>;
+}
+
+class Inconsistent extends Error {
+  override name = 'Inconsistent';
+}
+
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new Inconsistent(what);
+}
+
+/** Every weight of a loaded model has the shape its config gives; frees the model. */
+function checkModel(model: LlamaModel): void {
+  for (const w of llamaWeights(model.config)) {
+    const t = model.weight(w.name);
+    check(
+      t.shape.join() === w.shape.join(),
+      `${w.name} is [${t.shape.join(', ')}], spec [${w.shape.join(', ')}]`,
+    );
+  }
+  model.dispose();
+}
+
+/** The base model of the fuzz cases: the parity fixture's Llama shape (vocab 256), random weights. */
+function tinyConfig() {
+  const j = JSON.parse(
+    readFileSync(path.join(ROOT, 'tests/fixtures/parity/llama_gqa/config.json'), 'utf8'),
+  ) as Record<string, unknown>;
+  return parseLlamaConfig(j);
+}
+
+// ------------------------------------------------------------------------------------ safetensors
+
+let stBytes: Uint8Array;
+let stConfig: string;
+
+const safetensors: FuzzTarget = {
+  cases: 900,
+  reads: 'SafetensorsCheckpoint (every tensor read); every 6th case also loadWeights onto the CPU',
+  prepare(dir) {
+    const config = tinyConfig();
+    const u = seededUniform(7);
+    const file = path.join(dir, 'model.safetensors');
+    writeSafetensors(
+      file,
+      llamaWeights(config).map((w, i) => ({
+        name: w.name,
+        shape: w.shape,
+        dtype: i % 3 === 0 ? ('BF16' as const) : i % 3 === 1 ? ('F16' as const) : ('F32' as const),
+        data: gaussian(
+          u,
+          w.shape.reduce((a, b) => a * b, 1),
+          0.02,
+        ),
+      })),
+      { format: 'pt' },
+    );
+    stBytes = readFileSync(file);
+    stConfig = JSON.stringify(configToJson(config), null, 2);
+  },
+  make(r, index) {
+    const layout = safetensorsLayout(stBytes);
+    const files: FuzzCase['files'] = { 'config.json': stConfig, 'model.safetensors': stBytes };
+    if (index % 6 === 5 && r() < 0.4) {
+      // the load path with a damaged config.json and intact weights
+      const m = mutateJson(JSON.parse(stConfig) as never, r);
+      files['config.json'] = m.text;
+      return { desc: `config.json: ${m.desc}`, files };
+    }
+    if (r() < 0.45) {
+      // a semantic change to the JSON header, re-encoded with its length (or the old one)
+      const headerText = Buffer.from(stBytes.subarray(8, 8 + layout.headerLen)).toString('utf8');
+      const m = mutateJson(JSON.parse(headerText) as never, r);
+      const keepLength = r() < 0.15;
+      const head = Buffer.from(m.text, 'utf8');
+      const len = Buffer.alloc(8);
+      len.writeBigUInt64LE(BigInt(keepLength ? layout.headerLen : head.length));
+      files['model.safetensors'] = Buffer.concat([len, head, stBytes.subarray(8 + layout.headerLen)]);
+      return { desc: `header: ${m.desc}${keepLength ? ' (old header length kept)' : ''}`, files };
+    }
+    const m = mutateBinary(stBytes, r, layout.hot, layout.fields);
+    files['model.safetensors'] = m.bytes;
+    return { desc: m.desc, files };
+  },
+  read(dir, index) {
+    const ckpt = SafetensorsCheckpoint.open(dir);
+    try {
+      const size = readFileSync(path.join(dir, 'model.safetensors')).length;
+      for (const name of ckpt.names()) {
+        const e = ckpt.entry(name);
+        const numel = e.shape.reduce((a, b) => a * b, 1);
+        check(e.bytes === numel * DTYPE_BYTES[e.dtype], `${name}: ${e.bytes} bytes for ${numel} ${e.dtype}`);
+        check(
+          e.offset >= 8 && e.offset + e.bytes <= size,
+          `${name}: bytes [${e.offset}, +${e.bytes}) outside ${size}`,
+        );
+        check(ckpt.readRaw(name).length === e.bytes, `${name}: read back a different length`);
+        if (e.dtype === 'F32' || e.dtype === 'F16' || e.dtype === 'BF16')
+          check(ckpt.readF32(name).length === numel, `${name}: readF32 length`);
+      }
+    } finally {
+      ckpt.close();
+    }
+    if (index % 6 === 5) checkModel(loadWeights(dir, readConfig(dir), cpuBackend()).model);
+    return Promise.resolve();
+  },
+};
+
+// ------------------------------------------------------------------------------------ GGUF
+
+let ggufBytes: Uint8Array;
+
+const gguf: FuzzTarget = {
+  cases: 800,
+  reads:
+    'readGguf (every tensor read); every 6th case also loadGgufWeights onto the CPU, every 40th the tokenizer',
+  prepare(dir) {
+    // the tiny model as qtune's own GGUF (q8_0 matrices, f32 norms), with a real tokenizer's metadata
+    const config = tinyConfig();
+    const u = seededUniform(11);
+    const folder = path.join(dir, 'model');
+    mkdirSync(folder, { recursive: true });
+    writeSafetensors(
+      path.join(folder, 'model.safetensors'),
+      llamaWeights(config).map((w) => ({
+        name: w.name,
+        shape: w.shape,
+        dtype: 'F32' as const,
+        data: gaussian(
+          u,
+          w.shape.reduce((a, b) => a * b, 1),
+          0.02,
+        ),
+      })),
+    );
+    const files = tinyTokenizerFiles('llama2');
+    const tok = new Tokenizer(
+      JSON.parse(files.tokenizerJson) as Record<string, unknown>,
+      JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>,
+    );
+    const { model } = loadWeights(folder, config, cpuBackend());
+    const file = path.join(dir, 'model.gguf');
+    try {
+      writeLlamaGguf(file, model, tok, { dtype: 'q8_0' });
+    } finally {
+      model.dispose();
+    }
+    ggufBytes = readFileSync(file);
+  },
+  make(r) {
+    const layout = ggufLayout(ggufBytes);
+    const m = mutateBinary(ggufBytes, r, layout.hot, layout.fields);
+    return { desc: m.desc, files: { 'model.gguf': m.bytes } };
+  },
+  read(dir, index) {
+    const file = path.join(dir, 'model.gguf');
+    const g = readGguf(file);
+    const size = readFileSync(file).length;
+    for (const t of g.tensors.values()) {
+      check(t.offset >= g.dataStart && t.offset + t.bytes <= size, `${t.name} outside the file`);
+      check(readGgufTensor(g, t.name).length === t.bytes, `${t.name}: read back a different length`);
+    }
+    if (index % 6 === 5) checkModel(loadGgufWeights(file, cpuBackend()).model);
+    if (index % 40 === 39) {
+      const tok = ggufTokenizer(g, ggufToConfig(g));
+      check(tok.decode(tok.encode('Call me Ishmael.', { addSpecialTokens: false })) !== null, 'decode');
+    }
+    return Promise.resolve();
+  },
+};
+
+// ------------------------------------------------------------------------------------ JSONL / JSON
+
+let jsonlText: string;
+let tokenizer: Tokenizer | undefined;
+
+const jsonl: FuzzTarget = {
+  cases: 900,
+  reads: 'readRecords (.jsonl and .json); every 16th case also loadDataset (alpaca, real llama2 tokenizer)',
+  prepare() {
+    jsonlText = readFileSync(path.join(ROOT, 'data', 'style.jsonl'), 'utf8');
+  },
+  make(r, index) {
+    const asArray = index % 4 === 3;
+    const lines = jsonlText.trimEnd().split('\n');
+    let text: string;
+    let desc: string;
+    const k = r();
+    if (k < 0.4) {
+      const i = int(r, lines.length);
+      const m = mutateJson(JSON.parse(lines[i]!) as never, r);
+      lines[i] = m.text;
+      text = asArray ? `[\n${lines.join(',\n')}\n]\n` : lines.join('\n') + '\n';
+      desc = `record ${i + 1}: ${m.desc}`;
+    } else {
+      const base = asArray ? `[\n${lines.join(',\n')}\n]\n` : jsonlText;
+      if (k < 0.75) {
+        const m = mutateLines(base, r, false);
+        text = m.text;
+        desc = m.desc;
+      } else {
+        const bytes = Buffer.from(base, 'utf8');
+        const m = mutateBinary(bytes, r, [[0, bytes.length]]);
+        return { desc: m.desc, files: { [asArray ? 'data.json' : 'data.jsonl']: m.bytes } };
+      }
+    }
+    return { desc, files: { [asArray ? 'data.json' : 'data.jsonl']: text } };
+  },
+  async read(dir, index) {
+    const file = path.join(dir, index % 4 === 3 ? 'data.json' : 'data.jsonl');
+    const records = readRecords(file);
+    for (const rec of records) {
+      check(
+        rec.value !== null && typeof rec.value === 'object' && !Array.isArray(rec.value),
+        'a record is not an object',
+      );
+      check(Number.isInteger(rec.line) && rec.line >= 1, `record line ${rec.line}`);
+    }
+    if (index % 16 === 7) {
+      if (tokenizer === undefined) {
+        const files = tinyTokenizerFiles('llama2');
+        tokenizer = new Tokenizer(
+          JSON.parse(files.tokenizerJson) as Record<string, unknown>,
+          JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>,
+        );
+      }
+      const data = await loadDataset(
+        { path: file, format: 'alpaca', val_size: 0.1, packing: index % 32 === 7 },
+        tokenizer,
+        64,
+      );
+      for (const e of [...data.train, ...(data.validation ?? [])])
+        check(e.ids.length === 64 && e.labels.length === 64, 'an example is not 64 long');
+    }
+  },
+};
+
+// ------------------------------------------------------------------------------------ YAML
+
+const EXAMPLES = [
+  'lora-tiny.yaml',
+  'qlora-tiny.yaml',
+  'dora-tiny.yaml',
+  'full-tiny.yaml',
+  'quickstart.yaml',
+  'tinyllama-1.1b-qlora.yaml',
+];
+const yamlTexts = new Map<string, string>();
+
+const yaml: FuzzTarget = {
+  cases: 900,
+  reads: 'readConfigFile, resolveTrainConfig, the trainer options and the schedule they make',
+  prepare() {
+    for (const e of EXAMPLES) yamlTexts.set(e, readFileSync(path.join(ROOT, 'examples', e), 'utf8'));
+  },
+  make(r) {
+    const name = pick(r, EXAMPLES);
+    const text = yamlTexts.get(name)!;
+    if (r() < 0.75) {
+      const m = mutateLines(text, r, true);
+      const again = r() < 0.3 ? mutateLines(m.text, r, true) : null;
+      return {
+        desc: `${name}: ${m.desc}${again === null ? '' : `; ${again.desc}`}`,
+        files: { 'run.yaml': again?.text ?? m.text },
+      };
+    }
+    const bytes = Buffer.from(text, 'utf8');
+    const m = mutateBinary(bytes, r, [[0, bytes.length]]);
+    return { desc: `${name}: ${m.desc}`, files: { 'run.yaml': m.bytes } };
+  },
+  read(dir) {
+    const c = resolveTrainConfig(readConfigFile(path.join(dir, 'run.yaml')));
+    for (const [k, v] of Object.entries(c)) {
+      const spec = (TRAIN_OPTIONS as Record<string, { kind: string }>)[k];
+      check(spec !== undefined && Object.hasOwn(TRAIN_OPTIONS, k), `unknown key ${k} in the result`);
+      if (v === null) continue;
+      const kind = spec!.kind;
+      const ok =
+        kind === 'list'
+          ? Array.isArray(v) && v.every((x) => typeof x === 'string')
+          : kind === 'int'
+            ? Number.isInteger(v)
+            : kind === 'number'
+              ? typeof v === 'number' && Number.isFinite(v)
+              : typeof v === kind;
+      check(ok, `${k} = ${JSON.stringify(v)} is not a ${kind}`);
+    }
+    const o = trainerOptions(c);
+    createSchedule({ ...o.schedule, lr: c.lr, total_steps: c.max_steps ?? 100 } as never);
+    return Promise.resolve();
+  },
+};
+
+export const TARGETS: Record<string, FuzzTarget> = { safetensors, gguf, jsonl, yaml };
+
+/** Writes a case's files into `dir` (emptied first by the caller). */
+export function writeCase(dir: string, c: FuzzCase): void {
+  for (const [name, data] of Object.entries(c.files)) writeFileSync(path.join(dir, name), data);
+}
