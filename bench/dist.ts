@@ -1,7 +1,8 @@
 /**
  * `npm run bench:dist`: data-parallel LoRA training over MPI on this machine. One process using every
- * core against `qtune launch -n N` (each rank floor(cores / N) threads), with the same global batch
- * (batch 4 × 2 accumulation steps × 256 tokens of Moby Dick); the two alternate `--rounds` times.
+ * core, one process on one thread, and `qtune launch -n N` (each rank floor(cores / N) threads), with
+ * the same global batch (batch 4 × 2 accumulation steps × 256 tokens of Moby Dick); the three
+ * alternate `--rounds` times.
  * From each run's metrics.jsonl, after the warm-up steps: tokens/s, the gradient all-reduce's time and
  * bytes per step and its share of the step. The all-reduce's time includes waiting for the slower
  * rank, so the same bytes are also summed alone, after a barrier (bench/dist-child.ts): the transfer
@@ -91,13 +92,14 @@ const trainArgs = (out: string) => [
 
 interface Run {
   ranks: number;
+  threads: number;
   tokensPerS: number[];
   stepMs: number[];
   allreduceMs: number[];
   bytes: number;
 }
 
-function readRun(out: string, n: number): Run {
+function readRun(out: string, n: number, threads: number): Run {
   const rows = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
     .trim()
     .split('\n')
@@ -106,6 +108,7 @@ function readRun(out: string, n: number): Run {
     .slice(warmup);
   return {
     ranks: n,
+    threads,
     tokensPerS: rows.map((r) => r['tokens_per_s'] as number),
     stepMs: rows.map((r) => ((r['tokens'] as number) / (r['tokens_per_s'] as number)) * 1000),
     allreduceMs: rows.map((r) => (r['allreduce_ms'] as number | undefined) ?? 0),
@@ -113,33 +116,40 @@ function readRun(out: string, n: number): Run {
   };
 }
 
-function run(n: number, round: number): Run {
-  const out = path.join(tmp, `out-${n}-${round}`);
+/** One process (no MPI) on `threads` threads, or `n` ranks of `qtune launch` (their default threads). */
+function run(n: number, threads: number, round: number): Run {
+  const out = path.join(tmp, `out-${n}-${threads}-${round}`);
   const args =
     n === 1
-      ? [...trainArgs(out), '--threads', String(cores)]
+      ? [...trainArgs(out), '--threads', String(threads)]
       : ['launch', '-n', String(n), '--', ...trainArgs(out)];
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (r.status !== 0) throw new Error(`${args.join(' ')} failed:\n${r.stdout}\n${r.stderr}`);
-  return readRun(out, n);
+  return readRun(out, n, threads);
 }
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 try {
+  const configs = [
+    { n: 1, threads: cores },
+    ...(cores > 1 ? [{ n: 1, threads: 1 }] : []),
+    { n: ranks, threads: Math.max(1, Math.floor(cores / ranks)) },
+  ];
   const runs: Run[] = [];
-  for (let round = 0; round < rounds; round++) for (const n of [1, ranks]) runs.push(run(n, round));
-  const merged = [1, ranks].map((n) => {
-    const mine = runs.filter((r) => r.ranks === n);
+  for (let round = 0; round < rounds; round++) for (const c of configs) runs.push(run(c.n, c.threads, round));
+  const merged = configs.map(({ n, threads }) => {
+    const mine = runs.filter((r) => r.ranks === n && r.threads === threads);
     return {
       ranks: n,
+      threads,
       tokensPerS: mine.flatMap((r) => r.tokensPerS),
       stepMs: mine.flatMap((r) => r.stepMs),
       allreduceMs: mine.flatMap((r) => r.allreduceMs),
       bytes: mine[0]!.bytes,
     };
   });
-  const dp = merged[1]!;
+  const dp = merged.at(-1)!;
   // the same bytes summed alone, after a barrier
   const { flavor } = detectMpirun('mpirun');
   const plan = buildMpirunCommand({
@@ -165,7 +175,7 @@ try {
     global_batch: { sequences: 8, tokens: 8 * 256 },
     runs: merged.map((m) => ({
       ranks: m.ranks,
-      threads_per_rank: m.ranks === 1 ? cores : Math.max(1, Math.floor(cores / m.ranks)),
+      threads_per_rank: m.threads,
       tokens_per_s_best: Math.max(...m.tokensPerS),
       tokens_per_s_median: median(m.tokensPerS),
       step_ms_median: median(m.stepMs),

@@ -233,7 +233,6 @@ export class MpiLibrary {
         { hint: `${INSTALL_HINT}, or set MPI_LIB to the libmpi file`, details: { tried } },
       );
     }
-    let version: string;
     let getVersion: MpiApi['Get_library_version'];
     try {
       getVersion = lib.func(DECLS.Get_library_version) as MpiApi['Get_library_version'];
@@ -242,18 +241,16 @@ export class MpiLibrary {
         hint: INSTALL_HINT,
       });
     }
-    {
-      const buf = Buffer.alloc(8192); // MPI_MAX_LIBRARY_VERSION_STRING: 256 in Open MPI, 8192 in MPICH
-      const len = new Int32Array(1);
-      getVersion(buf, len);
-      version = buf
-        .subarray(0, Math.max(0, Math.min(len[0]!, buf.length)))
-        .toString('latin1')
-        .replace(/\0[^]*$/, '')
-        .trim()
-        .split('\n')[0]!
-        .trim();
-    }
+    const buf = Buffer.alloc(8192); // MPI_MAX_LIBRARY_VERSION_STRING: 256 in Open MPI, 8192 in MPICH
+    const len = new Int32Array(1);
+    getVersion(buf, len);
+    const version = buf
+      .subarray(0, Math.max(0, Math.min(len[0]!, buf.length)))
+      .toString('latin1')
+      .replace(/\0[^]*$/, '')
+      .trim()
+      .split('\n')[0]!
+      .trim();
     let abi: Abi;
     if (/Open MPI/i.test(version)) abi = openMpiAbi(lib);
     else if (/MPICH|Intel\(R\) MPI|MVAPICH/i.test(version)) abi = MPICH_ABI;

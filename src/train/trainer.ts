@@ -9,7 +9,9 @@
  *   update      (per step)         grads × (1 / (target tokens × loss scale) × clip factor), then the
  *                                  optimizer's update
  * Dividing by the step's count of target tokens (not per micro-batch) makes 4 micro-batches of 1
- * equal one batch of 4.
+ * equal one batch of 4. It also makes data parallelism exact (options.comm): each rank accumulates its
+ * share of the global batch, and the gradient buffers and token counts are summed across the ranks
+ * between accumulate and norm (src/train/parallel.ts).
  *
  * @example
  * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
@@ -831,7 +833,8 @@ export class Trainer {
 
   /**
    * One optimizer step over `gradientAccumulationSteps` micro-batches: the next ones of the training
-   * data, or those given.
+   * data, or those given (with a communicator: this rank's share of the step, of at most
+   * {@link microBatchSize} examples each). Every rank of a job calls it together.
    */
   step(microBatches?: readonly (readonly Example[])[]): StepResult {
     this.ensureGraphs();
