@@ -156,7 +156,7 @@ const safetensors: FuzzTarget = {
 let ggufBytes: Uint8Array;
 
 const gguf: FuzzTarget = {
-  cases: 800,
+  cases: 600,
   reads:
     'readGguf (every tensor read); every 6th case also loadGgufWeights onto the CPU, every 40th the tokenizer',
   prepare(dir) {
@@ -220,7 +220,7 @@ let jsonlText: string;
 let tokenizer: Tokenizer | undefined;
 
 const jsonl: FuzzTarget = {
-  cases: 900,
+  cases: 700,
   reads: 'readRecords (.jsonl and .json); every 16th case also loadDataset (alpaca, real llama2 tokenizer)',
   prepare() {
     jsonlText = readFileSync(path.join(ROOT, 'data', 'style.jsonl'), 'utf8');
