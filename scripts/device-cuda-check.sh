@@ -101,6 +101,8 @@ step test-backends 120 $T dist/tests/backends/
 step test-gradcheck 150 $T dist/tests/tensor/gradcheck.test.js
 step test-parity 150 $T dist/tests/models/parity.test.js
 step test-quant 240 $T dist/tests/quant/
+# impossible memory requests on the GPU: the lower bound and the measured graph against its free memory
+step test-robust-memory 150 $T dist/tests/robust/memory.test.js
 
 cat >/tmp/qtune-bench-forward.mjs <<EOF
 // forward tokens/s of bench/forward.ts's "small" shape (768 dim, 12 layers, seq 256, f32) per device

@@ -15,7 +15,7 @@
  * };
  * loraScale(data.modules.get('model.layers.0.self_attn.q_proj')!, data.rsLora); // 2
  */
-import { ConfigError, ShapeError, fmtShape } from '../errors.js';
+import { ConfigError, ShapeError, fmtShape, shownValue } from '../errors.js';
 
 /** One adapted linear layer. */
 export interface LoraModule {
@@ -69,12 +69,15 @@ export function shortModuleName(module: string): string {
 export function validateLoraModule(name: string, m: LoraModule, dora: boolean): void {
   for (const key of ['rank', 'inFeatures', 'outFeatures'] as const) {
     if (!Number.isInteger(m[key]) || m[key] < 1)
-      throw new ConfigError(`adapter module ${name}: ${key} = ${m[key]} is not a positive integer`, {
-        details: { module: name, field: key, value: m[key] },
-      });
+      throw new ConfigError(
+        `adapter module ${name}: ${key} = ${shownValue(m[key])} is not a positive integer`,
+        {
+          details: { module: name, field: key, value: m[key] },
+        },
+      );
   }
   if (!Number.isFinite(m.alpha))
-    throw new ConfigError(`adapter module ${name}: alpha = ${m.alpha} is not a finite number`, {
+    throw new ConfigError(`adapter module ${name}: alpha = ${shownValue(m.alpha)} is not a finite number`, {
       details: { module: name, field: 'alpha', value: m.alpha },
     });
   const check = (what: string, arr: Float32Array, shape: number[]) => {

@@ -8,7 +8,7 @@
  */
 import { closeSync, existsSync, fstatSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { FormatError, QtuneError, errorText, quote } from '../errors.js';
+import { FormatError, QtuneError, errorText, quote, shownValue } from '../errors.js';
 import { f32ToHalfBytes, halfBytesToF32 } from './half.js';
 import { writeFileAtomic } from './atomic.js';
 
@@ -255,6 +255,8 @@ export class SafetensorsCheckpoint {
         weightMap = (JSON.parse(readFileSync(index, 'utf8')) as { weight_map: Record<string, string> })
           .weight_map;
         if (weightMap === null || typeof weightMap !== 'object') throw new Error('no weight_map');
+        for (const [k, v] of Object.entries(weightMap))
+          if (typeof v !== 'string') throw new Error(`weight_map lists ${quote(k)} in ${shownValue(v)}`);
       } catch (e) {
         throw new FormatError(index, `is not a valid shard index (${errorText(e)})`);
       }

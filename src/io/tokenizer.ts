@@ -7,11 +7,12 @@
  * const tok = Tokenizer.fromFolder('tiny-model');
  * const ids = tok.encode(tok.applyChatTemplate([{ role: 'user', content: 'Hi' }], { addGenerationPrompt: true }), { addSpecialTokens: false });
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import * as hfTokenizers from '@huggingface/tokenizers';
-import { FormatError, QtuneError, errorText } from '../errors.js';
+import { QtuneError, errorText } from '../errors.js';
+import { readJsonObject } from './json.js';
 
 export interface ChatMessage {
   role: string;
@@ -46,14 +47,6 @@ function tokenContent(v: unknown): string | null {
   if (v !== null && typeof v === 'object' && typeof (v as Json)['content'] === 'string')
     return (v as Json)['content'] as string;
   return null;
-}
-
-function readJson(file: string): Json {
-  try {
-    return JSON.parse(readFileSync(file, 'utf8')) as Json;
-  } catch (e) {
-    throw new FormatError(file, `is not valid JSON (${errorText(e)})`);
-  }
 }
 
 export class Tokenizer {
@@ -127,7 +120,11 @@ export class Tokenizer {
       });
     }
     const tc = path.join(dir, 'tokenizer_config.json');
-    return new Tokenizer(readJson(tj), existsSync(tc) ? readJson(tc) : defaultConfig, extraEosIds);
+    return new Tokenizer(
+      readJsonObject(tj),
+      existsSync(tc) ? readJsonObject(tc) : defaultConfig,
+      extraEosIds,
+    );
   }
 
   /** Token count: the largest id plus one. */

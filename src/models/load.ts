@@ -11,14 +11,15 @@
  * @example
  * const { model, tokenizer } = await loadModel('tiny-model', { backend: 'cpu', quantize: 'q8_0' });
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../backends/manager.js';
 import type { Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, isFloatDType, isQuantDType, type DType, type FloatDType } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
-import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
+import { ConfigError, FormatError, QtuneError } from '../errors.js';
 import { readGguf, readGgufTensor, type GgufFile } from '../io/gguf.js';
+import { readJsonObject } from '../io/json.js';
 import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from '../io/gguf-llama.js';
 import { downloadModel, isHubId, type HubOptions } from '../io/hub.js';
 import { SafetensorsCheckpoint } from '../io/safetensors.js';
@@ -63,14 +64,6 @@ interface Source {
   /** Raw bytes in `dtypeOf(name)`, in a new array or at the start of `into`. */
   read(name: string, into?: Uint8Array): Uint8Array;
   close(): void;
-}
-
-function readJson(file: string): Record<string, unknown> {
-  try {
-    return JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    throw new FormatError(file, `is not valid JSON (${errorText(e)})`);
-  }
 }
 
 const ST_TO_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
@@ -121,7 +114,7 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
   }
   const config = readConfig(location);
   const genFile = path.join(location, 'generation_config.json');
-  const genEos = existsSync(genFile) ? readJson(genFile)['eos_token_id'] : undefined;
+  const genEos = existsSync(genFile) ? readJsonObject(genFile)['eos_token_id'] : undefined;
   const genIds: unknown[] = Array.isArray(genEos) ? genEos : [genEos];
   const extraEos = [...config.eos_token_id, ...genIds.filter((x): x is number => typeof x === 'number')];
   const tokenizer = Tokenizer.fromFolder(location, extraEos);
@@ -161,7 +154,7 @@ export function readConfig(dir: string): LlamaConfig {
       hint: 'point at a Hugging Face model folder',
     });
   try {
-    return parseLlamaConfig(readJson(configFile));
+    return parseLlamaConfig(readJsonObject(configFile));
   } catch (e) {
     if (e instanceof ConfigError)
       throw new ConfigError(

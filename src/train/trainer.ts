@@ -25,7 +25,7 @@ import path from 'node:path';
 import type { Backend } from '../engine/device.js';
 import { availableMemory } from '../engine/memory.js';
 import type { FloatDType } from '../engine/dtype.js';
-import { ConfigError, OutOfMemoryError, QtuneError, errorText } from '../errors.js';
+import { ConfigError, FormatError, OutOfMemoryError, QtuneError, errorText, shownValue } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
@@ -59,7 +59,7 @@ import {
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
-import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
+import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
 import { saveModel } from '../adapters/merge.js';
 import { savePeftAdapter } from '../adapters/peft.js';
 
@@ -363,6 +363,23 @@ export async function prepareModel(
     expansion,
     dispose: () => loaded.dispose(),
   };
+}
+
+/** An error for a checkpoint file that is not what qtune wrote. */
+function corrupt(file: string, what: string): FormatError {
+  return new FormatError(file, what, { hint: 'the checkpoint is corrupt; use an earlier checkpoint-N' });
+}
+
+/** A checkpoint's trainer_state.json, parsed: a JSON object. */
+function readState(file: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw corrupt(file, `is not valid JSON (${errorText(e)})`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw corrupt(file, 'is not a JSON object');
+  return v as Record<string, unknown>;
 }
 
 export class Trainer {
@@ -1240,7 +1257,7 @@ export class Trainer {
       throw new QtuneError('NOT_FOUND', `${dir} is not a qtune checkpoint (no ${STATE_FILE})`, {
         hint: 'point resume at a checkpoint-N folder of an output directory',
       });
-    let state: {
+    const state = readState(file) as {
       format: number;
       identity?: RunIdentity;
       step: number;
@@ -1254,11 +1271,6 @@ export class Trainer {
       batch_size: number;
       gradient_accumulation_steps: number;
     };
-    try {
-      state = JSON.parse(readFileSync(file, 'utf8')) as typeof state;
-    } catch (e) {
-      throw new QtuneError('FORMAT', `${file} is not valid JSON (${errorText(e)})`);
-    }
     const id = state.identity;
     const mismatch =
       id?.model !== this.identity.model
@@ -1281,6 +1293,16 @@ export class Trainer {
         `checkpoint ${dir} was written with seed ${state.seed}, batch_size ${state.batch_size}, gradient_accumulation_steps ${state.gradient_accumulation_steps}; this run has ${this.seed}, ${this.batchSize}, ${this.accumulation}`,
         { hint: 'use the same seed and batch settings to resume exactly' },
       );
+    const counts = ['step', 'epoch', 'cursor', 'micro_step', 'good_steps'] as const;
+    for (const k of counts) {
+      if (!(Number.isSafeInteger(state[k]) && state[k] >= 0))
+        throw corrupt(file, `${k} is ${shownValue(state[k])}, not a whole number ≥ 0`);
+    }
+    if (!(Number.isFinite(state.loss_scale) && state.loss_scale > 0))
+      throw corrupt(file, `loss_scale is ${shownValue(state.loss_scale)}, not a number > 0`);
+    const optStep = (state.optimizer as { step?: unknown } | null)?.step;
+    if (!(Number.isSafeInteger(optStep) && (optStep as number) >= 0))
+      throw corrupt(file, `optimizer.step is ${shownValue(optStep)}, not a whole number ≥ 0`);
     const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
     const opt = SafetensorsFile.open(path.join(dir, 'optimizer.safetensors'));
     try {
@@ -1311,42 +1333,54 @@ export class Trainer {
       throw new QtuneError('NOT_FOUND', `${dir} is not a qtune checkpoint (no ${STATE_FILE})`, {
         hint: 'give a checkpoint-N folder of an output directory',
       });
-    const state = JSON.parse(readFileSync(file, 'utf8')) as {
-      adapter?: {
-        base_model: string;
-        rs_lora: boolean;
-        dora: boolean;
-        dropout: number;
-        modules: { module: string; rank: number; alpha: number; in_features: number; out_features: number }[];
-      } | null;
-    };
-    const a = state.adapter;
+    const a = readState(file)['adapter'] as Record<string, unknown> | null | undefined;
     if (a === undefined || a === null)
       throw new ConfigError(`checkpoint ${dir} holds no adapter (full or llama_pro training)`, {
         hint: 'export adapters from lora/qlora/dora runs',
       });
+    const list = typeof a === 'object' ? a['modules'] : undefined;
+    if (!Array.isArray(list) || list.some((m) => m === null || typeof m !== 'object'))
+      throw corrupt(file, 'adapter.modules is not a list of modules');
+    const entries = list as Record<string, unknown>[];
+    for (const [k, kind] of [
+      ['base_model', 'string'],
+      ['rs_lora', 'boolean'],
+      ['dora', 'boolean'],
+      ['dropout', 'number'],
+    ] as const) {
+      if (typeof a[k] !== kind) throw corrupt(file, `adapter.${k} is ${shownValue(a[k])}, not a ${kind}`);
+    }
     const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
     try {
       const modules = new Map<string, LoraModule>();
-      for (const m of a.modules) {
-        modules.set(m.module, {
-          rank: m.rank,
-          alpha: m.alpha,
-          inFeatures: m.in_features,
-          outFeatures: m.out_features,
-          A: weights.readF32(`${m.module}.lora_A`),
-          B: weights.readF32(`${m.module}.lora_B`),
-          ...(a.dora ? { magnitude: weights.readF32(`${m.module}.lora_magnitude`) } : {}),
+      for (const m of entries) {
+        const name = m['module'];
+        if (typeof name !== 'string' || name === '')
+          throw corrupt(file, `adapter module name ${shownValue(name)} is not a name`);
+        modules.set(name, {
+          rank: m['rank'] as number,
+          alpha: m['alpha'] as number,
+          inFeatures: m['in_features'] as number,
+          outFeatures: m['out_features'] as number,
+          A: weights.readF32(`${name}.lora_A`),
+          B: weights.readF32(`${name}.lora_B`),
+          ...(a['dora'] === true ? { magnitude: weights.readF32(`${name}.lora_magnitude`) } : {}),
         });
       }
-      return {
-        baseModel: a.base_model,
-        rsLora: a.rs_lora,
-        dora: a.dora,
-        dropout: a.dropout,
-        targetModules: [...new Set(a.modules.map((m) => m.module.split('.').pop()!))],
+      const data: LoraAdapterData = {
+        baseModel: a['base_model'] as string,
+        rsLora: a['rs_lora'] as boolean,
+        dora: a['dora'] as boolean,
+        dropout: a['dropout'] as number,
+        targetModules: [...new Set([...modules.keys()].map((m) => m.split('.').pop()!))],
         modules,
       };
+      try {
+        validateAdapter(data); // ranks, alphas and tensor sizes agree
+      } catch (e) {
+        throw e instanceof QtuneError ? corrupt(file, e.problem) : e;
+      }
+      return data;
     } finally {
       weights.close();
     }

@@ -30,7 +30,7 @@ async function main(): Promise<void> {
   const first = Number(firstArg ?? 0);
   const originals = path.join(work, 'originals');
   mkdirSync(originals, { recursive: true });
-  target.prepare(originals);
+  await target.prepare(originals);
   const fd = openSync(progress, 'a');
   const caseDir = path.join(work, 'case');
   for (let i = first; i < first + cases; i++) {

@@ -18,10 +18,12 @@ import { Tokenizer } from '../../src/io/tokenizer.js';
 import { configToJson, parseLlamaConfig } from '../../src/models/config.js';
 import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
 import { loadGgufWeights, loadWeights, readConfig } from '../../src/models/load.js';
-import { tinyTokenizerFiles } from '../../src/models/tiny.js';
+import { createTinyModel, tinyTokenizerFiles } from '../../src/models/tiny.js';
 import { createSchedule } from '../../src/optim/schedule.js';
+import { Trainer } from '../../src/train/trainer.js';
 import { gaussian, seededUniform } from '../../src/util/random.js';
 import { ROOT } from '../helpers/cli.js';
+import { fineTuneData } from '../helpers/finetune.js';
 import { ggufLayout, safetensorsLayout } from './layout.js';
 import { int, mutateBinary, mutateJson, mutateLines, pick, type Rand } from './mutate.js';
 
@@ -37,7 +39,7 @@ export interface FuzzTarget {
   /** What a case reads, for the summary. */
   reads: string;
   /** Writes the real files the cases start from into `dir` (once per run). */
-  prepare(dir: string): void;
+  prepare(dir: string): void | Promise<void>;
   /** Case `index`'s mutated files. */
   make(r: Rand, index: number): FuzzCase;
   /** Reads the case folder and checks the result; throws what the reader throws. */
@@ -154,7 +156,7 @@ const safetensors: FuzzTarget = {
 let ggufBytes: Uint8Array;
 
 const gguf: FuzzTarget = {
-  cases: 800,
+  cases: 600,
   reads:
     'readGguf (every tensor read); every 6th case also loadGgufWeights onto the CPU, every 40th the tokenizer',
   prepare(dir) {
@@ -218,7 +220,7 @@ let jsonlText: string;
 let tokenizer: Tokenizer | undefined;
 
 const jsonl: FuzzTarget = {
-  cases: 900,
+  cases: 700,
   reads: 'readRecords (.jsonl and .json); every 16th case also loadDataset (alpaca, real llama2 tokenizer)',
   prepare() {
     jsonlText = readFileSync(path.join(ROOT, 'data', 'style.jsonl'), 'utf8');
@@ -334,7 +336,75 @@ const yaml: FuzzTarget = {
   },
 };
 
-export const TARGETS: Record<string, FuzzTarget> = { safetensors, gguf, jsonl, yaml };
+// ------------------------------------------------------------------------------------ checkpoints
+
+const CKPT_FILES = ['trainer_state.json', 'trainable.safetensors', 'optimizer.safetensors'] as const;
+const ckptFiles = new Map<string, Uint8Array>();
+let ckptTrainer: Trainer | undefined;
+
+const checkpoint: FuzzTarget = {
+  cases: 500,
+  reads: 'Trainer.checkpointAdapter (qtune export); every 3rd case also Trainer.loadCheckpoint (resume)',
+  async prepare(dir) {
+    // a real checkpoint: one LoRA step of the tiny model on real text
+    const model = path.join(dir, 'tiny');
+    createTinyModel(model, { hiddenSize: 64, intermediateSize: 128, layers: 1, heads: 4, kvHeads: 2 });
+    const files = tinyTokenizerFiles('llama2');
+    const tok = new Tokenizer(
+      JSON.parse(files.tokenizerJson) as Record<string, unknown>,
+      JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>,
+    );
+    const data = fineTuneData(tok, 32, 4, 0);
+    const out = path.join(dir, 'run');
+    ckptTrainer = await Trainer.create(
+      model,
+      { train: data.train },
+      {
+        trainType: 'lora',
+        backend: 'cpu',
+        maxSteps: 1,
+        batchSize: 2,
+        saveEvery: 1,
+        outputDir: out,
+      },
+    );
+    ckptTrainer.train();
+    for (const f of CKPT_FILES) ckptFiles.set(f, readFileSync(path.join(out, 'checkpoint-1', f)));
+  },
+  make(r) {
+    const files: FuzzCase['files'] = Object.fromEntries(ckptFiles);
+    const k = r();
+    if (k < 0.5) {
+      const m = mutateJson(
+        JSON.parse(Buffer.from(ckptFiles.get('trainer_state.json')!).toString('utf8')) as never,
+        r,
+      );
+      files['trainer_state.json'] = m.text;
+      return { desc: `trainer_state.json: ${m.desc}`, files };
+    }
+    const name =
+      k < 0.6 ? 'trainer_state.json' : k < 0.85 ? 'trainable.safetensors' : 'optimizer.safetensors';
+    const bytes = ckptFiles.get(name)!;
+    const layout = name.endsWith('.json')
+      ? { hot: [[0, bytes.length]] as const, fields: [] }
+      : safetensorsLayout(bytes);
+    const m = mutateBinary(bytes, r, layout.hot, layout.fields);
+    files[name] = m.bytes;
+    return { desc: `${name}: ${m.desc}`, files };
+  },
+  read(dir, index) {
+    const a = Trainer.checkpointAdapter(dir);
+    for (const [name, m] of a.modules)
+      check(m.A.length === m.rank * m.inFeatures && m.B.length === m.outFeatures * m.rank, `${name}: sizes`);
+    if (index % 3 === 2) {
+      ckptTrainer!.loadCheckpoint(dir);
+      check(Number.isSafeInteger(ckptTrainer!.globalStep), `step ${ckptTrainer!.globalStep}`);
+    }
+    return Promise.resolve();
+  },
+};
+
+export const TARGETS: Record<string, FuzzTarget> = { safetensors, gguf, jsonl, yaml, checkpoint };
 
 /** Writes a case's files into `dir` (emptied first by the caller). */
 export function writeCase(dir: string, c: FuzzCase): void {

@@ -4,9 +4,10 @@
  * checkpointing), before anything large is allocated and never as a native abort:
  * - an absurd batch_size (100000) on every test device, through the library and the CLI (exit 2,
  *   one line, nothing written into the output folder), and an absurd context_length;
- * - on the CPU, a step whose shapes pass the quick lower bound but whose graph, measured by ggml's
- *   allocator without allocating, needs several times the memory available: a deep model (32
- *   layers) at a context length chosen from this machine's available memory.
+ * - on every device, a step whose shapes pass the quick lower bound but whose graph, measured by
+ *   ggml's allocator without allocating, needs twice the memory available: a deep model (32 layers)
+ *   at a context length chosen from the device's available memory (lavapipe's Vulkan refuses
+ *   matrices that large first: that case is skipped with the reason).
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -14,7 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { availableMemory, nativeMemory } from '../../src/engine/memory.js';
-import { OutOfMemoryError } from '../../src/errors.js';
+import { OutOfMemoryError, UnsupportedOpError } from '../../src/errors.js';
 import type { Tokenizer } from '../../src/io/tokenizer.js';
 import { createTinyModel } from '../../src/models/tiny.js';
 import { peakRss, stepActivationsLowerBound } from '../../src/train/memory.js';
@@ -119,41 +120,47 @@ describe('an impossible memory request', () => {
     });
   }
 
-  it('CPU: a step that passes the lower bound but whose measured graph does not fit fails before allocating it', async () => {
-    const cpu = devices.find((d) => d.backend.isCpu)!.backend;
-    const free = availableMemory(cpu);
-    // per layer the backward keeps the attention probabilities, 8 heads · T² f32: 32 layers of them
-    // are twice the available memory, while the lower bound (one layer's) stays far below it
-    const seq = Math.ceil(Math.sqrt((2 * free) / (4 * 32 * 8)));
-    const prepared = await prepareModel(deep, { trainType: 'lora', backend: cpu });
-    const tok: Tokenizer = prepared.tokenizer!;
-    const data = fineTuneData(tok, seq, 1, 0);
-    const bound = stepActivationsLowerBound(prepared.model.config, {
-      batchSize: 1,
-      seqLen: seq,
-      gradientAccumulationSteps: 1,
-      gradientCheckpointing: false,
-      quantized: false,
-    });
-    assert.ok(bound < free / 2, `lower bound ${bound} vs available ${free}`);
-    const trainer = new Trainer(prepared, { train: data.train }, { trainType: 'lora', maxSteps: 1 });
-    try {
-      const before = nativeMemory().total;
-      let error: unknown;
+  for (const { name, backend } of devices) {
+    it(`${name}: a step that passes the lower bound but whose measured graph does not fit fails before allocating it`, async (t) => {
+      const free = availableMemory(backend);
+      // per layer the backward keeps the attention probabilities, 8 heads · T² f32: 32 layers of them
+      // are twice the available memory, while the lower bound (one layer's) stays far below it
+      const seq = Math.ceil(Math.sqrt((2 * free) / (4 * 32 * 8)));
+      const prepared = await prepareModel(deep, { trainType: 'lora', backend });
+      const tok: Tokenizer = prepared.tokenizer!;
+      const data = fineTuneData(tok, seq, 1, 0);
+      const bound = stepActivationsLowerBound(prepared.model.config, {
+        batchSize: 1,
+        seqLen: seq,
+        gradientAccumulationSteps: 1,
+        gradientCheckpointing: false,
+        quantized: false,
+      });
+      assert.ok(bound < free / 2, `lower bound ${bound} vs available ${free}`);
+      const trainer = new Trainer(prepared, { train: data.train }, { trainType: 'lora', maxSteps: 1 });
       try {
-        trainer.allocate();
-      } catch (e) {
-        error = e;
+        const before = nativeMemory().total;
+        let error: unknown;
+        try {
+          trainer.allocate();
+        } catch (e) {
+          error = e;
+        }
+        if (error instanceof UnsupportedOpError) {
+          // lavapipe's Vulkan limits refuse matrices this large before their memory is measured
+          t.skip(`${name} refuses the graph's ops at this size: ${error.message}`);
+          return;
+        }
+        checkAdvice(error, 1, seq);
+        assert.match((error as Error).message, /the training step's intermediate tensors need/);
+        const { needed } = (error as OutOfMemoryError).details as { needed: number };
+        console.log(`${name}, deep model, context_length ${seq}: ${(error as Error).message}`);
+        // no graph stayed allocated, and the memory asked for was never taken
+        assert.equal(nativeMemory().total, before);
+        if (backend.isCpu) assert.ok(peakRss() < needed / 4, `peak RSS ${peakRss()} for a refused ${needed}`);
+      } finally {
+        trainer.dispose();
       }
-      checkAdvice(error, 1, seq);
-      assert.match((error as Error).message, /the training step's intermediate tensors need/);
-      const { needed } = (error as OutOfMemoryError).details as { needed: number };
-      console.log(`deep model, context_length ${seq}: ${(error as Error).message}`);
-      // no graph stayed allocated, and the memory asked for was never taken
-      assert.equal(nativeMemory().total, before);
-      assert.ok(peakRss() < needed / 4, `peak RSS ${peakRss()} for a refused ${needed}`);
-    } finally {
-      trainer.dispose();
-    }
-  });
+    });
+  }
 });
