@@ -228,6 +228,25 @@ export class LlamaModel {
     return this.group('model').backend;
   }
 
+  /**
+   * A copy of the model on another device, group by group (device to device through ggml); this
+   * model stays valid. Quantized weights keep their bytes.
+   *
+   * @example
+   * const onGpu = model.to(manager.select('vulkan'));
+   * model.dispose(); // when the CPU copy is no longer needed
+   */
+  to(backend: Backend): LlamaModel {
+    const groups = new Map<string, TensorStore>();
+    try {
+      for (const [key, store] of this.groups) groups.set(key, store.to(backend));
+    } catch (e) {
+      for (const st of groups.values()) st.dispose();
+      throw e;
+    }
+    return new LlamaModel(this.config, groups);
+  }
+
   weight(name: string): Tensor {
     return this.group(weightGroup(name)).get(name);
   }

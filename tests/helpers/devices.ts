@@ -17,8 +17,8 @@ export function testDevices(): { devices: TestDevice[]; skipped: string[] } {
   if (cached) return cached;
   const manager = new BackendManager();
   const only = process.env['QTUNE_TEST_DEVICES']?.split(',').map((s) => s.trim().toLowerCase());
-  const devices = manager
-    .devices()
+  const all = manager.devices();
+  const devices = all
     .filter((d) => only === undefined || only.includes(d.name.toLowerCase()))
     .map((d) => ({ name: d.name, backend: openBackend(d) }));
   devices.sort((a, b) => Number(b.backend.isCpu) - Number(a.backend.isCpu)); // CPU first
@@ -26,7 +26,11 @@ export function testDevices(): { devices: TestDevice[]; skipped: string[] } {
     .report()
     .filter((r) => !r.available)
     .map((r) => `${r.name}: ${r.reason ?? 'unavailable'}`);
-  if (!devices.some((d) => d.name.startsWith('Vulkan')) && !skipped.some((s) => s.startsWith('vulkan'))) {
+  for (const d of all) {
+    if (!devices.some((x) => x.name === d.name))
+      skipped.push(`${d.name}: left out by QTUNE_TEST_DEVICES=${process.env['QTUNE_TEST_DEVICES']}`);
+  }
+  if (!all.some((d) => d.name.startsWith('Vulkan')) && !skipped.some((s) => s.startsWith('vulkan'))) {
     skipped.push(
       'vulkan: no Vulkan backend installed (npm install --no-save @node-llama-cpp/linux-x64-vulkan@3.22.1 and apt-get install mesa-vulkan-drivers libvulkan1)',
     );

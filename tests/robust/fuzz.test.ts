@@ -11,8 +11,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { TARGETS } from './fuzz-targets.js';
 import { runFuzz, summary } from './fuzz-run.js';
+import { SLOW } from '../helpers/slow.js';
 
-const SLOW = process.env['QTUNE_SLOW'] === '1';
 const SEED = Number(process.env['QTUNE_FUZZ_SEED'] ?? 20260607);
 /** Replays one case (QTUNE_FUZZ_CASE=<index>) of every target. */
 const ONLY = process.env['QTUNE_FUZZ_CASE'];

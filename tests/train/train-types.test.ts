@@ -13,21 +13,18 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { Backend } from '../../src/engine/device.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
-import { loadWeights, readConfig } from '../../src/models/load.js';
-import { expandModel, readExpansion } from '../../src/train/expand.js';
+import { expandModel } from '../../src/train/expand.js';
 import { resolveTrainType } from '../../src/train/train-type.js';
 import {
   Trainer,
   prepareModel,
-  quantizeForTraining,
-  trainingLoadOptions,
   type PreparedModel,
   type TrainData,
   type TrainerOptions,
 } from '../../src/train/trainer.js';
 import { ROOT } from '../helpers/cli.js';
 import { testDevices } from '../helpers/devices.js';
-import { byteData, fineTuneData } from '../helpers/finetune.js';
+import { byteData, fineTuneData, prepareFolder } from '../helpers/finetune.js';
 import { pretrainedTinyModel } from '../helpers/pretrained.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-train-types-'));
@@ -76,27 +73,10 @@ function fixtureSetup(): Setup {
     dir,
     expanded,
     data: byteData(32, 64, 16),
-    prepare: (name, backend) => {
-      // the fixture has no tokenizer: load its weights as prepareModel would
-      const trainType = resolveTrainType(name);
-      const src = trainType.adapter === 'llama_pro' ? expanded : dir;
-      const expansion = trainType.adapter === 'llama_pro' ? readExpansion(expanded) : null;
-      const { model } = loadWeights(
-        src,
-        readConfig(src),
-        backend,
-        trainingLoadOptions(trainType, 'fp32', expansion),
-      );
-      quantizeForTraining(model, trainType, expansion);
-      return Promise.resolve({
-        source: src,
-        model,
-        tokenizer: null,
-        trainType,
-        expansion,
-        dispose: () => model.dispose(),
-      });
-    },
+    prepare: (name, backend) =>
+      Promise.resolve(
+        prepareFolder(resolveTrainType(name).adapter === 'llama_pro' ? expanded : dir, name, backend),
+      ),
   };
 }
 
