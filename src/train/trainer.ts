@@ -27,7 +27,7 @@ import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
 import { llamaWeights, type LlamaModel, type LinearHook } from '../models/llama.js';
-import { loadModel, type LoadOptions } from '../models/load.js';
+import { loadModel, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
 import { createQuantizationAdapter } from '../quant/adapter.js';
@@ -37,13 +37,13 @@ import { add, mul, sqr } from '../tensor/ops/elementwise.js';
 import { cast, sum } from '../tensor/ops/layout.js';
 import { crossEntropy } from '../tensor/ops/loss.js';
 import { linear } from '../tensor/ops/matmul.js';
-import { TensorStore } from '../tensor/store.js';
+import { StoreGroup } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 import { packedAttentionMask } from '../data/packing.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
-import { peakRss, rss, type MemoryReport, type PhaseMemory } from './memory.js';
+import { peakRss, rss, type DeviceMemory, type MemoryReport, type PhaseMemory } from './memory.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
@@ -251,7 +251,14 @@ function checkPrecision(precision: string): Precision {
 /** Loads a model folder, GGUF file or Hub id for a train type and precision. */
 export async function prepareModel(
   source: string,
-  o: { trainType: string; quantization?: string; precision?: Precision; backend?: Backend | string },
+  o: {
+    trainType: string;
+    quantization?: string;
+    precision?: Precision;
+    backend?: Backend | string;
+    /** Split the model over several devices (LoRA tensors, gradients and optimizer state follow it). */
+    devices?: DeviceRequest;
+  },
 ): Promise<PreparedModel> {
   const trainType = resolveTrainType(o.trainType, o.quantization);
   const precision = checkPrecision(o.precision ?? 'fp32');
@@ -269,6 +276,7 @@ export async function prepareModel(
       : undefined;
   const loaded = await loadModel(source, {
     ...(o.backend === undefined ? {} : { backend: o.backend }),
+    ...(o.devices === undefined ? {} : { devices: o.devices }),
     ...trainingLoadOptions(trainType, precision, expansion),
     ...(onLoad === undefined ? {} : { quantize: onLoad }),
   });
@@ -305,7 +313,7 @@ export class Trainer {
   private readonly o: TrainerOptions;
   private readonly data: TrainData;
   private readonly seqLen: number;
-  private readonly grads: TensorStore;
+  private readonly grads: StoreGroup;
   private readonly identity: RunIdentity;
   private readonly disposeModel: () => void;
   private readonly seed: number;
@@ -415,9 +423,14 @@ export class Trainer {
       }
       if (this.params.length === 0)
         throw new ConfigError(`train_type: ${this.trainType.name} leaves nothing to train in this model`);
-      this.grads = TensorStore.create(
-        this.model.backend,
-        this.params.map((p, i) => ({ name: `grad${i}`, shape: p.shape, dtype: 'f32' as const })),
+      // each gradient accumulates on its parameter's device
+      this.grads = StoreGroup.create(
+        this.params.map((p, i) => ({
+          name: `grad${i}`,
+          shape: p.shape,
+          dtype: 'f32' as const,
+          backend: p.backend,
+        })),
       );
       const optConfig: OptimizerConfig = {
         name: 'adamw',
@@ -450,13 +463,14 @@ export class Trainer {
   static async create(
     source: string,
     data: TrainData,
-    o: TrainerOptions & { backend?: Backend | string },
+    o: TrainerOptions & { backend?: Backend | string; devices?: DeviceRequest },
   ): Promise<Trainer> {
     const prepared = await prepareModel(source, {
       trainType: o.trainType,
       ...(o.quantization === undefined ? {} : { quantization: o.quantization }),
       ...(o.precision === undefined ? {} : { precision: o.precision }),
       ...(o.backend === undefined ? {} : { backend: o.backend }),
+      ...(o.devices === undefined ? {} : { devices: o.devices }),
     });
     return new Trainer(prepared, data, o);
   }
@@ -543,7 +557,7 @@ export class Trainer {
   }
 
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
@@ -573,7 +587,7 @@ export class Trainer {
   }
 
   private buildNorm(): NonNullable<Trainer['normGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const sumsq = g.build(() => {
         let total: Tensor | null = null;
@@ -592,7 +606,7 @@ export class Trainer {
   }
 
   private buildUpdate(): NonNullable<Trainer['updateGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const factor = g.input([1], 'f32', 'grad_factor');
       const grads = new Map<Tensor, Tensor>();
@@ -607,7 +621,7 @@ export class Trainer {
   }
 
   private buildEval(): NonNullable<Trainer['evalGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const ids = g.input([this.batchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.batchSize, this.seqLen], 'i32', 'labels');
@@ -644,6 +658,34 @@ export class Trainer {
     return this.optimizer.stateBytes;
   }
 
+  /**
+   * What the run holds on each device: the blocks, weights, adapters, gradients, optimizer state and
+   * compute buffers (of the graphs built so far). One entry unless the model is split.
+   */
+  memoryByDevice(): DeviceMemory[] {
+    const map = this.model.deviceMap;
+    const graphs = [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph];
+    return this.model.backends.map((b) => {
+      const weights = this.model.bytesOn(b);
+      const adapters = this.lora?.store.bytesOn(b) ?? 0;
+      const gradients = this.grads.bytesOn(b);
+      const optimizerState = this.optimizer.stateBytesOn(b);
+      let compute = 0;
+      for (const x of graphs) if (x !== null) compute += x.g.memoryOn(b).compute + x.g.memoryOn(b).inputs;
+      return {
+        device: b.name,
+        blocks: map.blocks.flatMap((d, i) => (d === b ? [i] : [])),
+        head: map.model === b,
+        weights,
+        adapters,
+        gradients,
+        optimizerState,
+        compute,
+        total: weights + adapters + gradients + optimizerState + compute,
+      };
+    });
+  }
+
   private phase(): PhaseMemory {
     return { engineBytes: this.engineBytes(), rssBytes: rss() };
   }
@@ -669,6 +711,7 @@ export class Trainer {
       backward,
       optimizer: { engineBytes: 0, rssBytes: 0 },
       peakRssBytes: 0,
+      devices: [],
       parts: {
         weights: this.model.bytes,
         trainable: this.params.reduce((n, p) => n + p.numel * 4, 0),
@@ -877,7 +920,7 @@ export class Trainer {
   memory(): MemoryReport {
     this.ensureGraphs();
     const m = this.memoryReport!;
-    return { ...m, peakRssBytes: peakRss() };
+    return { ...m, peakRssBytes: peakRss(), devices: this.memoryByDevice() };
   }
 
   // ------------------------------------------------------------------------------ checkpoints
