@@ -6,6 +6,10 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
+import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
+import { describeDeviceMap } from '../../models/device-map.js';
+import type { DeviceRequest } from '../../models/load.js';
+import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
@@ -115,6 +119,31 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
   };
 }
 
+/** The split a config asks for (devices, layer_split, device_map), or null for one device. */
+export function deviceRequest(c: TrainConfig): DeviceRequest | null {
+  if (c.devices.length === 0 && c.device_map.length === 0) return null;
+  return {
+    ...(c.devices.length === 0 ? {} : { devices: c.devices[0] === 'auto' ? ('auto' as const) : c.devices }),
+    ...(c.layer_split.length === 0 ? {} : { layerSplit: c.layer_split }),
+    ...(c.device_map.length === 0 ? {} : { deviceMap: c.device_map }),
+  };
+}
+
+/** `memory on Vulkan0: weights 2.9 MiB, adapters 0.3 MiB, ... (total 12.1 MiB)`. */
+function deviceMemoryLine(d: DeviceMemory): string {
+  const parts = [
+    ['weights', d.weights],
+    ['adapters', d.adapters],
+    ['gradients', d.gradients],
+    ['optimizer state', d.optimizerState],
+    ['compute buffers', d.compute],
+  ] as const;
+  return `memory on ${d.device}: ${parts
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k} ${formatBytes(n)}`)
+    .join(', ')} (total ${formatBytes(d.total)})`;
+}
+
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
   const { config: file, help: wantsHelp, flags } = readFlags(argv);
   if (wantsHelp) {
@@ -124,14 +153,30 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   const c = resolveTrainConfig(file === undefined ? {} : readConfigFile(file), flags);
   const manager = new BackendManager();
   if (c.threads !== null) manager.setThreads(c.threads);
-  const backend = manager.select(c.backend);
+  const capped = Object.entries(c.max_memory ?? {}).map(([name, bytes]) => {
+    const device = manager.select(name).name;
+    setMemoryLimit(device, bytes);
+    return device;
+  });
+  try {
+    return await train(c, manager, out);
+  } finally {
+    for (const device of capped) setMemoryLimit(device, null);
+  }
+}
+
+async function train(c: TrainConfig, manager: BackendManager, out: (s: string) => void): Promise<number> {
+  const devices = deviceRequest(c);
   const options = trainerOptions(c);
   const prepared = await prepareModel(c.model!, {
     trainType: c.train_type,
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
     ...(options.precision === undefined ? {} : { precision: options.precision }),
-    backend,
+    ...(devices === null ? { backend: manager.select(c.backend) } : { devices }),
   });
+  const where = prepared.model.backends.map((b) => b.name).join('+');
+  if (prepared.model.isSplit)
+    for (const line of describeDeviceMap(prepared.model.deviceMap)) out(`placement: ${line}`);
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
@@ -175,13 +220,14 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       await logger.close();
       throw e;
     }
+    if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
     const written = trainer.saveOutputs(c.output_dir);
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
     const val = result.evals.at(-1);
     out(
-      `trained ${result.steps} steps (${c.train_type} on ${backend.name}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
+      `trained ${result.steps} steps (${c.train_type} on ${where}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
         (val === undefined
           ? ''
           : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
