@@ -61,9 +61,10 @@ export function mapDevices(map: DeviceMap): Backend[] {
 
 /** Bytes a device may hold: its free memory, or its `max_memory` cap when that is lower. */
 export function deviceBudget(backend: Backend): number {
-  const cap = memoryLimit(backend.name);
+  const cap = memoryLimit(backend.name) ?? Infinity;
   const free = backend.memory().free;
-  return cap === null ? free : Math.min(cap, free > 0 ? free : cap);
+  // a device that reports no free memory does not know it: only the cap limits it
+  return Math.min(cap, free > 0 ? free : Infinity);
 }
 
 /**
@@ -118,7 +119,11 @@ export function planDeviceMap(
     return { blocks, model: blocks[layers - 1]! };
   }
 
-  const budgets = devices.map((d) => FILL * deviceBudget(d));
+  // a device of unknown size (no free memory reported, no cap) counts as holding the whole model
+  const budgets = devices.map((d) => {
+    const b = deviceBudget(d);
+    return Number.isFinite(b) ? FILL * b : total;
+  });
   const accel = devices.map((d) => !d.isCpu);
   const mixed = accel.some((a) => a) && accel.some((a) => !a);
   targets = devices.map(() => 0);
