@@ -34,7 +34,7 @@ export {
 export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './train/lora.js';
 export { resolveTrainType, TRAIN_TYPES, type ResolvedTrainType } from './train/train-type.js';
 export { expandModel, planExpansion, readExpansion, type Expansion } from './train/expand.js';
-export type { MemoryReport } from './train/memory.js';
+export type { DeviceMemory, MemoryReport } from './train/memory.js';
 export { savePeftAdapter, loadPeftAdapter } from './adapters/peft.js';
 export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './adapters/gguf-lora.js';
 export { mergeAdapter, saveModel } from './adapters/merge.js';
@@ -44,7 +44,7 @@ export { BackendManager, probeCapabilities, type DeviceKind, type DeviceReport }
 export { Backend, cpuBackend, listDevices, openBackend, type DeviceInfo } from './engine/device.js';
 export { getEngine, type EngineInfo } from './engine/library.js';
 export { buildNativeEngine, cleanNativeEngines } from './engine/native-build.js';
-export { nativeMemory } from './engine/memory.js';
+export { nativeMemory, setMemoryLimit, memoryLimit, formatBytes } from './engine/memory.js';
 export type { DType, FloatDType, QuantDType } from './engine/dtype.js';
 export { FLOAT_DTYPES, QUANT_DTYPES } from './engine/dtype.js';
 export * from './errors.js';
@@ -53,6 +53,7 @@ export {
   loadModel,
   loadWeights,
   readConfig,
+  type DeviceRequest,
   type LoadOptions,
   type LoadedModel,
   type LoadStrategy,
@@ -65,6 +66,14 @@ export {
   type LinearHook,
   type WeightSpec,
 } from './models/llama.js';
+export {
+  planDeviceMap,
+  describeDeviceMap,
+  deviceBudget,
+  singleDeviceMap,
+  type DeviceMap,
+  type DevicePlanOptions,
+} from './models/device-map.js';
 export { parseLlamaConfig, configToJson, type LlamaConfig, type ModelType } from './models/config.js';
 export { generate, sampleToken, type GenerateOptions, type GenerateResult } from './models/generate.js';
 export { createTinyModel, type TinyModelOptions, type TinyTokenizer } from './models/tiny.js';

@@ -20,7 +20,7 @@ import type { LlamaConfig } from '../models/config.js';
 import type { LinearHook, LlamaModel } from '../models/llama.js';
 import { add, mul, scale } from '../tensor/ops/elementwise.js';
 import { linear } from '../tensor/ops/matmul.js';
-import { TensorStore, type TensorSpec } from '../tensor/store.js';
+import { StoreGroup, type PlacedSpec } from '../tensor/store-group.js';
 import { loadGgufLoraAdapter } from './gguf-lora.js';
 import { loraScale, validateAdapter, type LoraAdapterData, type LoraModule } from './lora-weights.js';
 import { loadPeftAdapter } from './peft.js';
@@ -104,8 +104,11 @@ export function doraRowScale(v: Float32Array, magnitude: Float32Array, nIn: numb
 export interface AdapterHook {
   /** Pass as `forward(g, ids, { linear: hook })`. */
   hook: LinearHook;
-  /** The adapter's tensors on the model's device (`<module>.lora_A`, `.lora_B`, DoRA `.dora_scale`). */
-  store: TensorStore;
+  /**
+   * The adapter's tensors (`<module>.lora_A`, `.lora_B`, DoRA `.dora_scale`), each on the device of
+   * the weight it adapts.
+   */
+  store: StoreGroup;
   dispose(): void;
 }
 
@@ -119,23 +122,28 @@ export interface AdapterHook {
  */
 export function createAdapterHook(model: LlamaModel, data: LoraAdapterData): AdapterHook {
   checkAdapterFitsModel(model, data);
-  const specs: TensorSpec[] = [];
+  const specs: PlacedSpec[] = [];
   for (const [name, m] of data.modules) {
-    specs.push({ name: `${name}.lora_A`, shape: [m.rank, m.inFeatures], dtype: 'f32' }); // (r, in)
-    specs.push({ name: `${name}.lora_B`, shape: [m.outFeatures, m.rank], dtype: 'f32' }); // (out, r)
-    if (data.dora) specs.push({ name: `${name}.dora_scale`, shape: [m.outFeatures], dtype: 'f32' }); // (out)
+    const backend = model.weight(`${name}.weight`).backend;
+    specs.push({ name: `${name}.lora_A`, shape: [m.rank, m.inFeatures], dtype: 'f32', backend }); // (r, in)
+    specs.push({ name: `${name}.lora_B`, shape: [m.outFeatures, m.rank], dtype: 'f32', backend }); // (out, r)
+    if (data.dora) specs.push({ name: `${name}.dora_scale`, shape: [m.outFeatures], dtype: 'f32', backend }); // (out)
   }
-  const store = TensorStore.create(model.backend, specs);
+  const store = StoreGroup.create(specs);
+  const write = (name: string, values: Float32Array) => {
+    const t = store.get(name);
+    t.store!.write(t, values);
+  };
   const scales = new Map<string, number>();
   try {
     for (const [name, m] of data.modules) {
       const s = loraScale(m, data.rsLora);
       scales.set(name, s);
-      store.write(store.get(`${name}.lora_A`), m.A);
-      store.write(store.get(`${name}.lora_B`), m.B);
+      write(`${name}.lora_A`, m.A);
+      write(`${name}.lora_B`, m.B);
       if (data.dora) {
         const v = loraDelta(model.weight(`${name}.weight`).read(), m, s);
-        store.write(store.get(`${name}.dora_scale`), doraRowScale(v, m.magnitude!, m.inFeatures));
+        write(`${name}.dora_scale`, doraRowScale(v, m.magnitude!, m.inFeatures));
       }
     }
   } catch (e) {

@@ -149,6 +149,17 @@ export class BackendManager {
     return openBackend(found);
   }
 
+  /**
+   * The devices `devices: auto` splits a model over: every device that is not a software renderer
+   * (GPUs first, the CPU last). Software Vulkan (lavapipe) is used only when named.
+   */
+  usableDevices(): Backend[] {
+    return this.devices()
+      .filter((d) => !d.software)
+      .map((d) => openBackend(d))
+      .sort((a, b) => Number(a.isCpu) - Number(b.isCpu));
+  }
+
   /** Sets the CPU thread count of every backend opened so far and of later ones. */
   setThreads(n: number): void {
     if (!Number.isInteger(n) || n < 1) {

@@ -88,6 +88,55 @@ export function intFlag(name: string, value: string | boolean | undefined): numb
   return n;
 }
 
+/** The flags that split a model over several devices, shared by the commands that load one. */
+export const DEVICE_FLAGS: Record<string, FlagSpec> = {
+  devices: {
+    type: 'string',
+    help: 'split the model over these devices in block order (e.g. vulkan0,cpu), or auto; instead of --backend',
+  },
+  'layer-split': { type: 'string', help: 'with --devices: proportions of the blocks per device (e.g. 3,1)' },
+};
+
+/** `--devices` and `--layer-split` as a device request, or undefined for one device. */
+export function devicesFlag(
+  values: Record<string, string | boolean | undefined>,
+): { devices: string[] | 'auto'; layerSplit?: number[] } | undefined {
+  const devices = values['devices'];
+  const split = values['layer-split'];
+  if (devices === undefined) {
+    if (split !== undefined)
+      throw new UsageError('--layer-split needs --devices', 'e.g. --devices vulkan0,cpu --layer-split 3,1');
+    return undefined;
+  }
+  const list =
+    typeof devices === 'string'
+      ? devices
+          .split(',')
+          .map((d) => d.trim())
+          .filter((d) => d !== '')
+      : [];
+  if (list.length === 0)
+    throw new UsageError('--devices needs a list of devices', 'e.g. --devices vulkan0,cpu, or auto');
+  if (values['backend'] !== undefined && values['backend'] !== 'auto')
+    throw new UsageError(
+      '--backend and --devices are both given',
+      'give --devices to split the model, --backend to keep it on one device',
+    );
+  const request: { devices: string[] | 'auto'; layerSplit?: number[] } = {
+    devices: list.length === 1 && list[0] === 'auto' ? 'auto' : list,
+  };
+  if (split !== undefined) {
+    const nums = typeof split === 'string' ? split.split(',').map(Number) : [NaN];
+    if (nums.some((n) => !(Number.isFinite(n) && n >= 0)))
+      throw new UsageError(
+        `--layer-split=${String(split)} is not a list of numbers ≥ 0`,
+        'e.g. --layer-split 3,1',
+      );
+    request.layerSplit = nums;
+  }
+  return request;
+}
+
 /** Lines of a plain-text table: a header, a rule, and the rows, columns padded to fit. */
 export function formatTable(head: string[], rows: string[][]): string[] {
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));

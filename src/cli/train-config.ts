@@ -16,11 +16,11 @@ import { QUANT_METHODS } from '../quant/methods.js';
 import { PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 
-type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list';
+type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
 
 interface OptionSpec {
   kind: Kind;
-  default: string | number | boolean | string[] | null;
+  default: string | number | boolean | string[] | number[] | null;
   help: string;
   choices?: readonly string[];
   min?: number;
@@ -40,6 +40,26 @@ export const TRAIN_OPTIONS = {
     kind: 'string',
     default: 'auto',
     help: 'device: auto, cpu, cuda, metal (mps), vulkan, or a device name such as Vulkan0',
+  },
+  devices: {
+    kind: 'list',
+    default: [],
+    help: 'split the model over these devices in block order (e.g. vulkan0,cpu), or auto; instead of backend',
+  },
+  layer_split: {
+    kind: 'numbers',
+    default: [],
+    help: 'with devices: proportions of the decoder blocks per device (e.g. 3,1); default by free memory',
+  },
+  device_map: {
+    kind: 'list',
+    default: [],
+    help: 'the device of every decoder block (e.g. vulkan0,vulkan0,cpu,cpu); instead of layer_split',
+  },
+  max_memory: {
+    kind: 'sizes',
+    default: null,
+    help: 'cap what qtune allocates per device (e.g. vulkan0=200MiB,cpu=8GiB)',
   },
   threads: { kind: 'int', default: null, min: 1, help: 'CPU threads (default: physical cores)' },
   train_type: { kind: 'string', default: 'lora', choices: TRAIN_TYPES, help: 'what trains' },
@@ -165,11 +185,15 @@ export type TrainOptionName = keyof typeof TRAIN_OPTIONS;
 
 type ValueOf<S extends OptionSpec> = S['kind'] extends 'list'
   ? string[]
-  : S['kind'] extends 'boolean'
-    ? boolean
-    : S['kind'] extends 'string'
-      ? string
-      : number;
+  : S['kind'] extends 'numbers'
+    ? number[]
+    : S['kind'] extends 'sizes'
+      ? Record<string, number>
+      : S['kind'] extends 'boolean'
+        ? boolean
+        : S['kind'] extends 'string'
+          ? string
+          : number;
 
 /** A validated config: every option present, null where it has no default and was not given. */
 export type TrainConfig = {
@@ -206,6 +230,33 @@ export function readConfigFile(file: string): Record<string, unknown> {
   if (typeof value !== 'object' || Array.isArray(value))
     throw new FormatError(file, 'must be a mapping of option: value', { hint: 'see `qtune train --help`' });
   return value as Record<string, unknown>;
+}
+
+const UNITS: Record<string, number> = {
+  b: 1,
+  k: 2 ** 10,
+  kib: 2 ** 10,
+  kb: 1e3,
+  m: 2 ** 20,
+  mib: 2 ** 20,
+  mb: 1e6,
+  g: 2 ** 30,
+  gib: 2 ** 30,
+  gb: 1e9,
+  t: 2 ** 40,
+  tib: 2 ** 40,
+  tb: 1e12,
+};
+
+/** `200MiB`, `1.5GB`, `512M` or a number of bytes; NaN when it is none of these. */
+export function parseSize(v: unknown): number {
+  if (typeof v === 'number') return v > 0 ? v : NaN;
+  if (typeof v !== 'string') return NaN;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(v);
+  if (m === null) return NaN;
+  const unit = UNITS[(m[2] ?? '').toLowerCase() || 'b'];
+  const n = Number(m[1]) * (unit ?? NaN);
+  return n > 0 ? Math.round(n) : NaN;
 }
 
 function closest(key: string): string | undefined {
@@ -292,6 +343,43 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
         );
       return strings;
     }
+    case 'numbers': {
+      const list: unknown = typeof raw === 'string' ? raw.split(',').filter((x) => x.trim() !== '') : raw;
+      const nums = Array.isArray(list)
+        ? list.map((x) => (typeof x === 'number' ? x : typeof x === 'string' ? Number(x) : NaN))
+        : [NaN];
+      if (nums.some((n) => !(Number.isFinite(n) && n >= 0)))
+        return bad(
+          'is not a list of numbers ≥ 0',
+          `set ${key} to a list such as [3, 1] (or 3,1 on the command line)`,
+        );
+      return nums;
+    }
+    case 'sizes': {
+      const entries: [string, unknown][] =
+        typeof raw === 'string'
+          ? raw
+              .split(',')
+              .filter((x) => x.trim() !== '')
+              .map((x) => {
+                const i = x.indexOf('=');
+                return i < 0 ? [x.trim(), undefined] : [x.slice(0, i).trim(), x.slice(i + 1)];
+              })
+          : typeof raw === 'object' && !Array.isArray(raw)
+            ? Object.entries(raw as Record<string, unknown>)
+            : [['', undefined]];
+      const out: Record<string, number> = {};
+      for (const [device, size] of entries) {
+        const bytes = parseSize(size);
+        if (device === '' || !Number.isFinite(bytes))
+          return bad(
+            'is not a mapping of device to size',
+            `set ${key} to e.g. {vulkan0: 200MiB} (or vulkan0=200MiB,cpu=8GiB on the command line)`,
+          );
+        out[device] = bytes;
+      }
+      return out;
+    }
   }
 }
 
@@ -343,6 +431,23 @@ export function resolveTrainConfig(
         hint: 'give one of them',
       },
     );
+  if (c.layer_split.length > 0 && c.device_map.length > 0)
+    throw new ConfigError('layer_split and device_map are both set', { hint: 'give one of them' });
+  if (c.layer_split.length > 0 && !c.devices.includes('auto') && c.layer_split.length !== c.devices.length)
+    throw new ConfigError(
+      `layer_split: [${c.layer_split.join(', ')}] has ${c.layer_split.length} proportions for ${c.devices.length} devices`,
+      {
+        hint: 'give one proportion per entry of devices, e.g. devices: [vulkan0, cpu] with layer_split: [3, 1]',
+      },
+    );
+  if ((c.devices.length > 0 || c.device_map.length > 0) && c.backend !== 'auto')
+    throw new ConfigError(`backend: ${c.backend} is set with devices/device_map`, {
+      hint: 'give devices to split the model over several, or backend to keep it on one',
+    });
+  if (c.devices.includes('auto') && c.devices.length > 1)
+    throw new ConfigError(`devices: [${c.devices.join(', ')}] mixes auto with device names`, {
+      hint: 'use devices: auto, or list the devices',
+    });
   if (c.val_size >= 1 && !Number.isInteger(c.val_size))
     throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {
       hint: 'use e.g. 0.05 or 100',

@@ -60,6 +60,16 @@ export const TensorStruct = koffi.struct('ggml_tensor_layout', {
   padding: koffi.array('char', 8),
 });
 
+/** The head of `struct ggml_cgraph` (ggml-impl.h): its capacity and how many nodes and leafs it holds. */
+export const CGraphHeadStruct = koffi.struct('ggml_cgraph_head', {
+  size: 'int',
+  n_nodes: 'int',
+  n_leafs: 'int',
+});
+
+/** `enum ggml_backend_buffer_usage`: the scheduler runs ops next to tensors in WEIGHTS buffers. */
+export const BUFFER_USAGE_WEIGHTS = 1;
+
 /** `struct ggml_object` precedes every tensor in a context: offs, size, next, type + padding. */
 export const GGML_OBJECT_SIZE = 32;
 
@@ -271,6 +281,7 @@ export interface GgmlApi {
   backend_buffer_clear(buf: BufferPtr, value: N): void;
   backend_buffer_get_type(buf: BufferPtr): BufferTypePtr;
   backend_buffer_name(buf: BufferPtr): string;
+  backend_buffer_set_usage(buf: BufferPtr, usage: N): void;
   backend_tensor_set(t: T, data: HostData, offset: N, size: N): void;
   backend_tensor_get(t: T, data: HostData, offset: N, size: N): void;
   backend_tensor_copy(src: T, dst: T): void;
@@ -315,6 +326,9 @@ export interface GgmlApi {
   backend_sched_graph_compute(s: SchedPtr, g: GraphPtr): N;
   backend_sched_reset(s: SchedPtr): void;
   backend_sched_set_tensor_backend(s: SchedPtr, t: T, b: BackendPtr): void;
+  backend_sched_get_tensor_backend(s: SchedPtr, t: T): BackendPtr | null;
+  backend_sched_get_buffer_size(s: SchedPtr, b: BackendPtr): N;
+  backend_sched_get_n_splits(s: SchedPtr): N;
 }
 
 /** C declarations, `ggml_` prefix and all; the key of each is the member of {@link GgmlApi}. */
@@ -449,6 +463,7 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   backend_buffer_clear: 'void ggml_backend_buffer_clear(ggml_backend_buffer *buf, uint8_t value)',
   backend_buffer_get_type: 'ggml_backend_buffer_type *ggml_backend_buffer_get_type(ggml_backend_buffer *buf)',
   backend_buffer_name: 'const char *ggml_backend_buffer_name(ggml_backend_buffer *buf)',
+  backend_buffer_set_usage: 'void ggml_backend_buffer_set_usage(ggml_backend_buffer *buf, int usage)',
   backend_tensor_set:
     'void ggml_backend_tensor_set(ggml_tensor *t, const void *data, size_t offset, size_t size)',
   backend_tensor_get:
@@ -494,6 +509,11 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   backend_sched_reset: 'void ggml_backend_sched_reset(ggml_backend_sched *s)',
   backend_sched_set_tensor_backend:
     'void ggml_backend_sched_set_tensor_backend(ggml_backend_sched *s, ggml_tensor *t, ggml_backend *b)',
+  backend_sched_get_tensor_backend:
+    'ggml_backend *ggml_backend_sched_get_tensor_backend(ggml_backend_sched *s, ggml_tensor *t)',
+  backend_sched_get_buffer_size:
+    'size_t ggml_backend_sched_get_buffer_size(ggml_backend_sched *s, ggml_backend *b)',
+  backend_sched_get_n_splits: 'int ggml_backend_sched_get_n_splits(ggml_backend_sched *s)',
 };
 
 /** Functions that live in `libggml` (the registry) rather than `libggml-base`. */

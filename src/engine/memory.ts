@@ -1,18 +1,23 @@
 /**
- * Native memory that qtune owns: ggml contexts (tensor metadata) and backend buffers (tensor data).
- * Every allocation goes through here, so the live total is known at any time and a test can show it
- * stays flat.
+ * Native memory that qtune owns: ggml contexts (tensor metadata), backend buffers (tensor data) and
+ * compute buffers (a graph's intermediate tensors, one per device when a graph spans several).
+ * Every allocation goes through here, so the live total per device is known at any time, a test can
+ * show it stays flat, and a per-device cap ({@link setMemoryLimit}, the CLI's `max_memory`) is
+ * enforced on what was really allocated.
  */
 import os from 'node:os';
 import { OutOfMemoryError, QtuneError } from '../errors.js';
 import type { Backend } from './device.js';
 import {
+  BUFFER_USAGE_WEIGHTS,
   koffi,
   type BufferPtr,
   type BufferTypePtr,
   type CtxPtr,
   type GallocrPtr,
   type GraphPtr,
+  type SchedPtr,
+  type TensorPtr,
 } from './ggml.js';
 import { getEngine } from './library.js';
 
@@ -21,8 +26,11 @@ interface Live {
   device: string;
 }
 
-const live = new Map<bigint, Live>();
+/** Live allocations by a key of their native handle (and, for a scheduler, the backend's index). */
+const live = new Map<string, Live>();
 let contexts = 0;
+/** Per-device caps in bytes, by lower-case device name. */
+const limits = new Map<string, number>();
 
 /** Bytes of live backend buffers, in all and per device, and how many contexts are open. */
 export function nativeMemory(): {
@@ -40,12 +48,76 @@ export function nativeMemory(): {
   return { total, byDevice, buffers: live.size, contexts };
 }
 
-function track(ptr: BufferPtr | GallocrPtr, bytes: number, device: string): void {
-  live.set(koffi.address(ptr), { bytes, device });
+/** `12.3 MiB`: how memory sizes are printed. */
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 2 ** 20) return `${(n / 1024).toFixed(1)} KiB`;
+  if (n < 2 ** 30) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  return `${(n / 2 ** 30).toFixed(2)} GiB`;
 }
 
-function untrack(ptr: BufferPtr | GallocrPtr): void {
-  live.delete(koffi.address(ptr));
+/**
+ * Caps what qtune allocates on a device (weights, adapters, gradients, optimizer state, compute
+ * buffers), like Hugging Face accelerate's `max_memory`; null removes the cap. An allocation that
+ * would go over it fails with an OutOfMemoryError, as if the device were that small.
+ *
+ * @example
+ * setMemoryLimit('Vulkan0', 200 * 2 ** 20); // then a model that needs more must be split
+ */
+export function setMemoryLimit(device: string, bytes: number | null): void {
+  if (bytes === null) {
+    limits.delete(device.toLowerCase());
+    return;
+  }
+  if (!(Number.isFinite(bytes) && bytes > 0))
+    throw new QtuneError('INVALID_ARGUMENT', `max_memory for ${device}: ${bytes} is not a positive size`, {
+      hint: 'give a size such as 200MiB or 8GiB',
+    });
+  limits.set(device.toLowerCase(), bytes);
+}
+
+/** The cap set with {@link setMemoryLimit}, or null. */
+export function memoryLimit(device: string): number | null {
+  return limits.get(device.toLowerCase()) ?? null;
+}
+
+/** The device of a live buffer allocated through {@link NativeBuffer}, by its address. */
+export function bufferDevice(address: bigint): string | null {
+  return live.get(`${address}:0`)?.device ?? null;
+}
+
+function liveOn(device: string): number {
+  let n = 0;
+  for (const b of live.values()) if (b.device === device) n += b.bytes;
+  return n;
+}
+
+/** Throws (after `release`) when `bytes` more on `device` would pass its cap. */
+function enforceLimit(device: string, bytes: number, what: string, release: () => void): void {
+  const cap = memoryLimit(device);
+  if (cap === null) return;
+  const used = liveOn(device);
+  if (used + bytes <= cap) return;
+  release();
+  throw new OutOfMemoryError(
+    `${device}: ${formatBytes(bytes)} for ${what} would pass its max_memory of ${formatBytes(cap)} (${formatBytes(used)} in use)`,
+    {
+      hint: 'spread the model over more devices (devices: [vulkan0, cpu]), raise max_memory, quantize the frozen weights, or use a smaller batch',
+      details: { device, bytes, used, limit: cap },
+    },
+  );
+}
+
+function keyOf(ptr: BufferPtr | GallocrPtr | SchedPtr, index = 0): string {
+  return `${koffi.address(ptr)}:${index}`;
+}
+
+function track(key: string, bytes: number, device: string): void {
+  live.set(key, { bytes, device });
+}
+
+function untrack(key: string): void {
+  live.delete(key);
 }
 
 /** Bytes in a message: `1.5 GiB`, `12.0 MiB`. */
@@ -128,15 +200,20 @@ export class NativeBuffer {
     this.ptr = ptr;
     this.bytes = getEngine().api.backend_buffer_get_size(ptr);
     this.device = device;
-    track(ptr, this.bytes, device);
+    track(keyOf(ptr), this.bytes, device);
   }
 
-  /** Allocates one buffer for all tensors of `ctx` in `buft` (the backend's default type unless given). */
+  /**
+   * Allocates one buffer for all tensors of `ctx` in `buft` (the backend's default type unless given).
+   * `weights` marks it as holding long-lived tensors, so that ggml's scheduler runs the ops that read
+   * them on this device.
+   */
   static forContext(
     ctx: NativeContext,
     backend: Backend,
     buft: BufferTypePtr = backend.bufferType,
     what = 'tensors',
+    weights = false,
   ): NativeBuffer {
     const { api } = getEngine();
     const hint =
@@ -156,6 +233,10 @@ export class NativeBuffer {
         details: { device: backend.name, needed, free },
       });
     }
+    enforceLimit(backend.name, api.backend_buffer_get_size(ptr), `the ${what}`, () =>
+      api.backend_buffer_free(ptr),
+    );
+    if (weights) api.backend_buffer_set_usage(ptr, BUFFER_USAGE_WEIGHTS);
     return new NativeBuffer(ptr, backend.name);
   }
 
@@ -170,7 +251,7 @@ export class NativeBuffer {
   free(): void {
     if (this.freed) return;
     getEngine().api.backend_buffer_free(this.ptr);
-    untrack(this.ptr);
+    untrack(keyOf(this.ptr));
     this.freed = true;
   }
 }
@@ -204,7 +285,10 @@ export class GraphAllocator {
     // reserve first: after measure() the allocator holds a plan but no buffer, which
     // gallocr_alloc_graph alone does not notice
     const ok = api.gallocr_reserve(this.ptr, graph) && api.gallocr_alloc_graph(this.ptr, graph);
-    track(this.ptr, ok ? api.gallocr_get_buffer_size(this.ptr, 0) : 0, this.device);
+    const bytes = ok ? api.gallocr_get_buffer_size(this.ptr, 0) : 0;
+    untrack(keyOf(this.ptr));
+    enforceLimit(this.device, bytes, "a graph's intermediate tensors", () => undefined);
+    track(keyOf(this.ptr), bytes, this.device);
     return ok;
   }
 
@@ -215,7 +299,78 @@ export class GraphAllocator {
   free(): void {
     if (this.freed) return;
     getEngine().api.gallocr_free(this.ptr);
-    untrack(this.ptr);
+    untrack(keyOf(this.ptr));
+    this.freed = true;
+  }
+}
+
+/**
+ * ggml's backend scheduler: runs one graph over several backends. Each op runs on the device of the
+ * weights it reads (or next to its neighbours), and the scheduler copies activations between
+ * devices; it keeps one compute buffer per device. How llama.cpp splits layers across GPUs.
+ */
+export class Scheduler {
+  readonly ptr: SchedPtr;
+  /** In priority order; the CPU is last, as ggml requires. */
+  readonly backends: readonly Backend[];
+  private freed = false;
+
+  constructor(backends: readonly Backend[], graphSize: number) {
+    if (backends.length < 2 || !backends[backends.length - 1]!.isCpu)
+      throw new QtuneError('INVALID_ARGUMENT', 'a scheduler needs several backends with the CPU last');
+    const ptr = getEngine().api.backend_sched_new(
+      backends.map((b) => b.ptr),
+      null,
+      backends.length,
+      graphSize,
+      false,
+      false, // op_offload: keep each op next to its weights, as the device map says
+    );
+    if (ptr === null) throw new OutOfMemoryError('could not create a backend scheduler');
+    this.ptr = ptr;
+    this.backends = backends;
+  }
+
+  /** Assigns every node a device, splits the graph and allocates it; false when a device is out of memory. */
+  allocate(graph: GraphPtr): boolean {
+    const { api } = getEngine();
+    if (!api.backend_sched_alloc_graph(this.ptr, graph)) return false;
+    this.backends.forEach((b, i) => {
+      const bytes = api.backend_sched_get_buffer_size(this.ptr, b.ptr);
+      untrack(keyOf(this.ptr, i));
+      enforceLimit(b.name, bytes, "a graph's intermediate tensors", () => undefined);
+      track(keyOf(this.ptr, i), bytes, b.name);
+    });
+    return true;
+  }
+
+  /** Bytes of the compute buffer on `backend`. */
+  bytes(backend: Backend): number {
+    return this.backends.includes(backend)
+      ? getEngine().api.backend_sched_get_buffer_size(this.ptr, backend.ptr)
+      : 0;
+  }
+
+  /** Parts of the last graph that run on one device each (a copy between devices starts a new one). */
+  get splits(): number {
+    return getEngine().api.backend_sched_get_n_splits(this.ptr);
+  }
+
+  /** The device a node of the allocated graph runs on. */
+  deviceOf(node: TensorPtr): Backend | null {
+    const p = getEngine().api.backend_sched_get_tensor_backend(this.ptr, node);
+    if (p === null) return null;
+    return this.backends.find((b) => koffi.address(b.ptr) === koffi.address(p)) ?? null;
+  }
+
+  compute(graph: GraphPtr): number {
+    return getEngine().api.backend_sched_graph_compute(this.ptr, graph);
+  }
+
+  free(): void {
+    if (this.freed) return;
+    getEngine().api.backend_sched_free(this.ptr);
+    this.backends.forEach((_, i) => untrack(keyOf(this.ptr, i)));
     this.freed = true;
   }
 }

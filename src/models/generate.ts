@@ -94,7 +94,7 @@ function step(
   ids: readonly number[],
   hook: LinearHook | undefined,
 ): Float32Array {
-  const g = new Graph(model.backend);
+  const g = new Graph(model.backends);
   try {
     const input = g.input([1, ids.length], 'i32', 'ids');
     const logits = g.output(
@@ -125,7 +125,8 @@ export function generate(
       'INVALID_ARGUMENT',
       `generate: prompt token ${badId} is outside the vocabulary of ${vocab}`,
     );
-  const cache = new KVCache(model.backend, model.config, prompt.length + o.maxNewTokens);
+  const map = model.deviceMap;
+  const cache = new KVCache((layer) => map.blocks[layer]!, model.config, prompt.length + o.maxNewTokens);
   const rand = seededUniform(o.seed);
   const eos = new Set(tokenizer.eosIds);
   const out: number[] = [];

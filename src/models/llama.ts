@@ -19,9 +19,11 @@ import { add, mul } from '../tensor/ops/elementwise.js';
 import { concat, permute, reshape, slice } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
 import { embedding, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
+import { StoreGroup } from '../tensor/store-group.js';
 import { TensorStore, type TensorSpec } from '../tensor/store.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { LlamaConfig } from './config.js';
+import { deviceOfGroup, mapDevices, singleDeviceMap, type DeviceMap } from './device-map.js';
 
 export type WeightRole = 'embedding' | 'linear' | 'norm' | 'bias' | 'lm_head';
 
@@ -84,23 +86,31 @@ export function llamaWeights(c: LlamaConfig): WeightSpec[] {
   return w;
 }
 
-/** Key and value cache for generation: `[B, n_kv_heads, capacity, head_dim]` per layer. */
+/**
+ * Key and value cache for generation: `[B, n_kv_heads, capacity, head_dim]` per layer, each layer's
+ * on the device of its block (`devices` is a backend, or the device of each layer of a split model).
+ */
 export class KVCache {
-  readonly store: TensorStore;
+  readonly store: StoreGroup;
   readonly capacity: number;
   readonly batch: number;
   /** Tokens already in the cache. */
   length = 0;
 
-  constructor(backend: Backend, c: LlamaConfig, capacity: number, batch = 1) {
+  constructor(devices: Backend | ((layer: number) => Backend), c: LlamaConfig, capacity: number, batch = 1) {
     this.capacity = capacity;
     this.batch = batch;
+    const deviceOf = typeof devices === 'function' ? devices : () => devices;
     const shape = [batch, c.num_key_value_heads, capacity, c.head_dim];
-    const specs: TensorSpec[] = [];
+    const specs = [];
     for (let i = 0; i < c.num_hidden_layers; i++) {
-      specs.push({ name: `k${i}`, shape, dtype: 'f32' }, { name: `v${i}`, shape, dtype: 'f32' });
+      const backend = deviceOf(i);
+      specs.push(
+        { name: `k${i}`, shape, dtype: 'f32' as const, backend },
+        { name: `v${i}`, shape, dtype: 'f32' as const, backend },
+      );
     }
-    this.store = TensorStore.create(backend, specs);
+    this.store = StoreGroup.create(specs);
   }
 
   dispose(): void {
@@ -158,15 +168,21 @@ export class LlamaModel {
   }
 
   /**
-   * Allocates a model's weights (zero-filled) on `backend`; `dtypeOf` picks each weight's storage
-   * type (norms and biases stay f32).
+   * Allocates a model's weights (zero-filled) on `backend`, or split over devices by a
+   * {@link DeviceMap}; `dtypeOf` picks each weight's storage type (norms and biases stay f32).
    */
   static allocate(
-    backend: Backend,
+    placement: Backend | DeviceMap,
     config: LlamaConfig,
     dtypeOf: (w: WeightSpec) => DType = () => 'f32',
     trainable: (w: WeightSpec) => boolean = () => false,
   ): LlamaModel {
+    const map = 'blocks' in placement ? placement : singleDeviceMap(placement, config.num_hidden_layers);
+    if (map.blocks.length !== config.num_hidden_layers)
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `the device map places ${map.blocks.length} blocks, the model has ${config.num_hidden_layers}`,
+      );
     const byGroup = new Map<string, TensorSpec[]>();
     for (const w of llamaWeights(config)) {
       const dtype = w.role === 'norm' || w.role === 'bias' ? ('f32' as const) : dtypeOf(w);
@@ -178,7 +194,7 @@ export class LlamaModel {
     }
     const groups = new Map<string, TensorStore>();
     try {
-      for (const [g, specs] of byGroup) groups.set(g, TensorStore.create(backend, specs));
+      for (const [g, specs] of byGroup) groups.set(g, TensorStore.create(deviceOfGroup(map, g), specs));
     } catch (e) {
       for (const st of groups.values()) st.dispose();
       throw e;
@@ -224,6 +240,7 @@ export class LlamaModel {
     old.dispose();
   }
 
+  /** The device of the embeddings and the LM head: the model's only one unless it is split. */
   get backend(): Backend {
     return this.group('model').backend;
   }
@@ -245,6 +262,36 @@ export class LlamaModel {
       throw e;
     }
     return new LlamaModel(this.config, groups);
+  }
+
+  /** Where each block (and the head group) lives. */
+  get deviceMap(): DeviceMap {
+    const c = this.config;
+    return {
+      blocks: Array.from({ length: c.num_hidden_layers }, (_, i) => this.group(`layer.${i}`).backend),
+      model: this.backend,
+    };
+  }
+
+  /**
+   * Every device holding weights, in the order graphs over this model give ggml's scheduler: the
+   * accelerators first in block order, the CPU last. One device unless the model is split.
+   */
+  get backends(): Backend[] {
+    const list = mapDevices(this.deviceMap);
+    return list.length === 1 ? list : [...list.filter((b) => !b.isCpu), ...list.filter((b) => b.isCpu)];
+  }
+
+  /** Whether the model's weights live on more than one device. */
+  get isSplit(): boolean {
+    return this.backends.length > 1;
+  }
+
+  /** Bytes of weights on `backend`. */
+  bytesOn(backend: Backend): number {
+    let n = 0;
+    for (const st of this.groups.values()) if (st.backend === backend) n += st.bytes;
+    return n;
   }
 
   weight(name: string): Tensor {

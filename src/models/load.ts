@@ -8,8 +8,12 @@
  *   model plus one tensor;
  * - `full`: every tensor is read into memory, then converted — simpler, twice the peak or more.
  *
+ * A model can be split over several devices (`devices`): whole decoder blocks per device, by free
+ * memory or as asked (src/models/device-map.ts).
+ *
  * @example
  * const { model, tokenizer } = await loadModel('tiny-model', { backend: 'cpu', quantize: 'q8_0' });
+ * const split = await loadModel('tiny-model', { devices: { devices: ['vulkan0', 'cpu'] } });
  */
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -24,15 +28,31 @@ import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from '../io
 import { downloadModel, isHubId, type HubOptions } from '../io/hub.js';
 import { SafetensorsCheckpoint } from '../io/safetensors.js';
 import { Tokenizer } from '../io/tokenizer.js';
-import { decode } from '../tensor/host.js';
+import { decode, tensorBytes } from '../tensor/host.js';
 import { parseLlamaConfig, type LlamaConfig } from './config.js';
-import { LlamaModel, llamaWeights, type WeightSpec } from './llama.js';
+import { planDeviceMap, type DeviceMap } from './device-map.js';
+import { LlamaModel, llamaWeights, weightGroup, type WeightSpec } from './llama.js';
 
 export type LoadStrategy = 'full' | 'low_memory';
+
+/** A model split over several devices: which devices, and how the blocks are shared among them. */
+export interface DeviceRequest {
+  /**
+   * The devices in block order (backends or names: `vulkan0`, `cuda1`, `cpu`), or `auto`: every
+   * device that is not a software renderer. May be left out when `deviceMap` names every block's.
+   */
+  devices?: readonly (Backend | string)[] | 'auto';
+  /** Proportions of the blocks per device, in the order of `devices` (llama.cpp's --tensor-split). */
+  layerSplit?: readonly number[];
+  /** The device of every decoder block. */
+  deviceMap?: readonly (Backend | string)[];
+}
 
 export interface LoadOptions extends HubOptions {
   /** A backend, or a device request for BackendManager.select ('auto', 'cpu', 'vulkan', ...). */
   backend?: Backend | string;
+  /** Split the model over several devices instead (not with `backend`). */
+  devices?: DeviceRequest;
   strategy?: LoadStrategy;
   /** Storage type of the embeddings and linear weights (default f32; norms and biases stay f32). */
   dtype?: FloatDType;
@@ -90,6 +110,43 @@ function resolveBackend(b: Backend | string | undefined): Backend {
   return b;
 }
 
+/** Where the weights go: one backend, or a device map planned once the weights' sizes are known. */
+type Placement = Backend | ((bytesOf: (group: string) => number, layers: number) => DeviceMap);
+
+function resolvePlacement(o: LoadOptions): Placement {
+  const req = o.devices;
+  if (req === undefined) return resolveBackend(o.backend);
+  if (o.backend !== undefined)
+    throw new ConfigError('backend and devices are both set', {
+      hint: 'give devices to split the model, or backend to keep it on one device',
+    });
+  const manager = new BackendManager();
+  const one = (d: Backend | string) => (typeof d === 'string' ? manager.select(d) : d);
+  const deviceMap = req.deviceMap?.map(one);
+  const devices =
+    req.devices === 'auto'
+      ? manager.usableDevices()
+      : req.devices !== undefined
+        ? req.devices.map(one)
+        : [...new Set(deviceMap ?? [])];
+  if (devices.length === 0)
+    throw new ConfigError('devices: no device given', { hint: 'list devices, e.g. [vulkan0, cpu], or auto' });
+  const unlisted = deviceMap?.find((d) => !devices.includes(d));
+  if (unlisted !== undefined)
+    throw new ConfigError(
+      `device_map: ${unlisted.name} is not among devices (${devices.map((d) => d.name).join(', ')})`,
+      {
+        hint: 'add it to devices, or leave devices out',
+      },
+    );
+  return (bytesOf, layers) =>
+    planDeviceMap(layers, bytesOf, {
+      devices,
+      ...(req.layerSplit === undefined ? {} : { layerSplit: req.layerSplit }),
+      ...(deviceMap === undefined ? {} : { deviceMap }),
+    });
+}
+
 /** Loads a model and its tokenizer. */
 export async function loadModel(source: string, o: LoadOptions = {}): Promise<LoadedModel> {
   let location = source;
@@ -101,7 +158,7 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
     }
     location = await downloadModel(source, o);
   }
-  const backend = resolveBackend(o.backend);
+  const placement = resolvePlacement(o);
   if (o.quantize !== undefined && !isQuantDType(o.quantize) && !isFloatDType(o.quantize)) {
     throw new QtuneError('INVALID_ARGUMENT', `quantize: ${o.quantize} is not a weight type`);
   }
@@ -110,7 +167,7 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
       throw new QtuneError('INVALID_ARGUMENT', `${location} is a file but not .gguf`, {
         hint: 'give a model folder or a .gguf file',
       });
-    return loadGguf(location, backend, o);
+    return loadGguf(location, placement, o);
   }
   const config = readConfig(location);
   const genFile = path.join(location, 'generation_config.json');
@@ -118,7 +175,7 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
   const genIds: unknown[] = Array.isArray(genEos) ? genEos : [genEos];
   const extraEos = [...config.eos_token_id, ...genIds.filter((x): x is number => typeof x === 'number')];
   const tokenizer = Tokenizer.fromFolder(location, extraEos);
-  const { model, notQuantized } = loadWeights(location, config, backend, o);
+  const { model, notQuantized } = folderWeights(location, config, placement, o);
   return {
     model,
     tokenizer,
@@ -130,7 +187,8 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
 }
 
 /**
- * The weights of a Hugging Face folder (or a .safetensors file) as a model, without a tokenizer.
+ * The weights of a Hugging Face folder (or a .safetensors file) as a model, without a tokenizer: on
+ * `backend`, or split over `o.devices` (then `backend` must be undefined).
  */
 export function loadWeights(
   location: string,
@@ -138,9 +196,22 @@ export function loadWeights(
   backend: Backend | string | undefined,
   o: Omit<LoadOptions, keyof HubOptions | 'backend'> = {},
 ): { model: LlamaModel; notQuantized: string[] } {
+  const placement = resolvePlacement({
+    ...(backend === undefined ? {} : { backend }),
+    ...(o.devices === undefined ? {} : { devices: o.devices }),
+  });
+  return folderWeights(location, config, placement, o);
+}
+
+function folderWeights(
+  location: string,
+  config: LlamaConfig,
+  placement: Placement,
+  o: Omit<LoadOptions, keyof HubOptions | 'backend'>,
+): { model: LlamaModel; notQuantized: string[] } {
   const src = folderSource(location);
   try {
-    return fill(config, src, resolveBackend(backend), o, location);
+    return fill(config, src, placement, o, location);
   } finally {
     src.close();
   }
@@ -165,8 +236,8 @@ export function readConfig(dir: string): LlamaConfig {
   }
 }
 
-function loadGguf(file: string, backend: Backend, o: LoadOptions): LoadedModel {
-  const { model, config, notQuantized, gguf } = loadGgufWeights(file, backend, o);
+function loadGguf(file: string, placement: Placement, o: LoadOptions): LoadedModel {
+  const { model, config, notQuantized, gguf } = loadGgufWeights(file, placement, o);
   let tokenizer: Tokenizer;
   try {
     tokenizer = ggufTokenizer(gguf, config);
@@ -190,7 +261,7 @@ function loadGguf(file: string, backend: Backend, o: LoadOptions): LoadedModel {
  */
 export function loadGgufWeights(
   file: string,
-  backend: Backend | string | undefined,
+  placement: Placement | string | undefined,
   o: Omit<LoadOptions, keyof HubOptions | 'backend'> = {},
 ): { model: LlamaModel; config: LlamaConfig; notQuantized: string[]; gguf: GgufFile } {
   const g = readGguf(file);
@@ -213,14 +284,20 @@ export function loadGgufWeights(
       ),
     close: () => undefined,
   };
-  const { model, notQuantized } = fill(config, src, resolveBackend(backend), o, file);
+  const { model, notQuantized } = fill(
+    config,
+    src,
+    typeof placement === 'function' ? placement : resolveBackend(placement),
+    o,
+    file,
+  );
   return { model, config, notQuantized, gguf: g };
 }
 
 function fill(
   config: LlamaConfig,
   src: Source,
-  backend: Backend,
+  placement: Placement,
   o: Omit<LoadOptions, keyof HubOptions | 'backend'>,
   file: string,
 ): { model: LlamaModel; notQuantized: string[] } {
@@ -273,6 +350,14 @@ function fill(
     return o.dtype === undefined && o.quantize === undefined ? src.dtypeOf(w.name) : float;
   };
   const targets = new Map(specs.map((w) => [w.name, targetOf(w)]));
+  // what each weight group will occupy, for planning a split: a trainable weight also needs its
+  // gradient and (AdamW's) two moments, four times its f32 bytes in all
+  const groupBytes = new Map<string, number>();
+  for (const w of specs) {
+    const g = weightGroup(w.name);
+    const bytes = tensorBytes(targets.get(w.name)!, w.shape) * (trains(w.name) ? 4 : 1);
+    groupBytes.set(g, (groupBytes.get(g) ?? 0) + bytes);
+  }
   const numel = (name: string) => src.shapeOf(name).reduce((a, b) => a * b, 1);
   // low_memory reuses one byte buffer and one f32 buffer, sized for the largest tensor, for every
   // tensor: the only garbage left per tensor is its quantized bytes
@@ -301,8 +386,12 @@ function fill(
       );
     }
   }
+  const map =
+    typeof placement === 'function'
+      ? placement((group) => groupBytes.get(group) ?? 0, config.num_hidden_layers)
+      : placement;
   const model = LlamaModel.allocate(
-    backend,
+    map,
     config,
     (w) => targets.get(w.name)!,
     (w) => trains(w.name),

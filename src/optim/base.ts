@@ -2,12 +2,13 @@
  * What every graph optimizer shares: the trainable parameters, the state tensors kept per parameter
  * (moment estimates, momentum buffers) in one {@link TensorStore}, the step counter, and the per-step
  * scalars (learning rate, bias corrections) that enter the training graph as inputs set before each
- * run, so one compiled graph serves every step.
+ * run, so one compiled graph serves every step. Each parameter's state lives on that parameter's
+ * device (a model split over devices updates each block where it lives).
  */
 import type { Backend } from '../engine/device.js';
 import { QtuneError, ShapeError, fmtShape } from '../errors.js';
 import type { Graph } from '../tensor/graph.js';
-import { TensorStore } from '../tensor/store.js';
+import { StoreGroup } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Optimizer, OptimizerName, OptimizerState, OptimizerStateTensor } from './optimizer.js';
 import { checkNumber } from './validate.js';
@@ -45,13 +46,17 @@ export abstract class GraphOptimizer implements Optimizer {
   lr: number;
   readonly decays: (t: Tensor) => boolean;
   private readonly slots: readonly string[];
-  private readonly store: TensorStore | null;
+  private readonly store: StoreGroup | null;
   private t = 0;
   private last = Number.NaN;
 
+  /**
+   * `_backend` is where the parameters of the public constructors live; the state goes beside each
+   * parameter, which is that device unless the parameters are spread over several.
+   */
   protected constructor(
     who: string,
-    backend: Backend,
+    _backend: Backend,
     params: readonly Tensor[],
     lr: number,
     slots: readonly string[],
@@ -71,10 +76,14 @@ export abstract class GraphOptimizer implements Optimizer {
     this.store =
       slots.length === 0
         ? null
-        : TensorStore.create(
-            backend,
+        : StoreGroup.create(
             params.flatMap((p, i) =>
-              slots.map((s) => ({ name: slotName(i, s), shape: p.shape, dtype: 'f32' as const })),
+              slots.map((s) => ({
+                name: slotName(i, s),
+                shape: p.shape,
+                dtype: 'f32' as const,
+                backend: p.backend,
+              })),
             ),
           );
   }
@@ -143,10 +152,14 @@ export abstract class GraphOptimizer implements Optimizer {
     return this.store?.bytes ?? 0;
   }
 
+  stateBytesOn(backend: Backend): number {
+    return this.store?.bytesOn(backend) ?? 0;
+  }
+
   stateTensors(): OptimizerStateTensor[] {
     const store = this.store;
     if (store === null) return [];
-    return store.tensors.map((t) => ({ name: t.name, shape: [...t.shape], data: store.read(t) }));
+    return store.tensors.map((t) => ({ name: t.name, shape: [...t.shape], data: t.store!.read(t) }));
   }
 
   state(): OptimizerState {
@@ -185,7 +198,7 @@ export abstract class GraphOptimizer implements Optimizer {
         );
       }
     }
-    for (const t of expected) this.store!.write(t, given.get(t.name)!.data);
+    for (const t of expected) t.store!.write(t, given.get(t.name)!.data);
     this.t = step;
     this.last = Number.NaN;
   }

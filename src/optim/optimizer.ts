@@ -56,6 +56,8 @@ export interface Optimizer {
   build(g: Graph, grads: Map<Tensor, Tensor>): void;
   /** Bytes of the state tensors on the device. */
   readonly stateBytes: number;
+  /** Bytes of the state tensors on one device (parameters spread over devices keep theirs beside them). */
+  stateBytesOn(backend: Backend): number;
   /** Copies of every state tensor (moments, momentum buffers), for a checkpoint. */
   stateTensors(): OptimizerStateTensor[];
   state(): OptimizerState;

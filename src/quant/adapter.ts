@@ -97,10 +97,10 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
     config,
 
     quantizeModel(model, options = {}) {
-      if (model.backend !== backend)
+      if (!model.backends.includes(backend))
         throw new QtuneError(
           'INVALID_ARGUMENT',
-          `the model lives on ${model.backend.name}, the adapter quantizes on ${backend.name}`,
+          `the model lives on ${model.backends.map((b) => b.name).join(', ')}, the adapter quantizes on ${backend.name}`,
         );
       const report: QuantizeReport = { quantized: [], kept: [], bytesBefore: model.bytes, bytesAfter: 0 };
       const specs = llamaWeights(model.config);
@@ -125,8 +125,9 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
           return { t, plan };
         });
         if (plans.every(({ plan }) => plan === null)) continue; // nothing to quantize: leave the block as it is
+        // each block is quantized where it lives (a split model keeps its device map)
         const store = TensorStore.create(
-          backend,
+          old.backend,
           plans.map(({ t, plan }) => ({ name: t.name, shape: t.shape, dtype: plan?.dtype ?? t.dtype })),
         );
         try {

@@ -15,18 +15,26 @@
  * g.run();
  * console.log(g.read(loss)[0]);
  * g.dispose();
+ *
+ * A graph given several backends (a model split over devices, src/models/device-map.ts) is run by
+ * ggml's backend scheduler: each op runs on the device of the stored tensors it reads, and the
+ * scheduler copies activations between devices (DESIGN.md §8). With one backend the graph is
+ * allocated and computed on it directly.
  */
-import type { Backend } from '../engine/device.js';
+import { cpuBackend, type Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
-import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
+import { CGraphHeadStruct, TensorStruct, koffi, type GraphPtr, type TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import {
   GraphAllocator,
   NativeBuffer,
   NativeContext,
+  Scheduler,
   assertAlive,
   availableMemory,
+  bufferDevice,
   fmtBytes,
+  formatBytes,
 } from '../engine/memory.js';
 import {
   DTypeError,
@@ -80,8 +88,26 @@ type State = 'building' | 'planned' | 'compiled' | 'disposed';
 
 const active: Graph[] = [];
 
+/**
+ * The backends of a graph in the scheduler's priority order: each device once, the accelerators in
+ * the order given, the CPU last (ggml's scheduler requires it, and runs there what no other can).
+ */
+function schedulerOrder(list: readonly Backend[]): Backend[] {
+  if (list.length === 0) throw new QtuneError('INVALID_ARGUMENT', 'a graph needs a backend');
+  const unique = [...new Set(list)];
+  if (unique.length === 1) return unique;
+  const cpu = unique.find((b) => b.isCpu) ?? cpuBackend();
+  return [...unique.filter((b) => !b.isCpu), cpu];
+}
+
+const VIEW_SRC_OFFSET = koffi.offsetof(TensorStruct, 'view_src');
+const BUFFER_OFFSET = koffi.offsetof(TensorStruct, 'buffer');
+
 export class Graph {
+  /** The device the graph runs on; with several, the first in the scheduler's order. */
   readonly backend: Backend;
+  /** Every device the graph may run ops on: one, or several in the scheduler's order (CPU last). */
+  readonly backends: readonly Backend[];
   readonly maxNodes: number;
   private readonly ctx: NativeContext;
   private readonly leafCtx: NativeContext;
@@ -96,11 +122,19 @@ export class Graph {
   private state: State = 'building';
   private leafBuffer: NativeBuffer | null = null;
   private allocator: GraphAllocator | null = null;
+  private scheduler: Scheduler | null = null;
   private cgraph: GraphPtr | null = null;
   private runs = 0;
 
-  constructor(backend: Backend, options: GraphOptions = {}) {
-    this.backend = backend;
+  /**
+   * A graph on one backend, or on several (a model split over devices): then ggml's scheduler places
+   * each op next to the stored tensors it reads and copies activations between the devices.
+   */
+  constructor(backend: Backend | readonly Backend[], options: GraphOptions = {}) {
+    this.backends = schedulerOrder(
+      Array.isArray(backend) ? (backend as readonly Backend[]) : [backend as Backend],
+    );
+    this.backend = this.backends[0]!;
     this.maxNodes = options.maxNodes ?? 32768;
     this.ctx = new NativeContext(this.maxNodes, this.maxNodes);
     this.leafCtx = new NativeContext(options.maxInputs ?? 1024);
@@ -128,6 +162,25 @@ export class Graph {
 
   get isCompiled(): boolean {
     return this.state === 'compiled';
+  }
+
+  /** Whether the graph spans several devices (and is run by ggml's scheduler). */
+  get isMultiDevice(): boolean {
+    return this.backends.length > 1;
+  }
+
+  /** Whether stored tensors on `backend` may take part in this graph. */
+  holds(backend: Backend): boolean {
+    return this.backends.includes(backend);
+  }
+
+  /** Where inputs and constants live: the graph's device, or the host (the CPU) for several. */
+  private get inputBackend(): Backend {
+    return this.backends[this.backends.length - 1]!;
+  }
+
+  private deviceNames(): string {
+    return this.backends.map((b) => b.name).join(', ');
   }
 
   // ---------------------------------------------------------------- building
@@ -375,10 +428,10 @@ export class Graph {
     this.assertBuilding('assign');
     if (target.kind !== 'stored')
       throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
-    if (target.backend !== this.backend) {
+    if (!this.holds(target.backend)) {
       throw new QtuneError(
         'GRAPH',
-        `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.backend.name}`,
+        `assign: ${target.toString()} lives on ${target.backend.name}, this graph runs on ${this.deviceNames()}`,
       );
     }
     if (at === undefined) {
@@ -448,14 +501,15 @@ export class Graph {
     if (this.leaves.length > 0) {
       this.leafBuffer = NativeBuffer.forContext(
         this.leafCtx,
-        this.backend,
-        this.backend.bufferType,
+        this.inputBackend,
+        this.inputBackend.bufferType,
         'graph inputs',
       );
       this.leafBuffer.clear(0);
       for (const leaf of this.leaves) if (leaf.data !== null) this.upload(leaf.tensor, leaf.data);
     }
-    if (!this.allocator!.allocate(cgraph)) {
+    if (this.isMultiDevice) this.allocateScheduled(cgraph);
+    else if (!this.allocator!.allocate(cgraph)) {
       const needed = this.allocator!.measure(cgraph);
       throw this.outOfMemory(needed, availableMemory(this.backend));
     }
@@ -490,19 +544,26 @@ export class Graph {
       throw new QtuneError('GRAPH', 'compile: the graph computes nothing', {
         hint: 'mark a result with output() or assign()',
       });
-    this.checkSupport(cgraph, n);
+    if (this.isMultiDevice) this.checkSupportScheduled(cgraph, n);
+    else this.checkSupport(cgraph, n);
     this.checkLeafDevices();
 
+    this.cgraph = cgraph;
+    if (this.isMultiDevice) {
+      // ggml's scheduler splits the graph and measures its parts when it allocates them (compile)
+      this.state = 'planned';
+      return 0;
+    }
     // measured before the inputs have memory, so the measure counts them with the intermediates
     const allocator = new GraphAllocator(this.backend);
     const needed = allocator.measure(cgraph);
     const free = availableMemory(this.backend);
     if (needed > free) {
       allocator.free();
+      this.cgraph = null;
       throw this.outOfMemory(needed, free);
     }
     this.allocator = allocator;
-    this.cgraph = cgraph;
     this.state = 'planned';
     return needed;
   }
@@ -515,6 +576,24 @@ export class Graph {
         details: { device: this.backend.name, needed, free },
       },
     );
+  }
+
+  /** Lets ggml's scheduler assign each node a device, split the graph and allocate the parts. */
+  private allocateScheduled(cgraph: GraphPtr): void {
+    const head = koffi.decode(cgraph, CGraphHeadStruct) as { n_nodes: number; n_leafs: number };
+    // the scheduler's hash set must hold every node and leaf; ggml rounds it up to a prime
+    this.scheduler = new Scheduler(this.backends, 2 * (head.n_nodes + head.n_leafs) + 64);
+    if (!this.scheduler.allocate(cgraph)) {
+      this.scheduler.free();
+      this.scheduler = null;
+      throw new OutOfMemoryError(
+        `${this.deviceNames()} have not enough memory for this graph's intermediate tensors`,
+        {
+          hint: 'use a smaller batch or context length, put fewer blocks on the fullest device, or enable gradient checkpointing',
+          details: Object.fromEntries(this.backends.map((b) => [b.name, formatBytes(b.memory().free)])),
+        },
+      );
+    }
   }
 
   private checkSupport(cgraph: GraphPtr, n: number): void {
@@ -534,15 +613,52 @@ export class Graph {
     }
   }
 
+  /**
+   * Several devices: a node that writes into a stored tensor (or a view of one) must run on that
+   * tensor's device, and every other node on at least one of the graph's devices. ggml's scheduler
+   * aborts the process otherwise, so this is checked first.
+   */
+  private checkSupportScheduled(cgraph: GraphPtr, n: number): void {
+    const { api } = getEngine();
+    const byName = new Map(this.backends.map((b) => [b.name, b]));
+    for (let i = 0; i < n; i++) {
+      const node = api.graph_node(cgraph, i);
+      const desc = api.op_desc(node);
+      const viewSrc = koffi.decode(node, VIEW_SRC_OFFSET, 'void *') as unknown;
+      const buffer = koffi.decode(viewSrc ?? node, BUFFER_OFFSET, 'void *') as unknown;
+      const device = buffer === null ? null : bufferDevice(koffi.address(buffer));
+      if (device !== null) {
+        const home = byName.get(device);
+        if (home === undefined || !home.supportsOp(node)) {
+          throw new UnsupportedOpError(
+            `${device} cannot run ${desc} (node "${api.get_name(node)}"), which writes into a tensor stored there`,
+            {
+              hint: 'store that tensor on a device that supports the op (see `qtune backends`)',
+              details: { device, op: desc },
+            },
+          );
+        }
+      } else if (!this.backends.some((b) => b.supportsOp(node))) {
+        throw new UnsupportedOpError(
+          `none of ${this.deviceNames()} can run ${desc} (node "${api.get_name(node)}")`,
+          {
+            hint: 'use another dtype for its inputs (see `qtune backends`)',
+            details: { devices: this.backends.map((b) => b.name), op: desc },
+          },
+        );
+      }
+    }
+  }
+
   private checkLeafDevices(): void {
     const seen = new Set<Tensor>();
     const visit = (t: Tensor): void => {
       if (seen.has(t)) return;
       seen.add(t);
-      if (t.kind === 'stored' && t.store!.backend !== this.backend) {
+      if (t.kind === 'stored' && !this.holds(t.store!.backend)) {
         throw new QtuneError(
           'GRAPH',
-          `${t.toString()} lives on ${t.store!.backend.name} but this graph runs on ${this.backend.name}`,
+          `${t.toString()} lives on ${t.store!.backend.name} but this graph runs on ${this.deviceNames()}`,
           {
             hint: 'copy the store to this backend with store.to(backend)',
           },
@@ -587,11 +703,14 @@ export class Graph {
     if (this.state !== 'compiled' || this.cgraph === null)
       throw new QtuneError('GRAPH', 'run: compile() the graph first');
     for (const h of this.hooks) h();
-    const status = getEngine().api.backend_graph_compute(this.backend.ptr, this.cgraph);
+    const status =
+      this.scheduler !== null
+        ? this.scheduler.compute(this.cgraph)
+        : getEngine().api.backend_graph_compute(this.backend.ptr, this.cgraph);
     if (status !== 0) {
       throw new QtuneError(
         'COMPUTE',
-        `${this.backend.name} failed to compute the graph (ggml status ${status})`,
+        `${this.deviceNames()} failed to compute the graph (ggml status ${status})`,
         {
           hint: status === -2 ? 'the device ran out of memory' : 'see the log above',
         },
@@ -616,9 +735,30 @@ export class Graph {
     return decode(t.dtype, bytes, t.numel);
   }
 
-  /** Bytes of the compute buffer (intermediate tensors) and of the input buffer. */
+  /** Bytes of the compute buffers (intermediate tensors, on every device) and of the input buffer. */
   memory(): { compute: number; inputs: number } {
-    return { compute: this.allocator?.bytes ?? 0, inputs: this.leafBuffer?.bytes ?? 0 };
+    const compute = this.backends.reduce((n, b) => n + this.memoryOn(b).compute, 0);
+    return { compute, inputs: this.leafBuffer?.bytes ?? 0 };
+  }
+
+  /** Bytes of the compute buffer and of the inputs on one device of the graph. */
+  memoryOn(backend: Backend): { compute: number; inputs: number } {
+    const compute =
+      this.scheduler !== null
+        ? this.scheduler.bytes(backend)
+        : backend === this.backend
+          ? (this.allocator?.bytes ?? 0)
+          : 0;
+    const inputs = backend === this.inputBackend ? (this.leafBuffer?.bytes ?? 0) : 0;
+    return { compute, inputs };
+  }
+
+  /**
+   * Parts of the compiled graph that run on one device each (1 on a single device): each boundary is
+   * a copy of activations between devices.
+   */
+  get splits(): number {
+    return this.scheduler?.splits ?? (this.cgraph === null ? 0 : 1);
   }
 
   /** Number of ggml nodes in the compiled graph. */
@@ -634,6 +774,7 @@ export class Graph {
   dispose(): void {
     if (this.state === 'disposed') return;
     this.allocator?.free();
+    this.scheduler?.free();
     this.leafBuffer?.free();
     this.ctx.free();
     this.leafCtx.free();

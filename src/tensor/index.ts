@@ -1,6 +1,7 @@
 export { Graph, type BackwardRule, type GraphOptions } from './graph.js';
 export { Tensor, type TensorKind } from './tensor.js';
 export { TensorStore, type TensorSpec } from './store.js';
+export { StoreGroup, type PlacedSpec } from './store-group.js';
 export { numel, broadcastShapes, type Shape } from './shape.js';
 export { blockSize, rowBytes, tensorBytes, encode, decode } from './host.js';
 export {

@@ -52,11 +52,13 @@ export class TensorStore {
         api.set_name(ptr, spec.name.slice(0, 63));
         tensors.push({ spec, ptr });
       }
+      // stored tensors are weights to ggml's scheduler: ops that read them run on this device
       this.buffer = NativeBuffer.forContext(
         this.ctx,
         backend,
         bufferType,
-        `${TensorStore.bytesFor(specs)} bytes of tensors`,
+        `tensors ${specs[0]!.name}${specs.length > 1 ? ` and ${specs.length - 1} more` : ''}`,
+        true,
       );
     } catch (e) {
       this.ctx.free();

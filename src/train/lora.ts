@@ -7,7 +7,8 @@
  * A starts Kaiming-uniform (bound 1/√in, PyTorch's kaiming_uniform_(a=√5)), B at zero, so training
  * starts from the base model exactly; DoRA's magnitude m starts at the row norms of W. The adapter
  * wraps a layer through the model's linear hook: the base weight (float or quantized) is never
- * copied or changed.
+ * copied or changed. Each adapter lives on the device of the weight it wraps (a split model keeps
+ * block i's adapters on block i's device).
  *
  * @example
  * const lora = LoraLayers.create(model, { rank: 8, alpha: 16 });
@@ -21,7 +22,7 @@ import { add, affine, div, mul, scale, sqr, sqrt } from '../tensor/ops/elementwi
 import { cast, sum } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
 import { dropoutMask } from '../tensor/ops/nn.js';
-import { TensorStore, type TensorSpec } from '../tensor/store.js';
+import { StoreGroup, type PlacedSpec } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 
@@ -80,7 +81,7 @@ function checkPositiveInt(field: string, v: unknown): void {
 }
 
 export class LoraLayers {
-  readonly store: TensorStore;
+  readonly store: StoreGroup;
   readonly modules: ReadonlyMap<string, LoraModuleInfo>;
   readonly options: Required<LoraOptions>;
   /**
@@ -91,7 +92,7 @@ export class LoraLayers {
   private readonly masks = new WeakMap<Graph, Map<string, Tensor>>();
 
   private constructor(
-    store: TensorStore,
+    store: StoreGroup,
     modules: Map<string, LoraModuleInfo>,
     options: LoraLayers['options'],
   ) {
@@ -147,11 +148,24 @@ export class LoraLayers {
       throw new ConfigError(`lora_target_modules: ${JSON.stringify(targets)} matches no linear layer`, {
         hint: `use names among ${LINEAR_MODULES.join(', ')} or globs such as model.layers.*.self_attn.*`,
       });
-    const specs: TensorSpec[] = [];
+    const specs: PlacedSpec[] = [];
     for (const m of modules.values()) {
+      const backend = model.weight(`${m.module}.weight`).backend;
       specs.push(
-        { name: `${m.module}.lora_A`, shape: [m.rank, m.inFeatures], dtype: 'f32', requiresGrad: true },
-        { name: `${m.module}.lora_B`, shape: [m.outFeatures, m.rank], dtype: 'f32', requiresGrad: true },
+        {
+          name: `${m.module}.lora_A`,
+          shape: [m.rank, m.inFeatures],
+          dtype: 'f32',
+          requiresGrad: true,
+          backend,
+        },
+        {
+          name: `${m.module}.lora_B`,
+          shape: [m.outFeatures, m.rank],
+          dtype: 'f32',
+          requiresGrad: true,
+          backend,
+        },
       );
       if (options.dora)
         specs.push({
@@ -159,9 +173,10 @@ export class LoraLayers {
           shape: [m.outFeatures],
           dtype: 'f32',
           requiresGrad: true,
+          backend,
         });
     }
-    const store = TensorStore.create(model.backend, specs);
+    const store = StoreGroup.create(specs);
     const layers = new LoraLayers(store, modules, options);
     layers.initialise(model);
     return layers;
@@ -171,8 +186,8 @@ export class LoraLayers {
     const rand = seededUniform(this.options.seed);
     for (const m of this.modules.values()) {
       const bound = 1 / Math.sqrt(m.inFeatures);
-      this.store.write(
-        this.store.get(`${m.module}.lora_A`),
+      this.write(
+        `${m.module}.lora_A`,
         Float32Array.from({ length: m.rank * m.inFeatures }, () => (2 * rand() - 1) * bound),
       );
       if (this.options.dora) {
@@ -184,9 +199,19 @@ export class LoraLayers {
           for (let i = 0; i < m.inFeatures; i++) s += values[o * m.inFeatures + i]! ** 2;
           norms[o] = Math.sqrt(s);
         }
-        this.store.write(this.store.get(`${m.module}.lora_magnitude`), norms);
+        this.write(`${m.module}.lora_magnitude`, norms);
       }
     }
+  }
+
+  private write(name: string, data: Float32Array): void {
+    const t = this.store.get(name);
+    t.store!.write(t, data);
+  }
+
+  private read(name: string): Float32Array {
+    const t = this.store.get(name);
+    return t.store!.read(t);
   }
 
   /** The trainable tensors. */
@@ -253,14 +278,12 @@ export class LoraLayers {
     for (const m of this.modules.values()) {
       const entry = {
         info: m,
-        A: this.store.read(this.store.get(`${m.module}.lora_A`)),
-        B: this.store.read(this.store.get(`${m.module}.lora_B`)),
+        A: this.read(`${m.module}.lora_A`),
+        B: this.read(`${m.module}.lora_B`),
       };
       out.set(
         m.module,
-        this.options.dora
-          ? { ...entry, magnitude: this.store.read(this.store.get(`${m.module}.lora_magnitude`)) }
-          : entry,
+        this.options.dora ? { ...entry, magnitude: this.read(`${m.module}.lora_magnitude`) } : entry,
       );
     }
     return out;

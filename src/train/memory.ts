@@ -25,6 +25,8 @@ export interface MemoryReport {
   optimizer: PhaseMemory;
   /** Highest resident set size of the process so far. */
   peakRssBytes: number;
+  /** The same buffers per device, with the blocks each holds. */
+  devices: DeviceMemory[];
   /** The parts, in bytes. */
   parts: {
     weights: number;
@@ -33,6 +35,24 @@ export interface MemoryReport {
     optimizerState: number;
     activations: number;
   };
+}
+
+/** What a run holds on one device (a model split over devices has one of these per device). */
+export interface DeviceMemory {
+  device: string;
+  /** Decoder blocks whose weights live here. */
+  blocks: number[];
+  /** Whether the embeddings, the final norm and the LM head live here. */
+  head: boolean;
+  /** Bytes of the model's weights. */
+  weights: number;
+  /** LoRA/DoRA tensors. */
+  adapters: number;
+  gradients: number;
+  optimizerState: number;
+  /** The compute buffers of the training, evaluation and update graphs, and their inputs. */
+  compute: number;
+  total: number;
 }
 
 /** Peak resident set size: VmHWM on Linux, else the runtime's maxRSS. */

@@ -31,7 +31,7 @@ import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
 import { llamaWeights, type LlamaModel, type LinearHook } from '../models/llama.js';
-import { loadModel, type LoadOptions } from '../models/load.js';
+import { loadModel, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
 import { createQuantizationAdapter } from '../quant/adapter.js';
@@ -41,7 +41,7 @@ import { add, mul, sqr } from '../tensor/ops/elementwise.js';
 import { cast, sum } from '../tensor/ops/layout.js';
 import { crossEntropy } from '../tensor/ops/loss.js';
 import { linear } from '../tensor/ops/matmul.js';
-import { TensorStore } from '../tensor/store.js';
+import { StoreGroup } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 import { packedAttentionMask } from '../data/packing.js';
@@ -52,6 +52,7 @@ import {
   rss,
   stepActivationsLowerBound,
   stepMemoryError,
+  type DeviceMemory,
   type MemoryReport,
   type PhaseMemory,
   type StepShape,
@@ -328,7 +329,14 @@ export function checkStepMemory(model: LlamaModel, s: StepShape): void {
 /** Loads a model folder, GGUF file or Hub id for a train type and precision. */
 export async function prepareModel(
   source: string,
-  o: { trainType: string; quantization?: string; precision?: Precision; backend?: Backend | string },
+  o: {
+    trainType: string;
+    quantization?: string;
+    precision?: Precision;
+    backend?: Backend | string;
+    /** Split the model over several devices (LoRA tensors, gradients and optimizer state follow it). */
+    devices?: DeviceRequest;
+  },
 ): Promise<PreparedModel> {
   const trainType = resolveTrainType(o.trainType, o.quantization);
   const precision = checkPrecision(o.precision ?? 'fp32');
@@ -346,6 +354,7 @@ export async function prepareModel(
       : undefined;
   const loaded = await loadModel(source, {
     ...(o.backend === undefined ? {} : { backend: o.backend }),
+    ...(o.devices === undefined ? {} : { devices: o.devices }),
     ...trainingLoadOptions(trainType, precision, expansion),
     ...(onLoad === undefined ? {} : { quantize: onLoad }),
   });
@@ -401,7 +410,7 @@ export class Trainer {
   private readonly o: TrainerOptions;
   private readonly data: TrainData;
   private readonly seqLen: number;
-  private readonly grads: TensorStore;
+  private readonly grads: StoreGroup;
   private readonly identity: RunIdentity;
   private readonly disposeModel: () => void;
   private readonly seed: number;
@@ -523,9 +532,14 @@ export class Trainer {
       }
       if (this.params.length === 0)
         throw new ConfigError(`train_type: ${this.trainType.name} leaves nothing to train in this model`);
-      this.grads = TensorStore.create(
-        this.model.backend,
-        this.params.map((p, i) => ({ name: `grad${i}`, shape: p.shape, dtype: 'f32' as const })),
+      // each gradient accumulates on its parameter's device
+      this.grads = StoreGroup.create(
+        this.params.map((p, i) => ({
+          name: `grad${i}`,
+          shape: p.shape,
+          dtype: 'f32' as const,
+          backend: p.backend,
+        })),
       );
       const optConfig: OptimizerConfig = {
         name: 'adamw',
@@ -558,13 +572,14 @@ export class Trainer {
   static async create(
     source: string,
     data: TrainData,
-    o: TrainerOptions & { backend?: Backend | string },
+    o: TrainerOptions & { backend?: Backend | string; devices?: DeviceRequest },
   ): Promise<Trainer> {
     const prepared = await prepareModel(source, {
       trainType: o.trainType,
       ...(o.quantization === undefined ? {} : { quantization: o.quantization }),
       ...(o.precision === undefined ? {} : { precision: o.precision }),
       ...(o.backend === undefined ? {} : { backend: o.backend }),
+      ...(o.devices === undefined ? {} : { devices: o.devices }),
     });
     return new Trainer(prepared, data, o);
   }
@@ -668,7 +683,7 @@ export class Trainer {
   }
 
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const ids = g.input([this.microBatchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.microBatchSize, this.seqLen], 'i32', 'labels');
@@ -698,7 +713,7 @@ export class Trainer {
   }
 
   private buildNorm(): NonNullable<Trainer['normGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const sumsq = g.build(() => {
         let total: Tensor | null = null;
@@ -717,7 +732,7 @@ export class Trainer {
   }
 
   private buildUpdate(): NonNullable<Trainer['updateGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const factor = g.input([1], 'f32', 'grad_factor');
       const grads = new Map<Tensor, Tensor>();
@@ -732,7 +747,7 @@ export class Trainer {
   }
 
   private buildEval(): NonNullable<Trainer['evalGraph']> {
-    const g = new Graph(this.model.backend);
+    const g = new Graph(this.model.backends);
     try {
       const ids = g.input([this.microBatchSize, this.seqLen], 'i32', 'ids');
       const labels = g.input([this.microBatchSize, this.seqLen], 'i32', 'labels');
@@ -767,6 +782,34 @@ export class Trainer {
 
   private optimizerBytes(): number {
     return this.optimizer.stateBytes;
+  }
+
+  /**
+   * What the run holds on each device: the blocks, weights, adapters, gradients, optimizer state and
+   * compute buffers (of the graphs built so far). One entry unless the model is split.
+   */
+  memoryByDevice(): DeviceMemory[] {
+    const map = this.model.deviceMap;
+    const graphs = [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph];
+    return this.model.backends.map((b) => {
+      const weights = this.model.bytesOn(b);
+      const adapters = this.lora?.store.bytesOn(b) ?? 0;
+      const gradients = this.grads.bytesOn(b);
+      const optimizerState = this.optimizer.stateBytesOn(b);
+      let compute = 0;
+      for (const x of graphs) if (x !== null) compute += x.g.memoryOn(b).compute + x.g.memoryOn(b).inputs;
+      return {
+        device: b.name,
+        blocks: map.blocks.flatMap((d, i) => (d === b ? [i] : [])),
+        head: map.model === b,
+        weights,
+        adapters,
+        gradients,
+        optimizerState,
+        compute,
+        total: weights + adapters + gradients + optimizerState + compute,
+      };
+    });
   }
 
   private phase(): PhaseMemory {
@@ -836,6 +879,7 @@ export class Trainer {
       backward,
       optimizer: { engineBytes: 0, rssBytes: 0 },
       peakRssBytes: 0,
+      devices: [],
       parts: {
         weights: this.model.bytes,
         trainable: this.params.reduce((n, p) => n + p.numel * 4, 0),
@@ -1168,7 +1212,7 @@ export class Trainer {
   memory(): MemoryReport {
     this.ensureGraphs();
     const m = this.memoryReport!;
-    return { ...m, peakRssBytes: peakRss() };
+    return { ...m, peakRssBytes: peakRss(), devices: this.memoryByDevice() };
   }
 
   // ------------------------------------------------------------------------------ checkpoints

@@ -7,6 +7,7 @@ import { describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
 import { GGML_TYPE_IDS } from '../../src/engine/dtype.js';
 import {
+  CGraphHeadStruct,
   DevPropsStruct,
   GGML_OBJECT_SIZE,
   TensorStruct,
@@ -134,5 +135,22 @@ describe('declared ggml struct layouts match the library', () => {
     assert.equal(props['type'], api.backend_dev_type(dev));
     assert.equal(typeof (props['caps'] as { async: unknown }).async, 'boolean');
     assert.ok(koffi.sizeof(DevPropsStruct) >= 48);
+  });
+
+  it('ggml_cgraph head: size, node and leaf counts', () => {
+    const ctx = new NativeContext(16, 64);
+    try {
+      const a = api.new_tensor_1d(ctx.ptr, GGML_TYPE_IDS.f32, 4);
+      const b = api.new_tensor_1d(ctx.ptr, GGML_TYPE_IDS.f32, 4);
+      const g = api.new_graph_custom(ctx.ptr, 64, false);
+      api.build_forward_expand(g, api.mul(ctx.ptr, api.add(ctx.ptr, a, b), b));
+      const head = koffi.decode(g, CGraphHeadStruct) as { size: number; n_nodes: number; n_leafs: number };
+      assert.equal(head.size, 64);
+      assert.equal(head.n_nodes, api.graph_n_nodes(g));
+      assert.equal(head.n_nodes, 2);
+      assert.equal(head.n_leafs, 2, 'a and b');
+    } finally {
+      ctx.free();
+    }
   });
 });

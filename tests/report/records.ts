@@ -59,6 +59,7 @@ export function resultOf(records: readonly LogRecord[]): TrainResult {
       optimizer: phase,
       peakRssBytes: 1,
       parts: { weights: 0, trainable: 0, gradients: 0, optimizerState: 0, activations: 0 },
+      devices: [],
     },
     tokensPerS: 1000,
     seconds: 12,

@@ -5,7 +5,15 @@ import { loadDataset } from '../../data/dataset.js';
 import { loadModel } from '../../models/load.js';
 import { Graph } from '../../tensor/graph.js';
 import { crossEntropy } from '../../tensor/ops/loss.js';
-import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
+import {
+  DEVICE_FLAGS,
+  devicesFlag,
+  helpText,
+  intFlag,
+  parse,
+  UsageError,
+  type CommandSpec,
+} from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'eval',
@@ -21,6 +29,7 @@ export const spec: CommandSpec = {
     'max-samples': { type: 'string', help: 'evaluate at most this many records' },
     backend: { type: 'string', default: 'auto', help: 'device' },
     json: { type: 'boolean', default: false, help: 'print JSON' },
+    ...DEVICE_FLAGS,
   },
 };
 
@@ -37,7 +46,11 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     throw new UsageError('eval: --dataset is required');
   const T = intFlag('context-length', values['context-length'])!;
   const maxSamples = intFlag('max-samples', values['max-samples']);
-  const loaded = await loadModel(model, { backend: String(values['backend']) });
+  const devices = devicesFlag(values);
+  const loaded = await loadModel(
+    model,
+    devices === undefined ? { backend: String(values['backend']) } : { devices },
+  );
   const adapter =
     typeof values['adapter'] === 'string'
       ? createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config))
@@ -55,7 +68,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       loaded.tokenizer,
       T,
     );
-    const g = new Graph(loaded.model.backend);
+    const g = new Graph(loaded.model.backends);
     let total = 0;
     let tokens = 0;
     try {

@@ -3,7 +3,15 @@ import { isFloatDType, isDType } from '../../engine/dtype.js';
 import { createAdapterHook, loadAdapter, type AdapterHook } from '../../adapters/apply.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
-import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
+import {
+  DEVICE_FLAGS,
+  devicesFlag,
+  helpText,
+  intFlag,
+  parse,
+  UsageError,
+  type CommandSpec,
+} from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'generate',
@@ -28,6 +36,7 @@ export const spec: CommandSpec = {
     dtype: { type: 'string', help: 'weight storage type: f32, f16 or bf16 (default: as stored in the file)' },
     quantize: { type: 'string', help: 'quantize the linear weights on load (q8_0, q4_0, q4_K, iq4_nl, ...)' },
     adapter: { type: 'string', help: 'a LoRA/DoRA adapter: a PEFT folder or a LoRA .gguf file' },
+    ...DEVICE_FLAGS,
   },
 };
 
@@ -70,8 +79,9 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     topP: numberFlag('top-p', values['top-p'], Number.MIN_VALUE, 1),
     seed: numberFlag('seed', values['seed'], 0),
   };
+  const devices = devicesFlag(values);
   const loaded = await loadModel(model, {
-    backend: String(values['backend']),
+    ...(devices === undefined ? { backend: String(values['backend']) } : { devices }),
     ...(dtype === undefined ? {} : { dtype }),
     ...(quantize === undefined ? {} : { quantize }),
   });

@@ -7,6 +7,10 @@ import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
 import { connect, type Communicator } from '../../dist/index.js';
+import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
+import { describeDeviceMap } from '../../models/device-map.js';
+import type { DeviceRequest } from '../../models/load.js';
+import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
@@ -123,6 +127,31 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
   };
 }
 
+/** The split a config asks for (devices, layer_split, device_map), or null for one device. */
+export function deviceRequest(c: TrainConfig): DeviceRequest | null {
+  if (c.devices.length === 0 && c.device_map.length === 0) return null;
+  return {
+    ...(c.devices.length === 0 ? {} : { devices: c.devices[0] === 'auto' ? ('auto' as const) : c.devices }),
+    ...(c.layer_split.length === 0 ? {} : { layerSplit: c.layer_split }),
+    ...(c.device_map.length === 0 ? {} : { deviceMap: c.device_map }),
+  };
+}
+
+/** `memory on Vulkan0: weights 2.9 MiB, adapters 0.3 MiB, ... (total 12.1 MiB)`. */
+function deviceMemoryLine(d: DeviceMemory): string {
+  const parts = [
+    ['weights', d.weights],
+    ['adapters', d.adapters],
+    ['gradients', d.gradients],
+    ['optimizer state', d.optimizerState],
+    ['compute buffers', d.compute],
+  ] as const;
+  return `memory on ${d.device}: ${parts
+    .filter(([, n]) => n > 0)
+    .map(([k, n]) => `${k} ${formatBytes(n)}`)
+    .join(', ')} (total ${formatBytes(d.total)})`;
+}
+
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
   const { config: file, help: wantsHelp, flags } = readFlags(argv);
   if (wantsHelp) {
@@ -148,7 +177,25 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
   const manager = new BackendManager();
   const threads = rankThreads(c.threads, comm);
   if (threads !== null) manager.setThreads(threads);
-  const backend = manager.select(rankBackend(c.backend, manager, comm));
+  const capped = Object.entries(c.max_memory ?? {}).map(([name, bytes]) => {
+    const device = manager.select(name).name;
+    setMemoryLimit(device, bytes);
+    return device;
+  });
+  try {
+    return await trainOn(c, comm, manager, out);
+  } finally {
+    for (const device of capped) setMemoryLimit(device, null);
+  }
+}
+
+async function trainOn(
+  c: TrainConfig,
+  comm: Communicator,
+  manager: BackendManager,
+  out: (s: string) => void,
+): Promise<number> {
+  const devices = deviceRequest(c);
   const options: TrainerOptions = { ...trainerOptions(c), ...(comm.kind === 'mpi' ? { comm } : {}) };
   // rank 0 writes every file of the run; the others only train
   const writer = comm.rank === 0;
@@ -156,8 +203,11 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
     trainType: c.train_type,
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
     ...(options.precision === undefined ? {} : { precision: options.precision }),
-    backend,
+    ...(devices === null ? { backend: manager.select(rankBackend(c.backend, manager, comm)) } : { devices }),
   });
+  const where = prepared.model.backends.map((b) => b.name).join('+');
+  if (prepared.model.isSplit)
+    for (const line of describeDeviceMap(prepared.model.deviceMap)) out(`placement: ${line}`);
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
@@ -215,13 +265,14 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
       await logger.close();
       throw e;
     }
+    if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
     const written = writer ? trainer.saveOutputs(c.output_dir) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
     const val = result.evals.at(-1);
     out(
-      `trained ${result.steps} steps (${c.train_type} on ${backend.name}${comm.size > 1 ? ` × ${comm.size} ranks` : ''}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
+      `trained ${result.steps} steps (${c.train_type} on ${where}${comm.size > 1 ? ` × ${comm.size} ranks` : ''}): loss ${first?.toFixed(4) ?? '-'} → ${last?.toFixed(4) ?? '-'}` +
         (val === undefined
           ? ''
           : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +

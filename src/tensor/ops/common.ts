@@ -31,10 +31,10 @@ export function graphOf(op: string, ...ts: (Tensor | null | undefined)[]): Graph
   }
   for (const t of ts) {
     if (t != null) g.noteOperand(t);
-    if (t?.kind === 'stored' && t.store!.backend !== g.backend) {
+    if (t?.kind === 'stored' && !g.holds(t.store!.backend)) {
       throw new QtuneError(
         'GRAPH',
-        `${op}: ${t.toString()} lives on ${t.store!.backend.name}, the graph runs on ${g.backend.name}`,
+        `${op}: ${t.toString()} lives on ${t.store!.backend.name}, the graph runs on ${g.backends.map((b) => b.name).join(', ')}`,
         {
           hint: 'copy the store to the graph backend with store.to(backend)',
         },

@@ -81,7 +81,8 @@ function transposedForGrad(g: Graph, w: Tensor): Tensor {
 export function dequantize(g: Graph, w: Tensor): Tensor {
   const api = ggml();
   const viaCast = g.node((ctx) => api.cast(ctx, w.ptr, 0), w.shape, 'f32', false, 'dequant');
-  if (w.rank !== 2 || g.backend.supportsOp(viaCast.ptr)) return viaCast;
+  // asked of the weight's device: in a graph over several devices, that is where the op runs
+  if (w.rank !== 2 || w.backend.supportsOp(viaCast.ptr)) return viaCast;
   const rows = w.shape[0]!;
   const ids = g.constant(
     Int32Array.from({ length: rows }, (_, i) => i),
