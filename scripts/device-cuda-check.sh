@@ -101,6 +101,8 @@ step test-backends 120 $T dist/tests/backends/
 # the integration suite's device tests: every quantization method against the CPU, the matrix tried,
 # every optimizer and schedule in a real loop, memory ordering
 step test-integration 240 $T dist/tests/integration/
+# one model split over CUDA0 and the CPU through ggml's scheduler: the CPU run's losses
+step test-multi-device 150 $T dist/tests/train/multi-device.test.js
 if [ "${QUICK:-0}" != 1 ]; then # QUICK=1: the integration suite and the memory refusal only
   step test-gradcheck 150 $T dist/tests/tensor/gradcheck.test.js
   step test-parity 150 $T dist/tests/models/parity.test.js
