@@ -323,11 +323,17 @@ const yaml: FuzzTarget = {
       const ok =
         kind === 'list'
           ? Array.isArray(v) && v.every((x) => typeof x === 'string')
-          : kind === 'int'
-            ? Number.isInteger(v)
-            : kind === 'number'
-              ? typeof v === 'number' && Number.isFinite(v)
-              : typeof v === kind;
+          : kind === 'numbers' // layer_split
+            ? Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x))
+            : kind === 'sizes' // max_memory: device name → bytes
+              ? typeof v === 'object' &&
+                !Array.isArray(v) &&
+                Object.values(v as object).every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0)
+              : kind === 'int'
+                ? Number.isInteger(v)
+                : kind === 'number'
+                  ? typeof v === 'number' && Number.isFinite(v)
+                  : typeof v === kind;
       check(ok, `${k} = ${JSON.stringify(v)} is not a ${kind}`);
     }
     const o = trainerOptions(c);
