@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { TRAIN_OPTIONS } from '../../src/cli/train-config.js';
 import { createTinyModel } from '../../src/models/tiny.js';
 import { expandModel } from '../../src/train/expand.js';
-import { ROOT, qtune } from '../helpers/cli.js';
+import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-train-cli-'));
 const tiny = path.join(tmp, 'tiny-model');
@@ -180,18 +180,7 @@ describe('qtune train', () => {
 
   it('resumes from the latest checkpoint', () => {
     const out = path.join(tmp, 'out-resume');
-    const args = [
-      'train',
-      '--config',
-      path.join(ROOT, 'examples', 'lora-tiny.yaml'),
-      '--model',
-      tiny,
-      '--dataset',
-      path.join(ROOT, 'data', 'style.jsonl'),
-      '--output_dir',
-      out,
-      ...QUICK,
-    ];
+    const args = [...tinyTrainArgs(tiny, out), ...QUICK];
     assert.equal(qtune(args).code, 0);
     const r = qtune([...args, '--max_steps', '3', '--resume_from_checkpoint', 'latest']);
     assert.equal(r.code, 0, r.stderr);

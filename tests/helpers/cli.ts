@@ -19,3 +19,18 @@ export function qtune(
   });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** `qtune train` over examples/lora-tiny.yaml with `model`, data/style.jsonl and `out`; add flags after. */
+export function tinyTrainArgs(model: string, out: string): string[] {
+  return [
+    'train',
+    '--config',
+    path.join(ROOT, 'examples', 'lora-tiny.yaml'),
+    '--model',
+    model,
+    '--dataset',
+    path.join(ROOT, 'data', 'style.jsonl'),
+    '--output_dir',
+    out,
+  ];
+}

@@ -27,7 +27,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createTinyModel } from '../../src/models/tiny.js';
 import { Trainer } from '../../src/train/trainer.js';
-import { BIN, ROOT, qtune } from '../helpers/cli.js';
+import { BIN, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-robust-kill-'));
 const tiny = path.join(tmp, 'tiny');
@@ -37,15 +37,7 @@ const STEPS = 8;
 
 function args(out: string): string[] {
   return [
-    'train',
-    '--config',
-    path.join(ROOT, 'examples', 'lora-tiny.yaml'),
-    '--model',
-    tiny,
-    '--dataset',
-    path.join(ROOT, 'data', 'style.jsonl'),
-    '--output_dir',
-    out,
+    ...tinyTrainArgs(tiny, out),
     ...['--max_steps', String(STEPS), '--save_steps', '1', '--eval_steps', '0', '--val_size', '0'],
     ...['--context_length', '64', '--max_samples', '24', '--batch_size', '2'],
     ...['--gradient_accumulation_steps', '1', '--logging_steps', '1', '--threads', '1'],

@@ -20,7 +20,7 @@ import type { Tokenizer } from '../../src/io/tokenizer.js';
 import { createTinyModel } from '../../src/models/tiny.js';
 import { peakRss, stepActivationsLowerBound } from '../../src/train/memory.js';
 import { Trainer, prepareModel } from '../../src/train/trainer.js';
-import { ROOT, qtune } from '../helpers/cli.js';
+import { qtune, tinyTrainArgs } from '../helpers/cli.js';
 import { testDevices } from '../helpers/devices.js';
 import { fineTuneData } from '../helpers/finetune.js';
 
@@ -84,21 +84,7 @@ describe('an impossible memory request', () => {
 
     it(`${name}: qtune train with batch_size 100000${backend.isCpu ? ' or context_length 10^8' : ''} exits 2 with one line and writes nothing`, () => {
       const out = path.join(tmp, `out-${name}`);
-      const base = [
-        'train',
-        '--config',
-        path.join(ROOT, 'examples', 'lora-tiny.yaml'),
-        '--model',
-        tiny,
-        '--dataset',
-        path.join(ROOT, 'data', 'style.jsonl'),
-        '--output_dir',
-        out,
-        '--backend',
-        name,
-        '--threads',
-        '1',
-      ];
+      const base = [...tinyTrainArgs(tiny, out), '--backend', name, '--threads', '1'];
       const cases = [
         [
           '--batch_size',
