@@ -99,6 +99,15 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       hint: 'use QTUNE_ENGINE=native or QTUNE_ENGINE=prebuilt, or leave it unset',
     });
   }
+  const variant = process.env['QTUNE_CPU_VARIANT'];
+  const wantsVariant = variant !== undefined && variant !== '';
+  if (want === 'native' && wantsVariant) {
+    throw new QtuneError(
+      'INVALID_ARGUMENT',
+      `QTUNE_CPU_VARIANT=${variant} names a prebuilt CPU variant, but QTUNE_ENGINE=native`,
+      { hint: 'unset one of them: a native build has no variants' },
+    );
+  }
   const nativeDir = nativeEngineDir();
   const nativeRegistry = `${LIB_PREFIX}ggml${LIB_EXT}`;
   const hasNative =
@@ -112,7 +121,8 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       },
     );
   }
-  if (hasNative && want !== 'prebuilt') {
+  // a chosen prebuilt variant (QTUNE_CPU_VARIANT) implies the prebuilt engine
+  if (hasNative && want !== 'prebuilt' && !wantsVariant) {
     const cudaFile = path.join(nativeDir, `${LIB_PREFIX}ggml-cuda${LIB_EXT}`);
     return {
       kind: 'native',
@@ -144,25 +154,65 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
   return { kind: 'prebuilt', dir: pkg.dir, registryFile, cudaFile: null };
 }
 
-/** Picks the prebuilt CPU variant the way ggml does: the highest `ggml_backend_score()` wins. */
-function bestCpuVariant(dir: string): { path: string; variant: string } | null {
+interface CpuVariant {
+  path: string;
+  variant: string;
+  /** ggml's score for this CPU: 0 when the variant needs a feature the CPU lacks. */
+  score: number;
+}
+
+/** Every prebuilt CPU variant in `dir` with its score on this CPU. */
+function cpuVariants(dir: string): CpuVariant[] {
   const prefix = `${LIB_PREFIX}ggml-cpu`;
-  let best: { path: string; variant: string; score: number } | null = null;
-  for (const f of readdirSync(dir)) {
+  const found: CpuVariant[] = [];
+  for (const f of readdirSync(dir).sort()) {
     if (!f.startsWith(prefix) || !f.endsWith(LIB_EXT)) continue;
     const p = path.join(dir, f);
+    const variant = f.slice(prefix.length + 1, -LIB_EXT.length) || 'default';
     let lib: LibraryHandle | undefined;
     try {
       lib = koffi.load(p);
       const score = callProc(lib.symbol('ggml_backend_score') as never, ScoreProto) as number;
-      const variant = f.slice(prefix.length + 1, -LIB_EXT.length) || 'default';
-      if (score > 0 && (best === null || score > best.score)) best = { path: p, variant, score };
+      found.push({ path: p, variant, score });
     } catch {
-      // a variant that cannot load or has no score function is skipped
+      found.push({ path: p, variant, score: 0 }); // cannot load or has no score function
     } finally {
       lib?.unload();
     }
   }
+  return found;
+}
+
+/**
+ * The prebuilt CPU variant to load: the one QTUNE_CPU_VARIANT names (e.g. `haswell`, so that results
+ * do not depend on which SIMD kernels this CPU could run), else the one ggml itself would pick (the
+ * highest `ggml_backend_score()`).
+ */
+function chooseCpuVariant(dir: string): CpuVariant | null {
+  const variants = cpuVariants(dir);
+  const want = process.env['QTUNE_CPU_VARIANT'];
+  if (want !== undefined && want !== '') {
+    const names = variants.map((v) => v.variant).join(', ');
+    const chosen = variants.find((v) => v.variant === want);
+    if (chosen === undefined) {
+      throw new QtuneError('INVALID_ARGUMENT', `QTUNE_CPU_VARIANT=${want} is not a prebuilt CPU variant`, {
+        hint: `use one of: ${names}; or unset it to let ggml pick`,
+      });
+    }
+    if (chosen.score <= 0) {
+      const runnable = variants.filter((v) => v.score > 0).map((v) => v.variant);
+      throw new QtuneError(
+        'INVALID_ARGUMENT',
+        `QTUNE_CPU_VARIANT=${want} needs CPU features this CPU lacks`,
+        {
+          hint: `variants this CPU runs: ${runnable.join(', ') || 'none'}`,
+        },
+      );
+    }
+    return chosen;
+  }
+  let best: CpuVariant | null = null;
+  for (const v of variants) if (v.score > 0 && (best === null || v.score > best.score)) best = v;
   return best;
 }
 
@@ -217,7 +267,7 @@ function loadEngine(): Engine {
     let cpuVariant = 'native';
     let cpuVariantPath = path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`);
     if (primary.kind === 'prebuilt') {
-      const best = bestCpuVariant(primary.dir);
+      const best = chooseCpuVariant(primary.dir);
       if (best === null || api.backend_load(best.path) === null) {
         throw new QtuneError('ENGINE_LOAD', `no CPU backend in ${primary.dir} runs on this CPU`, {
           hint: 'build one for it with `npx qtune engine build`',
