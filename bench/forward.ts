@@ -16,6 +16,7 @@ import { getEngine } from '../src/engine/library.js';
 import { parseLlamaConfig } from '../src/models/config.js';
 import { LlamaModel } from '../src/models/llama.js';
 import { Graph } from '../src/tensor/graph.js';
+import { peakRss } from '../src/train/memory.js';
 import { enginesToCompare, runChild, runPython } from './common.js';
 
 const SHAPE = { dim: 768, layers: 12, heads: 12, kvHeads: 4, ffn: 2048, vocab: 32000, seq: 256, batch: 1 };
@@ -73,7 +74,7 @@ function child(runs: number): Measurement {
     engine: `${info.kind} (${info.cpuVariant})`,
     tokens_per_s: (SHAPE.batch * SHAPE.seq) / best,
     step_s: best,
-    peak_rss_mb: (process.resourceUsage().maxRSS * 1024) / 2 ** 20,
+    peak_rss_mb: peakRss() / 2 ** 20,
   };
 }
 

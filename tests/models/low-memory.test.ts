@@ -2,7 +2,9 @@
  * The low_memory strategy streams the checkpoint tensor by tensor, quantizing each as it arrives, so
  * the peak resident memory stays near the final (quantized) model plus one tensor; `full` reads the
  * whole checkpoint first. Each strategy loads a ~150 MB f32 checkpoint into q4_0 in a fresh process,
- * which reports its peak RSS (getrusage's maxrss).
+ * which reports its peak RSS: VmHWM, the high-water mark of its own address space. (getrusage's
+ * maxrss survives execve, so a child's started at the RSS of the test process that forked it —
+ * ~75 MB above the load's own peak here, which once failed this test.)
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -33,10 +35,11 @@ function measure(strategy: 'full' | 'low_memory'): { growthMb: number; modelMb: 
   const script = `
     import { cpuBackend } from './dist/src/engine/device.js';
     import { loadWeights, readConfig } from './dist/src/models/load.js';
+    import { peakRss } from './dist/src/train/memory.js';
     const backend = cpuBackend();
     const before = process.memoryUsage().rss;
     const { model } = loadWeights(${JSON.stringify(tmp)}, readConfig(${JSON.stringify(tmp)}), backend, { strategy: '${strategy}', quantize: 'q4_0' });
-    console.log(JSON.stringify({ before, peak: process.resourceUsage().maxRSS * 1024, model: model.bytes }));
+    console.log(JSON.stringify({ before, peak: peakRss(), model: model.bytes }));
   `;
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
     cwd: ROOT,
