@@ -20,18 +20,18 @@
  * trainer.dispose();
  */
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../engine/device.js';
 import { availableMemory } from '../engine/memory.js';
-import type { FloatDType } from '../engine/dtype.js';
+import type { DType, FloatDType } from '../engine/dtype.js';
 import { ConfigError, FormatError, OutOfMemoryError, QtuneError, errorText, shownValue } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
 import { llamaWeights, type LlamaModel, type LinearHook } from '../models/llama.js';
-import { loadModel, type DeviceRequest, type LoadOptions } from '../models/load.js';
+import { loadModel, loadWeights, readConfig, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
 import { createQuantizationAdapter } from '../quant/adapter.js';
@@ -326,18 +326,51 @@ export function checkStepMemory(model: LlamaModel, s: StepShape): void {
   if (needed > free) throw stepMemoryError(s, model.backend.name, needed, free, false);
 }
 
-/** Loads a model folder, GGUF file or Hub id for a train type and precision. */
-export async function prepareModel(
-  source: string,
-  o: {
-    trainType: string;
-    quantization?: string;
-    precision?: Precision;
-    backend?: Backend | string;
-    /** Split the model over several devices (LoRA tensors, gradients and optimizer state follow it). */
-    devices?: DeviceRequest;
-  },
-): Promise<PreparedModel> {
+export interface PrepareOptions {
+  trainType: string;
+  quantization?: string;
+  precision?: Precision;
+  backend?: Backend | string;
+  /** Split the model over several devices (LoRA tensors, gradients and optimizer state follow it). */
+  devices?: DeviceRequest;
+}
+
+/**
+ * Loads a model folder, GGUF file or Hub id for a train type and precision: trainable weights in f32,
+ * the frozen base in the precision's type, quantized as it is read when the train type says so.
+ */
+export async function prepareModel(source: string, o: PrepareOptions): Promise<PreparedModel> {
+  const plan = preparePlan(source, o);
+  const loaded = await loadModel(source, {
+    ...(o.backend === undefined ? {} : { backend: o.backend }),
+    ...plan.options,
+  });
+  return finishPrepare(source, plan, loaded.model, loaded.tokenizer, () => loaded.dispose());
+}
+
+/**
+ * {@link prepareModel} for a model folder without tokenizer files, for training on token ids made
+ * elsewhere: the same loading and quantization, synchronous, and `tokenizer` null.
+ */
+export function prepareModelWeights(source: string, o: PrepareOptions): PreparedModel {
+  const plan = preparePlan(source, o);
+  if (!existsSync(source) || !statSync(source).isDirectory())
+    throw new QtuneError('NOT_FOUND', `model ${source} is not a folder`, {
+      hint: 'give a Hugging Face model folder (config.json and safetensors)',
+    });
+  const { model } = loadWeights(source, readConfig(source), o.backend, plan.options);
+  return finishPrepare(source, plan, model, null, () => model.dispose());
+}
+
+interface PreparePlan {
+  trainType: ResolvedTrainType;
+  expansion: Expansion | null;
+  /** The weight type plain methods quantize to while reading; undefined: after loading (HQQ) or none. */
+  onLoad: DType | undefined;
+  options: Omit<LoadOptions, 'backend'>;
+}
+
+function preparePlan(source: string, o: PrepareOptions): PreparePlan {
   const trainType = resolveTrainType(o.trainType, o.quantization);
   const precision = checkPrecision(o.precision ?? 'fp32');
   const expansion = trainType.adapter === 'llama_pro' && existsSync(source) ? readExpansion(source) : null;
@@ -352,26 +385,28 @@ export async function prepareModel(
     trainType.quantization !== null && trainType.quantization !== 'hqq'
       ? methodDType(trainType.quantization)
       : undefined;
-  const loaded = await loadModel(source, {
-    ...(o.backend === undefined ? {} : { backend: o.backend }),
+  const options = {
     ...(o.devices === undefined ? {} : { devices: o.devices }),
     ...trainingLoadOptions(trainType, precision, expansion),
     ...(onLoad === undefined ? {} : { quantize: onLoad }),
-  });
+  };
+  return { trainType, expansion, onLoad, options };
+}
+
+function finishPrepare(
+  source: string,
+  plan: PreparePlan,
+  model: LlamaModel,
+  tokenizer: Tokenizer | null,
+  dispose: () => void,
+): PreparedModel {
   try {
-    if (onLoad === undefined) quantizeForTraining(loaded.model, trainType, expansion);
+    if (plan.onLoad === undefined) quantizeForTraining(model, plan.trainType, plan.expansion);
   } catch (e) {
-    loaded.dispose();
+    dispose();
     throw e;
   }
-  return {
-    source,
-    model: loaded.model,
-    tokenizer: loaded.tokenizer,
-    trainType,
-    expansion,
-    dispose: () => loaded.dispose(),
-  };
+  return { source, model, tokenizer, trainType: plan.trainType, expansion: plan.expansion, dispose };
 }
 
 /** An error for a checkpoint file that is not what qtune wrote. */

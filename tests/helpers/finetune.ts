@@ -6,12 +6,8 @@
 import { createRequire } from 'node:module';
 import type { Backend } from '../../src/engine/device.js';
 import type { Tokenizer } from '../../src/io/tokenizer.js';
-import { loadWeights, readConfig } from '../../src/models/load.js';
-import { readExpansion } from '../../src/train/expand.js';
-import { resolveTrainType } from '../../src/train/train-type.js';
 import {
-  quantizeForTraining,
-  trainingLoadOptions,
+  prepareModelWeights,
   type Example,
   type Precision,
   type PreparedModel,
@@ -59,8 +55,8 @@ export function byteData(seq: number, train: number, validation: number) {
 
 /**
  * A model folder without a tokenizer (the parity fixtures, tests/helpers/random-model.ts) loaded for
- * a train type as `prepareModel` loads one with a tokenizer: trainable weights in f32, the base in the
- * precision's type, quantized when the train type says so.
+ * a train type the way `qtune train` loads one: `prepareModelWeights` is `prepareModel` without the
+ * tokenizer (the same planning, quantization while reading, and HQQ after loading).
  */
 export function prepareFolder(
   dir: string,
@@ -68,9 +64,5 @@ export function prepareFolder(
   backend: Backend,
   precision: Precision = 'fp32',
 ): PreparedModel {
-  const t = resolveTrainType(trainType);
-  const expansion = t.adapter === 'llama_pro' ? readExpansion(dir) : null;
-  const { model } = loadWeights(dir, readConfig(dir), backend, trainingLoadOptions(t, precision, expansion));
-  quantizeForTraining(model, t, expansion);
-  return { source: dir, model, tokenizer: null, trainType: t, expansion, dispose: () => model.dispose() };
+  return prepareModelWeights(dir, { trainType, backend, precision });
 }

@@ -8,10 +8,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
-import { loadWeights, readConfig } from '../../src/models/load.js';
 import { createRunLoggers } from '../../src/report/logger.js';
-import { resolveTrainType } from '../../src/train/train-type.js';
-import { Trainer, quantizeForTraining, trainingLoadOptions } from '../../src/train/trainer.js';
+import { Trainer, prepareModelWeights } from '../../src/train/trainer.js';
 import { ROOT } from '../helpers/cli.js';
 import { byteData } from '../helpers/finetune.js';
 import { decodeEvent, readTfRecords } from './decode.js';
@@ -23,22 +21,7 @@ after(() => rmSync(tmp, { recursive: true, force: true }));
 
 describe('report loggers on a real training run', () => {
   it('records every step and evaluation of Trainer.train()', async () => {
-    const t = resolveTrainType('lora');
-    const { model } = loadWeights(
-      FIXTURE,
-      readConfig(FIXTURE),
-      cpuBackend(),
-      trainingLoadOptions(t, 'fp32', null),
-    );
-    quantizeForTraining(model, t, null);
-    const prepared = {
-      source: FIXTURE,
-      model,
-      tokenizer: null,
-      trainType: t,
-      expansion: null,
-      dispose: () => model.dispose(),
-    };
+    const prepared = prepareModelWeights(FIXTURE, { trainType: 'lora', backend: cpuBackend() });
     const out = path.join(tmp, 'out');
     const console = new TextCollector();
     const run = await createRunLoggers({
