@@ -14,7 +14,7 @@ import { after, describe, it } from 'node:test';
 import type { Backend } from '../../src/engine/device.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { expandModel } from '../../src/train/expand.js';
-import { resolveTrainType } from '../../src/train/train-type.js';
+import { TRAIN_TYPES, resolveTrainType } from '../../src/train/train-type.js';
 import {
   Trainer,
   prepareModel,
@@ -30,14 +30,25 @@ import { pretrainedTinyModel } from '../helpers/pretrained.js';
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-train-types-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
-/** Per train type: learning rate, and the validation loss drop it must reach. */
-const RECIPES: Record<string, { lr: number; margin: number }> = {
+/**
+ * Per train type: learning rate, and the validation loss drop it must reach. Every name
+ * `train_type` accepts is here (a test below checks it); the seed system's aliases (`cpuOnly`) run
+ * on the CPU only: they are the same adapters over the same quantization methods, and the methods
+ * themselves are checked on every device in tests/integration.
+ */
+const RECIPES: Record<string, { lr: number; margin: number; cpuOnly?: true }> = {
   full: { lr: 1e-3, margin: 0.01 },
   lora: { lr: 5e-3, margin: 0.01 },
   qlora: { lr: 5e-3, margin: 0.01 },
   dora: { lr: 5e-3, margin: 0.01 },
   llama_pro: { lr: 2e-3, margin: 0.01 },
   bnb_dora: { lr: 5e-3, margin: 0.01 },
+  custom_lora: { lr: 5e-3, margin: 0.01, cpuOnly: true },
+  custom_qlora: { lr: 5e-3, margin: 0.01, cpuOnly: true },
+  hqq_lora: { lr: 5e-3, margin: 0.01, cpuOnly: true },
+  hqq_dora: { lr: 5e-3, margin: 0.01, cpuOnly: true },
+  bnb_llama_pro: { lr: 2e-3, margin: 0.01, cpuOnly: true },
+  hqq_llama_pro: { lr: 2e-3, margin: 0.01, cpuOnly: true },
 };
 const STEPS = 12;
 
@@ -82,10 +93,14 @@ function fixtureSetup(): Setup {
 
 const { devices, skipped } = testDevices();
 describe('train types converge', () => {
+  it('covers every train type name', () => {
+    assert.deepEqual(Object.keys(RECIPES).sort(), [...TRAIN_TYPES].sort());
+  });
   for (const device of devices) {
     let setup: Promise<Setup> | undefined;
     const get = () => (setup ??= device.backend.isCpu ? cpuSetup() : Promise.resolve(fixtureSetup()));
     for (const [trainType, recipe] of Object.entries(RECIPES)) {
+      if (recipe.cpuOnly === true && !device.backend.isCpu) continue;
       it(`${trainType} on ${device.name}`, async () => {
         const s = await get();
         const prepared = await s.prepare(trainType, device.backend);
