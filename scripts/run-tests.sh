@@ -11,6 +11,11 @@
 set -u
 cd "$(dirname "$0")/.."
 export QTUNE_THREADS="${QTUNE_THREADS:-1}"
+# QTUNE_ENGINE defaults to prebuilt here (set it, even to '', to choose): a computing command builds
+# the native engine the first time it runs on a machine (src/engine/auto-build.ts), and a build in
+# the middle of the suite would change the engine under the tests that follow. The native build and
+# its automatic start are tested by tests/engine/native-build.test.ts in a temporary cache.
+export QTUNE_ENGINE="${QTUNE_ENGINE-prebuilt}"
 rm -f dist/test-summary.txt
 node --test --test-concurrency=2 \
   --test-reporter=spec --test-reporter-destination=stdout \

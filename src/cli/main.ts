@@ -2,6 +2,7 @@
  * qtune's command line. Every command parses strictly; a mistake prints one line naming the flag or
  * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
  */
+import { COMPUTING_COMMANDS, ensureNativeEngine } from '../engine/auto-build.js';
 import { QtuneError } from '../errors.js';
 import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
@@ -72,6 +73,10 @@ export async function main(
     if (command === undefined) {
       throw new UsageError(`unknown command "${name}"`, `commands: ${Object.keys(COMMANDS).join(', ')}`);
     }
+    // the first computing command on a machine builds the native engine (src/engine/auto-build.ts)
+    const help = rest.includes('--help') || rest.includes('-h');
+    if (COMPUTING_COMMANDS.includes(name) && !help && !rest.includes('--dry-run'))
+      ensureNativeEngine((line) => console.error(line));
     return await command.run(rest, out);
   } catch (e) {
     if (e instanceof QtuneError) {

@@ -1,5 +1,6 @@
 /** `qtune engine info|build`: which ggml is loaded, and the opt-in native build. */
 import { getEngine } from '../../engine/library.js';
+import { clearBuildFailure } from '../../engine/auto-build.js';
 import { buildNativeEngine, cleanNativeEngines, readNativeBuildMeta } from '../../engine/native-build.js';
 import { nativeEngineDir } from '../../engine/paths.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
@@ -66,6 +67,7 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (sub === 'build') {
     if (values['clean'] === true) {
       const removed = cleanNativeEngines();
+      clearBuildFailure();
       out(removed.length === 0 ? 'no native builds to remove' : `removed ${removed.join(', ')}`);
       return 0;
     }
@@ -80,6 +82,7 @@ export function run(argv: string[], out: (s: string) => void): number {
       ...(typeof cudaArch === 'string' ? { cudaArch } : {}),
       ...(typeof source === 'string' ? { source } : {}),
     });
+    clearBuildFailure(); // an automatic build that failed before no longer holds the prebuilt engine
     const what = result.cudaArch === null ? 'native engine' : `native engine with CUDA (${result.cudaArch})`;
     out(
       result.reused
