@@ -682,6 +682,12 @@ export class Trainer {
     };
   }
 
+  /** The low-precision modes run the output layer's matmul in their type too. */
+  private headOption(): { headDType?: 'f16' | 'bf16' } {
+    const lowp = computeDType(this.precision);
+    return lowp === null || lowp === 'f32' ? {} : { headDType: lowp };
+  }
+
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
     const g = new Graph(this.model.backends);
     try {
@@ -692,6 +698,7 @@ export class Trainer {
       const hook = this.linearHook();
       const logits = this.model.forward(g, ids, {
         ...(hook === undefined ? {} : { linear: hook }),
+        ...this.headOption(),
         ...(mask === null ? {} : { mask }),
         checkpoint: this.o.gradientCheckpointing === true,
       });
@@ -755,6 +762,7 @@ export class Trainer {
       const hook = this.linearHook();
       const forwardOptions = {
         ...(hook === undefined ? {} : { linear: hook }),
+        ...this.headOption(),
         ...(mask === null ? {} : { mask }),
       };
       const loss = g.output(
