@@ -943,7 +943,8 @@ export class Trainer {
    * The mean loss and its gradients for the trainable tensors over `microBatches` (default: the next
    * micro-batches of the data), computed by the step's own accumulate graph, without an update: the
    * gradients a {@link step} would clip and hand to the optimizer (divided by the target tokens and
-   * the loss scale), by tensor name. The progress, optimizer and weights are left as they were.
+   * the loss scale), by tensor name. The weights, optimizer and step count are left as they were;
+   * without `microBatches` the data position advances as a step's would.
    *
    * @example
    * const { loss, grads } = trainer.gradients([[example]]);
