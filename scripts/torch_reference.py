@@ -7,16 +7,22 @@ Writes, for each tiny configuration, a Hugging Face style folder under tests/fix
   logits.bin                                  f32 logits [B, T, vocab] of the model
   lora.safetensors                            the rank-8 LoRA weights on q_proj and v_proj
   lora_grads.safetensors                      d(loss)/d(LoRA weights)
+and, for the trainer's own adapters (tests/train/lora-parity.test.ts), under
+tests/fixtures/lora-parity/<case>/ (lora, rslora, dora, patterns; the llama_gqa model, every linear layer):
+  reference.json                              ids, labels, the PEFT-style settings, per-module r/alpha/scale, loss
+  adapter.safetensors                         <module>.lora_A, .lora_B (and DoRA's .lora_magnitude)
+  grads.safetensors                           d(loss)/d(each of them)
 
 The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 (RMSNorm,
 rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
 softmax, SwiGLU), in float64 for the reference values, independently of qtune.
 
-Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py
+Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py && npx prettier --write tests/fixtures
 """
 import json
 import math
 import os
+import re
 import struct
 
 import torch
@@ -115,8 +121,17 @@ def forward(c, w, lora, ids):
         if f'{name}.bias' in w:
             y = y + w[f'{name}.bias']
         if name in lora:
-            a, b = lora[name]
-            y = y + (ALPHA / RANK) * ((x @ a.T) @ b.T)
+            ad = lora[name]
+            if isinstance(ad, tuple):  # the rank-8 q/v LoRA of the parity fixtures
+                ad = dict(A=ad[0], B=ad[1], s=ALPHA / RANK)
+            a, b, s = ad['A'], ad['B'], ad['s']
+            delta = s * ((x @ a.T) @ b.T)
+            if 'm' in ad:
+                # DoRA (PEFT): m * (W x + s B A x) / ||W + s B A||, the row norm detached
+                wn = (w[f'{name}.weight'] + s * (b @ a)).norm(dim=1).detach()
+                base = x @ w[f'{name}.weight'].T
+                return y - base + (ad['m'] / wn) * (base + delta)
+            y = y + delta
         return y
 
     x = w['model.embed_tokens.weight'][ids]
@@ -158,6 +173,7 @@ def write_safetensors(path, tensors):
 
 
 def main():
+    models = {}
     for k, (name, c) in enumerate(CONFIGS.items()):
         gen = torch.Generator().manual_seed(1234 + k)
         w = weights(c, gen)
@@ -200,6 +216,77 @@ def main():
                        lora_targets=list(TARGETS), loss=loss.item(), torch=torch.__version__),
                   open(os.path.join(d, 'reference.json'), 'w'), indent=1)
         print(f'{name}: loss {loss.item():.6f}, logits {tuple(logits.shape)}')
+        models[name] = w
+    trainer_lora_cases(models['llama_gqa'], CONFIGS['llama_gqa'])
+
+
+# ---- the trainer's own adapters (tests/train/lora-parity.test.ts)
+LORA_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests', 'fixtures', 'lora-parity')
+LINEAR = ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')
+# Each case runs on the llama_gqa fixture's model with every linear layer adapted (the trainer's
+# default targets). Patterns are PEFT's: keys are regular expressions matched against the end of the
+# module's full name after a dot (or against all of it), and the first key in the dict's order wins.
+LORA_CASES = {
+    'lora': dict(r=8, lora_alpha=16),
+    'rslora': dict(r=8, lora_alpha=16, use_rslora=True),
+    'dora': dict(r=8, lora_alpha=16, use_dora=True),
+    'patterns': dict(r=8, lora_alpha=16,
+                     # layer 1's q_proj: the anchored full name comes first, so it wins over 'q_proj'
+                     rank_pattern={'^model.layers.1.self_attn.q_proj': 2, 'q_proj': 4, r'mlp\.(gate|up)_proj': 6},
+                     # layer 0's v_proj: 'v_proj' comes first, so 32 although 'layers\.0\..*' also matches
+                     alpha_pattern={'v_proj': 32, r'layers\.0\..*': 8}),
+}
+
+
+def peft_pattern(patterns, module):
+    """PEFT's choice of a rank/alpha pattern key: the first key, in order, that matches."""
+    for key in patterns:
+        if re.match(r'(.*\.)?(' + key + r')$', module):
+            return key
+    return None
+
+
+def trainer_lora_cases(w, c):
+    for k, (case, o) in enumerate(LORA_CASES.items()):
+        gen = torch.Generator().manual_seed(4321 + k)
+        ids = torch.randint(0, c['vocab_size'], (B, T), generator=gen)
+        labels = torch.cat((ids[:, 1:], torch.full((B, 1), -100)), dim=1)
+        labels[1, :4] = -100  # a masked prompt
+        adapters, modules = {}, {}
+        for i in range(c['num_hidden_layers']):
+            for short in LINEAR:
+                name = f'model.layers.{i}.{"mlp" if short in ("gate_proj", "up_proj", "down_proj") else "self_attn"}.{short}'
+                rk = peft_pattern(o.get('rank_pattern', {}), name)
+                ak = peft_pattern(o.get('alpha_pattern', {}), name)
+                r = o['rank_pattern'][rk] if rk is not None else o['r']
+                alpha = o['alpha_pattern'][ak] if ak is not None else o['lora_alpha']
+                s = alpha / math.sqrt(r) if o.get('use_rslora') else alpha / r
+                W = w[f'{name}.weight']
+                f32 = lambda t: t.to(torch.float32).to(torch.float64)
+                ad = dict(A=f32(torch.randn(r, W.shape[1], generator=gen) * 0.1).requires_grad_(),
+                          B=f32(torch.randn(W.shape[0], r, generator=gen) * 0.1).requires_grad_(), s=s)
+                if o.get('use_dora'):
+                    # a trained magnitude: the row norms of W, perturbed
+                    ad['m'] = f32(W.norm(dim=1) * (1 + 0.2 * torch.randn(W.shape[0], generator=gen))).requires_grad_()
+                adapters[name] = ad
+                modules[name] = dict(rank=r, alpha=alpha, scale=s)
+        logits = forward(c, w, adapters, ids)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, c['vocab_size']), labels.reshape(-1), ignore_index=-100)
+        loss.backward()
+        values, grads = {}, {}
+        for name, ad in adapters.items():
+            for part, key in (('A', 'lora_A'), ('B', 'lora_B'), ('m', 'lora_magnitude')):
+                if part in ad:
+                    values[f'{name}.{key}'] = ad[part]
+                    grads[f'{name}.{key}'] = ad[part].grad
+        d = os.path.join(LORA_OUT, case)
+        os.makedirs(d, exist_ok=True)
+        write_safetensors(os.path.join(d, 'adapter.safetensors'), values)
+        write_safetensors(os.path.join(d, 'grads.safetensors'), grads)
+        json.dump(dict(model='llama_gqa', batch=B, seq=T, ids=ids.tolist(), labels=labels.tolist(), peft_config=o,
+                       modules=modules, loss=loss.item(), torch=torch.__version__),
+                  open(os.path.join(d, 'reference.json'), 'w'), indent=1)
+        print(f'lora-parity/{case}: loss {loss.item():.6f}')
 
 
 if __name__ == '__main__':

@@ -111,3 +111,43 @@ export function validateAdapter(data: LoraAdapterData): void {
     });
   for (const [name, m] of data.modules) validateLoraModule(name, m, data.dora);
 }
+
+/**
+ * PEFT's choice among `rank_pattern` / `alpha_pattern` keys (peft.utils.other.get_pattern_key): each
+ * key is a regular expression that must match the end of the full module name right after a dot, or
+ * the whole name (`^` anchors it to the whole name); the first key in the record's order that matches
+ * wins, however specific a later one is. Returns that key, or undefined when none matches. A key that
+ * is not a valid regular expression matches only literally (PEFT would raise on it; callers that
+ * validate options reject it first, see {@link checkPatternKeys}).
+ *
+ * @example
+ * patternKey(['q_proj', '^model.layers.1.self_attn.q_proj'], 'model.layers.1.self_attn.q_proj'); // 'q_proj'
+ */
+export function patternKey(keys: Iterable<string>, module: string): string | undefined {
+  for (const key of keys) {
+    let re: RegExp | null = null;
+    try {
+      re = new RegExp(`^(.*\\.)?(${key})$`);
+    } catch {
+      re = null;
+    }
+    if (re === null ? module === key || module.endsWith(`.${key}`) : re.test(module)) return key;
+  }
+  return undefined;
+}
+
+/** Rejects pattern keys that are not regular expressions, naming the field and the key. */
+export function checkPatternKeys(field: string, patterns: Readonly<Record<string, unknown>>): void {
+  for (const key of Object.keys(patterns)) {
+    try {
+      new RegExp(`^(.*\\.)?(${key})$`);
+    } catch (e) {
+      throw new ConfigError(
+        `${field}: key ${JSON.stringify(key)} is not a regular expression (${(e as Error).message})`,
+        {
+          hint: 'keys are PEFT regular expressions over module names, e.g. "q_proj" or "layers\\.0\\..*"',
+        },
+      );
+    }
+  }
+}

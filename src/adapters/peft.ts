@@ -23,7 +23,13 @@ import path from 'node:path';
 import { ConfigError, FormatError, QtuneError, fmtShape, errorText } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
-import { shortModuleName, validateAdapter, type LoraAdapterData, type LoraModule } from './lora-weights.js';
+import {
+  patternKey,
+  shortModuleName,
+  validateAdapter,
+  type LoraAdapterData,
+  type LoraModule,
+} from './lora-weights.js';
 
 export const PEFT_WEIGHTS_FILE = 'adapter_model.safetensors';
 export const PEFT_CONFIG_FILE = 'adapter_config.json';
@@ -131,16 +137,9 @@ export function savePeftAdapter(dir: string, data: LoraAdapterData): void {
 
 /** PEFT's pattern lookup: a key matches a module when it is the module's name or a dotted suffix of it. */
 function patternValue(patterns: Record<string, unknown>, module: string): number | undefined {
-  for (const [key, v] of Object.entries(patterns)) {
-    if (typeof v !== 'number') continue;
-    if (module === key || module.endsWith(`.${key}`)) return v;
-    try {
-      if (new RegExp(`^(.*\\.)?(${key})$`).test(module)) return v;
-    } catch {
-      // a key that is not a regular expression matches only literally
-    }
-  }
-  return undefined;
+  const numeric = Object.keys(patterns).filter((k) => typeof patterns[k] === 'number');
+  const key = patternKey(numeric, module);
+  return key === undefined ? undefined : (patterns[key] as number);
 }
 
 function readConfigJson(file: string): Record<string, unknown> {

@@ -16,7 +16,7 @@ import { ConfigError, QtuneError } from '../errors.js';
 import { checkpoint } from '../tensor/checkpoint.js';
 import type { Graph } from '../tensor/graph.js';
 import { add, mul } from '../tensor/ops/elementwise.js';
-import { concat, permute, reshape, slice } from '../tensor/ops/layout.js';
+import { cast, concat, permute, reshape, slice } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
 import { embedding, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
 import { StoreGroup } from '../tensor/store-group.js';
@@ -146,6 +146,11 @@ export interface ForwardOptions {
    * sample: RoPE makes attention depend only on the distance between query and key.
    */
   mask?: Tensor;
+  /**
+   * The output layer's matmul type: an f32 head weight is cast to it in the graph (the trainer's
+   * low-precision modes, as the linear hook casts the blocks' weights). Default: the weight's type.
+   */
+  headDType?: 'f16' | 'bf16';
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -412,7 +417,8 @@ export class LlamaModel {
       const head = c.tie_word_embeddings
         ? this.weight('model.embed_tokens.weight')
         : this.weight('lm_head.weight');
-      return linear(h, head); // (B, T, V)
+      const headIn = o.headDType !== undefined && head.dtype === 'f32' ? cast(head, o.headDType) : head;
+      return linear(h, headIn); // (B, T, V)
     });
   }
 

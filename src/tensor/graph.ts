@@ -22,8 +22,15 @@
  * allocated and computed on it directly.
  */
 import { cpuBackend, type Backend } from '../engine/device.js';
-import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
-import { CGraphHeadStruct, TensorStruct, koffi, type GraphPtr, type TensorPtr } from '../engine/ggml.js';
+import { GGML_TYPE_IDS, dtypeFromId, type DType } from '../engine/dtype.js';
+import {
+  CGraphHeadStruct,
+  TensorStruct,
+  decodeNode,
+  koffi,
+  type GraphPtr,
+  type TensorPtr,
+} from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import {
   GraphAllocator,
@@ -75,6 +82,15 @@ interface TapeEntry {
 interface LeafInit {
   tensor: Tensor;
   data: Float32Array | Int32Array | null;
+}
+
+/** One node of a compiled graph ({@link Graph.nodes}). */
+export interface GraphNode {
+  op: string;
+  name: string;
+  dtype: DType;
+  /** The sources; `node` is the source's index among the graph's nodes, null for a leaf (weight, input). */
+  src: { name: string; dtype: DType; node: number | null }[];
 }
 
 export interface GraphOptions {
@@ -759,6 +775,29 @@ export class Graph {
    */
   get splits(): number {
     return this.scheduler?.splits ?? (this.cgraph === null ? 0 : 1);
+  }
+
+  /**
+   * The compiled graph's nodes in execution order: op (`MUL_MAT`, `ADD`, ...), name, type, and the
+   * name and type of each source. For checks of what a graph computes in which type (the precision
+   * modes' matmuls); empty before {@link compile} or {@link plan}.
+   */
+  nodes(): GraphNode[] {
+    if (this.cgraph === null) return [];
+    const { api } = getEngine();
+    const n = api.graph_n_nodes(this.cgraph);
+    const infos = Array.from({ length: n }, (_, i) => decodeNode(api, api.graph_node(this.cgraph!, i)));
+    const index = new Map(infos.map((info, i) => [info.address, i]));
+    return infos.map((info) => ({
+      op: info.op,
+      name: info.name,
+      dtype: dtypeFromId(info.type),
+      src: info.src.map((s) => ({
+        name: s.name,
+        dtype: dtypeFromId(s.type),
+        node: index.get(s.address) ?? null,
+      })),
+    }));
   }
 
   /** Number of ggml nodes in the compiled graph. */

@@ -1,4 +1,4 @@
-export { Graph, type BackwardRule, type GraphOptions } from './graph.js';
+export { Graph, type BackwardRule, type GraphNode, type GraphOptions } from './graph.js';
 export { Tensor, type TensorKind } from './tensor.js';
 export { TensorStore, type TensorSpec } from './store.js';
 export { StoreGroup, type PlacedSpec } from './store-group.js';

@@ -14,6 +14,7 @@
  * const lora = LoraLayers.create(model, { rank: 8, alpha: 16 });
  * const logits = model.forward(g, ids, { linear: lora.hook() });
  */
+import { checkPatternKeys, patternKey } from '../adapters/lora-weights.js';
 import { ConfigError } from '../errors.js';
 import { matchesGlob } from '../quant/config.js';
 import type { LlamaModel } from '../models/llama.js';
@@ -40,9 +41,13 @@ export interface LoraOptions {
    * Default: every linear layer of every block.
    */
   targetModules?: readonly string[];
-  /** Per-module rank by glob or short name (PEFT's rank_pattern). */
+  /**
+   * Per-module rank (PEFT's rank_pattern): keys are regular expressions over the end of a module's
+   * full name (`q_proj`, `layers\\.0\\..*`, `^model.layers.1.mlp.down_proj` for exactly that
+   * module); the first matching key in the record's order wins, as in PEFT ({@link patternKey}).
+   */
   rankPattern?: Readonly<Record<string, number>>;
-  /** Per-module alpha by glob or short name (PEFT's alpha_pattern). */
+  /** Per-module alpha (PEFT's alpha_pattern), chosen as rankPattern's keys are. */
   alphaPattern?: Readonly<Record<string, number>>;
   /** Scale by α/√r instead of α/r (Kalajdzievski 2023). */
   rsLora?: boolean;
@@ -67,10 +72,11 @@ export function matchesModule(module: string, target: string): boolean {
   return module === target || module.endsWith(`.${target}`);
 }
 
+/** The value of the pattern key PEFT picks for `module` ({@link patternKey}: the first that matches). */
 function pattern(module: string, patterns: Readonly<Record<string, number>> | undefined): number | undefined {
   if (patterns === undefined) return undefined;
-  for (const [k, v] of Object.entries(patterns)) if (matchesModule(module, k)) return v;
-  return undefined;
+  const key = patternKey(Object.keys(patterns), module);
+  return key === undefined ? undefined : patterns[key];
 }
 
 function checkPositiveInt(field: string, v: unknown): void {
@@ -112,6 +118,8 @@ export class LoraLayers {
     if (!(dropout >= 0 && dropout < 1))
       throw new ConfigError(`lora_dropout: ${dropout} must be in [0, 1)`, { hint: 'use 0 to 0.1' });
     const targets = o.targetModules ?? LINEAR_MODULES;
+    checkPatternKeys('lora_rank_pattern', o.rankPattern ?? {});
+    checkPatternKeys('lora_alpha_pattern', o.alphaPattern ?? {});
     const options = {
       rank: o.rank,
       alpha: o.alpha,

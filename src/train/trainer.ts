@@ -36,7 +36,7 @@ import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
 import { createQuantizationAdapter } from '../quant/adapter.js';
 import { methodDType } from '../quant/methods.js';
-import { Graph } from '../tensor/graph.js';
+import { Graph, type GraphNode } from '../tensor/graph.js';
 import { add, mul, sqr } from '../tensor/ops/elementwise.js';
 import { cast, sum } from '../tensor/ops/layout.js';
 import { crossEntropy } from '../tensor/ops/loss.js';
@@ -717,6 +717,12 @@ export class Trainer {
     };
   }
 
+  /** The low-precision modes run the output layer's matmul in their type too. */
+  private headOption(): { headDType?: 'f16' | 'bf16' } {
+    const lowp = computeDType(this.precision);
+    return lowp === null || lowp === 'f32' ? {} : { headDType: lowp };
+  }
+
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
     const g = new Graph(this.model.backends);
     try {
@@ -727,6 +733,7 @@ export class Trainer {
       const hook = this.linearHook();
       const logits = this.model.forward(g, ids, {
         ...(hook === undefined ? {} : { linear: hook }),
+        ...this.headOption(),
         ...(mask === null ? {} : { mask }),
         checkpoint: this.o.gradientCheckpointing === true,
       });
@@ -790,6 +797,7 @@ export class Trainer {
       const hook = this.linearHook();
       const forwardOptions = {
         ...(hook === undefined ? {} : { linear: hook }),
+        ...this.headOption(),
         ...(mask === null ? {} : { mask }),
       };
       const loss = g.output(
@@ -928,19 +936,17 @@ export class Trainer {
   // ------------------------------------------------------------------------------ the step
 
   /**
-   * One optimizer step over `gradientAccumulationSteps` micro-batches: the next ones of the training
-   * data, or those given (with a communicator: this rank's share of the step, of at most
-   * {@link microBatchSize} examples each). Every rank of a job calls it together.
+   * Runs the accumulate graph over `batches`: the gradients of their summed token losses (× the loss
+   * scale) are added into the gradient buffers. Returns the token count, loss sum and whether it
+   * overflowed.
    */
-  step(microBatches?: readonly (readonly Example[])[]): StepResult {
-    this.ensureGraphs();
-    if (!this.synced) this.syncFromRank0();
+  private accumulate(
+    batches: readonly (readonly Example[])[],
+    firstMicroStep: number,
+  ): { tokens: number; lossSum: number; overflow: boolean } {
     const acc = this.accGraph!;
-    const t0 = performance.now();
-    const batches = microBatches ?? this.nextMicroBatches();
     const rank = this.comm?.rank ?? 0;
     const size = this.comm?.size ?? 1;
-    const firstMicroStep = this.microStep;
     let tokens = 0;
     let lossSum = 0;
     let overflow = false;
@@ -965,6 +971,67 @@ export class Trainer {
       if (this.memoryReport !== null && this.memoryReport.backward.rssBytes === 0)
         this.memoryReport.backward.rssBytes = rss();
     });
+    return { tokens, lossSum, overflow };
+  }
+
+  /**
+   * The mean loss and its gradients for the trainable tensors over `microBatches` (default: the next
+   * micro-batches of the data), computed by the step's own accumulate graph, without an update: the
+   * gradients a {@link step} would clip and hand to the optimizer (divided by the target tokens and
+   * the loss scale), by tensor name. The weights, optimizer and step count are left as they were;
+   * without `microBatches` the data position advances as a step's would.
+   *
+   * @example
+   * const { loss, grads } = trainer.gradients([[example]]);
+   * grads.get('model.layers.0.self_attn.q_proj.lora_A'); // Float32Array [r * in]
+   */
+  gradients(microBatches?: readonly (readonly Example[])[]): {
+    loss: number;
+    tokens: number;
+    grads: Map<string, Float32Array>;
+  } {
+    if (this.comm !== null && this.comm.size > 1)
+      throw new ConfigError('gradients(): not available in a data-parallel job', {
+        hint: 'call it in a job of one process',
+      });
+    this.ensureGraphs();
+    const batches = microBatches ?? this.nextMicroBatches();
+    this.grads.zero();
+    const { tokens, lossSum } = this.accumulate(batches, this.microStep);
+    const grads = new Map<string, Float32Array>();
+    const k = 1 / (tokens * this.lossScale);
+    this.params.forEach((p, i) => {
+      const t = this.grads.get(`grad${i}`);
+      const g = t.store!.read(t);
+      for (let j = 0; j < g.length; j++) g[j] = g[j]! * k;
+      grads.set(p.name, g);
+    });
+    this.grads.zero();
+    return { loss: lossSum / tokens, tokens, grads };
+  }
+
+  /**
+   * The nodes of the step's compiled graphs (built on first use): `accumulate` (forward, backward,
+   * gradient sums) and `update` (the optimizer). What the precision modes compute in which type can
+   * be read off them: every `MUL_MAT` node with its sources' types.
+   */
+  graphNodes(): { accumulate: GraphNode[]; update: GraphNode[] } {
+    this.ensureGraphs();
+    return { accumulate: this.accGraph!.g.nodes(), update: this.updateGraph!.g.nodes() };
+  }
+
+  /**
+   * One optimizer step over `gradientAccumulationSteps` micro-batches: the next ones of the training
+   * data, or those given (with a communicator: this rank's share of the step, of at most
+   * {@link microBatchSize} examples each). Every rank of a job calls it together.
+   */
+  step(microBatches?: readonly (readonly Example[])[]): StepResult {
+    this.ensureGraphs();
+    if (!this.synced) this.syncFromRank0();
+    const t0 = performance.now();
+    const batches = microBatches ?? this.nextMicroBatches();
+    const firstMicroStep = this.microStep;
+    let { tokens, lossSum, overflow } = this.accumulate(batches, firstMicroStep);
     this.microStep = firstMicroStep + (microBatches === undefined ? this.accumulation : batches.length);
     let allreduceMs = 0;
     let allreduceBytes = 0;
