@@ -8,8 +8,8 @@
  *   so it reorders on the way in and out; rows are whole (quantized blocks run along them), so this
  *   moves bytes without touching values. `qwen2` is not reordered.
  * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
- *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it rebuilds
- *   a byte-level BPE tokenizer from `tokenizer.ggml.*`, or uses a `tokenizer.json` beside the file.
+ *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it uses a
+ *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (gguf-tokenizer.ts).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -20,6 +20,7 @@ import { parseLlamaConfig, type LlamaConfig } from '../models/config.js';
 import type { LlamaModel } from '../models/llama.js';
 import { encode } from '../tensor/host.js';
 import { ggufGet, kv, writeGguf, type GgufFile, type GgufKv, type GgufTensorToWrite } from './gguf.js';
+import { ggufTokenizerJson } from './gguf-tokenizer.js';
 import { Tokenizer } from './tokenizer.js';
 
 const LAYER_NAMES: [string, string][] = [
@@ -220,17 +221,9 @@ export function ggufTokenizer(g: GgufFile, config: LlamaConfig): Tokenizer {
   const dir = path.dirname(g.path);
   if (existsSync(path.join(dir, 'tokenizer.json')))
     return Tokenizer.fromFolder(dir, config.eos_token_id, tokConfig);
-  const model = ggufGet(g, 'tokenizer.ggml.model', 'string');
-  const tokens = ggufGet(g, 'tokenizer.ggml.tokens', 'array') as string[] | undefined;
-  const merges = ggufGet(g, 'tokenizer.ggml.merges', 'array') as string[] | undefined;
-  if (model === 'gpt2' && tokens !== undefined && merges !== undefined) {
-    const types = (ggufGet(g, 'tokenizer.ggml.token_type', 'array') as number[] | undefined) ?? [];
-    const json = byteLevelBpeJson(
-      tokens,
-      merges,
-      types,
-      ggufGet(g, 'tokenizer.ggml.pre', 'string') ?? 'default',
-    );
+  const json = ggufTokenizerJson(g);
+  if (json !== null) {
+    const tokens = ggufGet(g, 'tokenizer.ggml.tokens', 'array') as string[];
     const name = (id: number | null) => (id === null ? undefined : tokens[id]);
     const bos = name(config.bos_token_id);
     const eos = name(config.eos_token_id[0] ?? null);
@@ -238,6 +231,7 @@ export function ggufTokenizer(g: GgufFile, config: LlamaConfig): Tokenizer {
     if (eos !== undefined) tokConfig['eos_token'] = eos;
     return new Tokenizer(json, tokConfig, config.eos_token_id);
   }
+  const model = ggufGet(g, 'tokenizer.ggml.model', 'string');
   throw new QtuneError(
     'NOT_FOUND',
     `${g.path}: its tokenizer (tokenizer.ggml.model = ${String(model)}) cannot be rebuilt by qtune`,
@@ -245,66 +239,6 @@ export function ggufTokenizer(g: GgufFile, config: LlamaConfig): Tokenizer {
       hint: "put the model's tokenizer.json (and tokenizer_config.json) beside the GGUF file",
     },
   );
-}
-
-const PRE_TOKENIZER_REGEX: Record<string, string> = {
-  // llama.cpp's names for the split patterns of Llama 3 and Qwen2 (both GPT-4 style)
-  'llama-bpe':
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-  qwen2:
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-};
-
-function byteLevelBpeJson(
-  tokens: string[],
-  merges: string[],
-  types: number[],
-  pre: string,
-): Record<string, unknown> {
-  const regex = PRE_TOKENIZER_REGEX[pre];
-  const vocab: Record<string, number> = {};
-  const added: Record<string, unknown>[] = [];
-  tokens.forEach((t, id) => {
-    if (types[id] === 3 || types[id] === 4)
-      added.push({
-        id,
-        content: t,
-        single_word: false,
-        lstrip: false,
-        rstrip: false,
-        normalized: false,
-        special: types[id] === 3,
-      });
-    else vocab[t] = id;
-  });
-  return {
-    version: '1.0',
-    added_tokens: added,
-    normalizer: null,
-    pre_tokenizer:
-      regex === undefined
-        ? { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }
-        : {
-            type: 'Sequence',
-            pretokenizers: [
-              { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
-              { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
-            ],
-          },
-    post_processor: null,
-    decoder: { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true },
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: false,
-      byte_fallback: false,
-      vocab,
-      merges,
-    },
-  };
 }
 
 /** Metadata for llama.cpp's tokenizer, plus the HF files qtune reads back. */
