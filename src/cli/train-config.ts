@@ -124,6 +124,12 @@ export const TRAIN_OPTIONS = {
     choices: PRECISIONS,
     help: 'fp32, bf16, fp16 (loss scaling), bf16_autocast, fp16_autocast',
   },
+  loss_scale_growth_interval: {
+    kind: 'int',
+    default: 2000,
+    min: 1,
+    help: 'fp16: good steps after which the loss scale doubles (GradScaler growth_interval)',
+  },
   gradient_checkpointing: {
     kind: 'boolean',
     default: false,

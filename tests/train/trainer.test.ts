@@ -204,6 +204,41 @@ describe('Trainer', () => {
     }
   });
 
+  it('doubles the fp16 loss scale after every growth interval of good steps (GradScaler)', () => {
+    // closed form with no overflow: the scale logged after step k is initial · 2^⌊k / interval⌋
+    const records: { kind: string; lossScale?: number }[] = [];
+    const [initial, interval, steps] = [2 ** 4, 3, 10];
+    const t = trainer({
+      precision: 'fp16',
+      maxSteps: steps,
+      lossScale: { initial, growthInterval: interval },
+      onLog: (r) => records.push(r),
+    });
+    try {
+      assert.equal(t.currentLossScale, initial);
+      t.train();
+      const logged = records.filter((r) => r.kind === 'step' || r.kind === 'skip');
+      assert.deepEqual(
+        logged.map((r) => r.kind),
+        Array<string>(steps).fill('step'),
+      );
+      assert.deepEqual(
+        logged.map((r) => r.lossScale),
+        Array.from({ length: steps }, (_, k) => initial * 2 ** Math.floor((k + 1) / interval)),
+      );
+      // the default interval is PyTorch's 2000 good steps: the scale stays put over 10
+      const d = trainer({ precision: 'fp16', maxSteps: steps, lossScale: { initial } });
+      try {
+        d.train();
+        assert.equal(d.currentLossScale, initial);
+      } finally {
+        d.dispose();
+      }
+    } finally {
+      t.dispose();
+    }
+  });
+
   it('stops a diverging run with a clear error that names the last good checkpoint', () => {
     const out = path.join(tmp, 'diverge');
     const t = trainer({

@@ -118,6 +118,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
     gradientCheckpointing: c.gradient_checkpointing,
     maxGradNorm: c.max_grad_norm,
+    lossScale: { growthInterval: c.loss_scale_growth_interval },
     optimizer,
     schedule: schedule as Omit<ScheduleConfig, 'lr' | 'total_steps'>,
     evalEvery: c.eval_steps,
