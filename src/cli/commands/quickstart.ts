@@ -22,25 +22,34 @@ import { loadModel } from '../../models/load.js';
 import { createTinyModel } from '../../models/tiny.js';
 import { Trainer, prepareModel, type Example } from '../../train/trainer.js';
 import { helpText, intFlag, parse, type CommandSpec } from '../args.js';
+import { readConfigFile } from '../train-config.js';
 import * as train from './train.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../..');
 /** Bump when the recipe changes, so a stale cached base model is not reused. */
 const BASE_RECIPE = 'moby-base-v1';
+const PRETRAIN_STEPS = 150;
 const SEQ = 64;
 
 export const spec: CommandSpec = {
   name: 'quickstart',
   summary:
     'Pretrain a tiny model on Moby Dick (cached), fine-tune a LoRA on data/style.jsonl, compare answers.',
-  usage: 'qtune quickstart [--out DIR] [--pretrain-steps N] [--backend DEVICE]',
+  usage:
+    'qtune quickstart [--out DIR] [--pretrain-steps N] [--finetune-steps N] [--answer-tokens N] [--backend DEVICE]',
   flags: {
     out: { type: 'string', default: 'out/quickstart', help: 'output folder of the fine-tune' },
     'pretrain-steps': {
       type: 'string',
-      default: '150',
-      help: 'steps of base-model pretraining (first run only)',
+      default: String(PRETRAIN_STEPS),
+      help: 'pretraining steps of the base, if not cached in $QTUNE_CACHE_DIR/quickstart (each count has its own)',
     },
+    'finetune-steps': {
+      type: 'string',
+      default: '100',
+      help: 'steps of the LoRA fine-tune (max_steps of examples/quickstart.yaml)',
+    },
+    'answer-tokens': { type: 'string', default: '24', help: 'tokens generated per answer' },
     backend: { type: 'string', default: 'cpu', help: 'device to train on' },
   },
 };
@@ -48,7 +57,7 @@ export const spec: CommandSpec = {
 /** Two instructions of the fine-tuning data and one it never saw. */
 const PROMPTS = ['What is a harpoon?', 'What is a mast?', 'Why do whales sing?'];
 
-function mobyDickText(): string {
+function mobyDickChapters(): string[] {
   const require = createRequire(import.meta.url);
   let chapters: { text: string }[];
   try {
@@ -62,7 +71,27 @@ function mobyDickText(): string {
       },
     );
   }
-  return chapters.map((c) => c.text).join('\n\n');
+  return chapters.map((c) => c.text);
+}
+
+const BATCH = 8;
+const VALIDATION = 16;
+
+/**
+ * The pretraining tokens: the whole book for the default recipe; a shortened run (a test, a try)
+ * reads only as many chapters as its steps and the validation sequences use, since the tokenizer
+ * takes about a minute over the whole book on a busy 2-core machine.
+ */
+function pretrainIds(tokenizer: Tokenizer, steps: number): number[] {
+  const chapters = mobyDickChapters();
+  if (steps === PRETRAIN_STEPS) return tokenizer.encode(chapters.join('\n\n'));
+  const need = (steps * BATCH + VALIDATION + 1) * (SEQ + 1);
+  const ids: number[] = [];
+  for (const [i, chapter] of chapters.entries()) {
+    if (ids.length >= need) break;
+    ids.push(...tokenizer.encode(i === 0 ? chapter : `\n\n${chapter}`, { addSpecialTokens: i === 0 }));
+  }
+  return ids;
 }
 
 /** The cached base model, pretrained from scratch on the first call. */
@@ -71,7 +100,9 @@ export async function quickstartBase(
   steps: number,
   log: (s: string) => void,
 ): Promise<string> {
-  const dir = path.join(cacheRoot(), 'quickstart', BASE_RECIPE);
+  // a shortened pretraining is cached apart, so it never stands in for the real base
+  const recipe = steps === PRETRAIN_STEPS ? BASE_RECIPE : `${BASE_RECIPE}-${steps}-steps`;
+  const dir = path.join(cacheRoot(), 'quickstart', recipe);
   if (existsSync(path.join(dir, 'config.json'))) {
     log(`base model: ${dir} (cached)`);
     return dir;
@@ -88,14 +119,14 @@ export async function quickstartBase(
     seed: 7,
   });
   const tokenizer = Tokenizer.fromFolder(path.join(work, 'init'));
-  const ids = tokenizer.encode(mobyDickText());
+  const ids = pretrainIds(tokenizer, steps);
   const examples: Example[] = [];
   for (let s = 0; s + SEQ + 1 < ids.length; s += SEQ)
     examples.push({
       ids: Int32Array.from(ids.slice(s, s + SEQ)),
       labels: Int32Array.from(ids.slice(s + 1, s + SEQ + 1)),
     });
-  const validation = examples.splice(examples.length - 16);
+  const validation = examples.splice(examples.length - VALIDATION);
   log(
     `base model: pretraining a 4-block Llama (${(ids.length / 1000).toFixed(0)}k tokens of Moby Dick, ${steps} steps) — once, then cached in ${dir}`,
   );
@@ -105,7 +136,7 @@ export async function quickstartBase(
     { train: examples, validation },
     {
       trainType: 'full',
-      batchSize: 8,
+      batchSize: BATCH,
       maxSteps: steps,
       optimizer: { name: 'adamw', lr: 3e-3, weight_decay: 0.01 },
       schedule: { name: 'cosine', warmup_steps: Math.min(20, Math.floor(steps / 10)), min_lr_ratio: 0.1 },
@@ -133,7 +164,7 @@ export async function quickstartBase(
   renameSync(path.join(work, 'out', 'model'), dir);
   writeFileSync(
     path.join(dir, 'QUICKSTART.md'),
-    `Pretrained by \`qtune quickstart\` (${BASE_RECIPE}) on Moby Dick.\n`,
+    `Pretrained by \`qtune quickstart\` (${recipe}) on Moby Dick.\n`,
   );
   rmSync(work, { recursive: true, force: true });
   return dir;
@@ -149,13 +180,19 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   const backend = String(values['backend']);
   new BackendManager().select(backend); // a wrong device fails before anything runs
   const dest = String(values['out']);
-  const base = await quickstartBase(backend, intFlag('pretrain-steps', values['pretrain-steps'])!, out);
+  const pretrainSteps = intFlag('pretrain-steps', values['pretrain-steps'])!;
+  const finetuneSteps = intFlag('finetune-steps', values['finetune-steps'])!;
+  const answerTokens = intFlag('answer-tokens', values['answer-tokens'])!;
+  const base = await quickstartBase(backend, pretrainSteps, out);
   out(`fine-tuning a LoRA on data/style.jsonl (examples/quickstart.yaml) into ${dest}`);
   rmSync(dest, { recursive: true, force: true });
+  const config = path.join(ROOT, 'examples', 'quickstart.yaml');
+  // fewer steps than the recipe's warmup: warm up over all of them
+  const warmup = readConfigFile(config)['warmup_steps'];
   const code = await train.run(
     [
       '--config',
-      path.join(ROOT, 'examples', 'quickstart.yaml'),
+      config,
       '--model',
       base,
       '--dataset',
@@ -164,6 +201,11 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       dest,
       '--backend',
       backend,
+      '--max_steps',
+      String(finetuneSteps),
+      ...(typeof warmup === 'number' && warmup > finetuneSteps
+        ? ['--warmup_steps', String(finetuneSteps)]
+        : []),
     ],
     out,
   );
@@ -179,7 +221,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       const ids = tok.encode(text);
       const answer = (hook: typeof adapter.hook | undefined) =>
         generate(loaded.model, tok, ids, {
-          maxNewTokens: 24,
+          maxNewTokens: answerTokens,
           ...(hook === undefined ? {} : { linear: hook }),
         })
           .text.replace(/\s+/g, ' ')
