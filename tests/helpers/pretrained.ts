@@ -10,19 +10,12 @@
  * model failed on the other. `scripts/pretrained-fixture.sh` regenerates the fixture with
  * {@link pretrainTinyModel} under the prebuilt haswell variant.
  */
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import os from 'node:os';
 import path from 'node:path';
+import { after } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
-import { cacheRoot } from '../../src/engine/paths.js';
 import { writeSafetensors } from '../../src/io/safetensors.js';
 import { loadModel } from '../../src/models/load.js';
 import { createTinyModel } from '../../src/models/tiny.js';
@@ -32,7 +25,7 @@ import { ROOT } from './cli.js';
 import type { Tokenizer } from '../../src/io/tokenizer.js';
 import type { LlamaModel } from '../../src/models/llama.js';
 
-/** Bump when the recipe or the fixture changes, so stale caches are not used. */
+/** The model's folder name: bump when the recipe or the fixture changes. */
 const RECIPE = 'moby-tiny-v3';
 /** The committed weights and losses. */
 export const FIXTURE_DIR = path.join(ROOT, 'tests', 'fixtures', 'moby-tiny');
@@ -157,26 +150,28 @@ export async function pretrainTinyModel(dir: string): Promise<PretrainedInfo> {
   return { dir, ...info };
 }
 
+let processDir: string | null = null;
+after(() => {
+  if (processDir !== null) rmSync(processDir, { recursive: true, force: true });
+});
+
 /**
- * The pretrained model as a Hugging Face folder in qtune's cache: config and tokenizer written by
- * `createTinyModel`, the weights and losses copied from the committed fixture.
+ * The pretrained model as a Hugging Face folder in this test process's own temporary folder (removed
+ * after its tests), so no test reads what another test file, or an older qtune, left in a cache:
+ * config and tokenizer written by `createTinyModel`, the weights and losses copied from the committed
+ * fixture (about a second).
  */
 export function pretrainedTinyModel(): Promise<PretrainedInfo> {
-  const dir = path.join(cacheRoot(), 'test-models', RECIPE);
-  const infoFile = path.join(dir, 'pretrained.json');
-  if (!existsSync(infoFile)) {
-    const work = `${dir}.tmp-${process.pid}`;
-    rmSync(work, { recursive: true, force: true });
-    createTinyModel(work, SHAPE);
+  processDir ??= mkdtempSync(path.join(os.tmpdir(), 'qtune-test-models-'));
+  const dir = path.join(processDir, RECIPE);
+  if (!existsSync(path.join(dir, 'pretrained.json'))) {
+    createTinyModel(dir, SHAPE);
     for (const f of ['model.safetensors', 'pretrained.json'])
-      copyFileSync(path.join(FIXTURE_DIR, f), path.join(work, f));
-    mkdirSync(path.dirname(dir), { recursive: true });
-    try {
-      renameSync(work, dir);
-    } catch {
-      rmSync(work, { recursive: true, force: true }); // another process finished first
-    }
+      copyFileSync(path.join(FIXTURE_DIR, f), path.join(dir, f));
   }
-  const info = JSON.parse(readFileSync(infoFile, 'utf8')) as Omit<PretrainedInfo, 'dir'>;
+  const info = JSON.parse(readFileSync(path.join(dir, 'pretrained.json'), 'utf8')) as Omit<
+    PretrainedInfo,
+    'dir'
+  >;
   return Promise.resolve({ dir, ...info });
 }
