@@ -100,6 +100,8 @@ function vocabObject(v: Vocabulary): Record<string, number> {
   return vocab;
 }
 
+const MAX_PIECE = 256;
+
 /**
  * SentencePiece BPE merges from scores, as transformers' SentencePieceExtractor: for each normal
  * piece, every split into two pieces of the vocabulary (ordered by the left then the right piece's
@@ -118,6 +120,9 @@ export function spmMerges(
   tokens.forEach((piece, id) => {
     if (types[id] !== NORMAL || ids.get(piece) !== id) return;
     const chars = Array.from(piece); // code points, as Python slices the piece
+    // sentencepiece's pieces are at most 16 characters (max_sentencepiece_length); a far longer one is
+    // no merge result, and splitting it would take quadratic time
+    if (chars.length > MAX_PIECE) return;
     const local: [number, number, string][] = [];
     for (let i = 1; i < chars.length; i++) {
       const left = chars.slice(0, i).join('');
