@@ -13,7 +13,12 @@ import { qtune } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-quickstart-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
-const env = { QTUNE_CACHE_DIR: path.join(tmp, 'cache') };
+// the prebuilt engine unless QTUNE_ENGINE says otherwise: an empty cache would otherwise make the first
+// computing command build the native engine into it (minutes), as npm test's runner also avoids
+const env = {
+  QTUNE_CACHE_DIR: path.join(tmp, 'cache'),
+  QTUNE_ENGINE: process.env['QTUNE_ENGINE'] ?? 'prebuilt',
+};
 const SHORT = ['--pretrain-steps', '2', '--finetune-steps', '2', '--answer-tokens', '4'];
 
 describe('qtune quickstart', () => {
