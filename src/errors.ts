@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'FORMAT'
   | 'CONFIG'
   | 'NOT_FOUND'
+  | 'FILE_SYSTEM'
   | 'NETWORK';
 
 export class QtuneError extends Error {
@@ -102,6 +103,106 @@ export class ConfigError extends QtuneError {
   constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
     super('CONFIG', message, options);
   }
+}
+
+/**
+ * A token id that has no row in the embedding table (or no class in the loss): it would make ggml's
+ * `get_rows` abort the process, so it is refused when the ids are set.
+ */
+export class TokenRangeError extends QtuneError {
+  override name = 'TokenRangeError';
+  readonly id: number;
+  /** Position in the sequence (the last axis of the ids). */
+  readonly position: number;
+  /** Which sequence of the batch, when the ids hold several. */
+  readonly sequence: number | null;
+  readonly vocabSize: number;
+  constructor(
+    what: string,
+    at: { id: number; position: number; sequence?: number; vocabSize: number },
+    options: { hint?: string; details?: Record<string, unknown> } = {},
+  ) {
+    const where = at.sequence === undefined ? '' : ` of sequence ${at.sequence}`;
+    super(
+      'INVALID_ARGUMENT',
+      `${what}: token id ${at.id} at position ${at.position}${where} is outside the vocabulary of ${at.vocabSize} (ids 0..${at.vocabSize - 1})`,
+      {
+        hint:
+          options.hint ??
+          'use the tokenizer that belongs to the model, or resize the embeddings to the tokenizer',
+        details: { ...at, ...options.details },
+      },
+    );
+    this.id = at.id;
+    this.position = at.position;
+    this.sequence = at.sequence ?? null;
+    this.vocabSize = at.vocabSize;
+  }
+}
+
+/**
+ * A file-system call failed (a folder where a file is expected, no permission, a full disk...):
+ * names the option, the path and what to do. {@link fileSystemError} builds one from Node's error.
+ */
+export class FileSystemError extends QtuneError {
+  override name = 'FileSystemError';
+  readonly path: string;
+  /** Node's error code: EISDIR, ENOTDIR, EEXIST, EACCES, EPERM, EROFS, ENOSPC, ENOENT, ... */
+  readonly sysCode: string;
+  constructor(
+    path: string,
+    sysCode: string,
+    message: string,
+    options: { hint?: string; details?: Record<string, unknown> } = {},
+  ) {
+    super('FILE_SYSTEM', message, { ...options, details: { path, sysCode, ...options.details } });
+    this.path = path;
+    this.sysCode = sysCode;
+  }
+}
+
+/** What Node's file-system errors mean for the user, and the fix, by error code. */
+const SYSTEM_ERRORS: Record<string, { problem: string; hint: string }> = {
+  EISDIR: { problem: 'is a folder, not a file', hint: 'give the path of a file' },
+  ENOTDIR: {
+    problem: 'is not a folder (it, or a folder above it, is a file)',
+    hint: 'give a folder path whose parents are folders',
+  },
+  EEXIST: { problem: 'already exists and is not a folder', hint: 'give a new or an existing folder' },
+  ENOENT: { problem: 'does not exist', hint: 'check the path' },
+  EACCES: { problem: 'cannot be accessed: permission denied', hint: 'choose a path you may write to' },
+  EPERM: { problem: 'cannot be changed: operation not permitted', hint: 'choose a path you may write to' },
+  EROFS: { problem: 'is on a read-only file system', hint: 'choose a path on a writable disk' },
+  ENOSPC: { problem: 'cannot be written: the disk is full', hint: 'free disk space or choose another disk' },
+  EDQUOT: { problem: 'cannot be written: the disk quota is used up', hint: 'free disk space' },
+  ENAMETOOLONG: { problem: 'has a name too long for the file system', hint: 'use a shorter path' },
+  ELOOP: { problem: 'has a loop of symbolic links', hint: 'fix the links' },
+  EMFILE: { problem: 'cannot be opened: too many open files', hint: 'raise the limit (ulimit -n)' },
+  EBUSY: { problem: 'is busy', hint: 'close what holds it and try again' },
+  ENXIO: { problem: 'is a device that cannot be opened this way', hint: 'give a regular file or folder' },
+};
+
+/** Whether `e` is one of Node's system errors (an Error with a string `code` such as ENOENT and a `syscall`). */
+export function isSystemError(e: unknown): e is Error & { code: string; syscall?: string; path?: string } {
+  if (!(e instanceof Error)) return false;
+  const { code, syscall } = e as Error & { code?: unknown; syscall?: unknown };
+  return typeof code === 'string' && /^E[A-Z0-9]+$/.test(code) && typeof syscall === 'string';
+}
+
+/**
+ * Node's system error `e` as one line naming the option (`field`, when known), the path and the fix:
+ * `output_dir: /dev/null already exists and is not a folder (give a new or an existing folder)`.
+ * Other errors are returned unchanged.
+ */
+export function fileSystemError(e: unknown, field?: string, file?: string): unknown {
+  if (e instanceof QtuneError || !isSystemError(e)) return e;
+  const p = file ?? e.path ?? '';
+  const known = SYSTEM_ERRORS[e.code];
+  const what = field === undefined ? p : `${field}: ${p}`;
+  const problem = known?.problem ?? `could not be used (${e.code} in ${e.syscall ?? 'a file-system call'})`;
+  return new FileSystemError(p, e.code, `${what} ${problem}`, {
+    hint: known?.hint ?? 'check the path',
+  });
 }
 
 /** Formats a shape the way error messages print it: `[2, 3, 4]`. */

@@ -180,6 +180,7 @@ export class BackendManager {
   copy(t: Tensor, to: Backend): Tensor {
     if (t.kind !== 'stored')
       throw new QtuneError('INVALID_ARGUMENT', `copy: ${t.toString()} is not a stored tensor`);
+    if (!t.alive) throw new QtuneError('DISPOSED', `copy: the tensor store of ${t.toString()} was disposed`);
     const spec = { name: t.name || 't', shape: t.shape, dtype: t.dtype, requiresGrad: t.requiresGrad };
     const store = TensorStore.create(to, [spec]);
     const out = store.get(spec.name);

@@ -26,6 +26,8 @@ const INPUT_ERRORS = new Set<ErrorCode>([
   'FORMAT',
   'CONFIG',
   'NOT_FOUND',
+  // a folder where a file is expected, no permission, a full disk: the fix is another path
+  'FILE_SYSTEM',
   // a batch or model the device cannot hold: the fix is in the input (smaller batch, quantization)
   'OUT_OF_MEMORY',
 ]);

@@ -3,7 +3,7 @@
  * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
  */
 import { COMPUTING_COMMANDS, ensureNativeEngine } from '../engine/auto-build.js';
-import { QtuneError } from '../errors.js';
+import { QtuneError, fileSystemError } from '../errors.js';
 import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
@@ -78,7 +78,9 @@ export async function main(
     if (COMPUTING_COMMANDS.includes(name) && !help && !rest.includes('--dry-run'))
       ensureNativeEngine((line) => console.error(line));
     return await command.run(rest, out);
-  } catch (e) {
+  } catch (thrown) {
+    // a file-system failure no command checked for (EISDIR, ENOSPC, ...) is one line too, naming the path
+    const e = fileSystemError(thrown);
     if (e instanceof QtuneError) {
       console.error(`qtune: error: ${e.message}`);
       return exitCodeOf(e);

@@ -8,7 +8,7 @@
  * const data = await loadDataset({ path: 'data/style.jsonl', format: 'alpaca', val_size: 0.1 }, tok, 256);
  * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
  */
-import { ConfigError } from '../errors.js';
+import { ConfigError, FormatError, errorText } from '../errors.js';
 import type { HubOptions } from '../io/hub.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import type { Example, TrainData } from '../train/trainer.js';
@@ -16,7 +16,66 @@ import { seededUniform } from '../util/random.js';
 import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
 import { loadRecords, type DataRecord } from './records.js';
-import { eosId, padId, toExample } from './tokenize.js';
+import { eosId, padId, padNotice, toExample, type Sample } from './tokenize.js';
+
+/**
+ * Most characters of text in one record. The tokenizer slows down badly on long records (a 1 MiB
+ * word took 35 s) and fails inside at about 200 MB; no context length needs this much text.
+ */
+export const MAX_RECORD_CHARS = 4 * 2 ** 20;
+
+/** Characters of all the strings in a JSON value. */
+function textLength(v: unknown): number {
+  if (typeof v === 'string') return v.length;
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + textLength(x), 0);
+  if (v !== null && typeof v === 'object')
+    return Object.values(v).reduce((n: number, x) => n + textLength(x), 0);
+  return 0;
+}
+
+/**
+ * A record's sample, refused with a FormatError naming its file and line when its text is too large
+ * for the tokenizer, or holds a token the model has no embedding row for.
+ */
+function checkedSample(tok: Tokenizer, format: DatasetFormat, r: DataRecord): Sample {
+  const chars = textLength(r.value);
+  if (chars > MAX_RECORD_CHARS)
+    throw new FormatError(
+      r.file,
+      `line ${r.line}: the record holds ${chars} characters of text, more than the ${MAX_RECORD_CHARS} qtune tokenizes`,
+      {
+        hint: 'split it into smaller records (examples are cut to context_length tokens anyway)',
+        details: { line: r.line, chars },
+      },
+    );
+  let s: Sample;
+  try {
+    s = recordSample(tok, format, r);
+  } catch (e) {
+    if (e instanceof RangeError)
+      throw new FormatError(
+        r.file,
+        `line ${r.line}: the record is too large for the tokenizer (${errorText(e)})`,
+        {
+          hint: 'split it into smaller records',
+          details: { line: r.line },
+        },
+      );
+    throw e;
+  }
+  const rows = tok.modelVocabSize;
+  const bad = rows === null ? undefined : s.tokens.find((id) => id >= rows);
+  if (bad !== undefined)
+    throw new FormatError(
+      r.file,
+      `line ${r.line}: the text holds token ${tok.describeToken(bad)}, which has no row in the model's ${rows} embeddings`,
+      {
+        hint: 'remove that token from the data, or resize the embeddings to the tokenizer',
+        details: { line: r.line, id: bad, vocabSize: rows },
+      },
+    );
+  return s;
+}
 
 /** Where a dataset comes from and how it becomes examples; names as in the YAML config. */
 export interface DatasetConfig {
@@ -159,7 +218,7 @@ export function recordsToExamples(
 ): Example[] {
   const pad = padId(tokenizer);
   const samples = records
-    .map((r) => recordSample(tokenizer, format, r))
+    .map((r) => checkedSample(tokenizer, format, r))
     .filter((s) => s.targets.slice(1, contextLength + 1).some((t) => t));
   return packing
     ? packSamples(samples, contextLength, pad)
@@ -174,7 +233,7 @@ export async function loadDataset(
   config: DatasetConfig,
   tokenizer: Tokenizer,
   contextLength: number,
-  o: { hub?: HubOptions } = {},
+  o: { hub?: HubOptions; notice?: (line: string) => void } = {},
 ): Promise<TrainData> {
   const c = validateDatasetConfig(config);
   if (!(Number.isInteger(contextLength) && contextLength >= 2))
@@ -182,6 +241,8 @@ export async function loadDataset(
       hint: 'e.g. 512',
     });
   eosId(tokenizer);
+  const note = padNotice(tokenizer);
+  if (note !== null) (o.notice ?? ((m: string) => process.stderr.write(`qtune: ${m}\n`)))(note);
   const hub = {
     split: c.split,
     ...(c.file === undefined ? {} : { file: c.file }),

@@ -4,7 +4,7 @@
  * the Trainer (and of tests/helpers/finetune.ts): for tokens s₀…sₙ, `ids[t] = s[t]` and
  * `labels[t] = s[t+1]` when s[t+1] is a target, else -100.
  */
-import { ConfigError } from '../errors.js';
+import { ConfigError, quote } from '../errors.js';
 import type { ChatMessage, Tokenizer } from '../io/tokenizer.js';
 import type { Example } from '../train/trainer.js';
 
@@ -143,9 +143,24 @@ export function tokenizeChat(tok: Tokenizer, messages: readonly ChatMessage[]): 
   return { tokens, targets };
 }
 
-/** The pad id of examples: the tokenizer's pad token, else its EOS (never a target either way). */
+/**
+ * The pad id of examples: the tokenizer's pad token, else its EOS (never a target either way). A pad
+ * token without a row in the model's embeddings (an added `<pad>` at id 32000 beside vocab_size
+ * 32000) is never used: padding falls back to EOS ({@link padNotice} says so).
+ */
 export function padId(tok: Tokenizer): number {
-  return tok.padId ?? eosId(tok);
+  const pad = tok.padId;
+  const rows = tok.modelVocabSize;
+  return pad !== null && (rows === null || pad < rows) ? pad : eosId(tok);
+}
+
+/** The one-line notice for a pad token that {@link padId} replaced by EOS, or null. */
+export function padNotice(tok: Tokenizer): string | null {
+  const pad = tok.padId;
+  const rows = tok.modelVocabSize;
+  if (pad === null || rows === null || pad < rows) return null;
+  const eos = eosId(tok);
+  return `notice: pad token ${quote(tok.padToken ?? '')} (id ${pad}) has no row in the model's ${rows} embeddings; padding with eos ${tok.describeToken(eos)} instead (its positions carry no loss)`;
 }
 
 /**

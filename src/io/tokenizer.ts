@@ -11,7 +11,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import * as hfTokenizers from '@huggingface/tokenizers';
-import { QtuneError, errorText } from '../errors.js';
+import { ConfigError, QtuneError, errorText, quote } from '../errors.js';
 import { readJsonObject } from './json.js';
 
 export interface ChatMessage {
@@ -65,7 +65,10 @@ export class Tokenizer {
   readonly padId: number | null;
   private readonly tok: HfTokenizer;
   private readonly vocab: Map<string, number>;
+  /** Largest id of the base vocabulary (tokenizer.json's model.vocab), without the added tokens. */
+  private readonly baseMaxId: number;
   private readonly template: Template;
+  private rows: number | null = null;
 
   constructor(json: Json, config: Json, extraEosIds: readonly number[] = []) {
     this.json = json;
@@ -83,6 +86,9 @@ export class Tokenizer {
     } else if (Array.isArray(v)) {
       v.forEach((entry, id) => this.vocab.set(String((entry as unknown[])[0]), id)); // Unigram: [piece, score]
     }
+    let baseMax = -1;
+    for (const id of this.vocab.values()) if (id > baseMax) baseMax = id;
+    this.baseMaxId = baseMax;
     const added = json['added_tokens'];
     for (const a of Array.isArray(added) ? (added as unknown[]) : []) {
       if (a === null || typeof a !== 'object') continue;
@@ -125,6 +131,44 @@ export class Tokenizer {
       existsSync(tc) ? readJsonObject(tc) : defaultConfig,
       extraEosIds,
     );
+  }
+
+  /**
+   * Pairs the tokenizer with a model whose embedding table has `vocabSize` rows (loadModel does it).
+   * A base vocabulary with ids beyond the table is the wrong tokenizer and is refused. Added tokens
+   * beyond it (a `<pad>` at id 32000 beside 32000 rows, as many Llama-2 fine-tunes ship) are kept:
+   * they are listed by {@link tokensWithoutRow}, padding falls back to EOS, and a text that holds one
+   * is refused where it is tokenized.
+   */
+  fitTo(vocabSize: number, where: string): void {
+    if (this.baseMaxId >= vocabSize) {
+      throw new ConfigError(
+        `${where}: the tokenizer's vocabulary has ids up to ${this.baseMaxId}, but the model's vocab_size is ${vocabSize}`,
+        {
+          hint: `use the tokenizer that belongs to the model, or resize the embeddings to ${this.baseMaxId + 1} rows`,
+          details: { largestId: this.baseMaxId, vocabSize },
+        },
+      );
+    }
+    this.rows = vocabSize;
+  }
+
+  /** The model's vocab_size once {@link fitTo} paired the tokenizer with a model, else null. */
+  get modelVocabSize(): number | null {
+    return this.rows;
+  }
+
+  /** Added tokens whose id has no row in the paired model's embeddings (none before {@link fitTo}). */
+  get tokensWithoutRow(): { token: string; id: number }[] {
+    const rows = this.rows;
+    if (rows === null) return [];
+    return [...this.vocab].filter(([, id]) => id >= rows).map(([token, id]) => ({ token, id }));
+  }
+
+  /** `"<pad>" (id 32000)`: a token for a message. */
+  describeToken(id: number): string {
+    for (const [t, i] of this.vocab) if (i === id) return `${quote(t)} (id ${id})`;
+    return `id ${id}`;
   }
 
   /** Token count: the largest id plus one. */

@@ -3,7 +3,7 @@
  * Greedy when temperature is 0; otherwise sampling with temperature, top-k and top-p from a seeded
  * generator, so a run is reproducible.
  */
-import { QtuneError } from '../errors.js';
+import { QtuneError, TokenRangeError } from '../errors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { Graph } from '../tensor/graph.js';
 import { seededUniform } from '../util/random.js';
@@ -119,11 +119,14 @@ export function generate(
   const o = validate(options);
   if (prompt.length === 0) throw new QtuneError('INVALID_ARGUMENT', 'generate: the prompt has no tokens');
   const vocab = model.config.vocab_size;
-  const badId = prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
-  if (badId !== undefined)
-    throw new QtuneError(
-      'INVALID_ARGUMENT',
-      `generate: prompt token ${badId} is outside the vocabulary of ${vocab}`,
+  const bad = prompt.findIndex((t) => !Number.isInteger(t) || t < 0 || t >= vocab);
+  if (bad >= 0)
+    throw new TokenRangeError(
+      'generate: the prompt',
+      { id: prompt[bad]!, position: bad, vocabSize: vocab },
+      {
+        hint: `${tokenizer.describeToken(prompt[bad]!)} has no embedding row: remove it from the prompt, or resize the embeddings to the tokenizer`,
+      },
     );
   const map = model.deviceMap;
   const cache = new KVCache((layer) => map.blocks[layer]!, model.config, prompt.length + o.maxNewTokens);

@@ -175,6 +175,7 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
   const genIds: unknown[] = Array.isArray(genEos) ? genEos : [genEos];
   const extraEos = [...config.eos_token_id, ...genIds.filter((x): x is number => typeof x === 'number')];
   const tokenizer = Tokenizer.fromFolder(location, extraEos);
+  tokenizer.fitTo(config.vocab_size, path.join(location, 'tokenizer.json'));
   const { model, notQuantized } = folderWeights(location, config, placement, o);
   return {
     model,
@@ -241,6 +242,7 @@ function loadGguf(file: string, placement: Placement, o: LoadOptions): LoadedMod
   let tokenizer: Tokenizer;
   try {
     tokenizer = ggufTokenizer(gguf, config);
+    tokenizer.fitTo(config.vocab_size, file);
   } catch (e) {
     model.dispose();
     throw e;

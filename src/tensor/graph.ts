@@ -48,6 +48,7 @@ import {
   OutOfMemoryError,
   QtuneError,
   ShapeError,
+  TokenRangeError,
   UnsupportedOpError,
   fmtShape,
 } from '../errors.js';
@@ -67,6 +68,13 @@ function checkSize(shape: Shape, what: string): void {
       hint: 'use a smaller batch or context length',
       details: { shape: [...shape], numel: n },
     });
+}
+
+/** Values an i32 input may hold: [0, size), with what to say when one is outside. */
+interface IndexBound {
+  size: number;
+  what: string;
+  hint: string | undefined;
 }
 
 /** Returns the gradient for each input of an op (null where none is needed). */
@@ -116,6 +124,27 @@ function schedulerOrder(list: readonly Backend[]): Backend[] {
   return [...unique.filter((b) => !b.isCpu), cpu];
 }
 
+/** One pass over `data`: the first value outside [0, bound.size) is a TokenRangeError naming where it is. */
+function checkIndices(t: Tensor, data: Int32Array, bound: IndexBound): void {
+  const size = bound.size;
+  for (let i = 0; i < data.length; i++) {
+    const v = data[i]!;
+    if (v >= 0 && v < size) continue;
+    const T = t.shape[t.shape.length - 1] ?? 1;
+    const batched = t.numel > T;
+    throw new TokenRangeError(
+      bound.what,
+      {
+        id: v,
+        position: i % T,
+        ...(batched ? { sequence: Math.floor(i / T) } : {}),
+        vocabSize: size,
+      },
+      bound.hint === undefined ? {} : { hint: bound.hint },
+    );
+  }
+}
+
 const VIEW_SRC_OFFSET = koffi.offsetof(TensorStruct, 'view_src');
 const BUFFER_OFFSET = koffi.offsetof(TensorStruct, 'buffer');
 
@@ -134,6 +163,7 @@ export class Graph {
   private readonly assigns: { target: TensorPtr; value: Tensor }[] = [];
   private readonly hooks: (() => void)[] = [];
   private readonly setHooks = new Map<Tensor, ((data: Float32Array | Int32Array) => void)[]>();
+  private readonly bounds = new Map<Tensor, IndexBound[]>();
   private recording = true;
   private state: State = 'building';
   private leafBuffer: NativeBuffer | null = null;
@@ -444,6 +474,7 @@ export class Graph {
     this.assertBuilding('assign');
     if (target.kind !== 'stored')
       throw new QtuneError('GRAPH', `assign: ${target.toString()} is not a stored tensor`);
+    assertAlive(target.store!.alive, `the tensor store of ${target.toString()}`);
     if (!this.holds(target.backend)) {
       throw new QtuneError(
         'GRAPH',
@@ -502,6 +533,25 @@ export class Graph {
     const list = this.setHooks.get(input) ?? [];
     list.push(fn);
     this.setHooks.set(input, list);
+  }
+
+  /**
+   * Requires every value of the i32 leaf `ids` to be a row index of a table of `size` rows, such as
+   * token ids for an embedding: ggml's `get_rows` aborts the process on an index outside the table.
+   * An input is checked each time it is {@link set} (one pass, before the data reaches the device),
+   * a constant now; a node (ids computed inside the graph) is left to the op that made it.
+   */
+  limitIndices(ids: Tensor, size: number, what: string, hint?: string): void {
+    if (ids.graph !== this || ids.kind !== 'input' || ids.dtype !== 'i32') return;
+    const bound: IndexBound = { size, what, hint };
+    const leaf = this.leaves.find((l) => l.tensor === ids);
+    if (leaf !== undefined && leaf.data instanceof Int32Array) {
+      checkIndices(ids, leaf.data, bound);
+      return;
+    }
+    const list = this.bounds.get(ids) ?? [];
+    list.push(bound);
+    this.bounds.set(ids, list);
   }
 
   // ---------------------------------------------------------------- compiling and running
@@ -695,6 +745,8 @@ export class Graph {
         `set: input "${input.name}" ${fmtShape(input.shape)} needs ${input.numel} values, got ${data.length}`,
       );
     }
+    if (data instanceof Int32Array)
+      for (const b of this.bounds.get(input) ?? []) checkIndices(input, data, b);
     this.upload(input, data);
     for (const fn of this.setHooks.get(input) ?? []) fn(data);
   }

@@ -17,7 +17,7 @@ import { getEngine } from '../engine/library.js';
 import { NativeBuffer, NativeContext, assertAlive } from '../engine/memory.js';
 import { DTypeError, QtuneError, ShapeError, fmtShape } from '../errors.js';
 import { checkRowLength, decode, encode, tensorBytes } from './host.js';
-import { checkShape, numel, toNe, type Shape } from './shape.js';
+import { checkShape, numel, sameShape, toNe, type Shape } from './shape.js';
 import { Tensor } from './tensor.js';
 
 export interface TensorSpec {
@@ -124,6 +124,7 @@ export class TensorStore {
   }
 
   get(name: string): Tensor {
+    assertAlive(this.alive, 'tensor store');
     const t = this.byName.get(name);
     if (t === undefined) {
       throw new QtuneError('INVALID_ARGUMENT', `no tensor named "${name}" in this store`, {
@@ -135,6 +136,7 @@ export class TensorStore {
 
   /** Sets every tensor of the store to zero (one clear of its buffer). */
   zero(): void {
+    assertAlive(this.alive, 'tensor store');
     this.buffer.clear(0);
   }
 
@@ -176,6 +178,7 @@ export class TensorStore {
 
   /** Reads a tensor as f32 values (dequantized when it is quantized), into `into` when given. */
   read(t: Tensor, into?: Float32Array): Float32Array {
+    this.check(t);
     if (into !== undefined && into.length !== t.numel)
       throw new ShapeError(`"${t.name}" ${fmtShape(t.shape)} holds ${t.numel} values, not ${into.length}`);
     return decode(t.dtype, this.readBytes(t), numel(t.shape), into);
@@ -183,6 +186,7 @@ export class TensorStore {
 
   /** Reads an i32 tensor. */
   readInt32(t: Tensor): Int32Array {
+    this.check(t);
     if (t.dtype !== 'i32') throw new DTypeError(`"${t.name}" is ${t.dtype}, not i32`);
     const b = this.readBytes(t);
     return new Int32Array(b.buffer, b.byteOffset, b.byteLength / 4);
@@ -209,12 +213,20 @@ export class TensorStore {
     return copy;
   }
 
-  /** Copies the data of `src` (any store, any device) into `dst` of this store. */
+  /** Copies the data of `src` (a stored tensor of any store, on any device) into `dst` of this store. */
   copyFrom(dst: Tensor, src: Tensor): void {
     this.check(dst);
-    if (src.dtype !== dst.dtype || src.numel !== dst.numel) {
+    if (src.kind !== 'stored' || src.store === null)
+      throw new QtuneError('INVALID_ARGUMENT', `copyFrom: ${src.toString()} is not a stored tensor`, {
+        hint: 'read a graph output with graph.read() and write it with store.write()',
+      });
+    assertAlive(src.store.alive, `the tensor store of ${src.toString()}`);
+    if (src.dtype !== dst.dtype || !sameShape(src.shape, dst.shape)) {
       throw new ShapeError(`cannot copy ${src.toString()} into ${dst.toString()}`, {
-        hint: 'shapes and types must match',
+        hint:
+          src.dtype === dst.dtype && src.numel === dst.numel
+            ? 'the layouts differ: reshape in a graph, or create the target with the source shape'
+            : 'shapes and types must match',
       });
     }
     getEngine().api.backend_tensor_copy(src.ptr, dst.ptr);

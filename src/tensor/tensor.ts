@@ -64,6 +64,11 @@ export class Tensor {
     return numel(this.shape);
   }
 
+  /** Whether the store or graph that owns this tensor is still alive (not disposed). */
+  get alive(): boolean {
+    return this.store !== null ? this.store.alive : this.graph!.alive;
+  }
+
   /** The backend whose memory holds (or will hold) this tensor. */
   get backend(): Backend {
     if (this.store !== null) return this.store.backend;

@@ -2,6 +2,7 @@
 import { GGML_TYPE_IDS, isFloatDType } from '../../engine/dtype.js';
 import { TensorStruct, koffi, type TensorPtr } from '../../engine/ggml.js';
 import { getEngine } from '../../engine/library.js';
+import { assertAlive } from '../../engine/memory.js';
 import { DTypeError, QtuneError } from '../../errors.js';
 import { Graph } from '../graph.js';
 import { toNe, type Shape } from '../shape.js';
@@ -30,6 +31,7 @@ export function graphOf(op: string, ...ts: (Tensor | null | undefined)[]): Graph
     );
   }
   for (const t of ts) {
+    if (t?.kind === 'stored') assertAlive(t.store!.alive, `the tensor store of ${t.toString()}`);
     if (t != null) g.noteOperand(t);
     if (t?.kind === 'stored' && !g.holds(t.store!.backend)) {
       throw new QtuneError(

@@ -18,6 +18,8 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   if (table.rank !== 2)
     throw new ShapeError(`embedding: table must be [vocab, dim], got ${fmtShape(table.shape)}`);
   const [V, C] = table.shape as [number, number];
+  // get_rows aborts on an id outside the table: the graph checks every set of the ids first
+  g.limitIndices(ids, V, `${table.name || 'embedding'} lookup`);
   const flat = ids.rank === 1 ? ids : reshape(ids, [ids.numel]);
   const rows = g.node(
     (ctx) => ggml().get_rows(ctx, table.ptr, flat.ptr),
