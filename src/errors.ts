@@ -198,7 +198,7 @@ export function fileSystemError(e: unknown, field?: string, file?: string): unkn
   if (e instanceof QtuneError || !isSystemError(e)) return e;
   const p = file ?? e.path ?? '';
   const known = SYSTEM_ERRORS[e.code];
-  const what = field === undefined ? p : `${field}: ${p}`;
+  const what = field === undefined ? p || 'a file' : `${field}: ${p}`;
   const problem = known?.problem ?? `could not be used (${e.code} in ${e.syscall ?? 'a file-system call'})`;
   return new FileSystemError(p, e.code, `${what} ${problem}`, {
     hint: known?.hint ?? 'check the path',

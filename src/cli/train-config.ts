@@ -6,10 +6,11 @@
  * @example
  * const config = resolveTrainConfig(readConfigFile('run.yaml'), { lr: '1e-4' });
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
-import { ConfigError, FormatError, errorText, quote, shownValue } from '../errors.js';
+import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
+import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
@@ -212,9 +213,13 @@ const SPECS: Record<string, OptionSpec> = TRAIN_OPTIONS;
 
 /** Reads a YAML config file; a syntax error names the file and line. */
 export function readConfigFile(file: string): Record<string, unknown> {
-  if (!existsSync(file))
-    throw new ConfigError(`config: ${file} does not exist`, { hint: 'give the path of a YAML config file' });
-  const text = readFileSync(file, 'utf8');
+  checkFile('config', file, 'give the path of a YAML config file');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw fileSystemError(e, 'config', file);
+  }
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {
     const e = doc.errors[0]!;

@@ -3,9 +3,17 @@
  * of objects), or the JSON/JSONL files of a Hugging Face Hub dataset repository, downloaded into the
  * HF cache. Every record remembers its file and line, so a bad one is reported as `file:line`.
  */
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
+import {
+  ConfigError,
+  FormatError,
+  QtuneError,
+  errorText,
+  fileSystemError,
+  isSystemError,
+} from '../errors.js';
+import { checkFile } from '../io/folders.js';
 import { downloadDataset, type HubOptions } from '../io/hub.js';
 
 /** One record of a dataset file and where it came from. */
@@ -29,11 +37,21 @@ function describe(v: unknown): string {
 
 /** Reads the records of a local `.json` or `.jsonl` file. */
 export function readRecords(file: string): DataRecord[] {
-  if (!existsSync(file) || !statSync(file).isFile())
+  if (!existsSync(file))
     throw new QtuneError('NOT_FOUND', `dataset file ${file} does not exist`, {
       hint: 'check the path, or give a Hub dataset id (org/name)',
     });
-  const text = readFileSync(file, 'utf8');
+  checkFile('dataset', file, 'give a .jsonl file (one JSON object a line) or a .json file');
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw e instanceof Error && !isSystemError(e)
+      ? new FormatError(file, `cannot be read as text (${errorText(e)})`, {
+          hint: 'split it into smaller files',
+        })
+      : fileSystemError(e, 'dataset', file);
+  }
   if (file.endsWith('.jsonl')) return readJsonl(file, text);
   if (file.endsWith('.json')) return readJsonArray(file, text);
   throw new ConfigError(`path: ${file} is neither .json nor .jsonl`, {

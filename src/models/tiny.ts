@@ -7,10 +7,11 @@
  * The default shape is the seed system's TinyLlamaConfig with grouped-query attention: hidden 256,
  * intermediate 688, 4 layers, 8 heads, 4 key/value heads.
  */
-import { mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { writeFileAtomic } from '../io/atomic.js';
+import { makeFolder } from '../io/folders.js';
 import { writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { DEFAULT_CHAT_TEMPLATE, Tokenizer } from '../io/tokenizer.js';
 import { QtuneError } from '../errors.js';
@@ -98,7 +99,7 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     const data = w.role === 'norm' ? new Float32Array(n).fill(1) : gaussian(uniform, n, std);
     return { name: w.name, shape: w.shape, data, dtype: o.dtype ?? 'F32' };
   });
-  mkdirSync(dir, { recursive: true });
+  makeFolder(dir);
   writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
   writeFileAtomic(path.join(dir, 'config.json'), [JSON.stringify(configToJson(config), null, 2) + '\n']);
   writeFileAtomic(path.join(dir, 'tokenizer.json'), [files.tokenizerJson]);

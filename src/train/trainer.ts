@@ -27,6 +27,7 @@ import { availableMemory } from '../engine/memory.js';
 import type { DType, FloatDType } from '../engine/dtype.js';
 import { ConfigError, FormatError, OutOfMemoryError, QtuneError, errorText, shownValue } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
+import { makeFolder } from '../io/folders.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
@@ -1568,7 +1569,7 @@ export class Trainer {
    * Returns the paths written.
    */
   saveOutputs(dir: string, o: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): string[] {
-    mkdirSync(dir, { recursive: true });
+    makeFolder(dir, 'output_dir');
     if (this.lora !== null) {
       const data = this.adapterWeights();
       savePeftAdapter(dir, data);

@@ -2,7 +2,7 @@
  * `qtune train --config run.yaml [--key value ...]`: data file to fine-tuned adapter in one command.
  * Every option of the config (see `qtune train --help`) can also be given as a flag, which wins.
  */
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
@@ -12,6 +12,7 @@ import { describeDeviceMap } from '../../models/device-map.js';
 import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError } from '../../errors.js';
+import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
@@ -197,9 +198,16 @@ async function trainOn(
   out: (s: string) => void,
 ): Promise<number> {
   const devices = deviceRequest(c);
-  const options: TrainerOptions = { ...trainerOptions(c), ...(comm.kind === 'mpi' ? { comm } : {}) };
   // rank 0 writes every file of the run; the others only train
   const writer = comm.rank === 0;
+  // a path that cannot be written is found before the model is loaded and hours are trained
+  if (writer) checkOutputFolder('output_dir', c.output_dir);
+  for (const [field, file] of [
+    ['dataset', c.dataset],
+    ['val_dataset', c.val_dataset],
+  ] as const)
+    if (file !== null && c.dataset_format !== 'dummy' && existsSync(file)) checkFile(field, file);
+  const options: TrainerOptions = { ...trainerOptions(c), ...(comm.kind === 'mpi' ? { comm } : {}) };
   const prepared = await prepareModel(c.model!, {
     trainType: c.train_type,
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
@@ -239,7 +247,7 @@ async function trainOn(
   }
   try {
     trainer.allocate(); // a step the device cannot hold fails before anything is written
-    if (writer) mkdirSync(c.output_dir, { recursive: true });
+    if (writer) makeFolder(c.output_dir, 'output_dir');
     const logger = writer
       ? await createRunLoggers({
           outputDir: c.output_dir,
