@@ -12,7 +12,8 @@ import { Graph } from '../../src/tensor/graph.js';
 
 const [dir, idsArg] = process.argv.slice(2);
 const ids = Int32Array.from((idsArg ?? '').split(',').map(Number));
-const { model, dispose } = await loadModel(dir!, { backend: 'cpu' });
+const loaded = await loadModel(dir!, { backend: 'cpu' });
+const model = loaded.model;
 const g = new Graph(model.backends);
 try {
   const input = g.input([1, ids.length], 'i32', 'ids');
@@ -27,5 +28,5 @@ try {
   process.exitCode = 3;
 } finally {
   g.dispose();
-  dispose();
+  loaded.dispose();
 }
