@@ -4,9 +4,10 @@
  * result is read and checked. A case passes when the reader succeeds with a consistent result or
  * throws a QtuneError; anything else is a bug.
  */
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { trainerOptions } from '../../src/cli/commands/train.js';
+import { main } from '../../src/cli/main.js';
 import { readConfigFile, resolveTrainConfig, TRAIN_OPTIONS } from '../../src/cli/train-config.js';
 import { loadDataset } from '../../src/data/dataset.js';
 import { readRecords } from '../../src/data/records.js';
@@ -410,7 +411,142 @@ const checkpoint: FuzzTarget = {
   },
 };
 
-export const TARGETS: Record<string, FuzzTarget> = { safetensors, gguf, jsonl, yaml, checkpoint };
+// ------------------------------------------------------------------------------------ CLI paths
+
+/**
+ * Paths that are the wrong kind of thing for the option they are given to. Inputs that must be a
+ * file, a model folder, an output folder: each gets a folder, a file, /dev/null, a path under a
+ * file, a missing path, or a place nobody may write (/proc and /sys: the tests run as root, whom
+ * chmod does not stop). A full disk needs a tmpfs: tests/cli/fs-errors.test.ts.
+ */
+type PathRole = 'file' | 'model' | 'output';
+
+const BAD_PATHS: Record<PathRole, readonly string[]> = {
+  file: ['folder', 'devnull', 'under-file', 'missing', 'proc', 'sys'],
+  model: ['file', 'devnull', 'under-file', 'missing', 'folder', 'proc'],
+  output: ['file', 'devnull', 'under-file', 'proc', 'sys', 'proc-self'],
+};
+
+/** command, option, its role: the option is replaced by a bad path of that role. */
+const PATH_OPTIONS: readonly [string, string, PathRole][] = [
+  ['train', '--config', 'file'],
+  ['train', '--output_dir', 'output'],
+  ['train', '--dataset', 'file'],
+  ['train', '--val_dataset', 'file'],
+  ['train', '--model', 'model'],
+  ['eval', '--model', 'model'],
+  ['eval', '--dataset', 'file'],
+  ['generate', '--model', 'model'],
+  ['init-tiny', '', 'output'],
+];
+
+let cliDir = '';
+
+function badPath(kind: string, ext: string): string {
+  switch (kind) {
+    case 'folder':
+      return path.join(cliDir, 'folder');
+    case 'file':
+      return path.join(cliDir, 'file.txt');
+    case 'devnull':
+      return '/dev/null';
+    case 'under-file':
+      return path.join(cliDir, 'file.txt', `sub${ext}`);
+    case 'missing':
+      return path.join(cliDir, 'missing', `nothing${ext}`);
+    case 'proc':
+      return `/proc/qtune-fuzz${ext}`;
+    case 'sys':
+      return `/sys/qtune-fuzz${ext}`;
+    default:
+      return '/proc/self';
+  }
+}
+
+function goodArgs(command: string): string[] {
+  const model = path.join(cliDir, 'model');
+  const data = path.join(cliDir, 'data.jsonl');
+  switch (command) {
+    case 'train':
+      return [
+        ...['train', '--config', path.join(cliDir, 'run.yaml'), '--model', model, '--dataset', data],
+        ...['--output_dir', path.join(cliDir, 'out'), '--max_steps', '1', '--context_length', '96'],
+      ];
+    case 'eval':
+      return ['eval', '--model', model, '--dataset', data, '--context-length', '96'];
+    case 'generate':
+      return ['generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '1'];
+    default:
+      return ['init-tiny', path.join(cliDir, 'new-model'), '--hidden', '32', '--layers', '1'];
+  }
+}
+
+const cliPaths: FuzzTarget = {
+  cases: 60,
+  reads: 'qtune train / eval / generate / init-tiny (in process) with one or two options given a bad path',
+  prepare(dir) {
+    cliDir = dir;
+    createTinyModel(path.join(dir, 'model'), {
+      hiddenSize: 32,
+      intermediateSize: 64,
+      layers: 1,
+      heads: 2,
+      kvHeads: 1,
+    });
+    mkdirSync(path.join(dir, 'folder'));
+    writeFileSync(path.join(dir, 'file.txt'), 'not what any option wants\n');
+    writeFileSync(path.join(dir, 'run.yaml'), readFileSync(path.join(ROOT, 'examples', 'lora-tiny.yaml')));
+    writeFileSync(
+      path.join(dir, 'data.jsonl'),
+      '{"instruction": "Say hi.", "input": "", "output": "Hi."}\n'.repeat(4),
+    );
+  },
+  make(r) {
+    const [command] = pick(r, PATH_OPTIONS);
+    const options = PATH_OPTIONS.filter(([c]) => c === command);
+    const args = goodArgs(command);
+    const descs: string[] = [];
+    for (let k = 0; k < (r() < 0.25 ? 2 : 1); k++) {
+      const [, option, role] = pick(r, options);
+      const ext = option === '--config' ? '.yaml' : role === 'file' ? '.jsonl' : '';
+      const bad = badPath(pick(r, BAD_PATHS[role]), ext);
+      if (option === '') args[1] = bad;
+      else if (args.includes(option)) args[args.indexOf(option) + 1] = bad;
+      else args.push(option, bad);
+      descs.push(`${option || 'DIR'} ${bad}`);
+    }
+    return { desc: `${command} ${descs.join(', ')}`, files: { 'case.json': JSON.stringify(args) } };
+  },
+  async read(dir) {
+    const args = JSON.parse(readFileSync(path.join(dir, 'case.json'), 'utf8')) as string[];
+    const errors: string[] = [];
+    const error = console.error;
+    console.error = (...xs: unknown[]) => errors.push(xs.map(String).join(' '));
+    let code: number;
+    try {
+      code = await main(args, () => undefined);
+    } finally {
+      console.error = error;
+    }
+    check(code === 2, `exit ${code}, not 2: ${errors.join(' | ')}`);
+    const text = errors.join('\n');
+    check(
+      errors.length === 1 && !text.includes('\n') && text.startsWith('qtune: error: '),
+      `stderr: ${text}`,
+    );
+    for (const p of ['/proc/qtune-fuzz', '/sys/qtune-fuzz', path.join(cliDir, 'missing')])
+      check(!existsSync(p), `${p} was created`);
+  },
+};
+
+export const TARGETS: Record<string, FuzzTarget> = {
+  safetensors,
+  gguf,
+  jsonl,
+  yaml,
+  checkpoint,
+  cliPaths,
+};
 
 /** Writes a case's files into `dir` (emptied first by the caller). */
 export function writeCase(dir: string, c: FuzzCase): void {
