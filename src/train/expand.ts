@@ -7,17 +7,10 @@
  * @example
  * expandModel('tiny', 'tiny-pro', 2); // 4 blocks → 6, new blocks at 2 and 5
  */
-import {
-  copyFileSync,
-  existsSync,
-  mkdirSync,
-  readFileSync,
-  renameSync,
-  rmSync,
-  writeFileSync,
-} from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError, QtuneError, errorText } from '../errors.js';
+import { makeFolder } from '../io/folders.js';
 import { SafetensorsCheckpoint, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import { configToJson } from '../models/config.js';
 import { readConfig } from '../models/load.js';
@@ -108,7 +101,7 @@ export function expandModel(src: string, out: string, blocks: number): Expansion
       }
     });
     rmSync(tmp, { recursive: true, force: true });
-    mkdirSync(tmp, { recursive: true });
+    makeFolder(tmp, '--out');
     writeSafetensors(path.join(tmp, 'model.safetensors'), tensors, { format: 'pt' });
     const json = configToJson({ ...config, num_hidden_layers: plan.sourceOf.length });
     writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(json, null, 2) + '\n');

@@ -4,7 +4,7 @@
  * result is read and checked. A case passes when the reader succeeds with a consistent result or
  * throws a QtuneError; anything else is a bug.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { trainerOptions } from '../../src/cli/commands/train.js';
 import { main } from '../../src/cli/main.js';
@@ -419,12 +419,13 @@ const checkpoint: FuzzTarget = {
  * file, a missing path, or a place nobody may write (/proc and /sys: the tests run as root, whom
  * chmod does not stop). A full disk needs a tmpfs: tests/cli/fs-errors.test.ts.
  */
-type PathRole = 'file' | 'model' | 'output';
+type PathRole = 'file' | 'model' | 'output' | 'outfile';
 
 const BAD_PATHS: Record<PathRole, readonly string[]> = {
   file: ['folder', 'devnull', 'under-file', 'missing', 'proc', 'sys'],
   model: ['file', 'devnull', 'under-file', 'missing', 'folder', 'proc'],
   output: ['file', 'devnull', 'under-file', 'proc', 'sys', 'proc-self'],
+  outfile: ['folder', 'devnull', 'under-file', 'proc', 'sys'],
 };
 
 /** command, option, its role: the option is replaced by a bad path of that role. */
@@ -438,6 +439,7 @@ const PATH_OPTIONS: readonly [string, string, PathRole][] = [
   ['eval', '--dataset', 'file'],
   ['generate', '--model', 'model'],
   ['init-tiny', '', 'output'],
+  ['quantize', '--out', 'outfile'],
 ];
 
 let cliDir = '';
@@ -445,7 +447,7 @@ let cliDir = '';
 function badPath(kind: string, ext: string): string {
   switch (kind) {
     case 'folder':
-      return path.join(cliDir, 'folder');
+      return path.join(cliDir, `folder${ext}`);
     case 'file':
       return path.join(cliDir, 'file.txt');
     case 'devnull':
@@ -476,14 +478,17 @@ function goodArgs(command: string): string[] {
       return ['eval', '--model', model, '--dataset', data, '--context-length', '96'];
     case 'generate':
       return ['generate', '--model', model, '--prompt', 'Hello', '--max-new-tokens', '1'];
+    case 'quantize':
+      return ['quantize', '--model', model, '--method', 'int8', '--out', path.join(cliDir, 'q.gguf')];
     default:
       return ['init-tiny', path.join(cliDir, 'new-model'), '--hidden', '32', '--layers', '1'];
   }
 }
 
 const cliPaths: FuzzTarget = {
-  cases: 60,
-  reads: 'qtune train / eval / generate / init-tiny (in process) with one or two options given a bad path',
+  cases: 70,
+  reads:
+    'qtune train / eval / generate / init-tiny / quantize (in process) with one or two options given a bad path',
   prepare(dir) {
     cliDir = dir;
     createTinyModel(path.join(dir, 'model'), {
@@ -494,6 +499,7 @@ const cliPaths: FuzzTarget = {
       kvHeads: 1,
     });
     mkdirSync(path.join(dir, 'folder'));
+    mkdirSync(path.join(dir, 'folder.gguf'));
     writeFileSync(path.join(dir, 'file.txt'), 'not what any option wants\n');
     writeFileSync(path.join(dir, 'run.yaml'), readFileSync(path.join(ROOT, 'examples', 'lora-tiny.yaml')));
     writeFileSync(
@@ -508,7 +514,8 @@ const cliPaths: FuzzTarget = {
     const descs: string[] = [];
     for (let k = 0; k < (r() < 0.25 ? 2 : 1); k++) {
       const [, option, role] = pick(r, options);
-      const ext = option === '--config' ? '.yaml' : role === 'file' ? '.jsonl' : '';
+      const ext =
+        option === '--config' ? '.yaml' : role === 'file' ? '.jsonl' : role === 'outfile' ? '.gguf' : '';
       const bad = badPath(pick(r, BAD_PATHS[role]), ext);
       if (option === '') args[1] = bad;
       else if (args.includes(option)) args[args.indexOf(option) + 1] = bad;
@@ -536,6 +543,8 @@ const cliPaths: FuzzTarget = {
     );
     for (const p of ['/proc/qtune-fuzz', '/sys/qtune-fuzz', path.join(cliDir, 'missing')])
       check(!existsSync(p), `${p} was created`);
+    // as root, renaming a temporary file onto /dev/null would replace the device with a file
+    check(statSync('/dev/null').isCharacterDevice(), '/dev/null is no longer a device');
   },
 };
 
