@@ -25,7 +25,15 @@ import path from 'node:path';
 import type { Backend } from '../engine/device.js';
 import { availableMemory } from '../engine/memory.js';
 import type { DType, FloatDType } from '../engine/dtype.js';
-import { ConfigError, FormatError, OutOfMemoryError, QtuneError, errorText, shownValue } from '../errors.js';
+import {
+  ConfigError,
+  FormatError,
+  OutOfMemoryError,
+  QtuneError,
+  TokenRangeError,
+  errorText,
+  shownValue,
+} from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { makeFolder } from '../io/folders.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -535,6 +543,23 @@ export class Trainer {
           throw new ConfigError(
             `dataset: ${split} example ${i} has ${e.ids.length} ids, ${e.labels.length} labels${e.segments === undefined ? '' : ` and ${e.segments.length} segments`}; every example needs ${this.seqLen}`,
             { hint: 'pad or truncate every example to the context length' },
+          );
+        // ids and labels without a row in the embeddings (or a class of the loss) are found here, before
+        // anything is allocated, rather than when the step that holds them is set
+        const vocab = this.model.config.vocab_size;
+        const bad = e.ids.findIndex((id) => !(id >= 0 && id < vocab));
+        if (bad >= 0)
+          throw new TokenRangeError(
+            `dataset: ${split} example ${i}`,
+            { id: e.ids[bad]!, position: bad, vocabSize: vocab },
+            { hint: 'pad with an id below vocab_size (such as the EOS), or resize the embeddings' },
+          );
+        const badLabel = e.labels.findIndex((l) => l !== -100 && !(l >= 0 && l < vocab));
+        if (badLabel >= 0)
+          throw new TokenRangeError(
+            `dataset: ${split} example ${i}, labels`,
+            { id: e.labels[badLabel]!, position: badLabel, vocabSize: vocab },
+            { hint: 'labels are token ids below vocab_size, or -100 to ignore a position' },
           );
       });
     }

@@ -103,18 +103,28 @@ describe('out-of-range token ids: a typed error at every entry point, never an a
   after(() => rmSync(tmp, { recursive: true, force: true }));
 
   it('API: model.forward with id 40000 of 32000 is a TokenRangeError naming the id and position', () => {
-    const r = node([CHILD, plain, '1,40000,3']);
+    const r = node([CHILD, 'forward', plain, '1,40000,3']);
     assert.equal(r.signal, null, r.stderr);
     assert.equal(r.status, 3, `${r.stdout}${r.stderr}`);
     assert.match(
       r.stdout,
       /^TokenRangeError: .*token id 40000 at position 1 is outside the vocabulary of 32000/,
     );
-    const neg = node([CHILD, plain, '5,7,-1']);
+    const neg = node([CHILD, 'forward', plain, '5,7,-1']);
     assert.equal(neg.status, 3, `${neg.stdout}${neg.stderr}`);
     assert.match(neg.stdout, /token id -1 at position 2 /);
     // in range, the same call runs
-    assert.equal(node([CHILD, plain, '1,31999,3']).stdout.trim(), 'ran');
+    assert.equal(node([CHILD, 'forward', plain, '1,31999,3']).stdout.trim(), 'ran');
+  });
+
+  it('API: Trainer.create with an example holding id 32000 is refused before anything is allocated', () => {
+    const r = node([CHILD, 'trainer', plain, '1,5,32000,7']);
+    assert.equal(r.signal, null, r.stderr);
+    assert.equal(r.status, 3, `${r.stdout}${r.stderr}`);
+    assert.match(
+      r.stdout,
+      /^TokenRangeError: dataset: train example 0: token id 32000 at position 2 is outside the vocabulary of 32000/,
+    );
   });
 
   it('qtune train with <pad> at id 32000: pads with EOS after a one-line notice', () => {
