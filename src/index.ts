@@ -41,6 +41,7 @@ export {
   formatProfile,
   groupNodes,
   writeProfileTrace,
+  type ProfileFormat,
   type ProfileOptions,
   type ProfileRow,
   type StepGraph,

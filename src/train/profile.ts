@@ -189,8 +189,16 @@ function table(title: string, rows: readonly ProfileRow[], limit: number): strin
   return out;
 }
 
-/** The profile as text: a summary, the tables by op label and by block, and the top `top` op kinds. */
-export function formatProfile(p: StepProfile, top = 10): string[] {
+/** What {@link formatProfile} prints: rows of the label table, the block table or not, top op kinds. */
+export interface ProfileFormat {
+  labels?: number;
+  blocks?: boolean;
+  top?: number;
+}
+
+/** The profile as text: a summary, the tables by op label and by block, and the top op kinds. */
+export function formatProfile(p: StepProfile, o: ProfileFormat = {}): string[] {
+  const top = o.top ?? 10;
   const wall = STEP_GRAPHS.map((k) => `${k} ${p.wallMs[k] === null ? 'n/a' : f1(p.wallMs[k])}`).join(', ');
   const overheadMs = (p.overheadNs * p.calls) / 1e6;
   const lines = [
@@ -199,10 +207,9 @@ export function formatProfile(p: StepProfile, top = 10): string[] {
     `per-call overhead ~${(p.overheadNs / 1000).toFixed(1)} µs (a trivial node), ${p.calls} calls: ~${f1(overheadMs)} ms of the sum`,
     ...p.notes,
     '',
-    ...table('op label', p.byLabel, 40),
+    ...table('op label', p.byLabel, o.labels ?? 40),
     '',
-    ...table('block', p.byBlock, 100),
-    '',
+    ...(o.blocks === false ? [] : [...table('block', p.byBlock, 100), '']),
     `top ${top} ops (the same label, ggml op, types and shapes, summed over blocks):`,
     ...table('op label | ggml op | types (result, sources) | shapes (result, sources)', p.byKind, top),
   ];
