@@ -222,6 +222,26 @@ describe('profiling changes no result', () => {
     profiled.params.forEach((p, i) => assert.deepEqual(p, plain.params[i]));
   });
 
+  it('with gradient checkpointing, the recomputed blocks keep their block and labels', () => {
+    const t = trainer({ profile: true, maxSteps: 1, gradientCheckpointing: true });
+    try {
+      t.step();
+      const p = t.profile()!;
+      assert.equal(p.step, 1, 'the last step of a one-step run');
+      const blocks = p.byBlock.map((r) => r.key).filter((k) => k.startsWith('layers.'));
+      assert.deepEqual(blocks.sort(), ['layers.0', 'layers.1']);
+      // the 7 base linear layers of a block ran in the forward, and again (those whose outputs the
+      // backward reads: all but down_proj's) in its recomputation, still inside the block
+      const nodes = p.runs.flatMap((r) => r.nodes);
+      const fwd = nodes.filter(
+        (n) => n.block === 'layers.0' && n.label === 'linear.fwd' && n.op === 'MUL_MAT',
+      );
+      assert.equal(fwd.length, 7 + 6);
+    } finally {
+      t.dispose();
+    }
+  });
+
   it('refuses a profile step outside the run', () => {
     assert.throws(
       () => trainer({ profile: { step: 4 } }),
