@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { getEngine } from '../engine/library.js';
 import { ConfigError } from '../errors.js';
 import type { Precision } from '../train/trainer.js';
-import { runPython } from './common.js';
+import { openblasWarning, runPython } from './common.js';
 
 // ------------------------------------------------------------------------------------ what runs
 
@@ -508,7 +508,11 @@ export function runTrainBench(o: BenchOptions): BenchReport {
     }
   }
   const first = [...torch.values()][0]?.[0];
-  if (first !== undefined) notes.push(`PyTorch ${first.torch}, OpenBLAS core ${first.openblas_core}`);
+  if (first !== undefined) {
+    notes.push(`PyTorch ${first.torch}, OpenBLAS core ${first.openblas_core}`);
+    const warning = openblasWarning();
+    if (warning !== null) notes.push(warning);
+  }
   return {
     cpu: info.cpuModel,
     cpuFlags: cpuFlags(info.cpuFeatures),
