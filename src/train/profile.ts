@@ -201,10 +201,19 @@ export function formatProfile(p: StepProfile, o: ProfileFormat = {}): string[] {
   const top = o.top ?? 10;
   const wall = STEP_GRAPHS.map((k) => `${k} ${p.wallMs[k] === null ? 'n/a' : f1(p.wallMs[k])}`).join(', ');
   const overheadMs = (p.overheadNs * p.calls) / 1e6;
+  const walls = STEP_GRAPHS.map((k) => p.wallMs[k]);
+  const wallSum = walls.every((w) => w !== null) ? walls.reduce((s, w) => s + (w ?? 0), 0) : null;
+  const slowdown =
+    wallSum === null || wallSum <= 0
+      ? []
+      : [
+          `the node-by-node run took ${f2(p.profiledMs / wallSum)}x the unprofiled graphs' time${p.profiledMs / wallSum > 1.5 ? ': per-node costs beyond the calibrated overhead (thread wake-ups on a busy machine, lost fusion) inflate small ops; compare shares, or profile with fewer threads' : ''}`,
+        ];
   const lines = [
     `profile of step ${p.step}, node by node: ${p.calls} nodes computed (${p.skipped} views skipped), their times sum to ${f1(p.sumMs)} ms (${f1(p.profiledMs)} ms wall)`,
     `unprofiled wall ms per step: ${wall}${p.wallSteps.length > 0 ? ` (median of step ${p.wallSteps.join(', ')})` : ''}`,
     `per-call overhead ~${(p.overheadNs / 1000).toFixed(1)} µs (a trivial node), ${p.calls} calls: ~${f1(overheadMs)} ms of the sum`,
+    ...slowdown,
     ...p.notes,
     '',
     ...table('op label', p.byLabel, o.labels ?? 40),
