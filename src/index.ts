@@ -37,6 +37,18 @@ export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './train/lora.js';
 export { resolveTrainType, TRAIN_TYPES, type ResolvedTrainType } from './train/train-type.js';
 export { expandModel, planExpansion, readExpansion, type Expansion } from './train/expand.js';
 export type { DeviceMemory, MemoryReport } from './train/memory.js';
+export {
+  StepProfiler,
+  chromeTrace,
+  formatProfile,
+  groupNodes,
+  writeProfileTrace,
+  type ProfileFormat,
+  type ProfileOptions,
+  type ProfileRow,
+  type StepGraph,
+  type StepProfile,
+} from './train/profile.js';
 export { savePeftAdapter, loadPeftAdapter } from './adapters/peft.js';
 export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './adapters/gguf-lora.js';
 export { mergeAdapter, saveModel } from './adapters/merge.js';

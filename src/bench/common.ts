@@ -21,6 +21,18 @@ export function runChild<T>(script: string, engine: string, args: string[]): T {
   return JSON.parse(r.stdout.trim().split('\n').pop()!) as T;
 }
 
+const OPENBLAS_OPENMP = '/usr/lib/x86_64-linux-gnu/openblas-openmp';
+
+/**
+ * A warning when the OpenMP build of OpenBLAS is missing: PyTorch then runs on another BLAS, 1.5-5x
+ * slower (../shared/bench/baseline/README.md), and its figures are no anchor. Null when present.
+ */
+export function openblasWarning(): string | null {
+  return existsSync(OPENBLAS_OPENMP)
+    ? null
+    : `PyTorch ran without OpenBLAS's OpenMP build (${OPENBLAS_OPENMP} missing: apt-get install libopenblas0-openmp); its figures are not the anchor`;
+}
+
 /**
  * Runs Debian's PyTorch as the baseline README prescribes: the OpenMP build of OpenBLAS, and
  * OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset. Returns the JSON of its last line, or why it could not run.
@@ -29,7 +41,7 @@ export function runChild<T>(script: string, engine: string, args: string[]): T {
 export function runPython<T>(args: string[]): T | string {
   const env: NodeJS.ProcessEnv = {
     ...process.env,
-    LD_LIBRARY_PATH: '/usr/lib/x86_64-linux-gnu/openblas-openmp',
+    LD_LIBRARY_PATH: OPENBLAS_OPENMP,
   };
   delete env['OPENBLAS_CORETYPE'];
   delete env['OPENBLAS_L2_SIZE'];

@@ -17,11 +17,12 @@ import { getEngine } from '../engine/library.js';
 import { parseLlamaConfig } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
 import { Graph } from '../tensor/graph.js';
+import { formatProfile, writeProfileTrace } from '../train/profile.js';
 import { resolveTrainType } from '../train/train-type.js';
 import { quantizeForTraining, Trainer, type Example, type PreparedModel } from '../train/trainer.js';
 import { peakRss } from '../train/memory.js';
 import { seededUniform } from '../util/random.js';
-import { stepFlops, type ChildResult, type ChildSpec } from './train.js';
+import { cpuFlags, stepFlops, type ChildResult, type ChildSpec } from './train.js';
 
 const MB = 2 ** 20;
 
@@ -195,24 +196,21 @@ export function child(spec: ChildSpec): ChildResult {
     {
       trainType: run.trainType,
       ...(run.quantization === null ? {} : { quantization: run.quantization }),
-      precision: 'fp32',
+      precision: spec.precision,
       ...(full ? {} : { lora: { rank: s.rank, alpha: s.alpha } }),
       batchSize: s.batch,
       maxSteps: 1_000_000,
       maxGradNorm: 0, // bench_lora.py does not clip (the norm graph still runs)
       optimizer: { name: 'adamw', lr: full ? 1e-3 : s.loraLr, weight_decay: 0 },
       seed: 0,
+      // one step after the timed ones, node by node
+      ...(spec.profile === null ? {} : { profile: { step: spec.warmup + spec.steps + 1 } }),
     },
   );
 
-  // time each of the Trainer's graphs: wrap Graph.run for this process
+  // time each of the Trainer's graphs (Graph.run calls the observer after each run)
   const graphTime = new Map<Graph, number>();
-  const run0 = Graph.prototype.run; // eslint-disable-line @typescript-eslint/unbound-method -- called with its graph below
-  Graph.prototype.run = function (this: Graph) {
-    const t0 = performance.now();
-    run0.call(this);
-    graphTime.set(this, (graphTime.get(this) ?? 0) + (performance.now() - t0) / 1000);
-  };
+  Graph.setRunObserver((g, ms) => graphTime.set(g, (graphTime.get(g) ?? 0) + ms / 1000));
   const graphsOf = (t: Trainer) => {
     const g = t as unknown as Record<'accGraph' | 'normGraph' | 'updateGraph', { g: Graph } | null>;
     return { accumulate: g.accGraph?.g, norm: g.normGraph?.g, update: g.updateGraph?.g };
@@ -250,6 +248,16 @@ export function child(spec: ChildSpec): ChildResult {
       trainer.evaluate(probe);
       fwd.push((performance.now() - t0) / 1000);
     }
+    let profileLines: string[] | null = null;
+    if (spec.profile !== null) {
+      trainer.step();
+      const p = trainer.profile()!;
+      writeProfileTrace(spec.profile.trace, p, trainer.memory());
+      profileLines = [
+        ...formatProfile(p, { labels: 15, blocks: false, top: 10 }),
+        `trace: ${spec.profile.trace}`,
+      ];
+    }
     const cleanTimes = times.filter((_, i) => clean[i] === 1);
     const mem = trainer.memory();
     const info = getEngine().info;
@@ -259,6 +267,10 @@ export function child(spec: ChildSpec): ChildResult {
     const numel = (ts: readonly { numel: number }[]) => ts.reduce((n, t) => n + t.numel, 0);
     return {
       engine: `${info.kind} (${info.cpuVariant})`,
+      cpu: info.cpuModel,
+      cpu_flags: cpuFlags(info.cpuFeatures),
+      precision: spec.precision,
+      profile: profileLines,
       threads: info.threads,
       tokens_per_step: s.batch * s.seq,
       step_s_best: round4(Math.min(...times)),
@@ -289,7 +301,7 @@ export function child(spec: ChildSpec): ChildResult {
       params_trainable: numel(trainer.params),
     };
   } finally {
-    Graph.prototype.run = run0;
+    Graph.setRunObserver(null);
     trainer.dispose();
   }
 }

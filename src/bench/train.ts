@@ -12,11 +12,13 @@
  * reported. PyTorch has no QLoRA: the QLoRA rows compare with PyTorch's fp32 LoRA.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getEngine } from '../engine/library.js';
-import { runPython } from './common.js';
+import { ConfigError } from '../errors.js';
+import type { Precision } from '../train/trainer.js';
+import { openblasWarning, runPython } from './common.js';
 
 // ------------------------------------------------------------------------------------ what runs
 
@@ -116,10 +118,40 @@ export function runTypesFor(shape: BenchShape, wanted: readonly string[]): Bench
   return wanted.filter((id) => shape.name !== '1.1b' || id === 'lora').map((id) => RUN_TYPES[id]!);
 }
 
+/**
+ * The precisions a benchmark row can run: `fp32`, and `bf16`: qtune's `bf16_autocast` (bf16
+ * matmuls over f32 master weights) against PyTorch's `--amp-bf16` (torch.autocast to bfloat16).
+ */
+export const BENCH_PRECISIONS = ['fp32', 'bf16'] as const;
+export type BenchPrecision = (typeof BENCH_PRECISIONS)[number];
+const TRAINER_PRECISION: Record<BenchPrecision, Precision> = { fp32: 'fp32', bf16: 'bf16_autocast' };
+
+/** The CPU features that decide the kernels (of those ggml's CPU backend reports), e.g. `AVX2 AVX512 AVX512_BF16`. */
+export function cpuFlags(features: Record<string, string>): string {
+  const wanted = [
+    'AVX2',
+    'FMA',
+    'F16C',
+    'AVX512',
+    'AVX512_BF16',
+    'AMX_INT8',
+    'AMX_BF16',
+    'NEON',
+    'SVE',
+    'DOTPROD',
+  ];
+  const on = wanted.filter((k) => features[k] !== undefined && features[k] !== '0');
+  return on.length === 0 ? 'none reported' : on.join(' ');
+}
+
 /** What the child process is asked to run. */
 export interface ChildSpec {
   shape: BenchShape;
   run: BenchRunType;
+  /** The Trainer's precision. */
+  precision: Precision;
+  /** Profile one extra step after the timed ones and write its Chrome trace to `trace` (null: no profile). */
+  profile: { trace: string } | null;
   warmup: number;
   steps: number;
   /** Seconds to wait for an idle machine before the timed steps (0: do not wait). */
@@ -129,6 +161,11 @@ export interface ChildSpec {
 /** What the child reports. */
 export interface ChildResult {
   engine: string;
+  cpu: string;
+  cpu_flags: string;
+  precision: Precision;
+  /** The profiled step's summary and top ops (with a profile), else null. */
+  profile: string[] | null;
   threads: number;
   tokens_per_step: number;
   step_s_best: number;
@@ -160,8 +197,11 @@ export interface BenchRow {
   train_type: string;
   /** The frozen base's quantization (nf4, int8), or null for a float base. */
   quantization: string | null;
-  /** The Trainer's precision (compute and trainable weights). */
-  precision: 'fp32';
+  /** fp32, or bf16 (qtune's bf16_autocast against PyTorch's --amp-bf16). */
+  precision: BenchPrecision;
+  cpu: string;
+  /** The CPU features that decide the kernels, e.g. `AVX2 AVX512 AVX512_BF16`. */
+  cpu_flags: string;
   engine: string;
   threads: number;
   tokens_per_s: number;
@@ -174,7 +214,7 @@ export interface BenchRow {
   graph_s: ChildResult['graph_s'];
   loss_first: number;
   loss_last: number;
-  /** bench_lora.py --mode baseline_mode, fp32. */
+  /** bench_lora.py --mode baseline_mode, in fp32 or with --amp-bf16. */
   baseline_mode: 'lora' | 'full';
   baseline_tokens_per_s: number | null;
   baseline_tokens_per_s_median: number | null;
@@ -219,9 +259,30 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 /** The child's entry point (dist/src/bench/train-child.js beside this file). */
 const CHILD = path.join(HERE, 'train-child.js');
 
-/** bench_lora.py in the project's ../shared/bench/baseline, when this is a checkout beside it. */
-export function defaultBaseline(): string {
-  return path.resolve(HERE, '../../../../shared/bench/baseline/bench_lora.py');
+const BASELINE = path.join('shared', 'bench', 'baseline', 'bench_lora.py');
+
+/**
+ * bench_lora.py of the project's `shared/bench/baseline`: the first found looking upward from this
+ * package (a checkout anywhere below the project folder finds it), else null.
+ */
+export function defaultBaseline(from = HERE): string | null {
+  for (let dir = path.resolve(from); ; dir = path.dirname(dir)) {
+    const file = path.join(dir, BASELINE);
+    if (existsSync(file)) return file;
+    if (path.dirname(dir) === dir) return null;
+  }
+}
+
+/** `--baseline PATH`: the baseline folder (holding bench_lora.py) or the script itself. */
+export function resolveBaseline(given: string): string {
+  const isDir = existsSync(given) && statSync(given).isDirectory();
+  const file = isDir ? path.join(given, 'bench_lora.py') : given;
+  if (!existsSync(file) || !statSync(file).isFile())
+    throw new ConfigError(
+      `baseline: ${given} is ${isDir ? 'a folder without bench_lora.py' : 'not a file or folder'}`,
+      { hint: 'give the shared/bench/baseline folder or its bench_lora.py' },
+    );
+  return file;
 }
 
 function runQtune(spec: ChildSpec): ChildResult {
@@ -259,6 +320,7 @@ function runTorch(
   steps: number,
   quietWait: number,
   threads: number,
+  precision: BenchPrecision,
 ): TorchResult | string {
   if (!existsSync(baseline)) return `PyTorch baseline skipped: ${baseline} not found (--baseline PATH)`;
   const args = {
@@ -282,7 +344,8 @@ function runTorch(
     tag: `qtune-bench-${s.name}-${mode}`,
   };
   const argv = Object.entries(args).flatMap(([k, v]) => [`--${k}`, String(v)]);
-  return runPython<TorchResult>([baseline, ...argv, '--no-eval', ...(s.tie ? ['--tie'] : [])]);
+  const flags = ['--no-eval', ...(s.tie ? ['--tie'] : []), ...(precision === 'bf16' ? ['--amp-bf16'] : [])];
+  return runPython<TorchResult>([baseline, ...argv, ...flags]);
 }
 
 // ------------------------------------------------------------------------------------ the benchmark
@@ -290,38 +353,54 @@ function runTorch(
 export interface BenchOptions {
   shapes: string[];
   trainTypes: string[];
+  /** fp32 and/or bf16 rows (default fp32). */
+  precisions?: BenchPrecision[];
   /** Override the shapes' timed and warm-up steps. */
   steps?: number;
   warmup?: number;
   rounds: number;
   baseline: string | null;
   quietWait: number;
+  /** Profile one extra step of each qtune run and write its trace into this folder (null: no profile). */
+  profileDir?: string | null;
   /** Progress lines (stderr in the CLI). */
   progress?: (line: string) => void;
 }
 
 export interface BenchReport {
   cpu: string;
+  cpuFlags: string;
   engine: string;
   threads: number;
   date: string;
   rounds: number;
   rows: BenchRow[];
+  /** Each profiled run's summary and top ops (with a profile directory). */
+  profiles: { run: string; lines: string[] }[];
   notes: string[];
 }
 
 const mb = (x: number) => Math.round(x * 10) / 10;
 
+function medianOf(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
 /**
- * Runs every shape × train type `rounds` times, alternating with the PyTorch baseline of the same
- * shape and mode; best of the rounds against best.
+ * Runs every shape × train type × precision `rounds` times, alternating with the PyTorch baseline of
+ * the same shape, mode and precision; best of the rounds against best, and the medians beside.
  */
 export function runTrainBench(o: BenchOptions): BenchReport {
   const info = getEngine().info;
   const log = o.progress ?? (() => {});
+  const precisions = o.precisions ?? ['fp32'];
   const notes: string[] = [];
-  const best = new Map<string, ChildResult>();
-  const torch = new Map<string, TorchResult>();
+  const ours = new Map<string, ChildResult[]>();
+  const torch = new Map<string, TorchResult[]>();
+  const profiles: BenchReport['profiles'] = [];
+  if (o.profileDir != null) mkdirSync(o.profileDir, { recursive: true });
   for (let round = 0; round < o.rounds; round++) {
     for (const name of o.shapes) {
       const shape = SHAPES[name]!;
@@ -329,30 +408,42 @@ export function runTrainBench(o: BenchOptions): BenchReport {
       const steps = o.steps ?? shape.steps;
       const runs = runTypesFor(shape, o.trainTypes);
       const modes = [...new Set(runs.map((r) => r.baseline))];
-      for (const mode of modes) {
-        if (o.baseline !== null) {
-          log(`round ${round + 1}: PyTorch ${name} ${mode} ...`);
-          const t = runTorch(o.baseline, shape, mode, warmup, steps, o.quietWait, info.threads);
-          if (typeof t === 'string') {
-            if (!notes.includes(t)) notes.push(t);
-          } else {
-            const key = `${name}/${mode}`;
-            const prev = torch.get(key);
-            if (prev === undefined || t.step_s_min < prev.step_s_min) torch.set(key, t);
-            log(
-              `  ${((shape.batch * shape.seq) / t.step_s_min).toFixed(0)} tokens/s (best step), peak RSS ${t.peak_rss_mib} MiB`,
-            );
+      for (const precision of precisions) {
+        for (const mode of modes) {
+          if (o.baseline !== null) {
+            log(`round ${round + 1}: PyTorch ${name} ${mode} ${precision} ...`);
+            const t = runTorch(o.baseline, shape, mode, warmup, steps, o.quietWait, info.threads, precision);
+            if (typeof t === 'string') {
+              if (!notes.includes(t)) notes.push(t);
+            } else {
+              const key = `${name}/${mode}/${precision}`;
+              torch.set(key, [...(torch.get(key) ?? []), t]);
+              log(
+                `  ${((shape.batch * shape.seq) / t.step_s_min).toFixed(0)} tokens/s (best step), peak RSS ${t.peak_rss_mib} MiB`,
+              );
+            }
           }
-        }
-        for (const run of runs.filter((r) => r.baseline === mode)) {
-          log(`round ${round + 1}: qtune ${name} ${run.id} ...`);
-          const r = runQtune({ shape, run, warmup, steps, quietWait: o.quietWait });
-          const key = `${name}/${run.id}`;
-          const prev = best.get(key);
-          if (prev === undefined || r.step_s_best < prev.step_s_best) best.set(key, r);
-          log(
-            `  ${(r.tokens_per_step / r.step_s_best).toFixed(0)} tokens/s (best step), peak RSS ${r.peak_rss_mb} MB`,
-          );
+          for (const run of runs.filter((r) => r.baseline === mode)) {
+            log(`round ${round + 1}: qtune ${name} ${run.id} ${precision} ...`);
+            const id = `${name}-${run.id}-${precision}-round${round + 1}`;
+            const profile =
+              o.profileDir == null ? null : { trace: path.join(o.profileDir, `profile-${id}.json`) };
+            const r = runQtune({
+              shape,
+              run,
+              precision: TRAINER_PRECISION[precision],
+              warmup,
+              steps,
+              quietWait: o.quietWait,
+              profile,
+            });
+            const key = `${name}/${run.id}/${precision}`;
+            ours.set(key, [...(ours.get(key) ?? []), r]);
+            log(
+              `  ${(r.tokens_per_step / r.step_s_best).toFixed(0)} tokens/s (best step), peak RSS ${r.peak_rss_mb} MB`,
+            );
+            if (r.profile !== null) profiles.push({ run: id, lines: r.profile });
+          }
         }
       }
     }
@@ -360,63 +451,77 @@ export function runTrainBench(o: BenchOptions): BenchReport {
   const rows: BenchRow[] = [];
   for (const name of o.shapes) {
     const shape = SHAPES[name]!;
-    for (const run of runTypesFor(shape, o.trainTypes)) {
-      const r = best.get(`${name}/${run.id}`)!;
-      const t = torch.get(`${name}/${run.baseline}`);
-      const tokens = r.tokens_per_step;
-      const tps = tokens / r.step_s_best;
-      const tpsMedian = tokens / r.step_s_median;
-      const bt = t === undefined ? null : tokens / t.step_s_min;
-      const btMedian = t === undefined ? null : tokens / t.step_s;
-      const row: BenchRow = {
-        shape: name,
-        train_type: run.trainType,
-        quantization: run.quantization,
-        precision: 'fp32',
-        engine: r.engine,
-        threads: r.threads,
-        tokens_per_s: mb(tps),
-        tokens_per_s_median: mb(tpsMedian),
-        step_s_best: r.step_s_best,
-        step_s_median: r.step_s_median,
-        gflops: mb(r.model_gflop_per_step / r.step_s_best),
-        peak_rss_mb: r.peak_rss_mb,
-        load_peak_rss_mb: r.load_peak_rss_mb,
-        graph_s: r.graph_s,
-        loss_first: r.loss_first,
-        loss_last: r.loss_last,
-        baseline_mode: run.baseline,
-        baseline_tokens_per_s: bt === null ? null : mb(bt),
-        baseline_tokens_per_s_median: btMedian === null ? null : mb(btMedian),
-        baseline_peak_rss_mb: t === undefined ? null : t.peak_rss_mib,
-        baseline_gflops: t === undefined ? null : mb(t.model_gflop_per_step / t.step_s_min),
-        ratio: bt === null ? null : Math.round((tps / bt) * 1000) / 1000,
-        ratio_median: btMedian === null ? null : Math.round((tpsMedian / btMedian) * 1000) / 1000,
-      };
-      if (run.trainType === 'qlora')
-        row.rss_ratio = t === undefined ? null : Math.round((r.peak_rss_mb / t.peak_rss_mib) * 1000) / 1000;
-      if (run.id === 'lora')
-        row.target = {
-          what: 'tokens/s ≥ PyTorch fp32 LoRA (ratio ≥ 1)',
-          met: row.ratio === null ? null : row.ratio >= 1,
+    for (const precision of precisions) {
+      for (const run of runTypesFor(shape, o.trainTypes)) {
+        const all = ours.get(`${name}/${run.id}/${precision}`)!;
+        const r = all.reduce((a, b) => (b.step_s_best < a.step_s_best ? b : a));
+        const ts = torch.get(`${name}/${run.baseline}/${precision}`) ?? [];
+        const t = ts.length === 0 ? undefined : ts.reduce((a, b) => (b.step_s_min < a.step_s_min ? b : a));
+        const tokens = r.tokens_per_step;
+        // medians over every timed step of every round (PyTorch: of its rounds' medians)
+        const stepMedian = medianOf(all.flatMap((x) => x.step_times));
+        const tps = tokens / r.step_s_best;
+        const tpsMedian = tokens / stepMedian;
+        const bt = t === undefined ? null : tokens / t.step_s_min;
+        const btMedian = t === undefined ? null : tokens / medianOf(ts.map((x) => x.step_s));
+        const row: BenchRow = {
+          shape: name,
+          train_type: run.trainType,
+          quantization: run.quantization,
+          precision,
+          cpu: r.cpu,
+          cpu_flags: r.cpu_flags,
+          engine: r.engine,
+          threads: r.threads,
+          tokens_per_s: mb(tps),
+          tokens_per_s_median: mb(tpsMedian),
+          step_s_best: r.step_s_best,
+          step_s_median: Math.round(stepMedian * 1e4) / 1e4,
+          gflops: mb(r.model_gflop_per_step / r.step_s_best),
+          peak_rss_mb: r.peak_rss_mb,
+          load_peak_rss_mb: r.load_peak_rss_mb,
+          graph_s: r.graph_s,
+          loss_first: r.loss_first,
+          loss_last: r.loss_last,
+          baseline_mode: run.baseline,
+          baseline_tokens_per_s: bt === null ? null : mb(bt),
+          baseline_tokens_per_s_median: btMedian === null ? null : mb(btMedian),
+          baseline_peak_rss_mb: t === undefined ? null : t.peak_rss_mib,
+          baseline_gflops: t === undefined ? null : mb(t.model_gflop_per_step / t.step_s_min),
+          ratio: bt === null ? null : Math.round((tps / bt) * 1000) / 1000,
+          ratio_median: btMedian === null ? null : Math.round((tpsMedian / btMedian) * 1000) / 1000,
         };
-      if (run.id === 'qlora')
-        row.target = {
-          what: 'peak RSS ≤ 40% of PyTorch fp32 LoRA (rss_ratio ≤ 0.4)',
-          met: row.rss_ratio == null ? null : row.rss_ratio <= 0.4,
-        };
-      rows.push(row);
+        if (run.trainType === 'qlora')
+          row.rss_ratio = t === undefined ? null : Math.round((r.peak_rss_mb / t.peak_rss_mib) * 1000) / 1000;
+        if (run.id === 'lora' && precision === 'fp32')
+          row.target = {
+            what: 'tokens/s ≥ PyTorch fp32 LoRA (ratio ≥ 1)',
+            met: row.ratio === null ? null : row.ratio >= 1,
+          };
+        if (run.id === 'qlora' && precision === 'fp32')
+          row.target = {
+            what: 'peak RSS ≤ 40% of PyTorch fp32 LoRA (rss_ratio ≤ 0.4)',
+            met: row.rss_ratio == null ? null : row.rss_ratio <= 0.4,
+          };
+        rows.push(row);
+      }
     }
   }
-  const first = [...torch.values()][0];
-  if (first !== undefined) notes.push(`PyTorch ${first.torch}, OpenBLAS core ${first.openblas_core}`);
+  const first = [...torch.values()][0]?.[0];
+  if (first !== undefined) {
+    notes.push(`PyTorch ${first.torch}, OpenBLAS core ${first.openblas_core}`);
+    const warning = openblasWarning();
+    if (warning !== null) notes.push(warning);
+  }
   return {
     cpu: info.cpuModel,
+    cpuFlags: cpuFlags(info.cpuFeatures),
     engine: `${info.kind} (${info.cpuVariant})`,
     threads: info.threads,
     date: new Date().toISOString().slice(0, 10),
     rounds: o.rounds,
     rows,
+    profiles,
     notes,
   };
 }
@@ -426,16 +531,16 @@ const fmt = (x: number | null | undefined, digits = 0) => (x == null ? 'n/a' : x
 /** The report as a markdown table and the targets, one line each. */
 export function formatReport(r: BenchReport): string[] {
   const lines = [
-    `CPU: ${r.cpu}; engine ${r.engine}; ${r.threads} threads; ${r.date}; best of ${r.rounds} round(s), fp32 compute`,
+    `CPU: ${r.cpu} (${r.cpuFlags}); engine ${r.engine}; ${r.threads} threads; ${r.date}; ${r.rounds} round(s), best and median`,
     ...r.notes,
     '',
-    '| shape | train type | base | tokens/s best (median) | PyTorch tokens/s best (median) | ratio best (median) | GFLOP/s qtune / PyTorch | peak RSS MB (load peak) | PyTorch peak RSS MB | RSS ratio | step s: accumulate (of it forward) / norm / update / other |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| shape | train type | base | precision | tokens/s best (median) | PyTorch tokens/s best (median) | ratio best (median) | GFLOP/s qtune / PyTorch | peak RSS MB (load peak) | PyTorch peak RSS MB | RSS ratio | step s: accumulate (of it forward) / norm / update / other | CPU, flags, engine |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const x of r.rows) {
     const g = x.graph_s;
     lines.push(
-      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} |`,
+      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${x.precision} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} | ${x.cpu} (${x.cpu_flags}), ${x.engine} |`,
     );
   }
   lines.push('');
@@ -452,5 +557,6 @@ export function formatReport(r: BenchReport): string[] {
       `target ${x.shape} ${x.train_type}${x.quantization ? ` ${x.quantization}` : ''}: ${x.target.what}: ${verdict}${by}`,
     );
   }
+  for (const p of r.profiles) lines.push('', `profile of ${p.run}:`, ...p.lines);
   return lines;
 }

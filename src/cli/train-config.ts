@@ -136,6 +136,17 @@ export const TRAIN_OPTIONS = {
     default: false,
     help: 'recompute each decoder block in the backward pass (less memory)',
   },
+  profile: {
+    kind: 'boolean',
+    default: false,
+    help: 'profile one step per op (node by node): print the table at the end, write output_dir/profile.json',
+  },
+  profile_step: {
+    kind: 'int',
+    default: null,
+    min: 1,
+    help: 'with profile: the step to profile (default 2, after a warm-up step; the last if fewer)',
+  },
   optimizer: { kind: 'string', default: 'adamw', choices: OPTIMIZER_NAMES, help: 'optimizer' },
   lr: { kind: 'number', default: 2e-4, min: 0, minExclusive: true, help: 'peak learning rate' },
   weight_decay: { kind: 'number', default: 0, min: 0, help: 'weight decay (not on norms and biases)' },
@@ -458,6 +469,10 @@ export function resolveTrainConfig(
   if (c.devices.includes('auto') && c.devices.length > 1)
     throw new ConfigError(`devices: [${c.devices.join(', ')}] mixes auto with device names`, {
       hint: 'use devices: auto, or list the devices',
+    });
+  if (c.profile_step !== null && !c.profile)
+    throw new ConfigError(`profile_step: ${c.profile_step} is set without profile`, {
+      hint: 'add --profile (or profile: true), or drop profile_step',
     });
   if (c.val_size >= 1 && !Number.isInteger(c.val_size))
     throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {

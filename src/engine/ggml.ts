@@ -91,6 +91,24 @@ export const CGraphHeadStruct = koffi.struct('ggml_cgraph_head', {
   n_leafs: 'int',
 });
 
+/**
+ * The whole of `struct ggml_cgraph` (ggml-impl.h), which `ggml_graph_view` returns by value: a view of
+ * nodes [i0, i1) that shares the graph's node array. Only the profiler uses it (src/engine/profile.ts).
+ */
+export const CGraphStruct = koffi.struct('ggml_cgraph_full', {
+  size: 'int',
+  n_nodes: 'int',
+  n_leafs: 'int',
+  nodes: 'void *',
+  grads: 'void *',
+  grad_accs: 'void *',
+  leafs: 'void *',
+  use_counts: 'void *',
+  visited_hash_set: koffi.struct('ggml_hash_set_layout', { size: 'size_t', used: 'void *', keys: 'void *' }),
+  order: 'int',
+  uid: 'uint64_t',
+});
+
 /** `enum ggml_backend_buffer_usage`: the scheduler runs ops next to tensors in WEIGHTS buffers. */
 export const BUFFER_USAGE_WEIGHTS = 1;
 
@@ -277,6 +295,9 @@ export interface GgmlApi {
   build_forward_expand(g: GraphPtr, t: T): void;
   graph_n_nodes(g: GraphPtr): N;
   graph_node(g: GraphPtr, i: N): T;
+  /** A view of nodes [i0, i1) (ggml-impl.h), returned by value as a {@link CGraphStruct} object. */
+  graph_view(g: GraphPtr, i0: N, i1: N): Record<string, unknown>;
+  op_name(op: N): string;
 
   // allocation
   gallocr_new(buft: BufferTypePtr): GallocrPtr | null;
@@ -466,6 +487,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   build_forward_expand: 'void ggml_build_forward_expand(ggml_cgraph *g, ggml_tensor *t)',
   graph_n_nodes: 'int ggml_graph_n_nodes(ggml_cgraph *g)',
   graph_node: 'ggml_tensor *ggml_graph_node(ggml_cgraph *g, int i)',
+  graph_view: 'ggml_cgraph_full ggml_graph_view(ggml_cgraph *g, int i0, int i1)',
+  op_name: 'const char *ggml_op_name(int op)',
 
   gallocr_new: 'ggml_gallocr *ggml_gallocr_new(ggml_backend_buffer_type *buft)',
   gallocr_free: 'void ggml_gallocr_free(ggml_gallocr *g)',

@@ -410,7 +410,7 @@ export class LlamaModel {
           );
           return add(h, mlp);
         };
-        x = o.checkpoint === true ? checkpoint([x], block) : block(x);
+        x = g.scope(`layers.${i}`, () => (o.checkpoint === true ? checkpoint([x], block) : block(x)));
       }
       if (o.lastOnly === true && T > 1) x = slice(x, 1, T - 1, T); // (B, 1, C)
       const h = mul(rmsNorm(x, c.rms_norm_eps), this.weight('model.norm.weight'));
@@ -466,9 +466,9 @@ export class LlamaModel {
       }
     }
     // query heads h·r .. h·r+r-1 share kv head h (ggml's grouped broadcasting = HF's repeat_kv)
-    const scores = linear(q, k); // (B, H, T, start+T)
+    const scores = g.label('attn.matmul', () => linear(q, k)); // (B, H, T, start+T)
     const probs = softmax(scores, { scale: 1 / Math.sqrt(hd), causal: true, mask: a.mask ?? null });
-    const out = matmul(probs, v); // (B, H, T, hd)
+    const out = g.label('attn.matmul', () => matmul(probs, v)); // (B, H, T, hd)
     const merged = reshape(permute(out, [0, 2, 1, 3]), [B, T, H * hd]);
     return this.project(`${p}.o_proj`, merged, a.hook);
   }

@@ -115,6 +115,10 @@ export abstract class GraphOptimizer implements Optimizer {
    * of `g` then applies one update with the current {@link lr}.
    */
   build(g: Graph, grads: Map<Tensor, Tensor>): void {
+    g.label('optim', () => this.buildUpdates(g, grads));
+  }
+
+  private buildUpdates(g: Graph, grads: Map<Tensor, Tensor>): void {
     g.noGrad(() => {
       const inputs = new Map<string, Tensor>();
       for (const key of Object.keys(this.scalars(1, this.lr))) {

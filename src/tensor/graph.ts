@@ -85,7 +85,41 @@ interface TapeEntry {
   inputs: Tensor[];
   output: Tensor;
   backward: BackwardRule;
+  /** The labels and block scopes open when the forward op was built (its backward gets them too). */
+  labels: LabelFrame[];
+  blocks: string[];
 }
+
+/**
+ * Where a node came from, for the profiler (src/tensor/profile.ts): its op label (`linear.fwd`,
+ * `lora/linear.dW`, `xent.bwd`; null when none was given) and its block scope (`layers.3`).
+ */
+export interface NodeLabel {
+  label: string | null;
+  block: string | null;
+}
+
+/** A label on the stack; a weak one (the default of a backward rule) yields to any label inside it. */
+interface LabelFrame {
+  name: string;
+  weak: boolean;
+}
+
+/** The label base of a tape op in the profile (forward `<base>.fwd`, backward `<base>.bwd`). */
+const LABEL_OF_OP: Record<string, string> = { rmsNorm: 'rms_norm', crossEntropy: 'xent', embedding: 'embed' };
+
+function joinLabels(frames: readonly LabelFrame[]): string | null {
+  if (frames.length === 0) return null;
+  const last = frames.length - 1;
+  return frames
+    .filter((f, i) => !f.weak || i === last)
+    .map((f) => f.name)
+    .join('/');
+}
+
+/** Called after every {@link Graph.run} while set (see {@link Graph.setRunObserver}). */
+export type RunObserver = (graph: Graph, ms: number) => void;
+let runObserver: RunObserver | null = null;
 
 interface LeafInit {
   tensor: Tensor;
@@ -160,8 +194,13 @@ export class Graph {
   private tape: TapeEntry[] = [];
   private readonly trackers: Set<Tensor>[] = [];
   private readonly outputs = new Set<Tensor>();
-  private readonly assigns: { target: TensorPtr; value: Tensor }[] = [];
+  private readonly assigns: { target: TensorPtr; value: Tensor; label: NodeLabel }[] = [];
+  private labelStack: LabelFrame[] = [];
+  private blockStack: string[] = [];
+  /** The label of every node built through {@link node}, by node address (JS only; ggml never sees it). */
+  private readonly nodeLabels = new Map<bigint, NodeLabel>();
   private readonly hooks: (() => void)[] = [];
+  private readonly disposers: (() => void)[] = [];
   private readonly setHooks = new Map<Tensor, ((data: Float32Array | Int32Array) => void)[]>();
   private readonly bounds = new Map<Tensor, IndexBound[]>();
   private recording = true;
@@ -284,6 +323,10 @@ export class Graph {
     }
     const ptr = make(this.ctx.ptr);
     if (name) getEngine().api.set_name(ptr, name.slice(0, 63));
+    this.nodeLabels.set(koffi.address(ptr), {
+      label: joinLabels(this.labelStack),
+      block: this.blockStack.length === 0 ? null : this.blockStack.join('.'),
+    });
     return new Tensor({
       ptr,
       shape,
@@ -297,8 +340,49 @@ export class Graph {
 
   /** Records an op's gradient rule on the tape (a no-op while building the backward pass itself). */
   record(op: string, inputs: Tensor[], output: Tensor, backward: BackwardRule): Tensor {
-    if (this.recording && output.requiresGrad) this.tape.push({ op, inputs, output, backward });
+    const info = output.kind === 'node' ? this.nodeLabels.get(koffi.address(output.ptr)) : undefined;
+    if (info !== undefined && info.label === null) info.label = `${LABEL_OF_OP[op] ?? op}.fwd`;
+    if (this.recording && output.requiresGrad) {
+      const labels = [...this.labelStack];
+      const blocks = [...this.blockStack];
+      this.tape.push({ op, inputs, output, backward, labels, blocks });
+    }
     return output;
+  }
+
+  /**
+   * Builds `fn` with the op label `name` on the nodes it creates (nested labels join with `/`: a
+   * LoRA product is `lora/linear.fwd`). Labels cost nothing in the ggml graph: they live in a JS map
+   * that only the profiler reads. Backward nodes get the labels of their forward op.
+   */
+  label<T>(name: string, fn: () => T): T {
+    this.labelStack.push({ name, weak: false });
+    try {
+      return this.build(fn);
+    } finally {
+      this.labelStack.pop();
+    }
+  }
+
+  /**
+   * Builds `fn` inside the block scope `name` (a model's `layers.3`): the profiler groups nodes by
+   * it. Scopes nest with `.`; backward nodes get the scope of their forward op.
+   *
+   * @example
+   * x = g.scope(`layers.${i}`, () => block(x));
+   */
+  scope<T>(name: string, fn: () => T): T {
+    this.blockStack.push(name);
+    try {
+      return this.build(fn);
+    } finally {
+      this.blockStack.pop();
+    }
+  }
+
+  /** The label and block of the node at `address` (from koffi.address), if it was built through {@link node}. */
+  labelOf(address: bigint): NodeLabel | undefined {
+    return this.nodeLabels.get(address);
   }
 
   /** Runs `fn` without recording gradient rules (optimizer updates, evaluation-only parts). */
@@ -357,31 +441,51 @@ export class Graph {
   /** Walks `tape` backwards, adding each op's input gradients into `grads`. */
   private propagate(tape: readonly TapeEntry[], grads: Map<Tensor, Tensor>): void {
     const { api } = getEngine();
-    for (let i = tape.length - 1; i >= 0; i--) {
-      const entry = tape[i]!;
-      const dy = grads.get(entry.output);
-      if (dy === undefined) continue;
-      const dxs = entry.backward(dy);
-      entry.inputs.forEach((x, k) => {
-        const raw = dxs[k] ?? null;
-        if (raw === null || !x.requiresGrad) return;
-        // ggml's elementwise kernels need contiguous rows: views (transpose, slice) are copied
-        const dx = isContiguous(raw)
-          ? raw
-          : this.node((ctx) => api.cont(ctx, raw.ptr), raw.shape, raw.dtype, false);
-        if (!sameShape(dx.shape, x.shape)) {
-          throw new QtuneError(
-            'GRAPH',
-            `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
-          );
-        }
-        const prev = grads.get(x);
-        grads.set(
-          x,
-          prev === undefined ? dx : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
-        );
-      });
+    const outerLabels = this.labelStack;
+    const outerBlocks = this.blockStack;
+    try {
+      for (let i = tape.length - 1; i >= 0; i--) this.propagateOne(tape[i]!, grads, api);
+    } finally {
+      this.labelStack = outerLabels;
+      this.blockStack = outerBlocks;
     }
+  }
+
+  /** One op's gradient rule, built under its forward's labels and block, its default label `<op>.bwd`. */
+  private propagateOne(
+    entry: TapeEntry,
+    grads: Map<Tensor, Tensor>,
+    api: ReturnType<typeof getEngine>['api'],
+  ): void {
+    const dy = grads.get(entry.output);
+    if (dy === undefined) return;
+    this.blockStack = entry.blocks;
+    const base = LABEL_OF_OP[entry.op] ?? entry.op;
+    // an op that labelled its own forward (crossEntropy: `xent`) gets `xent.bwd`, not `xent/xent.bwd`
+    const own = entry.labels[entry.labels.length - 1]?.name;
+    const outer = own === base || own === `${base}.fwd` ? entry.labels.slice(0, -1) : entry.labels;
+    this.labelStack = [...outer, { name: `${base}.bwd`, weak: true }];
+    const dxs = entry.backward(dy);
+    this.labelStack = [...entry.labels, { name: 'grad.accumulate', weak: false }];
+    entry.inputs.forEach((x, k) => {
+      const raw = dxs[k] ?? null;
+      if (raw === null || !x.requiresGrad) return;
+      // ggml's elementwise kernels need contiguous rows: views (transpose, slice) are copied
+      const dx = isContiguous(raw)
+        ? raw
+        : this.node((ctx) => api.cont(ctx, raw.ptr), raw.shape, raw.dtype, false);
+      if (!sameShape(dx.shape, x.shape)) {
+        throw new QtuneError(
+          'GRAPH',
+          `gradient rule of ${entry.op} returned ${fmtShape(dx.shape)} for input ${fmtShape(x.shape)}`,
+        );
+      }
+      const prev = grads.get(x);
+      grads.set(
+        x,
+        prev === undefined ? dx : this.node((ctx) => api.add(ctx, prev.ptr, dx.ptr), x.shape, 'f32', false),
+      );
+    });
   }
 
   /**
@@ -484,7 +588,7 @@ export class Graph {
     if (at === undefined) {
       if (target.numel !== value.numel)
         throw new ShapeError(`assign: ${fmtShape(value.shape)} into ${fmtShape(target.shape)}`);
-      this.assigns.push({ target: target.ptr, value });
+      this.assigns.push({ target: target.ptr, value, label: this.assignLabel() });
       return;
     }
     const ax = at.axis < 0 ? at.axis + target.rank : at.axis;
@@ -520,7 +624,15 @@ export class Graph {
       false,
       'assign_view',
     );
-    this.assigns.push({ target: view.ptr, value });
+    this.assigns.push({ target: view.ptr, value, label: this.assignLabel() });
+  }
+
+  /** The label of the copy that writes an assigned value back: `assign` inside the open labels. */
+  private assignLabel(): NodeLabel {
+    return {
+      label: joinLabels([...this.labelStack, { name: 'assign', weak: false }]),
+      block: this.blockStack.length === 0 ? null : this.blockStack.join('.'),
+    };
   }
 
   /** Runs `fn` before every {@link run} (per-run inputs such as dropout masks). */
@@ -603,7 +715,9 @@ export class Graph {
         throw new QtuneError('GRAPH', 'graph reached its node limit', {
           hint: 'raise GraphOptions.maxNodes',
         });
-      api.build_forward_expand(cgraph, api.cpy(this.ctx.ptr, a.value.ptr, a.target));
+      const copy = api.cpy(this.ctx.ptr, a.value.ptr, a.target);
+      this.nodeLabels.set(koffi.address(copy), a.label);
+      api.build_forward_expand(cgraph, copy);
     }
     const n = api.graph_n_nodes(cgraph);
     if (n === 0)
@@ -767,14 +881,44 @@ export class Graph {
 
   /** Computes the graph once. */
   run(): void {
+    const observer = runObserver;
+    const t0 = observer === null ? 0 : performance.now();
+    const cgraph = this.beginRun();
+    this.endRun(
+      this.scheduler !== null
+        ? this.scheduler.compute(cgraph)
+        : getEngine().api.backend_graph_compute(this.backend.ptr, cgraph),
+    );
+    if (observer !== null) observer(this, performance.now() - t0);
+  }
+
+  /**
+   * Computes the graph once as {@link run} does (the before-run hooks, the status check, the run
+   * count), through `compute` given the compiled ggml graph and the graph's backend: the profiler's
+   * node-by-node run (src/tensor/profile.ts). `compute` returns a ggml status.
+   */
+  runWith(compute: (cgraph: GraphPtr, backend: Backend) => number): void {
+    const cgraph = this.beginRun();
+    this.endRun(compute(cgraph, this.backend));
+  }
+
+  /**
+   * Calls `fn` with each graph and its wall time in milliseconds after every {@link run}, until set
+   * to null: how benchmarks time the Trainer's graphs. While none is set, run() does no extra work.
+   */
+  static setRunObserver(fn: RunObserver | null): void {
+    runObserver = fn;
+  }
+
+  private beginRun(): GraphPtr {
     assertAlive(this.state !== 'disposed', 'graph');
     if (this.state !== 'compiled' || this.cgraph === null)
       throw new QtuneError('GRAPH', 'run: compile() the graph first');
     for (const h of this.hooks) h();
-    const status =
-      this.scheduler !== null
-        ? this.scheduler.compute(this.cgraph)
-        : getEngine().api.backend_graph_compute(this.backend.ptr, this.cgraph);
+    return this.cgraph;
+  }
+
+  private endRun(status: number): void {
     if (status !== 0) {
       throw new QtuneError(
         'COMPUTE',
@@ -861,9 +1005,15 @@ export class Graph {
     return this.state !== 'disposed';
   }
 
+  /** Runs `fn` when the graph is disposed (native memory that refers to the graph, such as the profiler's views). */
+  onDispose(fn: () => void): void {
+    this.disposers.push(fn);
+  }
+
   /** Frees every native resource of the graph. Its tensors must not be used afterwards. */
   dispose(): void {
     if (this.state === 'disposed') return;
+    for (const fn of this.disposers.splice(0)) fn();
     this.allocator?.free();
     this.scheduler?.free();
     this.leafBuffer?.free();

@@ -236,7 +236,7 @@ export class LoraLayers {
       const a = this.store.get(`${module}.lora_A`);
       const b = this.store.get(`${module}.lora_B`);
       const xd = this.options.dropout > 0 ? mul(x, this.mask(g, module, x.shape)) : x;
-      const delta = scale(linear(linear(xd, a), b), m.scale); // (..., out)
+      const delta = g.label('lora', () => scale(linear(linear(xd, a), b), m.scale)); // (..., out)
       const base = linear(x, w);
       if (!this.options.dora) return add(base, delta);
       // DoRA: ‖W + s·B·A‖ per output row, treated as a constant (DoRA §4.3, as PEFT)

@@ -66,6 +66,7 @@ import {
   type PhaseMemory,
   type StepShape,
 } from './memory.js';
+import { StepProfiler, type ProfileOptions, type StepGraph, type StepProfile } from './profile.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
@@ -124,6 +125,12 @@ export interface TrainerOptions {
   lossScale?: { initial?: number; growthInterval?: number };
   /** Called with every log record (steps, evaluations, skipped steps). */
   onLog?: (record: LogRecord) => void;
+  /**
+   * Profile one step per op (src/train/profile.ts): `true` runs step 2 (or the last, if fewer) node
+   * by node and times the other steps' graphs whole; read the result with {@link Trainer.profile}.
+   * Off by default, and then no step does any profiling work.
+   */
+  profile?: boolean | ProfileOptions;
   /**
    * Data parallelism: the ranks of a job (a src/dist Communicator). Each step's global batch of
    * batchSize × gradientAccumulationSteps examples splits across the ranks (src/train/parallel.ts),
@@ -493,6 +500,8 @@ export class Trainer {
   /** Packing: some example carries segments, so the graphs take an attention mask input. */
   private readonly packed: boolean;
   private memoryReport: MemoryReport | null = null;
+  /** Set by the `profile` option: runs the step graphs (node by node on the profiled step). */
+  private readonly profiler: StepProfiler | null;
 
   /**
    * A trainer over a model already loaded with {@link prepareModel}. The trainer owns it from here
@@ -574,6 +583,12 @@ export class Trainer {
       if (!(epochs > 0))
         throw new ConfigError(`num_epochs: ${epochs} must be positive`, { hint: 'use 1 or more' });
       this.totalSteps = Math.max(1, Math.ceil(epochs * stepsPerEpoch));
+    }
+    try {
+      this.profiler = o.profile === undefined || o.profile === false ? null : this.createProfiler(o.profile);
+    } catch (e) {
+      this.disposeModel();
+      throw e;
     }
 
     try {
@@ -769,7 +784,7 @@ export class Trainer {
         const acc = this.grads.get(`grad${i}`);
         const grad = grads.get(p);
         if (grad === undefined) throw new QtuneError('GRAPH', `no gradient reaches ${p.name}`);
-        g.assign(acc, add(acc, grad));
+        g.label('grad.accumulate', () => g.assign(acc, add(acc, grad)));
       });
       const loss = g.output(lossSum);
       g.plan(); // compiled (allocated) by buildGraphs, after the forward phase
@@ -783,7 +798,7 @@ export class Trainer {
   private buildNorm(): NonNullable<Trainer['normGraph']> {
     const g = new Graph(this.model.backends);
     try {
-      const sumsq = g.build(() => {
+      const sumsq = g.label('grad.norm', () => {
         let total: Tensor | null = null;
         for (const t of this.grads.tensors) {
           const s = sum(sqr(t));
@@ -804,7 +819,11 @@ export class Trainer {
     try {
       const factor = g.input([1], 'f32', 'grad_factor');
       const grads = new Map<Tensor, Tensor>();
-      g.noGrad(() => this.params.forEach((p, i) => grads.set(p, mul(this.grads.get(`grad${i}`), factor))));
+      g.noGrad(() =>
+        g.label('grad.scale', () =>
+          this.params.forEach((p, i) => grads.set(p, mul(this.grads.get(`grad${i}`), factor))),
+        ),
+      );
       this.optimizer.build(g, grads);
       g.compile();
       return { g, factor };
@@ -989,7 +1008,7 @@ export class Trainer {
       acc.g.set(acc.labels, packed.labels);
       acc.g.set(acc.scale, Float32Array.of(this.lossScale));
       if (acc.mask !== null) acc.g.set(acc.mask, packed.mask!); // packing
-      acc.g.run();
+      this.runGraph(acc.g, 'accumulate');
       const l = acc.g.read(acc.loss)[0]!;
       if (!Number.isFinite(l)) overflow = true;
       lossSum += l;
@@ -1088,7 +1107,7 @@ export class Trainer {
       };
     }
     const norm = this.normGraph!;
-    norm.g.run();
+    this.runGraph(norm.g, 'norm');
     const gradNorm = Math.sqrt(norm.g.read(norm.sumsq)[0]!) / (tokens * this.lossScale);
     overflow ||= !Number.isFinite(gradNorm);
     let skipped = false;
@@ -1105,7 +1124,7 @@ export class Trainer {
       const up = this.updateGraph!;
       this.optimizer.lr = lr;
       up.g.set(up.factor, Float32Array.of(clip / (tokens * this.lossScale)));
-      up.g.run();
+      this.runGraph(up.g, 'update');
       if (this.scaling !== null && ++this.goodSteps >= this.scaling.growthInterval) {
         this.lossScale *= 2;
         this.goodSteps = 0;
@@ -1129,6 +1148,34 @@ export class Trainer {
       allreduceMs,
       allreduceBytes,
     };
+  }
+
+  /** Runs one of the step's graphs: plainly, or through the profiler when the `profile` option is set. */
+  private runGraph(g: Graph, which: StepGraph): void {
+    if (this.profiler === null) g.run();
+    else this.profiler.run(g, which, this.stepCount + 1);
+  }
+
+  private createProfiler(p: true | ProfileOptions): StepProfiler {
+    const step = p === true || p.step === undefined ? Math.min(2, this.totalSteps) : p.step;
+    if (!Number.isInteger(step) || step < 1 || step > this.totalSteps)
+      throw new ConfigError(`profile_step: ${step} must be a step of this run, 1 to ${this.totalSteps}`, {
+        hint: 'leave it unset to profile step 2 (after a warm-up step)',
+      });
+    return new StepProfiler(step);
+  }
+
+  /**
+   * The per-op profile of the profiled step (the `profile` option), once that step has run; null
+   * without the option or before. Format it with `formatProfile`, write it with `writeProfileTrace`.
+   *
+   * @example
+   * const t = new Trainer(prepared, data, { trainType: 'lora', maxSteps: 3, profile: true });
+   * t.train();
+   * console.log(formatProfile(t.profile()!).join('\n'));
+   */
+  profile(): StepProfile | null {
+    return this.profiler?.result() ?? null;
   }
 
   /**

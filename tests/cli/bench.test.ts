@@ -1,10 +1,20 @@
-/** `qtune bench`: the JSON's fields for one cheap run (behaviour, not timings), help, and bad flags. */
+/**
+ * `qtune bench`: the JSON's fields for one cheap run (behaviour, not timings) with a profile per
+ * run, help, and bad flags.
+ */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, it } from 'node:test';
 import { qtune } from '../helpers/cli.js';
 
+const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-bench-cli-'));
+after(() => rmSync(tmp, { recursive: true, force: true }));
+
 describe('qtune bench', () => {
-  it('--json prints one object per run with the documented fields', () => {
+  it('--json prints one object per run with the documented fields; --profile a trace per run', () => {
+    const profiles = path.join(tmp, 'profiles');
     const r = qtune([
       'bench',
       '--json',
@@ -19,8 +29,21 @@ describe('qtune bench', () => {
       '--no-baseline',
       '--quiet-wait',
       '0',
+      '--rounds',
+      '1',
+      '--profile',
+      '--profile-dir',
+      profiles,
     ]);
     assert.equal(r.code, 0, r.stderr);
+    for (const run of ['tiny-lora-fp32-round1', 'tiny-qlora-fp32-round1']) {
+      assert.match(r.stderr, new RegExp(`profile of ${run}:`));
+      const trace = JSON.parse(readFileSync(path.join(profiles, `profile-${run}.json`), 'utf8')) as {
+        traceEvents: { ph: string }[];
+      };
+      assert.ok(trace.traceEvents.some((e) => e.ph === 'X'));
+    }
+    assert.match(r.stderr, /\| op label \| ggml op \|/);
     const rows = JSON.parse(r.stdout) as Record<string, unknown>[];
     assert.equal(rows.length, 2);
     for (const key of [
@@ -34,7 +57,10 @@ describe('qtune bench', () => {
       'baseline_tokens_per_s',
       'baseline_peak_rss_mb',
       'ratio',
+      'ratio_median',
       'cpu',
+      'cpu_flags',
+      'engine',
     ]) {
       for (const row of rows) assert.ok(key in row, `missing ${key}`);
     }
@@ -55,7 +81,15 @@ describe('qtune bench', () => {
   it('--help lists the flags', () => {
     const r = qtune(['bench', '--help']);
     assert.equal(r.code, 0, r.stderr);
-    for (const flag of ['--shapes', '--train-types', '--steps', '--no-baseline', '--json'])
+    for (const flag of [
+      '--shapes',
+      '--train-types',
+      '--precision',
+      '--rounds',
+      '--profile',
+      '--baseline',
+      '--json',
+    ])
       assert.ok(r.stdout.includes(flag), flag);
   });
 
@@ -63,6 +97,8 @@ describe('qtune bench', () => {
     ['--shapes', 'huge'],
     ['--train-types', 'lora,magic'],
     ['--steps', '0'],
+    ['--precision', 'fp8'],
+    ['--baseline', path.join(tmp, 'no-such-baseline')],
   ]) {
     it(`bad input (${args.join(' ')}) exits 2 with one line`, () => {
       const r = qtune(['bench', ...args]);

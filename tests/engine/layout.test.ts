@@ -8,6 +8,7 @@ import { cpuBackend } from '../../src/engine/device.js';
 import { GGML_TYPE_IDS } from '../../src/engine/dtype.js';
 import {
   CGraphHeadStruct,
+  CGraphStruct,
   DevPropsStruct,
   GGML_OBJECT_SIZE,
   TensorStruct,
@@ -149,6 +150,40 @@ describe('declared ggml struct layouts match the library', () => {
       assert.equal(head.n_nodes, api.graph_n_nodes(g));
       assert.equal(head.n_nodes, 2);
       assert.equal(head.n_leafs, 2, 'a and b');
+    } finally {
+      ctx.free();
+    }
+  });
+
+  it('ggml_cgraph in full, as ggml_graph_view returns it: a one-node view shares the node array', () => {
+    const ctx = new NativeContext(16, 64);
+    try {
+      const a = api.new_tensor_1d(ctx.ptr, GGML_TYPE_IDS.f32, 4);
+      const b = api.new_tensor_1d(ctx.ptr, GGML_TYPE_IDS.f32, 4);
+      const g = api.new_graph_custom(ctx.ptr, 64, false);
+      api.build_forward_expand(g, api.mul(ctx.ptr, api.add(ctx.ptr, a, b), b));
+      type Full = {
+        size: number;
+        n_nodes: number;
+        nodes: unknown;
+        leafs: unknown;
+        visited_hash_set: { size: number | bigint };
+        order: number;
+      };
+      const full = koffi.decode(g, CGraphStruct) as Full;
+      assert.equal(full.n_nodes, 2);
+      assert.equal(koffi.address(koffi.decode(full.nodes, 'void *')), koffi.address(api.graph_node(g, 0)));
+      // ggml sizes the hash set to hold every node and leaf: at least 2·64, a prime below 2^20 here
+      const hash = Number(full.visited_hash_set.size);
+      assert.ok(hash >= 128 && hash < 2 ** 20, `hash set size ${hash}`);
+      assert.equal(full.order, 0, 'GGML_CGRAPH_EVAL_ORDER_LEFT_TO_RIGHT');
+      const view = api.graph_view(g, 1, 2) as unknown as Full;
+      assert.equal(view.size, 0);
+      assert.equal(view.n_nodes, 1);
+      assert.equal(koffi.address(view.nodes), koffi.address(full.nodes) + 8n);
+      assert.equal(Number(view.visited_hash_set.size), hash);
+      // 3 ints (+4 padding), 5 pointers, the hash set (size_t + 2 pointers), order (+4), uid: 96 on 64-bit
+      assert.equal(koffi.sizeof(CGraphStruct), 96);
     } finally {
       ctx.free();
     }

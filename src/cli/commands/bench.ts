@@ -1,12 +1,21 @@
 /** `qtune bench`: training tokens/s and peak RSS per train type, beside PyTorch run in the same session. */
-import { defaultBaseline, formatReport, RUN_TYPES, runTrainBench, SHAPES } from '../../bench/train.js';
+import {
+  BENCH_PRECISIONS,
+  defaultBaseline,
+  formatReport,
+  resolveBaseline,
+  RUN_TYPES,
+  runTrainBench,
+  SHAPES,
+  type BenchPrecision,
+} from '../../bench/train.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'bench',
   summary: 'Benchmark training (tokens/s, peak RSS) per train type against PyTorch fp32 on this machine.',
   usage:
-    'qtune bench [--shapes tiny,small,1.1b] [--train-types lora,qlora,qlora-int8,full] [--steps N] [--rounds N] [--no-baseline] [--json]',
+    'qtune bench [--shapes tiny,small,1.1b] [--train-types lora,qlora,qlora-int8,full] [--precision fp32,bf16] [--steps N] [--rounds N] [--profile] [--baseline DIR] [--no-baseline] [--json]',
   flags: {
     shapes: {
       type: 'string',
@@ -19,12 +28,17 @@ export const spec: CommandSpec = {
       help: 'lora, qlora (nf4 base), qlora-int8 (int8 base), full',
     },
     quick: { type: 'boolean', default: false, help: 'the tiny shape only, 3 timed steps, no wait for quiet' },
+    precision: {
+      type: 'string',
+      default: 'fp32',
+      help: "fp32 and/or bf16 rows (bf16: qtune's bf16_autocast against PyTorch's --amp-bf16)",
+    },
     steps: { type: 'string', help: 'timed steps per run (default: tiny 10, small 4, 1.1b 3)' },
     warmup: { type: 'string', help: 'untimed warm-up steps per run (default: tiny 2, small and 1.1b 1)' },
     rounds: {
       type: 'string',
-      default: '1',
-      help: 'alternate qtune and PyTorch this many times; best of them',
+      default: '3',
+      help: 'alternate qtune and PyTorch this many times; best and median of them',
     },
     'quiet-wait': {
       type: 'string',
@@ -33,7 +47,17 @@ export const spec: CommandSpec = {
     },
     baseline: {
       type: 'string',
-      help: 'bench_lora.py of the PyTorch baseline (default: ../shared/bench/baseline)',
+      help: 'the PyTorch baseline: its folder or bench_lora.py (default: shared/bench/baseline, looked for upward from qtune)',
+    },
+    profile: {
+      type: 'boolean',
+      default: false,
+      help: 'profile one extra step of each qtune run per op: print its top ops, write a trace per run to --profile-dir',
+    },
+    'profile-dir': {
+      type: 'string',
+      default: 'bench-profile',
+      help: 'where --profile writes profile-<run>.json',
     },
     'no-baseline': { type: 'boolean', default: false, help: 'skip PyTorch (no ratios)' },
     json: { type: 'boolean', default: false, help: 'print a JSON array, one object per run' },
@@ -67,15 +91,17 @@ export function run(argv: string[], out: (s: string) => void): number {
   const warmup = values['warmup'] === '0' ? 0 : intFlag('warmup', values['warmup']);
   const rounds = intFlag('rounds', values['rounds'])!;
   const quietWait = values['quiet-wait'] === '0' || quick ? 0 : intFlag('quiet-wait', values['quiet-wait'])!;
+  const precisions = list('precision', String(values['precision']), BENCH_PRECISIONS) as BenchPrecision[];
   const noBaseline = values['no-baseline'] === true;
-  const baseline = noBaseline
-    ? null
-    : typeof values['baseline'] === 'string'
-      ? values['baseline']
-      : defaultBaseline();
+  const given = typeof values['baseline'] === 'string' ? values['baseline'] : null;
+  const found = given === null ? defaultBaseline() : resolveBaseline(given);
+  const baseline = noBaseline ? null : found;
+  const profile = values['profile'] === true;
   const report = runTrainBench({
     shapes,
     trainTypes,
+    precisions,
+    profileDir: profile ? String(values['profile-dir']) : null,
     ...(steps === undefined ? {} : { steps }),
     ...(warmup === undefined ? {} : { warmup }),
     rounds,
@@ -83,13 +109,14 @@ export function run(argv: string[], out: (s: string) => void): number {
     quietWait,
     progress: (line) => console.error(line),
   });
+  if (!noBaseline && found === null)
+    report.notes.push(
+      'PyTorch baseline skipped: no shared/bench/baseline/bench_lora.py above qtune (--baseline DIR)',
+    );
   if (values['json'] === true) {
     for (const n of report.notes) console.error(n);
-    out(
-      JSON.stringify(
-        report.rows.map((r) => ({ cpu: report.cpu, date: report.date, rounds: report.rounds, ...r })),
-      ),
-    );
+    for (const p of report.profiles) console.error([`profile of ${p.run}:`, ...p.lines].join('\n'));
+    out(JSON.stringify(report.rows.map((r) => ({ date: report.date, rounds: report.rounds, ...r }))));
     return 0;
   }
   for (const line of formatReport(report)) out(line);

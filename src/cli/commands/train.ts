@@ -16,6 +16,7 @@ import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
+import { formatProfile, writeProfileTrace } from '../../train/profile.js';
 import {
   Trainer,
   checkStepMemory,
@@ -118,6 +119,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     epochs: c.num_epochs,
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
     gradientCheckpointing: c.gradient_checkpointing,
+    ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
     optimizer,
@@ -287,6 +289,13 @@ async function trainOn(
           : `, validation loss ${val.loss.toFixed(4)} (perplexity ${val.perplexity.toFixed(2)})`) +
         `, ${result.tokensPerS.toFixed(0)} tokens/s, peak RSS ${(result.memory.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
     );
+    const profile = trainer.profile();
+    if (profile !== null && writer) {
+      const file = path.join(c.output_dir, 'profile.json');
+      writeProfileTrace(file, profile, result.memory);
+      written.push(file);
+      for (const line of formatProfile(profile)) out(line);
+    }
     out(
       `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`,
     );

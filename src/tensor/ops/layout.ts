@@ -14,7 +14,9 @@ import { scale } from './elementwise.js';
 export function contiguous(x: Tensor): Tensor {
   if (isContiguous(x)) return x;
   const g = graphOf('contiguous', x);
-  const y = g.node((ctx) => ggml().cont(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'cont');
+  const y = g.label('copy', () =>
+    g.node((ctx) => ggml().cont(ctx, x.ptr), x.shape, x.dtype, x.requiresGrad, 'cont'),
+  );
   return g.record('contiguous', [x], y, (dy) => [dy]);
 }
 
@@ -191,7 +193,9 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   if (!isFloatDType(x.dtype) && !isQuantDType(x.dtype))
     throw new DTypeError(`cast: cannot cast ${x.dtype} to ${dtype}`);
   const trainable = isFloatDType(x.dtype) && x.requiresGrad;
-  const y = g.node((ctx) => ggml().cast(ctx, x.ptr, GGML_TYPE_IDS[dtype]), x.shape, dtype, trainable, 'cast');
+  const y = g.label('cast', () =>
+    g.node((ctx) => ggml().cast(ctx, x.ptr, GGML_TYPE_IDS[dtype]), x.shape, dtype, trainable, 'cast'),
+  );
   return g.record('cast', [x], y, (dy) => [cast(dy, x.dtype)]);
 }
 

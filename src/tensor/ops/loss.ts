@@ -26,6 +26,10 @@ export interface CrossEntropyOptions {
  * one rule: dlogits = (softmax(logits) − onehot(label))·w·dy.
  */
 export function crossEntropy(logits: Tensor, labels: Tensor, o: CrossEntropyOptions = {}): Tensor {
+  return graphOf('crossEntropy', logits, labels).label('xent', () => crossEntropyIn(logits, labels, o));
+}
+
+function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions): Tensor {
   const g = graphOf('crossEntropy', logits, labels);
   requireF32('crossEntropy', logits);
   if (labels.dtype !== 'i32' || labels.kind !== 'input') {

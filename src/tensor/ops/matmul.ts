@@ -52,7 +52,9 @@ export function linear(input: Tensor, w: Tensor): Tensor {
   }
   if (x.rank > 4) throw new ShapeError(`linear: input ${fmtShape(x.shape)} has more than 4 dimensions`);
   const out = [...x.shape.slice(0, -1), w.shape[w.rank - 2]!];
-  const y = g.node((ctx) => ggml().mul_mat(ctx, w.ptr, x.ptr), out, 'f32', anyGrad(x, w), 'linear');
+  const y = g.label('linear.fwd', () =>
+    g.node((ctx) => ggml().mul_mat(ctx, w.ptr, x.ptr), out, 'f32', anyGrad(x, w), 'linear'),
+  );
   return g.record('linear', [x, w], y, (dy) => [
     x.requiresGrad ? linearInputGrad(g, dy, w) : null,
     w.requiresGrad ? linearWeightGrad(dy, x, w) : null,
@@ -61,15 +63,17 @@ export function linear(input: Tensor, w: Tensor): Tensor {
 
 /** dX = dY · W, as `mul_mat(Wᵀ, dY)` with Wᵀ contiguous: the gradient rule of `linear` for its input. */
 export function linearInputGrad(g: Graph, dy: Tensor, w: Tensor): Tensor {
-  const wt = w.transposed ?? transposedForGrad(g, w);
+  const wt = w.transposed ?? g.label('wT', () => transposedForGrad(g, w));
   const xShape = [...dy.shape.slice(0, -1), w.shape[w.rank - 1]!];
-  return g.node((ctx) => ggml().mul_mat(ctx, wt.ptr, dy.ptr), xShape, 'f32', false, 'linear_dx');
+  return g.label('linear.dX', () =>
+    g.node((ctx) => ggml().mul_mat(ctx, wt.ptr, dy.ptr), xShape, 'f32', false, 'linear_dx'),
+  );
 }
 
 /** Wᵀ inside the graph: quantized weights are dequantized to f32 first (exact). */
 function transposedForGrad(g: Graph, w: Tensor): Tensor {
   const api = ggml();
-  const src = isQuantDType(w.dtype) ? dequantize(g, w) : w;
+  const src = isQuantDType(w.dtype) ? g.label('dequant', () => dequantize(g, w)) : w;
   const shape = [...w.shape.slice(0, -2), w.shape[w.rank - 1]!, w.shape[w.rank - 2]!];
   return g.node((ctx) => api.cont(ctx, api.transpose(ctx, src.ptr)), shape, src.dtype, false, 'wT');
 }
@@ -94,6 +98,10 @@ export function dequantize(g: Graph, w: Tensor): Tensor {
 
 /** dW = dYᵀ · X, summed over the rows (and the groups) that shared W. */
 function linearWeightGrad(dy: Tensor, x: Tensor, w: Tensor): Tensor {
+  return dy.graph!.label('linear.dW', () => weightGrad(dy, x, w));
+}
+
+function weightGrad(dy: Tensor, x: Tensor, w: Tensor): Tensor {
   const g = dy.graph!;
   const api = ggml();
   if (w.rank === 2) {
