@@ -60,30 +60,6 @@ export const TensorStruct = koffi.struct('ggml_tensor_layout', {
   padding: koffi.array('char', 8),
 });
 
-/**
- * What one graph node is: its op (ggml_op_desc), name, type id and address, and its sources' names,
- * type ids and addresses (which tell the sources that are nodes of the same graph).
- */
-export interface NodeInfo {
-  op: string;
-  name: string;
-  type: number;
-  address: bigint;
-  src: { name: string; type: number; address: bigint }[];
-}
-
-/** Reads a node's op, type and sources from its `struct ggml_tensor`. */
-export function decodeNode(api: Pick<GgmlApi, 'op_desc'>, node: TensorPtr): NodeInfo {
-  const t = koffi.decode(node, TensorStruct) as { type: number; name: string; src: unknown[] };
-  const src: NodeInfo['src'] = [];
-  for (const p of t.src) {
-    if (p === null) continue;
-    const s = koffi.decode(p, TensorStruct) as { type: number; name: string };
-    src.push({ name: s.name, type: s.type, address: koffi.address(p) });
-  }
-  return { op: api.op_desc(node), name: t.name, type: t.type, address: koffi.address(node), src };
-}
-
 /** The head of `struct ggml_cgraph` (ggml-impl.h): its capacity and how many nodes and leafs it holds. */
 export const CGraphHeadStruct = koffi.struct('ggml_cgraph_head', {
   size: 'int',

@@ -3,76 +3,10 @@
  * with each node's op, type, shape and sources, and computing a graph one node at a time through
  * one-node views (`ggml_graph_view`), each timed. Nothing here runs unless a profile is asked for.
  */
-import {
-  GGML_MAX_SRC,
-  CGraphStruct,
-  TensorStruct,
-  koffi,
-  type BackendPtr,
-  type GraphPtr,
-  type TensorPtr,
-} from './ggml.js';
+import { CGraphStruct, koffi, type BackendPtr, type GraphPtr } from './ggml.js';
 import { getEngine } from './library.js';
 
-/** A tensor as the profiler sees it: ggml type name, `ne` (innermost first) and bytes. */
-export interface NativeTensorInfo {
-  address: bigint;
-  type: string;
-  ne: [number, number, number, number];
-  nbytes: number;
-}
-
-/** One node of a compiled graph. */
-export interface NativeNode extends NativeTensorInfo {
-  /** Position in the graph's execution order. */
-  index: number;
-  ptr: TensorPtr;
-  /** `ggml_op_desc`: the op name, or the unary/GLU op's name (SILU, SWIGLU). */
-  op: string;
-  name: string;
-  srcs: NativeTensorInfo[];
-}
-
-/** Ops that only reinterpret memory: the CPU backend computes nothing for them. */
-export const NO_OP_NODES: ReadonlySet<string> = new Set(['NONE', 'VIEW', 'RESHAPE', 'PERMUTE', 'TRANSPOSE']);
-
-interface RawTensor {
-  type: number;
-  ne: ArrayLike<number | bigint>;
-  src: unknown[];
-}
-
-function tensorInfo(ptr: unknown): { info: NativeTensorInfo; raw: RawTensor } {
-  const { api } = getEngine();
-  const raw = koffi.decode(ptr, TensorStruct) as RawTensor;
-  const ne = Array.from(raw.ne, Number) as [number, number, number, number];
-  const info = {
-    address: koffi.address(ptr),
-    type: api.type_name(raw.type),
-    ne,
-    nbytes: api.nbytes(ptr as TensorPtr),
-  };
-  return { info, raw };
-}
-
-/** Every node of `cgraph` in execution order, with its sources. */
-export function graphNodes(cgraph: GraphPtr): NativeNode[] {
-  const { api } = getEngine();
-  const n = api.graph_n_nodes(cgraph);
-  const out: NativeNode[] = [];
-  for (let i = 0; i < n; i++) {
-    const ptr = api.graph_node(cgraph, i);
-    const { raw, info } = tensorInfo(ptr);
-    const srcs: NativeTensorInfo[] = [];
-    for (let k = 0; k < GGML_MAX_SRC; k++) {
-      const s = raw.src[k];
-      if (s === null || s === undefined) continue;
-      srcs.push(tensorInfo(s).info);
-    }
-    out.push({ ...info, index: i, ptr, op: api.op_desc(ptr), name: api.get_name(ptr), srcs });
-  }
-  return out;
-}
+export { NO_OP_NODES, graphNodes, type NativeNode, type NativeTensorInfo } from './nodes.js';
 
 /**
  * One-node views of chosen nodes of a compiled graph, made up front (native memory owned by koffi's

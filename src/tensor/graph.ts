@@ -23,15 +23,9 @@
  */
 import { cpuBackend, type Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, dtypeFromId, type DType } from '../engine/dtype.js';
-import {
-  CGraphHeadStruct,
-  TensorStruct,
-  decodeNode,
-  koffi,
-  type GraphPtr,
-  type TensorPtr,
-} from '../engine/ggml.js';
+import { CGraphHeadStruct, TensorStruct, koffi, type GraphPtr, type TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
+import { graphNodes } from '../engine/nodes.js';
 import {
   GraphAllocator,
   NativeBuffer,
@@ -980,17 +974,15 @@ export class Graph {
    */
   nodes(): GraphNode[] {
     if (this.cgraph === null) return [];
-    const { api } = getEngine();
-    const n = api.graph_n_nodes(this.cgraph);
-    const infos = Array.from({ length: n }, (_, i) => decodeNode(api, api.graph_node(this.cgraph!, i)));
+    const infos = graphNodes(this.cgraph);
     const index = new Map(infos.map((info, i) => [info.address, i]));
     return infos.map((info) => ({
       op: info.op,
       name: info.name,
-      dtype: dtypeFromId(info.type),
-      src: info.src.map((s) => ({
+      dtype: dtypeFromId(info.typeId),
+      src: info.srcs.map((s) => ({
         name: s.name,
-        dtype: dtypeFromId(s.type),
+        dtype: dtypeFromId(s.typeId),
         node: index.get(s.address) ?? null,
       })),
     }));
