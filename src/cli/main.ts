@@ -3,6 +3,7 @@
  * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
  */
 import { COMPUTING_COMMANDS, ensureNativeEngine } from '../engine/auto-build.js';
+import { beforeEngineLoad } from '../engine/library.js';
 import { QtuneError, fileSystemError } from '../errors.js';
 import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
@@ -73,10 +74,10 @@ export async function main(
     if (command === undefined) {
       throw new UsageError(`unknown command "${name}"`, `commands: ${Object.keys(COMMANDS).join(', ')}`);
     }
-    // the first computing command on a machine builds the native engine (src/engine/auto-build.ts)
-    const help = rest.includes('--help') || rest.includes('-h');
-    if (COMPUTING_COMMANDS.includes(name) && !help && !rest.includes('--dry-run'))
-      ensureNativeEngine((line) => console.error(line));
+    // the first computing command on a machine builds the native engine (src/engine/auto-build.ts),
+    // when it first needs the engine: after its flags parsed, so that a mistake fails at once
+    if (COMPUTING_COMMANDS.includes(name))
+      beforeEngineLoad(() => ensureNativeEngine((line) => console.error(line)));
     return await command.run(rest, out);
   } catch (thrown) {
     // a file-system failure no command checked for (EISDIR, ENOSPC, ...) is one line too, naming the path

@@ -142,10 +142,12 @@ function takeLock(): boolean {
   }
 }
 
-/** The commands that compute, and so are worth a native engine. */
+/**
+ * The commands that compute, and so are worth a native engine (built when they first load the
+ * engine; `launch` builds before it starts its ranks).
+ */
 export const COMPUTING_COMMANDS: readonly string[] = [
   'train',
-  'launch',
   'eval',
   'generate',
   'chat',

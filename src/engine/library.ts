@@ -75,8 +75,23 @@ const logLines: string[] = [];
 
 /** The loaded engine; loads it on first use. */
 export function getEngine(): Engine {
-  engine ??= loadEngine();
+  if (engine === undefined) {
+    const hook = beforeLoad;
+    beforeLoad = null;
+    hook?.();
+    engine = loadEngine();
+  }
   return engine;
+}
+
+let beforeLoad: (() => void) | null = null;
+
+/**
+ * Runs `fn` once, just before the engine first loads (the CLI builds the native engine there, so that
+ * a command whose flags are wrong fails before any build). No effect once the engine is loaded.
+ */
+export function beforeEngineLoad(fn: () => void): void {
+  if (engine === undefined) beforeLoad = fn;
 }
 
 /** Messages ggml logged while loading (device discovery, failures). */

@@ -44,6 +44,13 @@ describe('the prebuilt engine when no native one can be built', () => {
     ]);
   });
 
+  it('a mistake in the flags fails at once, before any build', () => {
+    const r = qtune(['demo', '--steps=-3'], { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '' });
+    assert.equal(r.code, 2, r.stderr);
+    assert.deepEqual(engineLines(r.stderr), []);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  });
+
   it('while another process builds, this run uses the prebuilt engine', { skip }, () => {
     const lock = `${nativeDirUnder(cache)}.lock`;
     mkdirSync(lock, { recursive: true });

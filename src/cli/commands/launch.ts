@@ -5,6 +5,7 @@
  * its exit code.
  */
 import { spawn } from 'node:child_process';
+import { ensureNativeEngine } from '../../engine/auto-build.js';
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -94,6 +95,8 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     );
   out(planText(plan));
   if (values['dry-run'] === true) return 0;
+  // the ranks never build the native engine themselves (src/engine/auto-build.ts): build it here
+  ensureNativeEngine((line) => console.error(line));
   const child = spawn(plan.command, plan.args, { stdio: 'inherit', env: { ...process.env, ...plan.env } });
   const forward = (signal: NodeJS.Signals) => () => child.kill(signal);
   const onTerm = forward('SIGTERM');
