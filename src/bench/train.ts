@@ -226,7 +226,7 @@ export interface BenchRow {
   ratio_median: number | null;
   /** QLoRA rows: peak_rss_mb ÷ PyTorch fp32 LoRA's peak RSS. */
   rss_ratio?: number | null;
-  /** The issue's targets: LoRA tokens/s ≥ PyTorch fp32 (ratio ≥ 1); 4-bit QLoRA peak RSS ≤ 40% of it. */
+  /** Issue 14's targets (fp32 rows): LoRA ≥ 1.5x PyTorch; QLoRA nf4 ≥ 1.5x and peak RSS ≤ 35%; full ≥ 1x, RSS ≤. */
   target?: { what: string; met: boolean | null };
 }
 
@@ -493,16 +493,26 @@ export function runTrainBench(o: BenchOptions): BenchReport {
         };
         if (run.trainType === 'qlora')
           row.rss_ratio = t === undefined ? null : Math.round((r.peak_rss_mb / t.peak_rss_mib) * 1000) / 1000;
-        if (run.id === 'lora' && precision === 'fp32')
-          row.target = {
-            what: 'tokens/s ≥ PyTorch fp32 LoRA (ratio ≥ 1)',
-            met: row.ratio === null ? null : row.ratio >= 1,
-          };
-        if (run.id === 'qlora' && precision === 'fp32')
-          row.target = {
-            what: 'peak RSS ≤ 40% of PyTorch fp32 LoRA (rss_ratio ≤ 0.4)',
-            met: row.rss_ratio == null ? null : row.rss_ratio <= 0.4,
-          };
+        // issue 14's targets, fp32 rows against PyTorch fp32 of the same mode
+        if (precision === 'fp32') {
+          const rss = run.trainType === 'qlora' ? (row.rss_ratio ?? null) : null;
+          const peakOk = t === undefined ? null : r.peak_rss_mb <= t.peak_rss_mib; // full: peak RSS ≤ PyTorch's
+          if (run.id === 'lora')
+            row.target = {
+              what: 'tokens/s ≥ 1.5x PyTorch fp32 LoRA',
+              met: row.ratio === null ? null : row.ratio >= 1.5,
+            };
+          if (run.id === 'qlora')
+            row.target = {
+              what: 'tokens/s ≥ 1.5x PyTorch fp32 LoRA and peak RSS ≤ 35% of its (rss_ratio ≤ 0.35)',
+              met: row.ratio === null || rss === null ? null : row.ratio >= 1.5 && rss <= 0.35,
+            };
+          if (run.id === 'full')
+            row.target = {
+              what: 'tokens/s ≥ 1.0x PyTorch fp32 full and peak RSS ≤ its',
+              met: row.ratio === null || peakOk === null ? null : row.ratio >= 1 && peakOk,
+            };
+        }
         rows.push(row);
       }
     }
