@@ -270,7 +270,9 @@ describe('qtune train --profile', () => {
 
   it('prints the table and writes profile.json; without the flag, no profile.json', () => {
     const out = path.join(tmp, 'out-profile');
-    const r = qtune([...tinyTrainArgs(tiny, out), ...quick, '--profile']);
+    // a generous limit: the run takes ~2 s alone, but CI once ran it beside lavapipe compiling
+    // shaders on both cores, and its first step took ~100 s
+    const r = qtune([...tinyTrainArgs(tiny, out), ...quick, '--profile'], {}, 600_000);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /profile of step 2, node by node/);
     assert.match(r.stdout, /\| op label \| ms\/step/);
@@ -281,7 +283,7 @@ describe('qtune train --profile', () => {
     assert.ok(trace.traceEvents.some((e) => e.ph === 'X'));
 
     const plain = path.join(tmp, 'out-plain');
-    const r2 = qtune([...tinyTrainArgs(tiny, plain), ...quick]);
+    const r2 = qtune([...tinyTrainArgs(tiny, plain), ...quick], {}, 600_000);
     assert.equal(r2.code, 0, r2.stderr);
     assert.ok(!existsSync(path.join(plain, 'profile.json')));
     assert.doesNotMatch(r2.stdout, /op label/);
