@@ -9,6 +9,7 @@ if [ "$(node -p process.arch)" != "x64" ]; then
   echo "== test-variants: skipped: the prebuilt CPU variants are x86-64 ones (this is $(node -p process.arch))"
   exit 0
 fi
+export QTUNE_ENGINE="${QTUNE_ENGINE-prebuilt}" # the engine npm test used (scripts/run-tests.sh)
 used="$(node bin/qtune.js engine info --json | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const j=JSON.parse(s);console.log(j.kind==="native"?"native":j.cpuVariant)})')"
 if [ "$used" = "haswell" ]; then
   echo "== test-variants: skipped: npm test already ran the haswell (AVX2) variant, the best this CPU has"
