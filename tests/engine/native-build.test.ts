@@ -4,7 +4,8 @@
  * prefers it, and it computes what the prebuilt engine computes. Without the tools, after a failed
  * build, or while another process builds, the prebuilt engine runs and one line says why. Builds into
  * a temporary QTUNE_CACHE_DIR (1–3 minutes on 2 cores). QTUNE_ENGINE is set to '' here: the test
- * runner sets it to prebuilt for every other test, so that no other test builds.
+ * runner sets it to prebuilt for every other test, so that no other test builds; QTUNE_CPU_VARIANT
+ * is cleared too (a chosen prebuilt variant implies the prebuilt engine).
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -25,7 +26,11 @@ function engineLines(stderr: string): string[] {
 
 /** Where a native build for this CPU goes under `cache` (from `qtune engine info`). */
 function nativeDirUnder(cache: string): string {
-  const text = qtune(['engine', 'info'], { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '' }).stdout;
+  const text = qtune(['engine', 'info'], {
+    QTUNE_CACHE_DIR: cache,
+    QTUNE_ENGINE: '',
+    QTUNE_CPU_VARIANT: '',
+  }).stdout;
   const m = /`qtune engine build` writes (\S+)\)/.exec(text);
   assert.ok(m !== null, text);
   return m[1]!;
@@ -36,7 +41,7 @@ describe('the prebuilt engine when no native one can be built', () => {
   after(() => rmSync(cache, { recursive: true, force: true }));
 
   it('without git, cmake and a compiler: one line, and the command runs', () => {
-    const env = { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '', PATH: '/nonexistent' };
+    const env = { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '', QTUNE_CPU_VARIANT: '', PATH: '/nonexistent' };
     const r = qtune(['demo', '--steps', '2'], env);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual(engineLines(r.stderr), [
@@ -45,7 +50,11 @@ describe('the prebuilt engine when no native one can be built', () => {
   });
 
   it('a mistake in the flags fails at once, before any build', () => {
-    const r = qtune(['demo', '--steps=-3'], { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '' });
+    const r = qtune(['demo', '--steps=-3'], {
+      QTUNE_CACHE_DIR: cache,
+      QTUNE_ENGINE: '',
+      QTUNE_CPU_VARIANT: '',
+    });
     assert.equal(r.code, 2, r.stderr);
     assert.deepEqual(engineLines(r.stderr), []);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
@@ -55,7 +64,11 @@ describe('the prebuilt engine when no native one can be built', () => {
     const lock = `${nativeDirUnder(cache)}.lock`;
     mkdirSync(lock, { recursive: true });
     try {
-      const r = qtune(['demo', '--steps', '2'], { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '' });
+      const r = qtune(['demo', '--steps', '2'], {
+        QTUNE_CACHE_DIR: cache,
+        QTUNE_ENGINE: '',
+        QTUNE_CPU_VARIANT: '',
+      });
       assert.equal(r.code, 0, r.stderr);
       assert.deepEqual(engineLines(r.stderr), [
         'qtune: another qtune process is building the native CPU engine; this run uses the prebuilt one',
@@ -66,7 +79,12 @@ describe('the prebuilt engine when no native one can be built', () => {
   });
 
   it('a failed build is said once, remembered, and not retried until `engine build`', { skip }, () => {
-    const env = { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '', QTUNE_LLAMA_CPP_SOURCE: '/nonexistent-llama' };
+    const env = {
+      QTUNE_CACHE_DIR: cache,
+      QTUNE_ENGINE: '',
+      QTUNE_CPU_VARIANT: '',
+      QTUNE_LLAMA_CPP_SOURCE: '/nonexistent-llama',
+    };
     const first = qtune(['demo', '--steps', '2'], env);
     assert.equal(first.code, 0, first.stderr);
     const lines = engineLines(first.stderr);
@@ -88,7 +106,7 @@ describe('the prebuilt engine when no native one can be built', () => {
 
 describe('native engine build', { skip }, () => {
   const cache = mkdtempSync(path.join(os.tmpdir(), 'qtune-native-'));
-  const env = { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '' };
+  const env = { QTUNE_CACHE_DIR: cache, QTUNE_ENGINE: '', QTUNE_CPU_VARIANT: '' };
   after(() => rmSync(cache, { recursive: true, force: true }));
 
   it('the first computing command builds it, once; then it is preferred and in engine info', () => {
