@@ -24,7 +24,7 @@ const K = 4096; // in features
 const N = 2048; // out features
 const M = 512; // tokens
 const FLOP = 2 * K * N * M;
-const TYPES: DType[] = ['f32', 'f16', 'q8_0', 'q4_0'];
+const TYPES: DType[] = ['f32', 'bf16', 'f16', 'q8_0', 'q4_0'];
 const REPACKED: DType[] = ['q4_0', 'q4_K', 'iq4_nl'];
 
 interface Row {

@@ -16,6 +16,10 @@ export QTUNE_THREADS="${QTUNE_THREADS:-1}"
 # the middle of the suite would change the engine under the tests that follow. The native build and
 # its automatic start are tested by tests/engine/native-build.test.ts in a temporary cache.
 export QTUNE_ENGINE="${QTUNE_ENGINE-prebuilt}"
+# A quantized base's input-gradient type is measured per machine (quant_compute_dtype: auto); the
+# suite pins f32 so that no result depends on which machine measured what (tests/train/frozen.test.ts
+# measures, and checks the bf16 path).
+export QTUNE_QUANT_COMPUTE_DTYPE="${QTUNE_QUANT_COMPUTE_DTYPE-f32}"
 rm -f dist/test-summary.txt
 node --test --test-concurrency=2 \
   --test-reporter=spec --test-reporter-destination=stdout \

@@ -203,6 +203,7 @@ export function child(spec: ChildSpec): ChildResult {
       maxGradNorm: 0, // bench_lora.py does not clip (the norm graph still runs)
       optimizer: { name: 'adamw', lr: full ? 1e-3 : s.loraLr, weight_decay: 0 },
       seed: 0,
+      ...spec.trainer,
       // one step after the timed ones, node by node
       ...(spec.profile === null ? {} : { profile: { step: spec.warmup + spec.steps + 1 } }),
     },
@@ -270,6 +271,7 @@ export function child(spec: ChildSpec): ChildResult {
       cpu: info.cpuModel,
       cpu_flags: cpuFlags(info.cpuFeatures),
       precision: spec.precision,
+      choices: trainer.kernelChoiceLines(),
       profile: profileLines,
       threads: info.threads,
       tokens_per_step: s.batch * s.seq,

@@ -17,6 +17,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getEngine } from '../engine/library.js';
 import { ConfigError } from '../errors.js';
+import type { FrozenCopies } from '../train/frozen.js';
+import type { ComputeDTypeChoice } from '../train/kernel-choice.js';
 import type { Precision } from '../train/trainer.js';
 import { openblasWarning, runPython } from './common.js';
 
@@ -156,6 +158,14 @@ export interface ChildSpec {
   steps: number;
   /** Seconds to wait for an idle machine before the timed steps (0: do not wait). */
   quietWait: number;
+  /** Trainer settings other than the user's defaults (a lever switched off, to measure what it buys). */
+  trainer?: BenchTrainerSettings;
+}
+
+/** The Trainer settings a benchmark can change from their defaults. */
+export interface BenchTrainerSettings {
+  frozenWeightCopies?: FrozenCopies;
+  quantComputeDType?: ComputeDTypeChoice;
 }
 
 /** What the child reports. */
@@ -164,6 +174,8 @@ export interface ChildResult {
   cpu: string;
   cpu_flags: string;
   precision: Precision;
+  /** What the Trainer chose for the frozen base's matmuls (its log lines). */
+  choices: string[];
   /** The profiled step's summary and top ops (with a profile), else null. */
   profile: string[] | null;
   threads: number;
@@ -203,6 +215,8 @@ export interface BenchRow {
   /** The CPU features that decide the kernels, e.g. `AVX2 AVX512 AVX512_BF16`. */
   cpu_flags: string;
   engine: string;
+  /** What the Trainer chose for the frozen base's matmuls. */
+  choices: string[];
   threads: number;
   tokens_per_s: number;
   tokens_per_s_median: number;
@@ -363,6 +377,8 @@ export interface BenchOptions {
   quietWait: number;
   /** Profile one extra step of each qtune run and write its trace into this folder (null: no profile). */
   profileDir?: string | null;
+  /** Trainer settings other than the defaults, for every qtune run. */
+  trainer?: BenchTrainerSettings;
   /** Progress lines (stderr in the CLI). */
   progress?: (line: string) => void;
 }
@@ -436,6 +452,7 @@ export function runTrainBench(o: BenchOptions): BenchReport {
               steps,
               quietWait: o.quietWait,
               profile,
+              ...(o.trainer === undefined ? {} : { trainer: o.trainer }),
             });
             const key = `${name}/${run.id}/${precision}`;
             ours.set(key, [...(ours.get(key) ?? []), r]);
@@ -472,6 +489,7 @@ export function runTrainBench(o: BenchOptions): BenchReport {
           cpu: r.cpu,
           cpu_flags: r.cpu_flags,
           engine: r.engine,
+          choices: r.choices,
           threads: r.threads,
           tokens_per_s: mb(tps),
           tokens_per_s_median: mb(tpsMedian),
@@ -550,7 +568,7 @@ export function formatReport(r: BenchReport): string[] {
   for (const x of r.rows) {
     const g = x.graph_s;
     lines.push(
-      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${x.precision} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} | ${x.cpu} (${x.cpu_flags}), ${x.engine} |`,
+      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${x.precision} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} | ${x.cpu} (${x.cpu_flags}), ${x.engine}${x.choices.length === 0 ? '' : `; ${x.choices.join('; ')}`} |`,
     );
   }
   lines.push('');

@@ -14,6 +14,8 @@ import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
+import { FROZEN_COPIES } from '../train/frozen.js';
+import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 
@@ -146,6 +148,18 @@ export const TRAIN_OPTIONS = {
     default: null,
     min: 1,
     help: 'with profile: the step to profile (default 2, after a warm-up step; the last if fewer)',
+  },
+  frozen_weight_copies: {
+    kind: 'string',
+    default: 'auto',
+    choices: FROZEN_COPIES,
+    help: 'persistent copies of the frozen weights for their matmuls (Wᵀ; W in the autocast type): auto (on for a float base that fits in memory), on, off',
+  },
+  quant_compute_dtype: {
+    kind: 'string',
+    default: 'auto',
+    choices: COMPUTE_DTYPES,
+    help: "a quantized base's input-gradient matmul type (bnb_4bit_compute_dtype): auto (bf16 where measured faster here), f32, bf16",
   },
   optimizer: { kind: 'string', default: 'adamw', choices: OPTIMIZER_NAMES, help: 'optimizer' },
   lr: { kind: 'number', default: 2e-4, min: 0, minExclusive: true, help: 'peak learning rate' },

@@ -151,6 +151,11 @@ export interface ForwardOptions {
    * low-precision modes, as the linear hook casts the blocks' weights). Default: the weight's type.
    */
   headDType?: 'f16' | 'bf16';
+  /**
+   * The tensor the output layer multiplies instead of the model's head weight: a trainer's
+   * persistent copy of it (in the matmul type, with its transposed copy). Wins over `headDType`.
+   */
+  headWeight?: Tensor;
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -417,7 +422,8 @@ export class LlamaModel {
       const head = c.tie_word_embeddings
         ? this.weight('model.embed_tokens.weight')
         : this.weight('lm_head.weight');
-      const headIn = o.headDType !== undefined && head.dtype === 'f32' ? cast(head, o.headDType) : head;
+      const headIn =
+        o.headWeight ?? (o.headDType !== undefined && head.dtype === 'f32' ? cast(head, o.headDType) : head);
       return linear(h, headIn); // (B, T, V)
     });
   }

@@ -34,6 +34,12 @@ export class Tensor {
    * `linear`'s input gradient instead of transposing inside every step (DESIGN.md §2, option b/c).
    */
   transposed: Tensor | null = null;
+  /**
+   * The type `linear`'s input gradient multiplies in when Wᵀ is made inside the step's graph (no
+   * {@link transposed} copy): `f32` (exact; the default), or `bf16`/`f16`, a compute type as
+   * bitsandbytes' `bnb_4bit_compute_dtype` — W (dequantized) and dY rounded to it, f32 sums.
+   */
+  gradType: 'f32' | 'bf16' | 'f16' = 'f32';
 
   /** @internal created by stores, graphs and ops */
   constructor(init: {

@@ -23,8 +23,8 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Backend } from '../engine/device.js';
-import { availableMemory } from '../engine/memory.js';
-import type { DType, FloatDType } from '../engine/dtype.js';
+import { availableMemory, formatBytes } from '../engine/memory.js';
+import { isQuantDType, type DType, type FloatDType } from '../engine/dtype.js';
 import {
   ConfigError,
   FormatError,
@@ -55,6 +55,8 @@ import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 import { packedAttentionMask } from '../data/packing.js';
 import { readExpansion, type Expansion } from './expand.js';
+import { FrozenWeights, type FrozenCopies } from './frozen.js';
+import { chooseGradType, type ComputeDTypeChoice, type GradTypeChoice } from './kernel-choice.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
 import {
   peakRss,
@@ -107,6 +109,16 @@ export interface TrainerOptions {
   epochs?: number;
   maxSteps?: number;
   gradientCheckpointing?: boolean;
+  /**
+   * Persistent copies of the frozen weights for their matmuls (Wᵀ for the input gradient, and W in
+   * the autocast type): `auto` (default: on for a float base that fits), `on`, `off`.
+   */
+  frozenWeightCopies?: FrozenCopies;
+  /**
+   * The type a quantized base's input gradient multiplies in (bitsandbytes' compute dtype): `auto`
+   * (default: bf16 where measured faster on this device), `f32` (exact), `bf16`.
+   */
+  quantComputeDType?: ComputeDTypeChoice;
   /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
   maxGradNorm?: number;
   /** Default AdamW, lr 2e-4, no weight decay. */
@@ -502,6 +514,8 @@ export class Trainer {
   private memoryReport: MemoryReport | null = null;
   /** Set by the `profile` option: runs the step graphs (node by node on the profiled step). */
   private readonly profiler: StepProfiler | null;
+  private frozen: FrozenWeights | null = null;
+  private gradTypeChoice: GradTypeChoice | null = null;
 
   /**
    * A trainer over a model already loaded with {@link prepareModel}. The trainer owns it from here
@@ -751,17 +765,76 @@ export class Trainer {
   private linearHook(): LinearHook | undefined {
     const lowp = computeDType(this.precision);
     const adapter = this.lora?.hook();
-    if (lowp === null) return adapter;
+    const frozen = this.frozen;
+    if (lowp === null && (frozen === null || frozen.count === 0)) return adapter;
     return (module, x, w) => {
-      const wc = w.dtype === 'f32' ? cast(w, lowp) : w;
+      // a frozen weight's persistent copy (in the matmul type, with Wᵀ), else the cast in the graph
+      const copy = frozen?.weightFor(w) ?? w;
+      const wc = copy === w && lowp !== null && w.dtype === 'f32' ? cast(w, lowp) : copy;
       return adapter?.(module, x, wc) ?? linear(x, wc);
     };
   }
 
   /** The low-precision modes run the output layer's matmul in their type too. */
-  private headOption(): { headDType?: 'f16' | 'bf16' } {
+  private headOption(): { headDType?: 'f16' | 'bf16'; headWeight?: Tensor } {
+    const head = this.model.weight(
+      this.model.config.tie_word_embeddings ? 'model.embed_tokens.weight' : 'lm_head.weight',
+    );
+    const copy = this.frozen?.weightFor(head) ?? head;
+    if (copy !== head || head.transposed !== null) return { headWeight: copy };
     const lowp = computeDType(this.precision);
     return lowp === null || lowp === 'f32' ? {} : { headDType: lowp };
+  }
+
+  /** The frozen weights' persistent copies (`frozen_weight_copies`), made before the first graph. */
+  private ensureFrozenCopies(): FrozenWeights {
+    if (this.frozen !== null) return this.frozen;
+    const trainable = new Set(this.model.tensors().filter((t) => t.requiresGrad));
+    const quantized = this.model
+      .tensors()
+      .some((t) => !trainable.has(t) && t.rank === 2 && isQuantDType(t.dtype));
+    this.gradTypeChoice = quantized
+      ? chooseGradType(this.model.backend, this.o.quantComputeDType ?? 'auto')
+      : null;
+    this.frozen = FrozenWeights.create(this.model, trainable, {
+      mode: this.o.frozenWeightCopies ?? 'auto',
+      computeDType: computeDType(this.precision),
+      quantGradType: this.gradTypeChoice?.type ?? 'f32',
+    });
+    return this.frozen;
+  }
+
+  /** {@link kernelChoices} in a line each, for a run's log (nothing before the first graph). */
+  kernelChoiceLines(): string[] {
+    const k = this.kernelChoices();
+    if (k === null) return [];
+    const lines: string[] = [];
+    if (k.frozenCopies.reason !== null) lines.push(`frozen weight copies: ${k.frozenCopies.reason}`);
+    else
+      lines.push(
+        `frozen weight copies: ${k.frozenCopies.count === 0 ? 'off' : `${k.frozenCopies.count} weights, ${formatBytes(k.frozenCopies.bytes)}`}`,
+      );
+    const q = k.quantComputeDType;
+    if (q !== null)
+      lines.push(
+        `quant compute dtype: ${q.type} (${q.speeds === null ? 'set' : `${q.source}: bf16 ${q.speeds.bf16.toFixed(0)} GFLOP/s, f32 ${q.speeds.f32.toFixed(0)}`})`,
+      );
+    return lines;
+  }
+
+  /**
+   * What the trainer chose for the frozen base's matmuls: the persistent copies (`auto` says why)
+   * and a quantized base's input-gradient type (measured or set). Null before the first graph.
+   */
+  kernelChoices(): {
+    frozenCopies: { count: number; bytes: number; reason: string | null };
+    quantComputeDType: GradTypeChoice | null;
+  } | null {
+    if (this.frozen === null) return null;
+    return {
+      frozenCopies: { count: this.frozen.count, bytes: this.frozen.bytes, reason: this.frozen.reason },
+      quantComputeDType: this.gradTypeChoice,
+    };
   }
 
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
@@ -861,7 +934,12 @@ export class Trainer {
   }
 
   private engineBytes(): number {
-    let n = this.model.bytes + this.grads.bytes + (this.lora?.store.bytes ?? 0) + this.optimizerBytes();
+    let n =
+      this.model.bytes +
+      (this.frozen?.bytes ?? 0) +
+      this.grads.bytes +
+      (this.lora?.store.bytes ?? 0) +
+      this.optimizerBytes();
     for (const x of [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph]) {
       if (x !== null) n += x.g.memory().compute + x.g.memory().inputs;
     }
@@ -940,6 +1018,7 @@ export class Trainer {
 
   private buildGraphs(): void {
     const load = this.phase();
+    this.ensureFrozenCopies();
     // the accumulate graph is the largest: it is measured (planned) before anything is allocated,
     // and allocated after the forward phase was measured
     const acc = this.buildAccumulate();
@@ -969,7 +1048,7 @@ export class Trainer {
       peakRssBytes: 0,
       devices: [],
       parts: {
-        weights: this.model.bytes,
+        weights: this.model.bytes + (this.frozen?.bytes ?? 0),
         trainable: this.params.reduce((n, p) => n + p.numel * 4, 0),
         gradients: this.grads.bytes,
         optimizerState: this.optimizerBytes(),
@@ -1671,6 +1750,8 @@ export class Trainer {
     this.optimizer.dispose();
     this.grads.dispose();
     this.lora?.dispose();
+    this.frozen?.dispose();
+    this.frozen = null;
     this.disposeModel();
   }
 }

@@ -347,6 +347,24 @@ const CASES: Case[] = [
     fwdTol: dtype === 'bf16' ? 1e-2 : dtype === 'f16' ? 2e-3 : 2e-2,
     gradTol: dtype === 'bf16' ? 1e-2 : 2e-3,
   })),
+  // the input gradient in a compute type (Tensor.gradType, QLoRA's bnb_4bit_compute_dtype): Wᵀ made
+  // in bf16 inside the graph, dY rounded to bf16 by the kernel, f32 sums
+  ...(['f32', 'iq4_nl', 'q4_0'] as const).map((dtype): Case => ({
+    name: `linear with frozen ${dtype} weight, input gradient in bf16`,
+    inputs: [[3, 64]],
+    build: ([x], c) => {
+      const rand = R.rng(9);
+      const w = c.store(
+        TensorStore.from(c.backend, Float32Array.from(R.normals(32 * 64, rand, 0.1)), [32, 64], { dtype }),
+      );
+      w.gradType = 'bf16';
+      const wq = R.arr([32, 64], w.read());
+      return { out: linear(x!, w), ref: ([xr]) => R.linear(xr!, wq) };
+    },
+    fwdTol: dtype === 'f32' ? 1e-4 : 2e-2,
+    // two bf16 roundings (W and dY, 2⁻⁹ each) in every product of the sum
+    gradTol: 1e-2,
+  })),
   ...(['f32', 'same'] as const).map((mode): Case => ({
     name: `linear with frozen q8_0 weight and a persistent transposed copy (${mode})`,
     inputs: [[3, 64]],

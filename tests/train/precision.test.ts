@@ -28,6 +28,7 @@ import { cpuBackend } from '../../src/engine/device.js';
 import { llamaWeights } from '../../src/models/llama.js';
 import { readConfig } from '../../src/models/load.js';
 import type { GraphNode } from '../../src/tensor/index.js';
+import type { FrozenCopies } from '../../src/train/frozen.js';
 import { PRECISIONS, Trainer, type Precision } from '../../src/train/trainer.js';
 import { ROOT } from '../helpers/cli.js';
 import { byteData, prepareFolder } from '../helpers/finetune.js';
@@ -56,7 +57,11 @@ const PASS = new Set(['CPY', 'CONT', 'TRANSPOSE', 'RESHAPE', 'VIEW', 'PERMUTE'])
 function weightOf(nodes: readonly GraphNode[], src: GraphNode['src'][number]): string | null {
   let s = src;
   for (;;) {
-    if (s.node === null) return ROLES.has(s.name) ? s.name : null;
+    if (s.node === null) {
+      // a trainer's persistent copy of a frozen weight: `<name>.T` (Wᵀ) or `<name>.<type>` (W cast)
+      const name = s.name.replace(/\.(T|bf16|f16)$/, '');
+      return ROLES.has(name) ? name : null;
+    }
     const n = nodes[s.node]!;
     if (!PASS.has(n.op) || n.src[0] === undefined) return null;
     s = n.src[0];
@@ -65,16 +70,19 @@ function weightOf(nodes: readonly GraphNode[], src: GraphNode['src'][number]): s
 
 interface Run {
   loss: number;
+  /** frozen weights with persistent copies */
+  copies: number;
   stored: Map<string, string>;
   params: string[];
   matmuls: { weight: string | null; src: string[] }[];
   update: string[];
 }
 
-function run(trainType: 'lora' | 'full', precision: Precision): Run {
+function run(trainType: 'lora' | 'full', precision: Precision, copies: FrozenCopies): Run {
   const t = new Trainer(prepareFolder(FIXTURE, trainType, cpuBackend(), precision), DATA, {
     trainType,
     precision,
+    frozenWeightCopies: copies,
     batchSize: 2,
     maxSteps: 1,
     seed: 5,
@@ -86,8 +94,10 @@ function run(trainType: 'lora' | 'full', precision: Precision): Run {
       .filter((n) => n.op === 'MUL_MAT')
       .map((n) => ({ weight: weightOf(nodes.accumulate, n.src[0]!), src: n.src.map((s) => s.dtype) }));
     const loss = t.step().loss;
+    const choices = t.kernelChoices()!;
     return {
       loss,
+      copies: choices.frozenCopies.count,
       stored,
       params: t.params.map((p) => p.dtype),
       matmuls,
@@ -98,14 +108,25 @@ function run(trainType: 'lora' | 'full', precision: Precision): Run {
   }
 }
 
-for (const trainType of ['lora', 'full'] as const) {
-  describe(`precision modes store and multiply in their types: ${trainType}`, () => {
+for (const [trainType, copies] of [
+  ['lora', 'off'],
+  ['lora', 'on'],
+  ['full', 'off'],
+] as const) {
+  describe(`precision modes store and multiply in their types: ${trainType}, frozen weight copies ${copies}`, () => {
     let base: Run | undefined;
-    const fp32 = (): Run => (base ??= run(trainType, 'fp32'));
+    const fp32 = (): Run => (base ??= run(trainType, 'fp32', copies));
     for (const precision of PRECISIONS) {
       const low = LOW[precision];
       it(`${precision}: weights, matmul inputs${low === 'f32' ? '' : `, loss within ${BOUND[low].toExponential(1)} of fp32`}`, () => {
-        const r = precision === 'fp32' ? fp32() : run(trainType, precision);
+        const r = precision === 'fp32' ? fp32() : run(trainType, precision, copies);
+        // LoRA's frozen base: every linear and head weight has its copies when they are on
+        assert.equal(r.copies, copies === 'on' ? MATMUL_WEIGHTS.length : 0, `${precision}: copies`);
+        if (copies === 'on') {
+          // the copies hold what the in-graph casts and transposes compute: the same loss, bit for bit
+          const inGraph = run(trainType, precision, 'off');
+          assert.equal(r.loss, inGraph.loss, `${precision}: loss with copies vs without`);
+        }
         // stored weights
         const storesLow = trainType === 'lora' && (precision === 'bf16' || precision === 'fp16');
         for (const [name, dtype] of r.stored) {

@@ -8,7 +8,10 @@ import {
   runTrainBench,
   SHAPES,
   type BenchPrecision,
+  type BenchTrainerSettings,
 } from '../../bench/train.js';
+import { FROZEN_COPIES, type FrozenCopies } from '../../train/frozen.js';
+import { COMPUTE_DTYPES, type ComputeDTypeChoice } from '../../train/kernel-choice.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
@@ -54,6 +57,14 @@ export const spec: CommandSpec = {
       default: false,
       help: 'profile one extra step of each qtune run per op: print its top ops, write a trace per run to --profile-dir',
     },
+    'frozen-copies': {
+      type: 'string',
+      help: "the trainer's frozen_weight_copies for every run: auto (the default), on, off",
+    },
+    'quant-compute-dtype': {
+      type: 'string',
+      help: "the trainer's quant_compute_dtype for every run: auto (the default), f32, bf16",
+    },
     'profile-dir': {
       type: 'string',
       default: 'bench-profile',
@@ -97,7 +108,21 @@ export function run(argv: string[], out: (s: string) => void): number {
   const found = given === null ? defaultBaseline() : resolveBaseline(given);
   const baseline = noBaseline ? null : found;
   const profile = values['profile'] === true;
+  const trainer: BenchTrainerSettings = {};
+  if (typeof values['frozen-copies'] === 'string')
+    trainer.frozenWeightCopies = list(
+      'frozen-copies',
+      values['frozen-copies'],
+      FROZEN_COPIES,
+    )[0] as FrozenCopies;
+  if (typeof values['quant-compute-dtype'] === 'string')
+    trainer.quantComputeDType = list(
+      'quant-compute-dtype',
+      values['quant-compute-dtype'],
+      COMPUTE_DTYPES,
+    )[0] as ComputeDTypeChoice;
   const report = runTrainBench({
+    trainer,
     shapes,
     trainTypes,
     precisions,

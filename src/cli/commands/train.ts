@@ -16,6 +16,8 @@ import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
+import type { FrozenCopies } from '../../train/frozen.js';
+import type { ComputeDTypeChoice } from '../../train/kernel-choice.js';
 import { formatProfile, writeProfileTrace } from '../../train/profile.js';
 import {
   Trainer,
@@ -119,6 +121,8 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     epochs: c.num_epochs,
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
     gradientCheckpointing: c.gradient_checkpointing,
+    frozenWeightCopies: c.frozen_weight_copies as FrozenCopies,
+    quantComputeDType: c.quant_compute_dtype as ComputeDTypeChoice,
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
@@ -249,6 +253,7 @@ async function trainOn(
   }
   try {
     trainer.allocate(); // a step the device cannot hold fails before anything is written
+    for (const line of trainer.kernelChoiceLines()) out(line);
     if (writer) makeFolder(c.output_dir, 'output_dir');
     const logger = writer
       ? await createRunLoggers({

@@ -7,7 +7,7 @@
  * weight dequantized to f32 and transposed inside the step's graph (exact, no persistent copy), or a
  * persistent transposed copy when the weight has one (`w.transposed`).
  */
-import { isFloatDType, isQuantDType } from '../../engine/dtype.js';
+import { GGML_TYPE_IDS, isFloatDType, isQuantDType } from '../../engine/dtype.js';
 import { DTypeError, ShapeError, fmtShape } from '../../errors.js';
 import type { Graph } from '../graph.js';
 import { toNe } from '../shape.js';
@@ -70,11 +70,26 @@ export function linearInputGrad(g: Graph, dy: Tensor, w: Tensor): Tensor {
   );
 }
 
-/** Wᵀ inside the graph: quantized weights are dequantized to f32 first (exact). */
+/**
+ * Wᵀ inside the graph: quantized weights are dequantized to f32 first (exact). With `w.gradType`
+ * bf16 or f16 (and a weight of another type), the transposing copy writes that type: one copy, and
+ * the product runs the low-precision kernel.
+ */
 function transposedForGrad(g: Graph, w: Tensor): Tensor {
   const api = ggml();
   const src = isQuantDType(w.dtype) ? g.label('dequant', () => dequantize(g, w)) : w;
   const shape = [...w.shape.slice(0, -2), w.shape[w.rank - 1]!, w.shape[w.rank - 2]!];
+  const to = w.gradType;
+  if (to !== 'f32' && to !== src.dtype) {
+    const lowp = g.node(
+      (ctx) => api.cast(ctx, api.transpose(ctx, src.ptr), GGML_TYPE_IDS[to]),
+      shape,
+      to,
+      false,
+      'wT',
+    );
+    if (w.backend.supportsOp(lowp.ptr)) return lowp;
+  }
   return g.node((ctx) => api.cont(ctx, api.transpose(ctx, src.ptr)), shape, src.dtype, false, 'wT');
 }
 
