@@ -99,6 +99,27 @@ export function engineLog(): readonly string[] {
   return logLines;
 }
 
+let quietLog: unknown = null;
+
+/**
+ * Runs `fn` with ggml's log lines (warnings and errors kept, as while loading) routed into
+ * {@link engineLog} instead of stderr: for calls on this thread that ggml reports on, such as the
+ * CPU's repacking of every quantized weight written into its repack buffer. Never around compute:
+ * koffi runs JS callbacks on the main thread only, and a compute thread calling one would deadlock.
+ */
+export function withEngineLog<T>(fn: () => T): T {
+  const { api } = getEngine();
+  quietLog ??= koffi.register((level: number, text: string) => {
+    if (level >= 3) logLines.push(text.trimEnd());
+  }, koffi.pointer(LogCallbackProto));
+  api.log_set(quietLog, null);
+  try {
+    return fn();
+  } finally {
+    api.log_set(null, null);
+  }
+}
+
 interface Primary {
   kind: 'prebuilt' | 'native';
   dir: string;

@@ -40,6 +40,12 @@ export class Tensor {
    * bitsandbytes' `bnb_4bit_compute_dtype` — W (dequantized) and dY rounded to it, f32 sums.
    */
   gradType: 'f32' | 'bf16' | 'f16' = 'f32';
+  /**
+   * For a copy of a frozen weight in a buffer whose data cannot be read back (the CPU's repacked
+   * layout for faster quantized forward products): the weight in its plain buffer, which `linear`'s
+   * input gradient reads instead.
+   */
+  plain: Tensor | null = null;
 
   /** @internal created by stores, graphs and ops */
   constructor(init: {

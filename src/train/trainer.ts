@@ -800,6 +800,7 @@ export class Trainer {
       mode: this.o.frozenWeightCopies ?? 'auto',
       computeDType: computeDType(this.precision),
       quantGradType: this.gradTypeChoice?.type ?? 'f32',
+      repack: this.trainType.adapter !== 'dora', // DoRA's norms read the weight itself
     });
     return this.frozen;
   }

@@ -48,6 +48,7 @@ import {
 } from '../../src/tensor/index.js';
 import { TensorStore } from '../../src/tensor/store.js';
 import { attachTransposed } from '../../src/tensor/transposed.js';
+import { repackedCopy } from '../../src/train/frozen.js';
 import type { Tensor } from '../../src/tensor/tensor.js';
 import { testDevices } from '../helpers/devices.js';
 import * as R from '../helpers/ref.js';
@@ -364,6 +365,23 @@ const CASES: Case[] = [
     fwdTol: dtype === 'f32' ? 1e-4 : 2e-2,
     // two bf16 roundings (W and dY, 2⁻⁹ each) in every product of the sum
     gradTol: 1e-2,
+  })),
+  // the forward through the CPU's repacked layout, the input gradient through the plain weight
+  // (on a device without a repack buffer the weight itself: the same reference)
+  ...(['iq4_nl', 'q4_0'] as const).map((dtype): Case => ({
+    name: `linear with frozen ${dtype} weight, repacked for the forward where the device repacks`,
+    inputs: [[8, 64]],
+    build: ([x], c) => {
+      const rand = R.rng(10);
+      const w = c.store(
+        TensorStore.from(c.backend, Float32Array.from(R.normals(32 * 64, rand, 0.1)), [32, 64], { dtype }),
+      );
+      const wq = R.arr([32, 64], w.read());
+      const r = repackedCopy(w);
+      const fwd = r === null ? w : c.store(r.weight);
+      return { out: linear(x!, fwd), ref: ([xr]) => R.linear(xr!, wq) };
+    },
+    fwdTol: 2e-2,
   })),
   ...(['f32', 'same'] as const).map((mode): Case => ({
     name: `linear with frozen q8_0 weight and a persistent transposed copy (${mode})`,

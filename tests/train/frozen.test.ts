@@ -3,8 +3,9 @@
  * fixture's Llama (untied head, 2 blocks of 7 linear layers):
  *
  * - `frozen_weight_copies`: `auto` makes Wᵀ copies for a float base (LoRA) and none for a quantized
- *   one (QLoRA), `on` makes them for QLoRA too, `off` none; the copies change where Wᵀ lives, not the
- *   step's numbers (losses bit for bit; the precision test checks every mode the same way).
+ *   one (QLoRA; its weights get a repacked forward copy where the CPU repacks them), `on` makes Wᵀ
+ *   copies for QLoRA too, `off` none; Wᵀ copies change where Wᵀ lives, not the step's numbers
+ *   (losses bit for bit; the precision test checks every mode the same way).
  * - `quant_compute_dtype`: a quantized base's input-gradient products take bf16 × f32 with `bf16` and
  *   f32 × f32 with `f32`; the loss of the step after a bf16 step stays within bf16's unit roundoff
  *   (2⁻⁸, relative) of the f32 one, and differs from it.
@@ -20,7 +21,7 @@ import { cpuBackend } from '../../src/engine/device.js';
 import { ConfigError } from '../../src/errors.js';
 import { llamaWeights } from '../../src/models/llama.js';
 import { readConfig } from '../../src/models/load.js';
-import { checkFrozenCopies, type FrozenCopies } from '../../src/train/frozen.js';
+import { checkFrozenCopies, repackedCopy, type FrozenCopies } from '../../src/train/frozen.js';
 import {
   checkComputeDType,
   chooseGradType,
@@ -91,6 +92,22 @@ function run(trainType: 'lora' | 'qlora', copies: FrozenCopies, compute: Compute
   }
 }
 
+/** How many of the fixture's block weights the CPU repacks once quantized as QLoRA quantizes them. */
+function repackable(): number {
+  const prepared = prepareFolder(FIXTURE, 'qlora', cpuBackend());
+  try {
+    let n = 0;
+    for (const name of BLOCK_LINEAR) {
+      const copy = repackedCopy(prepared.model.weight(name));
+      if (copy !== null) n++;
+      copy?.store.dispose();
+    }
+    return n;
+  } finally {
+    prepared.dispose();
+  }
+}
+
 describe('frozen weight copies', () => {
   it('auto: Wᵀ copies for a float base (LoRA), the same losses as without', () => {
     const auto = run('lora', 'auto', 'f32');
@@ -104,8 +121,15 @@ describe('frozen weight copies', () => {
 
   it('auto: none for a quantized base (QLoRA; the f32 head gets one); on: every weight', () => {
     const auto = run('qlora', 'auto', 'f32');
-    assert.equal(auto.copies, 1);
-    assert.match(auto.reason!, /^on: \d+ MB for 1 float weights \(not for the 14 quantized ones\)$/);
+    // the quantized weights get a repacked forward copy where this CPU's engine repacks their type
+    const repacked = repackable();
+    assert.equal(auto.copies, 1 + repacked);
+    assert.match(
+      auto.reason!,
+      new RegExp(
+        `^on: \\d+ MB for 1 float weights \\(not for the 14 quantized ones\\)${repacked === 0 ? '' : `; ${repacked} quantized weights repacked for the forward \\(\\d+ MB\\)`}$`,
+      ),
+    );
     const on = run('qlora', 'on', 'f32');
     // the head stays f32 in QLoRA: 14 quantized block weights and the head
     assert.equal(on.copies, LINEAR.length);

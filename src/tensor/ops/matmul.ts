@@ -62,7 +62,8 @@ export function linear(input: Tensor, w: Tensor): Tensor {
 }
 
 /** dX = dY · W, as `mul_mat(Wᵀ, dY)` with Wᵀ contiguous: the gradient rule of `linear` for its input. */
-export function linearInputGrad(g: Graph, dy: Tensor, w: Tensor): Tensor {
+export function linearInputGrad(g: Graph, dy: Tensor, weight: Tensor): Tensor {
+  const w = weight.plain ?? weight; // a repacked copy's gradient reads the plain weight
   const wt = w.transposed ?? g.label('wT', () => transposedForGrad(g, w));
   const xShape = [...dy.shape.slice(0, -1), w.shape[w.rank - 1]!];
   return g.label('linear.dX', () =>
