@@ -780,12 +780,17 @@ export class Trainer {
       });
       const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
       const grads = g.backward(mul(lossSum, scale), this.params);
-      this.params.forEach((p, i) => {
+      // ggml orders the nodes depth-first from each assignment in turn: the last block's gradients
+      // first, so that every block's weight gradients run as soon as its output gradient exists and
+      // its activations (recomputed ones, with gradient checkpointing) are freed block by block,
+      // rather than all kept until the first block's input gradient is done
+      for (let i = this.params.length - 1; i >= 0; i--) {
+        const p = this.params[i]!;
         const acc = this.grads.get(`grad${i}`);
         const grad = grads.get(p);
         if (grad === undefined) throw new QtuneError('GRAPH', `no gradient reaches ${p.name}`);
         g.label('grad.accumulate', () => g.assign(acc, add(acc, grad)));
-      });
+      }
       const loss = g.output(lossSum);
       g.plan(); // compiled (allocated) by buildGraphs, after the forward phase
       return { g, ids, labels, scale, loss, mask };
