@@ -68,7 +68,7 @@ import {
 } from './memory.js';
 import { StepProfiler, type ProfileOptions, type StepGraph, type StepProfile } from './profile.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
-import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
+import { defaultGradientCheckpointing, resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
 import { saveModel } from '../adapters/merge.js';
@@ -106,6 +106,11 @@ export interface TrainerOptions {
   /** Passes over the training data (default 1), unless maxSteps is set. */
   epochs?: number;
   maxSteps?: number;
+  /**
+   * Recompute each decoder block in the backward pass instead of keeping its activations. Default:
+   * on over a quantized base (qlora and the like), off over a float base
+   * ({@link defaultGradientCheckpointing}); read the choice from {@link Trainer.gradientCheckpointing}.
+   */
   gradientCheckpointing?: boolean;
   /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
   maxGradNorm?: number;
@@ -456,6 +461,10 @@ export class Trainer {
   readonly accumulation: number;
   /** Examples per micro-batch on this rank: batchSize, or less when a global batch splits across ranks. */
   readonly microBatchSize: number;
+  /** Whether each decoder block is recomputed in the backward pass (the option, or the train type's default). */
+  readonly gradientCheckpointing: boolean;
+  /** The option was not given: {@link gradientCheckpointing} is the train type's default. */
+  readonly gradientCheckpointingByDefault: boolean;
   /** Receives every log record (initially the options' onLog; set it to attach loggers later). */
   onLog: ((record: LogRecord) => void) | undefined;
   private readonly o: TrainerOptions;
@@ -524,6 +533,8 @@ export class Trainer {
       this.comm === null
         ? this.batchSize
         : splitGlobalBatch(this.batchSize, this.accumulation, this.comm.size).microBatch;
+    this.gradientCheckpointingByDefault = o.gradientCheckpointing === undefined;
+    this.gradientCheckpointing = o.gradientCheckpointing ?? defaultGradientCheckpointing(this.trainType);
     this.seed = o.seed ?? 42;
     this.maxGradNorm = o.maxGradNorm ?? 1;
     if (!(this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm)))
@@ -776,7 +787,7 @@ export class Trainer {
         ...(hook === undefined ? {} : { linear: hook }),
         ...this.headOption(),
         ...(mask === null ? {} : { mask }),
-        checkpoint: this.o.gradientCheckpointing === true,
+        checkpoint: this.gradientCheckpointing,
       });
       const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
       const grads = g.backward(mul(lossSum, scale), this.params);
@@ -915,9 +926,17 @@ export class Trainer {
       batchSize: this.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
       seqLen: this.seqLen,
       gradientAccumulationSteps: this.accumulation,
-      gradientCheckpointing: this.o.gradientCheckpointing === true,
+      gradientCheckpointing: this.gradientCheckpointing,
       quantized: this.trainType.quantization !== null,
     };
+  }
+
+  /** One line for a run's startup: `gradient checkpointing: on (default for qlora)`. */
+  gradientCheckpointingLine(): string {
+    const why = this.gradientCheckpointingByDefault
+      ? `default for ${this.trainType.name}${this.trainType.quantization === null ? '' : ` over ${this.trainType.quantization}`}; gradient_checkpointing: ${!this.gradientCheckpointing} changes it`
+      : 'set';
+    return `gradient checkpointing: ${this.gradientCheckpointing ? 'on' : 'off'} (${why})`;
   }
 
   /**

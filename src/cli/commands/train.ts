@@ -17,6 +17,7 @@ import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
 import { formatProfile, writeProfileTrace } from '../../train/profile.js';
+import { defaultGradientCheckpointing } from '../../train/train-type.js';
 import {
   Trainer,
   checkStepMemory,
@@ -118,7 +119,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     gradientAccumulationSteps: c.gradient_accumulation_steps,
     epochs: c.num_epochs,
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
-    gradientCheckpointing: c.gradient_checkpointing,
+    ...(c.gradient_checkpointing === null ? {} : { gradientCheckpointing: c.gradient_checkpointing }),
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
@@ -227,7 +228,7 @@ async function trainOn(
       batchSize: c.batch_size,
       seqLen: c.context_length,
       gradientAccumulationSteps: c.gradient_accumulation_steps,
-      gradientCheckpointing: c.gradient_checkpointing,
+      gradientCheckpointing: c.gradient_checkpointing ?? defaultGradientCheckpointing(prepared.trainType),
       quantized: prepared.trainType.quantization !== null,
     });
     const data = await loadDataset(
@@ -248,6 +249,7 @@ async function trainOn(
     throw e;
   }
   try {
+    out(trainer.gradientCheckpointingLine());
     trainer.allocate(); // a step the device cannot hold fails before anything is written
     if (writer) makeFolder(c.output_dir, 'output_dir');
     const logger = writer
@@ -256,7 +258,7 @@ async function trainOn(
           logTo: c.log_to as ('tensorboard' | 'wandb')[],
           totalSteps: trainer.totalSteps,
           everySteps: c.logging_steps,
-          runConfig: { ...c, world_size: comm.size },
+          runConfig: { ...c, gradient_checkpointing: trainer.gradientCheckpointing, world_size: comm.size },
           // a rank's stderr is a pseudo-terminal even when mpirun's output goes to a file
           ...(comm.kind === 'mpi' ? { tty: false } : {}),
         })
