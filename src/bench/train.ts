@@ -125,6 +125,19 @@ export function runTypesFor(shape: BenchShape, wanted: readonly string[]): Bench
  * matmuls over f32 master weights) against PyTorch's `--amp-bf16` (torch.autocast to bfloat16).
  */
 export const BENCH_PRECISIONS = ['fp32', 'bf16'] as const;
+
+/**
+ * Gradient checkpointing per row: `default` runs each train type as a user gets it (the Trainer's
+ * default: on over a quantized base), `on`/`off` force it, `both` runs each row both ways.
+ */
+export const BENCH_CHECKPOINTING = ['default', 'on', 'off', 'both'] as const;
+export type BenchCheckpointing = (typeof BENCH_CHECKPOINTING)[number];
+const CHECKPOINTING_RUNS: Record<BenchCheckpointing, (boolean | null)[]> = {
+  default: [null],
+  on: [true],
+  off: [false],
+  both: [false, true],
+};
 export type BenchPrecision = (typeof BENCH_PRECISIONS)[number];
 const TRAINER_PRECISION: Record<BenchPrecision, Precision> = { fp32: 'fp32', bf16: 'bf16_autocast' };
 
@@ -152,6 +165,8 @@ export interface ChildSpec {
   run: BenchRunType;
   /** The Trainer's precision. */
   precision: Precision;
+  /** Gradient checkpointing on or off; null: the Trainer's default for the train type. */
+  gradientCheckpointing: boolean | null;
   /** Profile one extra step after the timed ones and write its Chrome trace to `trace` (null: no profile). */
   profile: { trace: string } | null;
   warmup: number;
@@ -176,6 +191,8 @@ export interface ChildResult {
   precision: Precision;
   /** What the Trainer chose for the frozen base's matmuls (its log lines). */
   choices: string[];
+  /** Whether the Trainer ran with gradient checkpointing (asked for, or its default). */
+  gradient_checkpointing: boolean;
   /** The profiled step's summary and top ops (with a profile), else null. */
   profile: string[] | null;
   threads: number;
@@ -211,6 +228,9 @@ export interface BenchRow {
   quantization: string | null;
   /** fp32, or bf16 (qtune's bf16_autocast against PyTorch's --amp-bf16). */
   precision: BenchPrecision;
+  /** Gradient checkpointing on or off, and whether that was the Trainer's default for the train type. */
+  gradient_checkpointing: boolean;
+  gradient_checkpointing_default: boolean;
   cpu: string;
   /** The CPU features that decide the kernels, e.g. `AVX2 AVX512 AVX512_BF16`. */
   cpu_flags: string;
@@ -369,6 +389,8 @@ export interface BenchOptions {
   trainTypes: string[];
   /** fp32 and/or bf16 rows (default fp32). */
   precisions?: BenchPrecision[];
+  /** Gradient checkpointing per row (default: the Trainer's default per train type). */
+  gradientCheckpointing?: BenchCheckpointing;
   /** Override the shapes' timed and warm-up steps. */
   steps?: number;
   warmup?: number;
@@ -412,6 +434,8 @@ export function runTrainBench(o: BenchOptions): BenchReport {
   const info = getEngine().info;
   const log = o.progress ?? (() => {});
   const precisions = o.precisions ?? ['fp32'];
+  const ckpts = CHECKPOINTING_RUNS[o.gradientCheckpointing ?? 'default'];
+  const ckptId = (c: boolean | null) => (c === null ? 'default' : c ? 'ckpt' : 'nockpt');
   const notes: string[] = [];
   const ours = new Map<string, ChildResult[]>();
   const torch = new Map<string, TorchResult[]>();
@@ -440,26 +464,31 @@ export function runTrainBench(o: BenchOptions): BenchReport {
             }
           }
           for (const run of runs.filter((r) => r.baseline === mode)) {
-            log(`round ${round + 1}: qtune ${name} ${run.id} ${precision} ...`);
-            const id = `${name}-${run.id}-${precision}-round${round + 1}`;
-            const profile =
-              o.profileDir == null ? null : { trace: path.join(o.profileDir, `profile-${id}.json`) };
-            const r = runQtune({
-              shape,
-              run,
-              precision: TRAINER_PRECISION[precision],
-              warmup,
-              steps,
-              quietWait: o.quietWait,
-              profile,
-              ...(o.trainer === undefined ? {} : { trainer: o.trainer }),
-            });
-            const key = `${name}/${run.id}/${precision}`;
-            ours.set(key, [...(ours.get(key) ?? []), r]);
-            log(
-              `  ${(r.tokens_per_step / r.step_s_best).toFixed(0)} tokens/s (best step), peak RSS ${r.peak_rss_mb} MB`,
-            );
-            if (r.profile !== null) profiles.push({ run: id, lines: r.profile });
+            for (const ckpt of ckpts) {
+              const what = ckpt === null ? '' : ckpt ? ' gradient checkpointing' : ' no checkpointing';
+              log(`round ${round + 1}: qtune ${name} ${run.id} ${precision}${what} ...`);
+              const suffix = ckpt === null ? '' : `-${ckptId(ckpt)}`;
+              const id = `${name}-${run.id}-${precision}${suffix}-round${round + 1}`;
+              const profile =
+                o.profileDir == null ? null : { trace: path.join(o.profileDir, `profile-${id}.json`) };
+              const r = runQtune({
+                shape,
+                run,
+                precision: TRAINER_PRECISION[precision],
+                gradientCheckpointing: ckpt,
+                warmup,
+                steps,
+                quietWait: o.quietWait,
+                profile,
+                ...(o.trainer === undefined ? {} : { trainer: o.trainer }),
+              });
+              const key = `${name}/${run.id}/${precision}/${ckptId(ckpt)}`;
+              ours.set(key, [...(ours.get(key) ?? []), r]);
+              log(
+                `  ${(r.tokens_per_step / r.step_s_best).toFixed(0)} tokens/s (best step), peak RSS ${r.peak_rss_mb} MB, gradient checkpointing ${r.gradient_checkpointing ? 'on' : 'off'}`,
+              );
+              if (r.profile !== null) profiles.push({ run: id, lines: r.profile });
+            }
           }
         }
       }
@@ -469,8 +498,10 @@ export function runTrainBench(o: BenchOptions): BenchReport {
   for (const name of o.shapes) {
     const shape = SHAPES[name]!;
     for (const precision of precisions) {
-      for (const run of runTypesFor(shape, o.trainTypes)) {
-        const all = ours.get(`${name}/${run.id}/${precision}`)!;
+      for (const [run, ckpt] of runTypesFor(shape, o.trainTypes).flatMap((r) =>
+        ckpts.map((c) => [r, c] as const),
+      )) {
+        const all = ours.get(`${name}/${run.id}/${precision}/${ckptId(ckpt)}`)!;
         const r = all.reduce((a, b) => (b.step_s_best < a.step_s_best ? b : a));
         const ts = torch.get(`${name}/${run.baseline}/${precision}`) ?? [];
         const t = ts.length === 0 ? undefined : ts.reduce((a, b) => (b.step_s_min < a.step_s_min ? b : a));
@@ -486,6 +517,8 @@ export function runTrainBench(o: BenchOptions): BenchReport {
           train_type: run.trainType,
           quantization: run.quantization,
           precision,
+          gradient_checkpointing: r.gradient_checkpointing,
+          gradient_checkpointing_default: ckpt === null,
           cpu: r.cpu,
           cpu_flags: r.cpu_flags,
           engine: r.engine,
@@ -562,13 +595,14 @@ export function formatReport(r: BenchReport): string[] {
     `CPU: ${r.cpu} (${r.cpuFlags}); engine ${r.engine}; ${r.threads} threads; ${r.date}; ${r.rounds} round(s), best and median`,
     ...r.notes,
     '',
-    '| shape | train type | base | precision | tokens/s best (median) | PyTorch tokens/s best (median) | ratio best (median) | GFLOP/s qtune / PyTorch | peak RSS MB (load peak) | PyTorch peak RSS MB | RSS ratio | step s: accumulate (of it forward) / norm / update / other | CPU, flags, engine |',
-    '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+    '| shape | train type | base | precision | gradient checkpointing | tokens/s best (median) | PyTorch tokens/s best (median) | ratio best (median) | GFLOP/s qtune / PyTorch | peak RSS MB (load peak) | PyTorch peak RSS MB | RSS ratio | step s: accumulate (of it forward) / norm / update / other | CPU, flags, engine |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ];
   for (const x of r.rows) {
     const g = x.graph_s;
+    const ckpt = `${x.gradient_checkpointing ? 'on' : 'off'}${x.gradient_checkpointing_default ? ' (default)' : ''}`;
     lines.push(
-      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${x.precision} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} | ${x.cpu} (${x.cpu_flags}), ${x.engine}${x.choices.length === 0 ? '' : `; ${x.choices.join('; ')}`} |`,
+      `| ${x.shape} | ${x.train_type} | ${x.quantization ?? 'f32'} | ${x.precision} | ${ckpt} | ${fmt(x.tokens_per_s)} (${fmt(x.tokens_per_s_median)}) | ${fmt(x.baseline_tokens_per_s)} (${fmt(x.baseline_tokens_per_s_median)}) | ${fmt(x.ratio, 2)}x (${fmt(x.ratio_median, 2)}x) | ${fmt(x.gflops)} / ${fmt(x.baseline_gflops)} | ${fmt(x.peak_rss_mb)} (${fmt(x.load_peak_rss_mb)}) | ${fmt(x.baseline_peak_rss_mb)} | ${x.rss_ratio === undefined ? '-' : fmt(x.rss_ratio, 2)} | ${g.accumulate.toFixed(3)} (${g.forward.toFixed(3)}) / ${[g.norm, g.update, g.other].map((v) => v.toFixed(3)).join(' / ')} | ${x.cpu} (${x.cpu_flags}), ${x.engine}${x.choices.length === 0 ? '' : `; ${x.choices.join('; ')}`} |`,
     );
   }
   lines.push('');
@@ -581,8 +615,13 @@ export function formatReport(r: BenchReport): string[] {
         : x.rss_ratio != null
           ? ` (rss_ratio ${x.rss_ratio.toFixed(2)})`
           : '';
+    const ckpt = x.gradient_checkpointing_default
+      ? ''
+      : x.gradient_checkpointing
+        ? ' (checkpointing on)'
+        : ' (checkpointing off)';
     lines.push(
-      `target ${x.shape} ${x.train_type}${x.quantization ? ` ${x.quantization}` : ''}: ${x.target.what}: ${verdict}${by}`,
+      `target ${x.shape} ${x.train_type}${x.quantization ? ` ${x.quantization}` : ''}${ckpt}: ${x.target.what}: ${verdict}${by}`,
     );
   }
   for (const p of r.profiles) lines.push('', `profile of ${p.run}:`, ...p.lines);

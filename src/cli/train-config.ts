@@ -135,8 +135,8 @@ export const TRAIN_OPTIONS = {
   },
   gradient_checkpointing: {
     kind: 'boolean',
-    default: false,
-    help: 'recompute each decoder block in the backward pass (less memory)',
+    default: null,
+    help: 'recompute each decoder block in the backward pass (less memory; default: on over a quantized base such as qlora, else off)',
   },
   profile: {
     kind: 'boolean',

@@ -64,3 +64,13 @@ export function resolveTrainType(name: string, quantization?: string): ResolvedT
     });
   return { name, adapter: t.adapter, quantization: q };
 }
+
+/**
+ * Whether gradient checkpointing is on when the user does not say: on over a quantized frozen base
+ * (qlora, bnb_dora, hqq_lora, lora with a quantization...), as Unsloth does for QLoRA, since there
+ * the kept activations are most of the step's memory; off over a float base. An explicit
+ * `gradient_checkpointing` wins either way.
+ */
+export function defaultGradientCheckpointing(t: ResolvedTrainType): boolean {
+  return t.quantization !== null;
+}

@@ -70,7 +70,7 @@ import {
 } from './memory.js';
 import { StepProfiler, type ProfileOptions, type StepGraph, type StepProfile } from './profile.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
-import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
+import { defaultGradientCheckpointing, resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
 import { saveModel } from '../adapters/merge.js';
@@ -108,6 +108,11 @@ export interface TrainerOptions {
   /** Passes over the training data (default 1), unless maxSteps is set. */
   epochs?: number;
   maxSteps?: number;
+  /**
+   * Recompute each decoder block in the backward pass instead of keeping its activations. Default:
+   * on over a quantized base (qlora and the like), off over a float base
+   * ({@link defaultGradientCheckpointing}); read the choice from {@link Trainer.gradientCheckpointing}.
+   */
   gradientCheckpointing?: boolean;
   /**
    * Persistent copies of the frozen weights for their matmuls (Wᵀ for the input gradient, and W in
@@ -468,6 +473,10 @@ export class Trainer {
   readonly accumulation: number;
   /** Examples per micro-batch on this rank: batchSize, or less when a global batch splits across ranks. */
   readonly microBatchSize: number;
+  /** Whether each decoder block is recomputed in the backward pass (the option, or the train type's default). */
+  readonly gradientCheckpointing: boolean;
+  /** The option was not given: {@link gradientCheckpointing} is the train type's default. */
+  readonly gradientCheckpointingByDefault: boolean;
   /** Receives every log record (initially the options' onLog; set it to attach loggers later). */
   onLog: ((record: LogRecord) => void) | undefined;
   private readonly o: TrainerOptions;
@@ -538,6 +547,8 @@ export class Trainer {
       this.comm === null
         ? this.batchSize
         : splitGlobalBatch(this.batchSize, this.accumulation, this.comm.size).microBatch;
+    this.gradientCheckpointingByDefault = o.gradientCheckpointing === undefined;
+    this.gradientCheckpointing = o.gradientCheckpointing ?? defaultGradientCheckpointing(this.trainType);
     this.seed = o.seed ?? 42;
     this.maxGradNorm = o.maxGradNorm ?? 1;
     if (!(this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm)))
@@ -850,16 +861,21 @@ export class Trainer {
         ...(hook === undefined ? {} : { linear: hook }),
         ...this.headOption(),
         ...(mask === null ? {} : { mask }),
-        checkpoint: this.o.gradientCheckpointing === true,
+        checkpoint: this.gradientCheckpointing,
       });
       const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
       const grads = g.backward(mul(lossSum, scale), this.params);
-      this.params.forEach((p, i) => {
+      // ggml orders the nodes depth-first from each assignment in turn: the last block's gradients
+      // first, so that every block's weight gradients run as soon as its output gradient exists and
+      // its activations (recomputed ones, with gradient checkpointing) are freed block by block,
+      // rather than all kept until the first block's input gradient is done
+      for (let i = this.params.length - 1; i >= 0; i--) {
+        const p = this.params[i]!;
         const acc = this.grads.get(`grad${i}`);
         const grad = grads.get(p);
         if (grad === undefined) throw new QtuneError('GRAPH', `no gradient reaches ${p.name}`);
         g.label('grad.accumulate', () => g.assign(acc, add(acc, grad)));
-      });
+      }
       const loss = g.output(lossSum);
       g.plan(); // compiled (allocated) by buildGraphs, after the forward phase
       return { g, ids, labels, scale, loss, mask };
@@ -989,9 +1005,17 @@ export class Trainer {
       batchSize: this.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
       seqLen: this.seqLen,
       gradientAccumulationSteps: this.accumulation,
-      gradientCheckpointing: this.o.gradientCheckpointing === true,
+      gradientCheckpointing: this.gradientCheckpointing,
       quantized: this.trainType.quantization !== null,
     };
+  }
+
+  /** One line for a run's startup: `gradient checkpointing: on (default for qlora)`. */
+  gradientCheckpointingLine(): string {
+    const why = this.gradientCheckpointingByDefault
+      ? `default for ${this.trainType.name}${this.trainType.quantization === null ? '' : ` over ${this.trainType.quantization}`}; gradient_checkpointing: ${!this.gradientCheckpointing} changes it`
+      : 'set';
+    return `gradient checkpointing: ${this.gradientCheckpointing ? 'on' : 'off'} (${why})`;
   }
 
   /**

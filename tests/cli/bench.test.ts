@@ -51,6 +51,8 @@ describe('qtune bench', () => {
       'train_type',
       'quantization',
       'precision',
+      'gradient_checkpointing',
+      'gradient_checkpointing_default',
       'tokens_per_s',
       'tokens_per_s_median',
       'peak_rss_mb',
@@ -68,6 +70,14 @@ describe('qtune bench', () => {
     assert.deepEqual([lora['shape'], lora['train_type'], lora['quantization']], ['tiny', 'lora', null]);
     assert.deepEqual([qlora['train_type'], qlora['quantization']], ['qlora', 'nf4']);
     assert.equal(lora['precision'], 'fp32');
+    // the rows run as users get them: gradient checkpointing by default over a quantized base only
+    assert.deepEqual(
+      rows.map((x) => [x['gradient_checkpointing'], x['gradient_checkpointing_default']]),
+      [
+        [false, true],
+        [true, true],
+      ],
+    );
     assert.ok((lora['tokens_per_s'] as number) > 0);
     assert.ok((lora['peak_rss_mb'] as number) > 0);
     assert.ok(Number.isFinite(lora['loss_first']));
@@ -78,6 +88,31 @@ describe('qtune bench', () => {
     assert.ok(!('rss_ratio' in lora));
   });
 
+  it('--gradient-checkpointing off runs a QLoRA row without it, and says so', () => {
+    const r = qtune([
+      'bench',
+      '--shapes',
+      'tiny',
+      '--train-types',
+      'qlora',
+      '--gradient-checkpointing',
+      'off',
+      '--steps',
+      '1',
+      '--warmup',
+      '0',
+      '--no-baseline',
+      '--quiet-wait',
+      '0',
+      '--rounds',
+      '1',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /\| gradient checkpointing \|/);
+    assert.match(r.stdout, /\| tiny \| qlora \| nf4 \| fp32 \| off \|/);
+    assert.match(r.stdout, /target tiny qlora nf4 \(checkpointing off\)/);
+  });
+
   it('--help lists the flags', () => {
     const r = qtune(['bench', '--help']);
     assert.equal(r.code, 0, r.stderr);
@@ -85,6 +120,7 @@ describe('qtune bench', () => {
       '--shapes',
       '--train-types',
       '--precision',
+      '--gradient-checkpointing',
       '--rounds',
       '--profile',
       '--baseline',
@@ -98,6 +134,8 @@ describe('qtune bench', () => {
     ['--train-types', 'lora,magic'],
     ['--steps', '0'],
     ['--precision', 'fp8'],
+    ['--gradient-checkpointing', 'sometimes'],
+    ['--gradient-checkpointing', 'on,off'],
     ['--baseline', path.join(tmp, 'no-such-baseline')],
   ]) {
     it(`bad input (${args.join(' ')}) exits 2 with one line`, () => {

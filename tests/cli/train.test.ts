@@ -73,6 +73,13 @@ describe('qtune train', () => {
       ]);
       assert.equal(r.code, 0, r.stderr);
       assert.match(r.stdout, /trained 2 steps/);
+      // on by default over a quantized base only, and said so
+      assert.match(
+        r.stdout,
+        type === 'qlora'
+          ? /^gradient checkpointing: on \(default for qlora over nf4; gradient_checkpointing: false changes it\)$/m
+          : new RegExp(`^gradient checkpointing: off \\(default for ${type};`, 'm'),
+      );
       const expected =
         type === 'full' || type === 'llama_pro'
           ? ['model/config.json', 'model/model.safetensors']

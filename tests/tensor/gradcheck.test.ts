@@ -298,6 +298,21 @@ const CASES: Case[] = [
     ref: ([x, w]) => R.linear(x!, w!),
   },
   {
+    // q, k and v read one normed input: its transposed copy for the weight gradients is made once
+    name: 'linear: one input into three weights, one of them twice (a shared transposed input)',
+    inputs: [
+      [2, 3, 7],
+      [5, 7],
+      [5, 7],
+      [5, 7],
+    ],
+    build: ([x, a, b, c]) => ({
+      out: add(add(linear(x!, a!), linear(x!, b!)), mul(linear(x!, c!), linear(x!, a!))),
+    }),
+    ref: ([x, a, b, c]) =>
+      R.add(R.add(R.linear(x!, a!), R.linear(x!, b!)), R.mul(R.linear(x!, c!), R.linear(x!, a!))),
+  },
+  {
     name: 'linear (batched, grouped weight)',
     inputs: [
       [2, 6, 3, 5],

@@ -1,5 +1,6 @@
 /** `qtune bench`: training tokens/s and peak RSS per train type, beside PyTorch run in the same session. */
 import {
+  BENCH_CHECKPOINTING,
   BENCH_PRECISIONS,
   defaultBaseline,
   formatReport,
@@ -7,6 +8,7 @@ import {
   RUN_TYPES,
   runTrainBench,
   SHAPES,
+  type BenchCheckpointing,
   type BenchPrecision,
   type BenchTrainerSettings,
 } from '../../bench/train.js';
@@ -18,7 +20,7 @@ export const spec: CommandSpec = {
   name: 'bench',
   summary: 'Benchmark training (tokens/s, peak RSS) per train type against PyTorch fp32 on this machine.',
   usage:
-    'qtune bench [--shapes tiny,small,1.1b] [--train-types lora,qlora,qlora-int8,full] [--precision fp32,bf16] [--steps N] [--rounds N] [--profile] [--baseline DIR] [--no-baseline] [--json]',
+    'qtune bench [--shapes tiny,small,1.1b] [--train-types lora,qlora,qlora-int8,full] [--precision fp32,bf16] [--gradient-checkpointing default|on|off|both] [--steps N] [--rounds N] [--profile] [--baseline DIR] [--no-baseline] [--json]',
   flags: {
     shapes: {
       type: 'string',
@@ -35,6 +37,11 @@ export const spec: CommandSpec = {
       type: 'string',
       default: 'fp32',
       help: "fp32 and/or bf16 rows (bf16: qtune's bf16_autocast against PyTorch's --amp-bf16)",
+    },
+    'gradient-checkpointing': {
+      type: 'string',
+      default: 'default',
+      help: "per row: the Trainer's default for the train type (on over a quantized base), on, off, or both (each row twice)",
     },
     steps: { type: 'string', help: 'timed steps per run (default: tiny 10, small 4, 1.1b 3)' },
     warmup: { type: 'string', help: 'untimed warm-up steps per run (default: tiny 2, small and 1.1b 1)' },
@@ -103,6 +110,12 @@ export function run(argv: string[], out: (s: string) => void): number {
   const rounds = intFlag('rounds', values['rounds'])!;
   const quietWait = values['quiet-wait'] === '0' || quick ? 0 : intFlag('quiet-wait', values['quiet-wait'])!;
   const precisions = list('precision', String(values['precision']), BENCH_PRECISIONS) as BenchPrecision[];
+  const ckpt = list('gradient-checkpointing', String(values['gradient-checkpointing']), BENCH_CHECKPOINTING);
+  if (ckpt.length !== 1)
+    throw new UsageError(
+      `bench: --gradient-checkpointing=${String(values['gradient-checkpointing'])} names more than one`,
+      'use one of default, on, off, both',
+    );
   const noBaseline = values['no-baseline'] === true;
   const given = typeof values['baseline'] === 'string' ? values['baseline'] : null;
   const found = given === null ? defaultBaseline() : resolveBaseline(given);
@@ -126,6 +139,7 @@ export function run(argv: string[], out: (s: string) => void): number {
     shapes,
     trainTypes,
     precisions,
+    gradientCheckpointing: ckpt[0] as BenchCheckpointing,
     profileDir: profile ? String(values['profile-dir']) : null,
     ...(steps === undefined ? {} : { steps }),
     ...(warmup === undefined ? {} : { warmup }),

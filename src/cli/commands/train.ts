@@ -19,6 +19,7 @@ import { createRunLoggers } from '../../report/logger.js';
 import type { FrozenCopies } from '../../train/frozen.js';
 import type { ComputeDTypeChoice } from '../../train/kernel-choice.js';
 import { formatProfile, writeProfileTrace } from '../../train/profile.js';
+import { defaultGradientCheckpointing } from '../../train/train-type.js';
 import {
   Trainer,
   checkStepMemory,
@@ -120,7 +121,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     gradientAccumulationSteps: c.gradient_accumulation_steps,
     epochs: c.num_epochs,
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
-    gradientCheckpointing: c.gradient_checkpointing,
+    ...(c.gradient_checkpointing === null ? {} : { gradientCheckpointing: c.gradient_checkpointing }),
     frozenWeightCopies: c.frozen_weight_copies as FrozenCopies,
     quantComputeDType: c.quant_compute_dtype as ComputeDTypeChoice,
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
@@ -231,7 +232,7 @@ async function trainOn(
       batchSize: c.batch_size,
       seqLen: c.context_length,
       gradientAccumulationSteps: c.gradient_accumulation_steps,
-      gradientCheckpointing: c.gradient_checkpointing,
+      gradientCheckpointing: c.gradient_checkpointing ?? defaultGradientCheckpointing(prepared.trainType),
       quantized: prepared.trainType.quantization !== null,
     });
     const data = await loadDataset(
@@ -252,6 +253,7 @@ async function trainOn(
     throw e;
   }
   try {
+    out(trainer.gradientCheckpointingLine());
     trainer.allocate(); // a step the device cannot hold fails before anything is written
     for (const line of trainer.kernelChoiceLines()) out(line);
     if (writer) makeFolder(c.output_dir, 'output_dir');
@@ -261,7 +263,7 @@ async function trainOn(
           logTo: c.log_to as ('tensorboard' | 'wandb')[],
           totalSteps: trainer.totalSteps,
           everySteps: c.logging_steps,
-          runConfig: { ...c, world_size: comm.size },
+          runConfig: { ...c, gradient_checkpointing: trainer.gradientCheckpointing, world_size: comm.size },
           // a rank's stderr is a pseudo-terminal even when mpirun's output goes to a file
           ...(comm.kind === 'mpi' ? { tty: false } : {}),
         })

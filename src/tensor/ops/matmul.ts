@@ -117,14 +117,30 @@ function linearWeightGrad(dy: Tensor, x: Tensor, w: Tensor): Tensor {
   return dy.graph!.label('linear.dW', () => weightGrad(dy, x, w));
 }
 
+/**
+ * Xᵀ `[in, rows]` of each input that a 2-D weight gradient has read, per input tensor (so per graph):
+ * an input that feeds several linears (q, k and v read the same normed x, gate and up too; every LoRA
+ * A reads its module's input) is transposed once for all their weight gradients.
+ */
+const transposedInputs = new WeakMap<Tensor, Tensor>();
+
+/** `x` as `[rows, in]`, transposed and contiguous: made once per input tensor. */
+function transposedRows(x: Tensor): Tensor {
+  const cached = transposedInputs.get(x);
+  if (cached !== undefined && cached.graph === x.graph) return cached;
+  const inner = x.shape[x.rank - 1]!;
+  const xt = contiguous(transpose(reshape(x, [x.numel / inner, inner])));
+  transposedInputs.set(x, xt);
+  return xt;
+}
+
 function weightGrad(dy: Tensor, x: Tensor, w: Tensor): Tensor {
   const g = dy.graph!;
   const api = ggml();
   if (w.rank === 2) {
     const rows = x.numel / x.shape[x.rank - 1]!;
-    const x2 = reshape(x, [rows, x.shape[x.rank - 1]!]);
     const d2 = reshape(dy, [rows, dy.shape[dy.rank - 1]!]);
-    const xt = contiguous(transpose(x2));
+    const xt = transposedRows(x);
     const dt = contiguous(transpose(d2));
     return g.node((ctx) => api.mul_mat(ctx, xt.ptr, dt.ptr), w.shape, 'f32', false, 'linear_dw');
   }
