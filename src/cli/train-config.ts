@@ -14,7 +14,7 @@ import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
-import { PRECISIONS } from '../train/trainer.js';
+import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
@@ -135,6 +135,12 @@ export const TRAIN_OPTIONS = {
     kind: 'boolean',
     default: false,
     help: 'recompute each decoder block in the backward pass (less memory)',
+  },
+  cross_entropy_chunk: {
+    kind: 'int',
+    default: DEFAULT_CHUNK_TOKENS,
+    min: 0,
+    help: 'token rows per chunk of the fused output layer + loss (the [tokens, vocab] logits never exist whole); 0: whole logits',
   },
   profile: {
     kind: 'boolean',

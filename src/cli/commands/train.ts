@@ -119,6 +119,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     epochs: c.num_epochs,
     ...(c.max_steps === null ? {} : { maxSteps: c.max_steps }),
     gradientCheckpointing: c.gradient_checkpointing,
+    crossEntropyChunk: c.cross_entropy_chunk,
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
@@ -229,6 +230,7 @@ async function trainOn(
       gradientAccumulationSteps: c.gradient_accumulation_steps,
       gradientCheckpointing: c.gradient_checkpointing,
       quantized: prepared.trainType.quantization !== null,
+      crossEntropyChunk: c.cross_entropy_chunk,
     });
     const data = await loadDataset(
       {
