@@ -786,7 +786,7 @@ export class Trainer {
    * token rows (linearCrossEntropy; at most MAX_CROSS_ENTROPY_CHUNKS of them, which bounds the graph's
    * nodes), or the whole logits, then the loss: with a chunk of 0, or where the chunks would need more.
    */
-  private lossSum(g: Graph, ids: Tensor, labels: Tensor, o: ForwardOptions): Tensor {
+  private lossSum(g: Graph, ids: Tensor, labels: Tensor, o: ForwardOptions, scale?: Tensor): Tensor {
     const { hidden, head } = this.model.forwardHidden(g, ids, o);
     const tokens = labels.numel;
     const rows = crossEntropyRows(tokens, this.xentChunk);
@@ -801,7 +801,12 @@ export class Trainer {
         labels,
         { reduction: 'sum' },
       );
-    return linearCrossEntropy(hidden, head, labels, { reduction: 'sum', chunkTokens: rows });
+    // the loss scale reaches the chunks' gradients before a low-precision head matmul (fp16)
+    return linearCrossEntropy(hidden, head, labels, {
+      reduction: 'sum',
+      chunkTokens: rows,
+      ...(scale === undefined ? {} : { gradScale: scale }),
+    });
   }
 
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
@@ -812,12 +817,18 @@ export class Trainer {
       const scale = g.input([1], 'f32', 'loss_scale');
       const mask = this.maskInput(g);
       const hook = this.linearHook();
-      const lossSum = this.lossSum(g, ids, labels, {
-        ...(hook === undefined ? {} : { linear: hook }),
-        ...this.headOption(),
-        ...(mask === null ? {} : { mask }),
-        checkpoint: this.o.gradientCheckpointing === true,
-      });
+      const lossSum = this.lossSum(
+        g,
+        ids,
+        labels,
+        {
+          ...(hook === undefined ? {} : { linear: hook }),
+          ...this.headOption(),
+          ...(mask === null ? {} : { mask }),
+          checkpoint: this.o.gradientCheckpointing === true,
+        },
+        scale,
+      );
       const grads = g.backward(mul(lossSum, scale), this.params);
       this.params.forEach((p, i) => {
         const acc = this.grads.get(`grad${i}`);

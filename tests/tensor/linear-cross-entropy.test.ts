@@ -107,19 +107,20 @@ function run(
   w: Tensor,
   labelShape: number[],
   labels: readonly number[],
-  make: (h: Tensor, w: Tensor, labels: Tensor) => Tensor,
+  make: (h: Tensor, w: Tensor, labels: Tensor, dy: Tensor | null) => Tensor,
   o: { dy?: number; gradsFirst?: boolean; planOnly?: boolean } = {},
 ): Run {
   const g = new Graph(backend);
   try {
     const lab = g.input(labelShape, 'i32', 'labels');
-    const loss = g.build(() => make(h, w, lab));
+    const dyT = o.dy === undefined ? null : g.constant(Float32Array.of(o.dy), [1], 'dy');
+    const loss = g.build(() => make(h, w, lab, dyT));
     let dh: Tensor | null = null;
     let dw: Tensor | null = null;
     const out = (): Tensor => g.output(loss);
     let lossOut: Tensor | null = o.gradsFirst === true ? null : out();
     if (loss.requiresGrad) {
-      const scaled = o.dy === undefined ? loss : mul(loss, g.constant(Float32Array.of(o.dy), [], 'dy'));
+      const scaled = dyT === null ? loss : mul(loss, dyT);
       const grads = g.backward(scaled);
       const gh = grads.get(h);
       const gw = grads.get(w);
@@ -177,6 +178,21 @@ describe('linearCrossEntropy against the float64 closed form', () => {
     const o: LinearCrossEntropyOptions = { chunkTokens: 5, reduction: 'sum', ignoreIndex: 3 };
     const r = run(h, w, [B, T], labels, (x, y, l) => linearCrossEntropy(x, y, l, o), { dy: 3.5 });
     const ref = reference(d.h, d.w, labels, C, V, { ignore: 3, mean: false, dy: 3.5 });
+    assert.ok(relErr([r.loss], [ref.loss]) < TOL, `loss ${r.loss} vs ${ref.loss}`);
+    assert.ok(relErr(r.dh!, ref.dh) < TOL, `dh: ${relErr(r.dh!, ref.dh)}`);
+    assert.ok(relErr(r.dw!, ref.dw) < TOL, `dW: ${relErr(r.dw!, ref.dw)}`);
+  });
+
+  it('a loss scale the chunks know (gradScale 1024) gives the same loss and gradients', () => {
+    const r = run(
+      h,
+      w,
+      [B, T],
+      d.labels,
+      (x, y, l, s) => linearCrossEntropy(x, y, l, { chunkTokens: 4, gradScale: s! }),
+      { dy: 1024 },
+    );
+    const ref = reference(d.h, d.w, d.labels, C, V, { dy: 1024 });
     assert.ok(relErr([r.loss], [ref.loss]) < TOL, `loss ${r.loss} vs ${ref.loss}`);
     assert.ok(relErr(r.dh!, ref.dh) < TOL, `dh: ${relErr(r.dh!, ref.dh)}`);
     assert.ok(relErr(r.dw!, ref.dw) < TOL, `dW: ${relErr(r.dw!, ref.dw)}`);

@@ -69,6 +69,12 @@ describe('Trainer: the output layer and loss in chunks of token rows', () => {
       trainType: 'lora',
       precision: 'bf16_autocast',
     },
+    {
+      name: 'lora, fp16 autocast (f16 head matmul, loss scale 2^16)',
+      dir: FIXTURE,
+      trainType: 'lora',
+      precision: 'fp16_autocast',
+    },
     { name: 'full (trainable untied head)', dir: FIXTURE, trainType: 'full', precision: 'fp32' },
     {
       name: 'full, tied embeddings (the head is the embedding)',
@@ -78,8 +84,8 @@ describe('Trainer: the output layer and loss in chunks of token rows', () => {
     },
   ];
   for (const c of cases) {
-    // bf16 matmuls round their inputs to 8 significant bits: a difference of 1e-7 upstream (softmax as
-    // exp(x − lse) here, ggml's soft_max there) flips a rounding now and then
+    // bf16/f16 matmuls round their inputs to 8/11 significant bits: a difference of 1e-7 upstream
+    // (softmax as exp(x − lse) here, ggml's soft_max there) flips a rounding now and then
     const tol = c.precision === 'fp32' ? 1e-5 : 1e-3;
     it(`${c.name}: chunks of 24 rows (not dividing 64) train as the whole logits do (within ${tol})`, () => {
       const whole = trainRun(c.dir, c.trainType, 0, c.precision);

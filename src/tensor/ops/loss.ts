@@ -65,6 +65,12 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
    * loss is about 4 × chunkTokens × V floats instead of 4 × tokens × V.
    */
   chunkTokens?: number;
+  /**
+   * An f32 `[1]` tensor by which the caller multiplies the loss before the backward pass (fp16's loss
+   * scale). The chunks' gradients, computed before the upstream gradient exists, are computed scaled
+   * by it, so a low-precision head matmul sees them at the scale the unfused path's would.
+   */
+  gradScale?: Tensor;
 }
 
 /** Token rows per chunk of {@link linearCrossEntropy} unless told. */
@@ -118,6 +124,11 @@ export function linearCrossEntropy(
       hint: 'labels have the shape of the hidden state without its last axis',
     });
   }
+  if (o.gradScale !== undefined && (o.gradScale.dtype !== 'f32' || o.gradScale.numel !== 1)) {
+    throw new ShapeError(
+      `${op}: gradScale must be an f32 tensor of one element, got ${o.gradScale.toString()}`,
+    );
+  }
   const chunk = o.chunkTokens ?? DEFAULT_CHUNK_TOKENS;
   if (!Number.isInteger(chunk) || chunk < 1) {
     throw new QtuneError('INVALID_ARGUMENT', `${op}: chunkTokens ${chunk} is not a positive integer`, {
@@ -169,6 +180,8 @@ export function linearCrossEntropy(
       f32((ctx) => api.mul_mat(ctx, w.ptr, xc.ptr), [n, V], 'linear'),
     );
     const wc = rowsOf(weight, r0, n);
+    const gs = o.gradScale;
+    const gwc = gs === undefined ? wc : f32((ctx) => api.mul(ctx, wc.ptr, gs.ptr), [n, 1]); // wᵢ·scale
     const part = g.label('xent', () => rowsLoss(g, logits, rowsOf(target, r0, n), wc, grad));
     const lc = part.loss;
     const sofar: Tensor | null = loss;
@@ -190,7 +203,7 @@ export function linearCrossEntropy(
         // ggml computes it in place of shifted
         const z = f32((ctx) => api.add(ctx, part.lse.ptr, api.scale(ctx, lc.ptr, 0)), [n, 1]);
         const probs = f32((ctx) => api.exp(ctx, api.sub(ctx, part.shifted.ptr, z.ptr)), [n, V]);
-        return rowsGrad(g, probs, wc, fi); // (n, V)
+        return rowsGrad(g, probs, gwc, fi); // (n, V)
       });
       if (wantDh) {
         const wT = transposedW();
@@ -219,7 +232,9 @@ export function linearCrossEntropy(
 
   return g.record(op, [x, w], loss!, (dy) =>
     g.label('xent.bwd', () => {
-      const scaled = (t: Tensor) => f32((ctx) => api.mul(ctx, t.ptr, dy.ptr), t.shape.slice());
+      const gs = o.gradScale;
+      const factor = gs === undefined ? dy : f32((ctx) => api.div(ctx, dy.ptr, gs.ptr), [1]); // dy / scale
+      const scaled = (t: Tensor) => f32((ctx) => api.mul(ctx, t.ptr, factor.ptr), t.shape.slice());
       let dh = null as Tensor | null;
       for (const d of dhs) {
         const sofar: Tensor | null = dh;
