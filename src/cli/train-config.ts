@@ -16,7 +16,7 @@ import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
 import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
-import { PRECISIONS } from '../train/trainer.js';
+import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
@@ -137,6 +137,12 @@ export const TRAIN_OPTIONS = {
     kind: 'boolean',
     default: null,
     help: 'recompute each decoder block in the backward pass (less memory; default: on over a quantized base such as qlora, else off)',
+  },
+  cross_entropy_chunk: {
+    kind: 'int',
+    default: DEFAULT_CHUNK_TOKENS,
+    min: 0,
+    help: 'token rows per chunk of the fused output layer + loss (the [tokens, vocab] logits never exist whole); 0: whole logits',
   },
   profile: {
     kind: 'boolean',

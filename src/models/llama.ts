@@ -317,6 +317,17 @@ export class LlamaModel {
    * of `g`. Positions run from `start`.
    */
   forward(g: Graph, ids: Tensor, o: ForwardOptions = {}): Tensor {
+    const { hidden, head } = this.forwardHidden(g, ids, o);
+    return g.build(() => linear(hidden, head)); // (B, T, V)
+  }
+
+  /**
+   * The forward pass up to the output layer: the final normed hidden state `[B, T, hidden]` and the
+   * output layer's weight `[vocab, hidden]` as the forward would use it (cast to `headDType`), so
+   * `linear(hidden, head)` are the logits. For a loss that never holds all the logits at once
+   * (`linearCrossEntropy`, the trainer's default).
+   */
+  forwardHidden(g: Graph, ids: Tensor, o: ForwardOptions = {}): { hidden: Tensor; head: Tensor } {
     const c = this.config;
     if (ids.dtype !== 'i32' || ids.rank !== 2)
       throw new QtuneError(
@@ -424,7 +435,7 @@ export class LlamaModel {
         : this.weight('lm_head.weight');
       const headIn =
         o.headWeight ?? (o.headDType !== undefined && head.dtype === 'f32' ? cast(head, o.headDType) : head);
-      return linear(h, headIn); // (B, T, V)
+      return { hidden: h, head: headIn };
     });
   }
 

@@ -54,6 +54,12 @@ export {
   type RopeOptions,
   type SoftmaxOptions,
 } from './ops/nn.js';
-export { crossEntropy, type CrossEntropyOptions } from './ops/loss.js';
+export {
+  DEFAULT_CHUNK_TOKENS,
+  crossEntropy,
+  linearCrossEntropy,
+  type CrossEntropyOptions,
+  type LinearCrossEntropyOptions,
+} from './ops/loss.js';
 export { checkpoint } from './checkpoint.js';
 export { attachTransposed, type TransposedMode } from './transposed.js';

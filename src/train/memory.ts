@@ -79,16 +79,38 @@ export interface StepShape {
   gradientCheckpointing: boolean;
   /** The frozen base is quantized (qlora and the like). */
   quantized: boolean;
+  /**
+   * Token rows per chunk of the fused output layer and loss (the trainer's crossEntropyChunk); absent
+   * or 0: the logits are computed whole.
+   */
+  crossEntropyChunk?: number;
+}
+
+/** Most chunks the fused output layer and loss split a micro-batch into (each costs ~35 graph nodes). */
+export const MAX_CROSS_ENTROPY_CHUNKS = 64;
+
+/**
+ * Token rows whose logits exist at once in a step of `tokens` token rows: all of them with a chunk of 0,
+ * else the chunk, raised so that there are at most {@link MAX_CROSS_ENTROPY_CHUNKS} chunks.
+ */
+export function crossEntropyRows(tokens: number, chunk: number): number {
+  if (chunk === 0) return tokens;
+  return Math.min(tokens, Math.max(chunk, Math.ceil(tokens / MAX_CROSS_ENTROPY_CHUNKS)));
 }
 
 /**
  * A lower bound of the bytes one training step's activations take, from the shapes alone: the f32
- * logits (B·T·vocab), the input of every decoder block (B·T·hidden, kept for the backward pass with
- * or without gradient checkpointing) and one layer's attention scores (B·heads·T·T).
+ * logits (B·T·vocab, or a chunk of rows·vocab with the fused loss), the input of every decoder block
+ * (B·T·hidden, kept for the backward pass with or without gradient checkpointing) and one layer's
+ * attention scores (B·heads·T·T).
  */
 export function stepActivationsLowerBound(c: LlamaConfig, s: StepShape): number {
   const { batchSize: b, seqLen: t } = s;
-  return 4 * b * t * (c.vocab_size + c.num_hidden_layers * c.hidden_size + c.num_attention_heads * t);
+  const logitRows = crossEntropyRows(b * t, s.crossEntropyChunk ?? 0);
+  return (
+    4 * logitRows * c.vocab_size +
+    4 * b * t * (c.num_hidden_layers * c.hidden_size + c.num_attention_heads * t)
+  );
 }
 
 /**

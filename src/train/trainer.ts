@@ -39,7 +39,7 @@ import { makeFolder } from '../io/folders.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
-import { llamaWeights, type LlamaModel, type LinearHook } from '../models/llama.js';
+import { llamaWeights, type ForwardOptions, type LlamaModel, type LinearHook } from '../models/llama.js';
 import { loadModel, loadWeights, readConfig, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
@@ -48,7 +48,7 @@ import { methodDType } from '../quant/methods.js';
 import { Graph, type GraphNode } from '../tensor/graph.js';
 import { add, mul, sqr } from '../tensor/ops/elementwise.js';
 import { cast, sum } from '../tensor/ops/layout.js';
-import { crossEntropy } from '../tensor/ops/loss.js';
+import { DEFAULT_CHUNK_TOKENS, crossEntropy, linearCrossEntropy } from '../tensor/ops/loss.js';
 import { linear } from '../tensor/ops/matmul.js';
 import { StoreGroup } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -59,6 +59,7 @@ import { FrozenWeights, type FrozenCopies } from './frozen.js';
 import { chooseGradType, type ComputeDTypeChoice, type GradTypeChoice } from './kernel-choice.js';
 import { LoraLayers, type LoraOptions } from './lora.js';
 import {
+  crossEntropyRows,
   peakRss,
   rss,
   stepActivationsLowerBound,
@@ -75,6 +76,8 @@ import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
 import { saveModel } from '../adapters/merge.js';
 import { savePeftAdapter } from '../adapters/peft.js';
+
+export { DEFAULT_CHUNK_TOKENS };
 
 export type Precision = 'fp32' | 'bf16' | 'fp16' | 'bf16_autocast' | 'fp16_autocast';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16', 'fp16', 'bf16_autocast', 'fp16_autocast'];
@@ -124,6 +127,13 @@ export interface TrainerOptions {
    * (default: bf16 where measured faster on this device), `f32` (exact), `bf16`.
    */
   quantComputeDType?: ComputeDTypeChoice;
+  /**
+   * Token rows per chunk of the fused output layer and loss (`linearCrossEntropy`): the
+   * `[tokens, vocab]` logits and their gradient never exist whole, only `[chunk, vocab]` at a time.
+   * Default {@link DEFAULT_CHUNK_TOKENS}; 0 computes all the logits, then the loss. A micro-batch
+   * splits into at most 64 chunks (larger ones when it has more than 64 × chunk token rows).
+   */
+  crossEntropyChunk?: number;
   /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
   maxGradNorm?: number;
   /** Default AdamW, lr 2e-4, no weight decay. */
@@ -488,6 +498,8 @@ export class Trainer {
   private readonly seed: number;
   private readonly source: string;
   private readonly maxGradNorm: number;
+  /** Token rows per chunk of the fused output layer and loss; 0: logits whole. */
+  private readonly xentChunk: number;
   private readonly scaling: { growthInterval: number } | null;
   /** Data parallelism: the job's ranks (null: this process alone). */
   private readonly comm: Collectives | null;
@@ -554,6 +566,11 @@ export class Trainer {
     if (!(this.maxGradNorm >= 0 && Number.isFinite(this.maxGradNorm)))
       throw new ConfigError(`max_grad_norm: ${this.maxGradNorm} must be ≥ 0`, {
         hint: 'use 1.0, or 0 to turn clipping off',
+      });
+    this.xentChunk = o.crossEntropyChunk ?? DEFAULT_CHUNK_TOKENS;
+    if (!(Number.isInteger(this.xentChunk) && this.xentChunk >= 0))
+      throw new ConfigError(`cross_entropy_chunk: ${this.xentChunk} must be a whole number ≥ 0`, {
+        hint: `use ${DEFAULT_CHUNK_TOKENS} (token rows per chunk), or 0 to compute all the logits at once`,
       });
     const fp16 = this.precision === 'fp16' || this.precision === 'fp16_autocast';
     this.scaling = fp16
@@ -849,6 +866,34 @@ export class Trainer {
     };
   }
 
+  /**
+   * The summed cross-entropy of a micro-batch: the output layer fused with the loss in chunks of
+   * token rows (linearCrossEntropy; at most MAX_CROSS_ENTROPY_CHUNKS of them, which bounds the graph's
+   * nodes), or the whole logits, then the loss: with a chunk of 0, or where the chunks would need more.
+   */
+  private lossSum(g: Graph, ids: Tensor, labels: Tensor, o: ForwardOptions, scale?: Tensor): Tensor {
+    const { hidden, head } = this.model.forwardHidden(g, ids, o);
+    const tokens = labels.numel;
+    const rows = crossEntropyRows(tokens, this.xentChunk);
+    // A trainable head (full fine-tuning) adds a chunk's dW partial ([vocab, hidden]) to the running
+    // sum. Measured compute buffers, in floats: whole ≈ Wᵀ + dW + 2.65·tokens·vocab, chunked ≈ Wᵀ + dW +
+    // hidden·vocab + 3·rows·vocab; so a few chunks of a short batch would need more than the logits.
+    const headTrains = g.isRecording && head.requiresGrad;
+    const fused = this.xentChunk > 0 && (!headTrains || 2.5 * tokens >= hidden.shape[2]! + 3 * rows);
+    if (!fused)
+      return crossEntropy(
+        g.build(() => linear(hidden, head)),
+        labels,
+        { reduction: 'sum' },
+      );
+    // the loss scale reaches the chunks' gradients before a low-precision head matmul (fp16)
+    return linearCrossEntropy(hidden, head, labels, {
+      reduction: 'sum',
+      chunkTokens: rows,
+      ...(scale === undefined ? {} : { gradScale: scale }),
+    });
+  }
+
   private buildAccumulate(): NonNullable<Trainer['accGraph']> {
     const g = new Graph(this.model.backends);
     try {
@@ -857,13 +902,18 @@ export class Trainer {
       const scale = g.input([1], 'f32', 'loss_scale');
       const mask = this.maskInput(g);
       const hook = this.linearHook();
-      const logits = this.model.forward(g, ids, {
-        ...(hook === undefined ? {} : { linear: hook }),
-        ...this.headOption(),
-        ...(mask === null ? {} : { mask }),
-        checkpoint: this.gradientCheckpointing,
-      });
-      const lossSum = crossEntropy(logits, labels, { reduction: 'sum' });
+      const lossSum = this.lossSum(
+        g,
+        ids,
+        labels,
+        {
+          ...(hook === undefined ? {} : { linear: hook }),
+          ...this.headOption(),
+          ...(mask === null ? {} : { mask }),
+          checkpoint: this.gradientCheckpointing,
+        },
+        scale,
+      );
       const grads = g.backward(mul(lossSum, scale), this.params);
       // ggml orders the nodes depth-first from each assignment in turn: the last block's gradients
       // first, so that every block's weight gradients run as soon as its output gradient exists and
@@ -935,13 +985,7 @@ export class Trainer {
         ...this.headOption(),
         ...(mask === null ? {} : { mask }),
       };
-      const loss = g.output(
-        g.noGrad(() =>
-          crossEntropy(this.model.forward(g, ids, forwardOptions), labels, {
-            reduction: 'sum',
-          }),
-        ),
-      );
+      const loss = g.output(g.noGrad(() => this.lossSum(g, ids, labels, forwardOptions)));
       g.compile();
       return { g, ids, labels, loss, mask };
     } catch (e) {
@@ -1007,6 +1051,7 @@ export class Trainer {
       gradientAccumulationSteps: this.accumulation,
       gradientCheckpointing: this.gradientCheckpointing,
       quantized: this.trainType.quantization !== null,
+      crossEntropyChunk: this.xentChunk,
     };
   }
 

@@ -56,24 +56,26 @@ describe('an impossible memory request', () => {
   });
 
   for (const { name, backend } of devices) {
-    it(`${name}: batch_size 100000 fails in the Trainer with advice, and frees what it loaded`, async () => {
+    it(`${name}: batch_size 10^7 fails in the Trainer with advice, and frees what it loaded`, async () => {
       const prepared = await prepareModel(tiny, { trainType: 'lora', backend });
       const data = fineTuneData(prepared.tokenizer!, 64, 4, 0);
       const before = nativeMemory().total;
-      // the bound this refusal rests on, from the shapes alone (float64): logits 100000·64·32000·4 bytes
+      // the bound this refusal rests on, from the shapes alone (float64): the logits of a chunk (at most
+      // 64 chunks: 10^7·64/64 rows of 32000 f32) and every block's input
       assert.ok(
         stepActivationsLowerBound(prepared.model.config, {
-          batchSize: 100000,
+          batchSize: 1e7,
           seqLen: 64,
           gradientAccumulationSteps: 1,
           gradientCheckpointing: false,
           quantized: false,
+          crossEntropyChunk: 256,
         }) >=
-          4 * 100000 * 64 * 32000,
+          4 * 1e7 * 32000 + 4 * 1e7 * 64 * 2 * 64,
       );
       assert.throws(
-        () => new Trainer(prepared, { train: data.train }, { trainType: 'lora', batchSize: 100000 }),
-        (e) => checkAdvice(e, 100000, 64),
+        () => new Trainer(prepared, { train: data.train }, { trainType: 'lora', batchSize: 1e7 }),
+        (e) => checkAdvice(e, 1e7, 64),
       );
       // the trainer owned the model and freed it on the way out
       assert.ok(
@@ -82,14 +84,14 @@ describe('an impossible memory request', () => {
       );
     });
 
-    it(`${name}: qtune train with batch_size 100000${backend.isCpu ? ' or context_length 10^8' : ''} exits 2 with one line and writes nothing`, () => {
+    it(`${name}: qtune train with batch_size 10^7${backend.isCpu ? ' or context_length 10^8' : ''} exits 2 with one line and writes nothing`, () => {
       const out = path.join(tmp, `out-${name}`);
       const base = [...tinyTrainArgs(tiny, out), '--backend', name, '--threads', '1'];
       const cases = [
         [
           '--batch_size',
-          '100000',
-          /batch_size 100000 × context_length 128: one training step needs at least/,
+          '10000000',
+          /batch_size 10000000 × context_length 128: one training step needs at least/,
         ],
         ['--context_length', '100000000', /batch_size 4 × context_length 100000000: one training step needs/],
       ] as const;

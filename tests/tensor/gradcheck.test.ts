@@ -25,6 +25,7 @@ import {
   expand,
   gelu,
   linear,
+  linearCrossEntropy,
   llama3FreqFactors,
   log,
   matmul,
@@ -541,6 +542,21 @@ const CASES: Case[] = [
     },
     ref: ([x]) => R.crossEntropy(R.reshape(x!, [7, 9]), labels),
   },
+  ...[1, 3, 7].map((chunkTokens): Case => ({
+    name: `linearCrossEntropy (chunks of ${chunkTokens}, ignore -100)`,
+    inputs: [
+      [1, 7, 5],
+      [9, 5],
+    ],
+    build: ([x, w], c) => {
+      const lab = c.g.input([1, 7], 'i32', 'labels');
+      return {
+        out: linearCrossEntropy(x!, w!, lab, { chunkTokens }),
+        feed: (g) => g.set(lab, Int32Array.from(labels)),
+      };
+    },
+    ref: ([x, w]) => R.crossEntropy(R.reshape(R.linear(x!, w!), [7, 9]), labels),
+  })),
 ];
 
 interface Result {

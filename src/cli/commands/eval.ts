@@ -4,7 +4,7 @@ import { DATASET_FORMATS } from '../../data/formats.js';
 import { loadDataset } from '../../data/dataset.js';
 import { loadModel } from '../../models/load.js';
 import { Graph } from '../../tensor/graph.js';
-import { crossEntropy } from '../../tensor/ops/loss.js';
+import { linearCrossEntropy } from '../../tensor/ops/loss.js';
 import {
   DEVICE_FLAGS,
   devicesFlag,
@@ -74,16 +74,16 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     try {
       const ids = g.input([1, T], 'i32');
       const labels = g.input([1, T], 'i32');
+      // the output layer fused with the loss: [T, vocab] logits never exist whole, only chunks of rows
       const loss = g.output(
-        g.noGrad(() =>
-          crossEntropy(
-            loaded.model.forward(g, ids, adapter === null ? {} : { linear: adapter.hook }),
-            labels,
-            {
-              reduction: 'sum',
-            },
-          ),
-        ),
+        g.noGrad(() => {
+          const { hidden, head } = loaded.model.forwardHidden(
+            g,
+            ids,
+            adapter === null ? {} : { linear: adapter.hook },
+          );
+          return linearCrossEntropy(hidden, head, labels, { reduction: 'sum' });
+        }),
       );
       g.compile();
       for (const e of data.train) {

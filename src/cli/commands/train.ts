@@ -124,6 +124,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     ...(c.gradient_checkpointing === null ? {} : { gradientCheckpointing: c.gradient_checkpointing }),
     frozenWeightCopies: c.frozen_weight_copies as FrozenCopies,
     quantComputeDType: c.quant_compute_dtype as ComputeDTypeChoice,
+    crossEntropyChunk: c.cross_entropy_chunk,
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
@@ -234,6 +235,7 @@ async function trainOn(
       gradientAccumulationSteps: c.gradient_accumulation_steps,
       gradientCheckpointing: c.gradient_checkpointing ?? defaultGradientCheckpointing(prepared.trainType),
       quantized: prepared.trainType.quantization !== null,
+      crossEntropyChunk: c.cross_entropy_chunk,
     });
     const data = await loadDataset(
       {

@@ -4,8 +4,11 @@
  * indices are derived from them on the host whenever they are set.
  */
 import { DTypeError, QtuneError, ShapeError, fmtShape } from '../../errors.js';
+import type { Graph } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { ggml, graphOf, requireF32, template } from './common.js';
+import { GGML_TYPE_IDS, isFloatDType, isQuantDType } from '../../engine/dtype.js';
+import { ggml, graphOf, requireF32, strides, template } from './common.js';
+import { dequantize } from './matmul.js';
 import { contiguous, reshape } from './layout.js';
 
 export interface CrossEntropyOptions {
@@ -45,11 +48,306 @@ function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions):
       },
     );
   }
+  const { target, flatIndex, weight } = labelInputs(g, 'crossEntropy', labels, N, V, o, N);
+  const x = contiguous(reshape(logits, [N, V])); // ne [V, N]
+  const { loss } = rowsLoss(g, x, target, weight, x.requiresGrad);
+  return g.record('crossEntropy', [x], loss, (dy) => {
+    const api = ggml();
+    const gw = g.node((ctx) => api.mul(ctx, weight.ptr, dy.ptr), [N, 1], 'f32', false); // wᵢ·dy
+    const probs = g.node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [N, V], 'f32', false);
+    return [rowsGrad(g, probs, gw, flatIndex)];
+  });
+}
+
+export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
+  /**
+   * Token rows whose logits exist at once (default {@link DEFAULT_CHUNK_TOKENS}): the memory of the
+   * loss is about 4 × chunkTokens × V floats instead of 4 × tokens × V.
+   */
+  chunkTokens?: number;
+  /**
+   * An f32 `[1]` tensor by which the caller multiplies the loss before the backward pass (fp16's loss
+   * scale). The chunks' gradients, computed before the upstream gradient exists, are computed scaled
+   * by it, so a low-precision head matmul sees them at the scale the unfused path's would.
+   */
+  gradScale?: Tensor;
+}
+
+/** Token rows per chunk of {@link linearCrossEntropy} unless told. */
+export const DEFAULT_CHUNK_TOKENS = 256;
+
+/**
+ * `crossEntropy(linear(h, w), labels, o)` (the output layer and the loss of a causal LM, fused) without
+ * the `[tokens, V]` logits or their gradient ever existing whole: h `[..., C]` f32, w `[V, C]` (float
+ * or quantized, as `linear` takes it), labels an i32 input of h's leading shape. Returns the same
+ * scalar loss.
+ *
+ * The token rows go in chunks of `chunkTokens`. While the graph records gradients, each chunk computes
+ * its logits, its loss and at once its gradient dlogits = (softmax − onehot)·w, then dh = dlogits·W
+ * (and dW += dlogitsᵀ·h when w trains), so its `[chunk, V]` tensors die before the next chunk's
+ * logits exist; the gradient rule only scales dh and dW by the upstream gradient. ggml computes a
+ * graph in the order of a depth-first walk from its outputs and frees a tensor after its last
+ * consumer: every chunk's input reads a zero made from the previous chunk's gradients (x + 0·dh[0]),
+ * so the walk finishes a chunk, gradients included, before it starts the next (as
+ * {@link Graph.recompute} orders a checkpointed block). The liger-kernel's "fused linear
+ * cross-entropy", in graph nodes.
+ *
+ * @example
+ * const loss = linearCrossEntropy(hidden, model.weight('lm_head.weight'), labels, { chunkTokens: 256 });
+ */
+export function linearCrossEntropy(
+  h: Tensor,
+  w: Tensor,
+  labels: Tensor,
+  o: LinearCrossEntropyOptions = {},
+): Tensor {
+  const op = 'linearCrossEntropy';
+  const g = graphOf(op, h, w, labels);
+  requireF32(op, h);
+  if (labels.dtype !== 'i32' || labels.kind !== 'input') {
+    throw new DTypeError(`${op}: labels must be an i32 input of the graph, got ${labels.toString()}`);
+  }
+  if (!isFloatDType(w.dtype) && !isQuantDType(w.dtype)) {
+    throw new DTypeError(`${op}: weight ${w.toString()} has type ${w.dtype}`, {
+      hint: 'weights are float or quantized',
+    });
+  }
+  const C = h.shape[h.rank - 1]!;
+  if (w.rank !== 2 || w.shape[1] !== C) {
+    throw new ShapeError(
+      `${op}: hidden ${fmtShape(h.shape)} and weight ${fmtShape(w.shape)} do not fit: h[..., ${C}] needs w[V, ${C}]`,
+      { hint: 'the weight is stored [vocab, hidden], as lm_head.weight' },
+    );
+  }
+  if (labels.shape.join() !== h.shape.slice(0, -1).join()) {
+    throw new ShapeError(`${op}: labels ${fmtShape(labels.shape)} do not match hidden ${fmtShape(h.shape)}`, {
+      hint: 'labels have the shape of the hidden state without its last axis',
+    });
+  }
+  if (o.gradScale !== undefined && (o.gradScale.dtype !== 'f32' || o.gradScale.numel !== 1)) {
+    throw new ShapeError(
+      `${op}: gradScale must be an f32 tensor of one element, got ${o.gradScale.toString()}`,
+    );
+  }
+  const chunk = o.chunkTokens ?? DEFAULT_CHUNK_TOKENS;
+  if (!Number.isInteger(chunk) || chunk < 1) {
+    throw new QtuneError('INVALID_ARGUMENT', `${op}: chunkTokens ${chunk} is not a positive integer`, {
+      hint: `use a whole number of token rows such as ${DEFAULT_CHUNK_TOKENS}`,
+    });
+  }
+  const V = w.shape[0]!;
+  const N = h.numel / C;
+  const rows = Math.min(chunk, N);
+  const { target, flatIndex, weight } = labelInputs(g, op, labels, N, V, o, rows);
+  const x = contiguous(reshape(h, [N, C])); // ne [C, N]
+  const grad = g.isRecording && (x.requiresGrad || w.requiresGrad);
+  const wantDh = grad && x.requiresGrad;
+  const wantDw = grad && w.requiresGrad;
+  const api = ggml();
+  const f32 = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
+    g.node(make, shape, 'f32', false, name);
+  // rows [r0, r0 + n) of a 2-D tensor, a view
+  const rowsOf = (t: Tensor, r0: number, n: number): Tensor => {
+    const nb1 = strides(t)[1];
+    const cols = t.shape[1]!;
+    return g.node(
+      (ctx) => api.view_4d(ctx, t.ptr, cols, n, 1, 1, nb1, nb1 * n, nb1 * n, r0 * nb1),
+      [n, cols],
+      t.dtype,
+      false,
+    );
+  };
+  // Wᵀ once for every chunk's dh (linear's input gradient would make one per chunk)
+  let wt: Tensor | null = w.transposed;
+  const transposedW = (): Tensor => {
+    wt ??= g.label('wT', () => {
+      const src = isQuantDType(w.dtype) ? g.label('dequant', () => dequantize(g, w)) : w;
+      return g.node((ctx) => api.cont(ctx, api.transpose(ctx, src.ptr)), [C, V], src.dtype, false, 'wT');
+    });
+    return wt;
+  };
+
+  let loss = null as Tensor | null;
+  let dep = null as Tensor | null; // 0, computed from the previous chunk's gradients
+  const dhs: Tensor[] = [];
+  let dw = null as Tensor | null;
+  for (let r0 = 0; r0 < N; r0 += rows) {
+    const n = Math.min(rows, N - r0);
+    const view = rowsOf(x, r0, n);
+    const dz = dep;
+    const xc = dz === null ? view : f32((ctx) => api.add(ctx, view.ptr, dz.ptr), [n, C]);
+    const logits = g.label('linear.fwd', () =>
+      f32((ctx) => api.mul_mat(ctx, w.ptr, xc.ptr), [n, V], 'linear'),
+    );
+    const wc = rowsOf(weight, r0, n);
+    const gs = o.gradScale;
+    const gwc = gs === undefined ? wc : f32((ctx) => api.mul(ctx, wc.ptr, gs.ptr), [n, 1]); // wᵢ·scale
+    const part = g.label('xent', () => rowsLoss(g, logits, rowsOf(target, r0, n), wc, grad));
+    const lc = part.loss;
+    const sofar: Tensor | null = loss;
+    loss =
+      sofar === null
+        ? lc
+        : g.label('xent', () => g.node((ctx) => api.add(ctx, sofar.ptr, lc.ptr), [], 'f32', grad));
+    // what the next chunk waits for: this chunk's loss and gradients, every reader of its logits
+    const done: Tensor[] = [lc];
+    if (grad) {
+      const fi = g.node(
+        (ctx) => api.view_4d(ctx, flatIndex.ptr, n, 1, 1, 1, 4 * n, 4 * n, 4 * n, r0 * 4),
+        [n],
+        'i32',
+        false,
+      );
+      const dl = g.label('xent.bwd', () => {
+        // softmax = exp(shifted − lse), after every other reader of shifted (lse + 0·loss), so that
+        // ggml computes it in place of shifted
+        const z = f32((ctx) => api.add(ctx, part.lse.ptr, api.scale(ctx, lc.ptr, 0)), [n, 1]);
+        const probs = f32((ctx) => api.exp(ctx, api.sub(ctx, part.shifted.ptr, z.ptr)), [n, V]);
+        return rowsGrad(g, probs, gwc, fi); // (n, V)
+      });
+      if (wantDh) {
+        const wT = transposedW();
+        const dh = g.label('linear.dX', () =>
+          f32((ctx) => api.mul_mat(ctx, wT.ptr, dl.ptr), [n, C], 'linear_dx'),
+        );
+        dhs.push(dh);
+        done.push(dh);
+      }
+      if (wantDw) {
+        const dwc = g.label('linear.dW', () => {
+          const xt = f32((ctx) => api.cont(ctx, api.transpose(ctx, xc.ptr)), [C, n]);
+          const dt = f32((ctx) => api.cont(ctx, api.transpose(ctx, dl.ptr)), [V, n]);
+          return f32((ctx) => api.mul_mat(ctx, xt.ptr, dt.ptr), [V, C], 'linear_dw');
+        });
+        const prev: Tensor | null = dw;
+        dw =
+          prev === null
+            ? dwc
+            : g.label('linear.dW', () => f32((ctx) => api.add(ctx, prev.ptr, dwc.ptr), [V, C]));
+        done.push(dw);
+      }
+    }
+    dep = r0 + n < N ? zeroOf(g, done) : null;
+  }
+
+  return g.record(op, [x, w], loss!, (dy) =>
+    g.label('xent.bwd', () => {
+      const gs = o.gradScale;
+      const factor = gs === undefined ? dy : f32((ctx) => api.div(ctx, dy.ptr, gs.ptr), [1]); // dy / scale
+      const scaled = (t: Tensor) => f32((ctx) => api.mul(ctx, t.ptr, factor.ptr), t.shape.slice());
+      let dh = null as Tensor | null;
+      for (const d of dhs) {
+        const sofar: Tensor | null = dh;
+        dh =
+          sofar === null
+            ? d
+            : f32((ctx) => api.concat(ctx, sofar.ptr, d.ptr, 1), [sofar.shape[0]! + d.shape[0]!, C]);
+      }
+      return [dh === null ? null : scaled(dh), dw === null ? null : scaled(dw)];
+    }),
+  );
+}
+
+/** A `[1]` zero that depends on every tensor of `ts` (0·t[0] summed): ordering only. */
+function zeroOf(g: Graph, ts: readonly Tensor[]): Tensor {
+  const api = ggml();
+  let z = null as Tensor | null;
+  for (const t of ts) {
+    const es = api.type_size(GGML_TYPE_IDS[t.dtype]);
+    const zt = g.node(
+      (ctx) => api.scale(ctx, api.view_4d(ctx, t.ptr, 1, 1, 1, 1, es, es, es, 0), 0),
+      [1],
+      'f32',
+      false,
+      'xent_dep',
+    );
+    const prev: Tensor | null = z;
+    z = prev === null ? zt : g.node((ctx) => api.add(ctx, prev.ptr, zt.ptr), [1], 'f32', false, 'xent_dep');
+  }
+  return z!;
+}
+
+/**
+ * Σᵢ wᵢ·(logsumexp(xᵢ) − xᵢ[targetᵢ]) over the rows of x `[n, V]` (a scalar node); target `[n, 1]`
+ * i32, w `[n, 1]` f32. logsumexp is shifted by the row maximum (picked with argmax) for stability.
+ */
+function rowsLoss(
+  g: Graph,
+  x: Tensor,
+  target: Tensor,
+  w: Tensor,
+  requiresGrad: boolean,
+): { loss: Tensor; shifted: Tensor; lse: Tensor } {
+  const api = ggml();
+  const [n, V] = x.shape as [number, number];
+  const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
+    g.node(make, shape, 'f32', false, name);
+  const x3 = node((ctx) => api.reshape_3d(ctx, x.ptr, 1, V, n), [n, V, 1]);
+  const amax = g.node((ctx) => api.reshape_2d(ctx, api.argmax(ctx, x.ptr), 1, n), [n, 1], 'i32', false);
+  const rowMax = node(
+    (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, x3.ptr, amax.ptr), 1, n),
+    [n, 1],
+    'ce_max',
+  );
+  const shifted = node((ctx) => api.sub(ctx, x.ptr, rowMax.ptr), [n, V]);
+  const lse = node((ctx) => api.log(ctx, api.sum_rows(ctx, api.exp(ctx, shifted.ptr))), [n, 1], 'ce_lse');
+  const s3 = node((ctx) => api.reshape_3d(ctx, shifted.ptr, 1, V, n), [n, V, 1]);
+  const picked = node((ctx) => api.reshape_2d(ctx, api.get_rows(ctx, s3.ptr, target.ptr), 1, n), [n, 1]);
+  const perToken = node((ctx) => api.mul(ctx, api.sub(ctx, lse.ptr, picked.ptr), w.ptr), [n, 1], 'ce_tokens');
+  const loss = g.node((ctx) => api.sum(ctx, perToken.ptr), [], 'f32', requiresGrad, 'cross_entropy');
+  return { loss, shifted, lse };
+}
+
+/**
+ * The gradient of {@link rowsLoss} with respect to its x `[n, V]`: (probs − onehot(target))·gw, with
+ * probs = softmax(x), gw `[n, 1]` the row weights (times the upstream gradient) and flatIndex `[n]`
+ * the targets' indices in the flattened x.
+ */
+function rowsGrad(g: Graph, probs: Tensor, gw: Tensor, flatIndex: Tensor): Tensor {
+  const api = ggml();
+  const [n, V] = probs.shape as [number, number];
+  const node = (make: Parameters<typeof g.node>[0], shape: number[]) => g.node(make, shape, 'f32', false);
+  const spread = node((ctx) => api.mul(ctx, probs.ptr, gw.ptr), [n, V]);
+  const onehot = node(
+    (ctx) => api.get_rows_back(ctx, gw.ptr, flatIndex.ptr, template(g, [n * V, 1])),
+    [n * V, 1],
+  );
+  const one2 = node((ctx) => api.reshape_2d(ctx, contiguous(onehot).ptr, V, n), [n, V]);
+  return node((ctx) => api.sub(ctx, spread.ptr, one2.ptr), [n, V]);
+}
+
+/** The per-token inputs derived from the labels on the host (see {@link labelInputs}). */
+export interface LabelInputs {
+  /** `[N, 1]` i32: the label, with ignored positions replaced by 0. */
+  target: Tensor;
+  /** `[N]` i32: the label's index in its chunk's flattened `[rows, V]` logits. */
+  flatIndex: Tensor;
+  /** `[N, 1]` f32: 1/count (mean) or 1 (sum) for counted tokens, 0 for ignored ones. */
+  weight: Tensor;
+}
+
+/**
+ * Inputs derived from `labels` whenever they are set: targets, flat indices into logits that come
+ * in chunks of `rowsPerChunk` rows (token i's index is `(i mod rowsPerChunk)·V + label`), and the
+ * weights. A label outside [0, V) that is not the ignore index is an error naming its position.
+ */
+export function labelInputs(
+  g: Graph,
+  op: string,
+  labels: Tensor,
+  N: number,
+  V: number,
+  o: CrossEntropyOptions,
+  rowsPerChunk: number,
+): LabelInputs {
   const ignore = o.ignoreIndex ?? -100;
   const mean = (o.reduction ?? 'mean') === 'mean';
-
-  // derived per-token inputs: the label with ignored ones replaced by 0, its index in the flattened
-  // logits, and the weight
+  if (rowsPerChunk * V > 2 ** 31 - 1) {
+    throw new ShapeError(
+      `${op}: ${rowsPerChunk} token rows × vocabulary ${V} exceed the int32 indices of ggml's get_rows_back`,
+      { hint: 'use linearCrossEntropy with a smaller chunkTokens' },
+    );
+  }
   const target = g.input([N, 1], 'i32', 'ce_target');
   const flatIndex = g.input([N], 'i32', 'ce_flat_index');
   const weight = g.input([N, 1], 'f32', 'ce_weight');
@@ -62,16 +360,12 @@ function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions):
       const l = data[i]!;
       if (l === ignore) continue;
       if (!Number.isInteger(l) || l < 0 || l >= V) {
-        throw new QtuneError(
-          'INVALID_ARGUMENT',
-          `crossEntropy: label ${l} at position ${i} is outside [0, ${V})`,
-          {
-            hint: `use token ids below the vocabulary size, or ${ignore} to ignore a position`,
-          },
-        );
+        throw new QtuneError('INVALID_ARGUMENT', `${op}: label ${l} at position ${i} is outside [0, ${V})`, {
+          hint: `use token ids below the vocabulary size, or ${ignore} to ignore a position`,
+        });
       }
       t[i] = l;
-      f[i] = i * V + l;
+      f[i] = (i % rowsPerChunk) * V + l;
       count++;
     }
     const wi = mean ? (count > 0 ? 1 / count : 0) : 1;
@@ -80,38 +374,5 @@ function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions):
     g.set(flatIndex, f);
     g.set(weight, w);
   });
-
-  const api = ggml();
-  const x = contiguous(reshape(logits, [N, V])); // ne [V, N]
-  const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
-    g.node(make, shape, 'f32', false, name);
-  const x3 = node((ctx) => api.reshape_3d(ctx, x.ptr, 1, V, N), [N, V, 1]);
-  const amax = g.node((ctx) => api.reshape_2d(ctx, api.argmax(ctx, x.ptr), 1, N), [N, 1], 'i32', false);
-  const rowMax = node(
-    (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, x3.ptr, amax.ptr), 1, N),
-    [N, 1],
-    'ce_max',
-  );
-  const shifted = node((ctx) => api.sub(ctx, x.ptr, rowMax.ptr), [N, V]);
-  const lse = node((ctx) => api.log(ctx, api.sum_rows(ctx, api.exp(ctx, shifted.ptr))), [N, 1], 'ce_lse');
-  const s3 = node((ctx) => api.reshape_3d(ctx, shifted.ptr, 1, V, N), [N, V, 1]);
-  const picked = node((ctx) => api.reshape_2d(ctx, api.get_rows(ctx, s3.ptr, target.ptr), 1, N), [N, 1]);
-  const perToken = node(
-    (ctx) => api.mul(ctx, api.sub(ctx, lse.ptr, picked.ptr), weight.ptr),
-    [N, 1],
-    'ce_tokens',
-  );
-  const loss = g.node((ctx) => api.sum(ctx, perToken.ptr), [], 'f32', x.requiresGrad, 'cross_entropy');
-
-  return g.record('crossEntropy', [x], loss, (dy) => {
-    const gw = node((ctx) => api.mul(ctx, weight.ptr, dy.ptr), [N, 1]); // wᵢ·dy
-    const probs = node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [N, V]);
-    const spread = node((ctx) => api.mul(ctx, probs.ptr, gw.ptr), [N, V]);
-    const onehot = node(
-      (ctx) => api.get_rows_back(ctx, gw.ptr, flatIndex.ptr, template(g, [N * V, 1])),
-      [N * V, 1],
-    );
-    const one2 = node((ctx) => api.reshape_2d(ctx, contiguous(onehot).ptr, V, N), [N, V]);
-    return [node((ctx) => api.sub(ctx, spread.ptr, one2.ptr), [N, V])];
-  });
+  return { target, flatIndex, weight };
 }
