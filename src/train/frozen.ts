@@ -69,7 +69,7 @@ export function checkFrozenCopies(v: string): FrozenCopies {
 }
 
 export class FrozenWeights {
-  /** Bytes the copies hold, per device. */
+  /** Bytes the copies hold, on every device together. */
   readonly bytes: number;
   /** Why `auto` chose what it chose (for the run's log), or null when the mode was explicit. */
   readonly reason: string | null;
@@ -137,7 +137,8 @@ export class FrozenWeights {
       });
       const mb = Math.round(float.reduce((s, p) => s + planBytes(p), 0) / 2 ** 20);
       const rest = quantized.length === 0 ? '' : ` (not for the ${quantized.length} quantized ones)`;
-      if (!fits) reason = `off: the copies (${mb} MB) exceed ${AUTO_SHARE * 100}% of the free memory`;
+      if (planned.length === 0) reason = 'off: nothing is frozen';
+      else if (!fits) reason = `off: the copies (${mb} MB) exceed ${AUTO_SHARE * 100}% of the free memory`;
       else {
         chosen = float;
         reason =
