@@ -220,6 +220,7 @@ export interface GgmlApi {
   mul_mat(ctx: Ctx, a: T, b: T): T;
   out_prod(ctx: Ctx, a: T, b: T): T;
   cpy(ctx: Ctx, a: T, b: T): T;
+  opt_step_adamw(ctx: Ctx, a: T, grad: T, m: T, v: T, params: T): T;
   cast(ctx: Ctx, a: T, type: N): T;
   cont(ctx: Ctx, a: T): T;
   reshape_1d(ctx: Ctx, a: T, ne0: N): T;
@@ -432,6 +433,8 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   mul_mat: 'ggml_tensor *ggml_mul_mat(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   out_prod: 'ggml_tensor *ggml_out_prod(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   cpy: 'ggml_tensor *ggml_cpy(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
+  opt_step_adamw:
+    'ggml_tensor *ggml_opt_step_adamw(ggml_context *ctx, ggml_tensor *a, ggml_tensor *grad, ggml_tensor *m, ggml_tensor *v, ggml_tensor *adamw_params)',
   cast: 'ggml_tensor *ggml_cast(ggml_context *ctx, ggml_tensor *a, int type)',
   cont: 'ggml_tensor *ggml_cont(ggml_context *ctx, ggml_tensor *a)',
   reshape_1d: 'ggml_tensor *ggml_reshape_1d(ggml_context *ctx, ggml_tensor *a, int64_t ne0)',

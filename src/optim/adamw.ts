@@ -8,10 +8,15 @@
  *   m ← β₁m + (1 − β₁)g          v ← β₂v + (1 − β₂)g²
  *   p ← p − lr·(m / (1 − β₁ᵗ)) / (√(v / (1 − β₂ᵗ)) + ε)
  *
- * lr and the bias corrections change every step, so they are per-run scalar inputs.
+ * lr and the bias corrections change every step, so they are per-run scalar inputs. AdamW runs as
+ * ggml's fused `opt_step_adamw` (one in-place pass per parameter) where the device has it, else as
+ * the graph ops above; Adam always as graph ops.
  */
 import type { Backend } from '../engine/device.js';
+import type { Graph } from '../tensor/graph.js';
+import { ggml } from '../tensor/ops/common.js';
 import { add, affine, div, mul, scale, sqr, sqrt, sub } from '../tensor/ops/elementwise.js';
+import { contiguous } from '../tensor/ops/layout.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { GraphOptimizer, type ParamUpdate } from './base.js';
 import { checkNumber } from './validate.js';
@@ -38,6 +43,7 @@ abstract class AdamFamily extends GraphOptimizer {
   readonly eps: number;
   readonly weightDecay: number;
   private readonly decoupled: boolean;
+  private readonly fusedInputs = new WeakMap<Graph, Map<boolean, Tensor>>();
 
   protected constructor(
     who: 'AdamW' | 'Adam',
@@ -73,6 +79,7 @@ abstract class AdamFamily extends GraphOptimizer {
   }
 
   protected update(u: ParamUpdate): void {
+    if (this.decoupled && this.fusedUpdate(u)) return;
     const { graph: g, param: p } = u;
     const decay = u.decays && this.weightDecay !== 0;
     const grad = decay && !this.decoupled ? add(u.grad, scale(p, this.weightDecay)) : u.grad;
@@ -85,6 +92,68 @@ abstract class AdamFamily extends GraphOptimizer {
     g.assign(m, m2);
     g.assign(v, v2);
     g.assign(p, sub(kept, div(mul(m2, u.scalar('lr_corrected')), denom)));
+  }
+
+  /**
+   * AdamW as ggml's fused `opt_step_adamw`: one pass over the parameter, its gradient and both
+   * moments, in place, instead of ~10 elementwise ops each reading and writing the whole tensor
+   * (full fine-tuning's update: 0.99 s of a 4.9 s step at the small shape). The same formula:
+   * m, v as above, p ← p·(1 − lr·wd) − lr·(m·c₁)/(√(v·c₂) + ε), c = 1/(1 − βᵗ). False where the
+   * device has no such kernel (the graph ops then run).
+   */
+  private fusedUpdate(u: ParamUpdate): boolean {
+    const { graph: g, param: p } = u;
+    if (p.dtype !== 'f32' || u.grad.dtype !== 'f32') return false;
+    const decay = u.decays && this.weightDecay !== 0;
+    const params = this.fusedParams(g, decay);
+    const api = ggml();
+    const grad = contiguous(u.grad);
+    const m = u.slot('exp_avg');
+    const v = u.slot('exp_avg_sq');
+    api.set_param(p.ptr);
+    const step = g.node(
+      (ctx) => api.opt_step_adamw(ctx, p.ptr, grad.ptr, m.ptr, v.ptr, params.ptr),
+      p.shape,
+      'f32',
+      false,
+      'opt_step_adamw',
+    );
+    if (!p.backend.supportsOp(step.ptr)) return false;
+    g.effect(step);
+    return true;
+  }
+
+  /** The 7 values `opt_step_adamw` reads, one graph input per decay group, set before every run. */
+  private fusedParams(g: Graph, decay: boolean): Tensor {
+    let perGraph = this.fusedInputs.get(g);
+    if (perGraph === undefined) {
+      perGraph = new Map();
+      this.fusedInputs.set(g, perGraph);
+    }
+    let input = perGraph.get(decay);
+    if (input === undefined) {
+      const x = g.input([7], 'f32', `adamw_params${decay ? '_decay' : ''}`);
+      // runs after the base class's callback, which counted this update and took its lr
+      g.beforeRun(() => {
+        const t = this.step;
+        const lr = this.lastLr;
+        g.set(
+          x,
+          Float32Array.of(
+            lr,
+            this.beta1,
+            this.beta2,
+            this.eps,
+            decay ? this.weightDecay : 0,
+            1 / (1 - this.beta1 ** t),
+            1 / (1 - this.beta2 ** t),
+          ),
+        );
+      });
+      perGraph.set(decay, x);
+      input = x;
+    }
+    return input;
   }
 }
 

@@ -189,6 +189,7 @@ export class Graph {
   private readonly trackers: Set<Tensor>[] = [];
   private readonly outputs = new Set<Tensor>();
   private readonly assigns: { target: TensorPtr; value: Tensor; label: NodeLabel }[] = [];
+  private readonly effects: Tensor[] = [];
   private labelStack: LabelFrame[] = [];
   private blockStack: string[] = [];
   /** The label of every node built through {@link node}, by node address (JS only; ggml never sees it). */
@@ -568,6 +569,17 @@ export class Graph {
    * With `at`, writes into the part of `target` that starts at index `at.start` along `at.axis` and
    * has `value`'s shape (a KV cache filling up), leaving the rest as it is.
    */
+  /**
+   * Computes `node` in every run though nothing reads it: an op that writes a stored tensor in
+   * place (ggml's fused optimizer steps), after every {@link assign}.
+   */
+  effect(node: Tensor): void {
+    this.assertBuilding('effect');
+    if (node.graph !== this)
+      throw new QtuneError('GRAPH', `effect: ${node.toString()} is not a node of this graph`);
+    this.effects.push(node);
+  }
+
   assign(target: Tensor, value: Tensor, at?: { axis: number; start: number }): void {
     this.assertBuilding('assign');
     if (target.kind !== 'stored')
@@ -713,6 +725,7 @@ export class Graph {
       this.nodeLabels.set(koffi.address(copy), a.label);
       api.build_forward_expand(cgraph, copy);
     }
+    for (const e of this.effects) api.build_forward_expand(cgraph, e.ptr);
     const n = api.graph_n_nodes(cgraph);
     if (n === 0)
       throw new QtuneError('GRAPH', 'compile: the graph computes nothing', {

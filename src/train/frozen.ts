@@ -179,6 +179,11 @@ export class FrozenWeights {
     return new FrozenWeights(stores, byWeight, gradTypes, bytes, reason);
   }
 
+  /** Bytes of the copies on `backend`. */
+  bytesOn(backend: Backend): number {
+    return this.stores.filter((st) => st.backend === backend).reduce((n, st) => n + st.bytes, 0);
+  }
+
   /** The tensor a linear layer multiplies for frozen weight `w`: its copy (with `transposed` set) or `w`. */
   weightFor(w: Tensor): Tensor {
     return this.byWeight.get(w) ?? w;

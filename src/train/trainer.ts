@@ -1019,7 +1019,7 @@ export class Trainer {
     const map = this.model.deviceMap;
     const graphs = [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph];
     return this.model.backends.map((b) => {
-      const weights = this.model.bytesOn(b);
+      const weights = this.model.bytesOn(b) + (this.frozen?.bytesOn(b) ?? 0); // the frozen weights' copies too
       const adapters = this.lora?.store.bytesOn(b) ?? 0;
       const gradients = this.grads.bytesOn(b);
       const optimizerState = this.optimizer.stateBytesOn(b);

@@ -1,6 +1,7 @@
 /**
- * AdamW as graph ops against the closed form (PyTorch's torch.optim.AdamW update), computed in
- * float64: several steps with a changing learning rate and weight decay.
+ * AdamW against the closed form (PyTorch's torch.optim.AdamW update), computed in float64: several
+ * steps with a changing learning rate and weight decay. On the CPU (and wherever the device has the
+ * kernel) the update is ggml's fused `opt_step_adamw`; elsewhere, graph ops.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -38,6 +39,11 @@ describe('AdamW graph ops match the closed form', () => {
           opt.build(g, g.backward(loss, [p]));
           g.output(loss);
           g.compile();
+          if (backend.isCpu)
+            assert.ok(
+              g.nodes().some((x) => x.op === 'OPT_STEP_ADAMW'),
+              'the CPU runs the fused update',
+            );
           const ref = Float64Array.from(p0);
           const m = new Float64Array(n);
           const v = new Float64Array(n);

@@ -119,10 +119,16 @@ describe(`a model split over ${vulkan?.name ?? 'Vulkan0'} and the CPU`, () => {
           ],
         );
         const vk = byDevice[0]!;
+        // block 0's weights and, beside each frozen linear weight, its f32 Wᵀ (frozen_weight_copies: auto)
         const block0 = blockBytes(0);
+        const linear0 = llamaWeights(config()).filter(
+          (w) => w.name.startsWith('model.layers.0.') && w.role === 'linear',
+        );
+        const copies = linear0.reduce((n, w) => n + tensorBytes('f32', w.shape), 0);
+        const want = block0.bytes + copies;
         assert.ok(
-          vk.weights >= block0.bytes && vk.weights <= block0.bytes + 256 * block0.tensors,
-          `${vk.weights}`,
+          vk.weights >= want && vk.weights <= want + 256 * (block0.tensors + linear0.length),
+          `${vk.weights} vs ${want}`,
         );
         // rank-8 A [8, in] and B [out, 8] for the 7 linear layers of block 0
         const lora = llamaWeights(config())

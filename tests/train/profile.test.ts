@@ -37,6 +37,8 @@ function trainer(o: Partial<TrainerOptions> = {}): Trainer {
     maxSteps: 3,
     optimizer: { name: 'adamw', lr: 1e-2 },
     seed: 3,
+    // the frozen weights transposed inside the step, so that the profile has `wT` rows to label
+    frozenWeightCopies: 'off',
     ...o,
   });
 }
