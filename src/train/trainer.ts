@@ -1079,6 +1079,9 @@ export class Trainer {
     } catch (e) {
       for (const x of [this.accGraph, this.normGraph, this.updateGraph, this.evalGraph]) x?.g.dispose();
       this.accGraph = this.normGraph = this.updateGraph = this.evalGraph = null;
+      // the frozen weights' copies were made for these graphs: a refused step keeps none of them
+      this.frozen?.dispose();
+      this.frozen = null;
       const { needed, free } = e instanceof OutOfMemoryError ? e.details : {};
       if (typeof needed === 'number' && typeof free === 'number')
         throw stepMemoryError(this.stepShape(), this.model.backend.name, needed, free, true);

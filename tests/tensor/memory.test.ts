@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { cpuBackend } from '../../src/engine/device.js';
 import { nativeMemory } from '../../src/engine/memory.js';
 import { AdamW } from '../../src/optim/adamw.js';
@@ -43,7 +45,14 @@ function buildStep(s: ReturnType<typeof setup>, opt: AdamW) {
   return { g, out };
 }
 
+// V8's heap grows over the first thousand graph builds (measured: ~27 MB of heapTotal) and its
+// young generation swings RSS by ±17 MB between collections: a full collection before each reading
+// leaves the native memory, which is what these tests watch
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
 function rss(): number {
+  gc();
   return process.memoryUsage().rss;
 }
 
@@ -80,7 +89,8 @@ describe('native memory stays flat', () => {
       g.dispose();
       return v;
     };
-    for (let i = 0; i < 50; i++) step();
+    // the first thousand builds also grow V8's heap to its working size (~27 MB, measured)
+    for (let i = 0; i < 1000; i++) step();
     const native0 = nativeMemory();
     const rss0 = rss();
     for (let i = 0; i < 1000; i++) step();
@@ -88,7 +98,7 @@ describe('native memory stays flat', () => {
     assert.equal(native1.total, native0.total, 'live native bytes changed');
     assert.equal(native1.contexts, native0.contexts, 'ggml contexts leaked');
     const grew = (rss() - rss0) / MB;
-    assert.ok(grew < 32, `RSS grew by ${grew.toFixed(1)} MB over 1,000 graph builds`);
+    assert.ok(grew < 16, `RSS grew by ${grew.toFixed(1)} MB over 1,000 graph builds`);
     opt.dispose();
     s.store.dispose();
     const after = nativeMemory();
