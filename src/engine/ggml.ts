@@ -232,6 +232,7 @@ export interface GgmlApi {
   transpose(ctx: Ctx, a: T): T;
   get_rows(ctx: Ctx, a: T, b: T): T;
   get_rows_back(ctx: Ctx, a: T, b: T, c: T): T;
+  set_rows(ctx: Ctx, a: T, b: T, c: T): T;
   diag_mask_inf(ctx: Ctx, a: T, n_past: N): T;
   soft_max_ext(ctx: Ctx, a: T, mask: T | null, scale: N, max_bias: N): T;
   soft_max_ext_back(ctx: Ctx, a: T, b: T, scale: N, max_bias: N): T;
@@ -450,6 +451,7 @@ const BASE_DECLS: Record<keyof GgmlApi, string> = {
   get_rows: 'ggml_tensor *ggml_get_rows(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b)',
   get_rows_back:
     'ggml_tensor *ggml_get_rows_back(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, ggml_tensor *c)',
+  set_rows: 'ggml_tensor *ggml_set_rows(ggml_context *ctx, ggml_tensor *a, ggml_tensor *b, ggml_tensor *c)',
   diag_mask_inf: 'ggml_tensor *ggml_diag_mask_inf(ggml_context *ctx, ggml_tensor *a, int n_past)',
   soft_max_ext:
     'ggml_tensor *ggml_soft_max_ext(ggml_context *ctx, ggml_tensor *a, ggml_tensor *mask, float scale, float max_bias)',

@@ -7,7 +7,7 @@ import { DTypeError, QtuneError, ShapeError, fmtShape } from '../../errors.js';
 import type { Graph } from '../graph.js';
 import type { Tensor } from '../tensor.js';
 import { GGML_TYPE_IDS, isFloatDType, isQuantDType } from '../../engine/dtype.js';
-import { ggml, graphOf, requireF32, strides, template } from './common.js';
+import { ggml, graphOf, requireF32, strides } from './common.js';
 import { dequantize } from './matmul.js';
 import { contiguous, reshape } from './layout.js';
 
@@ -54,8 +54,9 @@ function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions):
   return g.record('crossEntropy', [x], loss, (dy) => {
     const api = ggml();
     const gw = g.node((ctx) => api.mul(ctx, weight.ptr, dy.ptr), [N, 1], 'f32', false); // wᵢ·dy
+    // the softmax again rather than the forward's kept: the [N, V] probabilities live only here
     const probs = g.node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [N, V], 'f32', false);
-    return [rowsGrad(g, probs, gw, flatIndex)];
+    return [rowsGrad(g, probs, gw, target, flatIndex)];
   });
 }
 
@@ -182,7 +183,8 @@ export function linearCrossEntropy(
     const wc = rowsOf(weight, r0, n);
     const gs = o.gradScale;
     const gwc = gs === undefined ? wc : f32((ctx) => api.mul(ctx, wc.ptr, gs.ptr), [n, 1]); // wᵢ·scale
-    const part = g.label('xent', () => rowsLoss(g, logits, rowsOf(target, r0, n), wc, grad));
+    const tc = rowsOf(target, r0, n);
+    const part = g.label('xent', () => rowsLoss(g, logits, tc, wc, grad));
     const lc = part.loss;
     const sofar: Tensor | null = loss;
     loss =
@@ -198,13 +200,8 @@ export function linearCrossEntropy(
         'i32',
         false,
       );
-      const dl = g.label('xent.bwd', () => {
-        // softmax = exp(shifted − lse), after every other reader of shifted (lse + 0·loss), so that
-        // ggml computes it in place of shifted
-        const z = f32((ctx) => api.add(ctx, part.lse.ptr, api.scale(ctx, lc.ptr, 0)), [n, 1]);
-        const probs = f32((ctx) => api.exp(ctx, api.sub(ctx, part.shifted.ptr, z.ptr)), [n, V]);
-        return rowsGrad(g, probs, gwc, fi); // (n, V)
-      });
+      // (n, V), from the forward's softmax
+      const dl = g.label('xent.bwd', () => rowsGrad(g, part.probs, gwc, tc, fi));
       if (wantDh) {
         const wT = transposedW();
         const dh = g.label('linear.dX', () =>
@@ -268,8 +265,14 @@ function zeroOf(g: Graph, ts: readonly Tensor[]): Tensor {
 }
 
 /**
- * Σᵢ wᵢ·(logsumexp(xᵢ) − xᵢ[targetᵢ]) over the rows of x `[n, V]` (a scalar node); target `[n, 1]`
- * i32, w `[n, 1]` f32. logsumexp is shifted by the row maximum (picked with argmax) for stability.
+ * Σᵢ wᵢ·(logsumexp(xᵢ) − xᵢ[targetᵢ]) over the rows of x `[n, V]` (a scalar node), with the rows'
+ * softmax; target `[n, 1]` i32, w `[n, 1]` f32.
+ *
+ * One softmax pass gives both: with m the row maximum (picked with argmax) and S = Σⱼ exp(xⱼ − m),
+ * softmax(x)[argmax] = 1/S exactly as ggml computes it (exp(0) scaled by 1/S), so logsumexp(x) =
+ * m − log(softmax(x)[argmax]), and 1/S ≥ 1/V never underflows. ggml's softmax evaluates exp with
+ * SIMD; its `exp` op calls expf once per element (measured: the loss's exp passes were most of its
+ * time).
  */
 function rowsLoss(
   g: Graph,
@@ -277,43 +280,59 @@ function rowsLoss(
   target: Tensor,
   w: Tensor,
   requiresGrad: boolean,
-): { loss: Tensor; shifted: Tensor; lse: Tensor } {
+): { loss: Tensor; probs: Tensor } {
   const api = ggml();
   const [n, V] = x.shape as [number, number];
   const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
     g.node(make, shape, 'f32', false, name);
-  const x3 = node((ctx) => api.reshape_3d(ctx, x.ptr, 1, V, n), [n, V, 1]);
+  const probs = node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [n, V], 'ce_softmax');
   const amax = g.node((ctx) => api.reshape_2d(ctx, api.argmax(ctx, x.ptr), 1, n), [n, 1], 'i32', false);
-  const rowMax = node(
-    (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, x3.ptr, amax.ptr), 1, n),
+  // row r's element i of a [n, V] tensor, for i an [n, 1] index: a [n, 1] node
+  const pick = (t: Tensor, i: Tensor, name: string) =>
+    node(
+      (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, api.reshape_3d(ctx, t.ptr, 1, V, n), i.ptr), 1, n),
+      [n, 1],
+      name,
+    );
+  const rowMax = pick(x, amax, 'ce_max');
+  const pMax = pick(probs, amax, 'ce_pmax');
+  const picked = pick(x, target, 'ce_picked');
+  const perToken = node(
+    (ctx) => api.mul(ctx, api.sub(ctx, api.sub(ctx, rowMax.ptr, api.log(ctx, pMax.ptr)), picked.ptr), w.ptr),
     [n, 1],
-    'ce_max',
+    'ce_tokens',
   );
-  const shifted = node((ctx) => api.sub(ctx, x.ptr, rowMax.ptr), [n, V]);
-  const lse = node((ctx) => api.log(ctx, api.sum_rows(ctx, api.exp(ctx, shifted.ptr))), [n, 1], 'ce_lse');
-  const s3 = node((ctx) => api.reshape_3d(ctx, shifted.ptr, 1, V, n), [n, V, 1]);
-  const picked = node((ctx) => api.reshape_2d(ctx, api.get_rows(ctx, s3.ptr, target.ptr), 1, n), [n, 1]);
-  const perToken = node((ctx) => api.mul(ctx, api.sub(ctx, lse.ptr, picked.ptr), w.ptr), [n, 1], 'ce_tokens');
   const loss = g.node((ctx) => api.sum(ctx, perToken.ptr), [], 'f32', requiresGrad, 'cross_entropy');
-  return { loss, shifted, lse };
+  return { loss, probs };
 }
 
 /**
  * The gradient of {@link rowsLoss} with respect to its x `[n, V]`: (probs − onehot(target))·gw, with
- * probs = softmax(x), gw `[n, 1]` the row weights (times the upstream gradient) and flatIndex `[n]`
- * the targets' indices in the flattened x.
+ * probs = softmax(x), gw `[n, 1]` the row weights (times the upstream gradient), target `[n, 1]` and
+ * flatIndex `[n]` the targets' indices in the flattened x. probs·gw in one pass, then each row's
+ * target element set to pₜ·gw − gw (`set_rows` over one-element rows) in place: no one-hot tensor.
  */
-function rowsGrad(g: Graph, probs: Tensor, gw: Tensor, flatIndex: Tensor): Tensor {
+function rowsGrad(g: Graph, probs: Tensor, gw: Tensor, target: Tensor, flatIndex: Tensor): Tensor {
   const api = ggml();
   const [n, V] = probs.shape as [number, number];
   const node = (make: Parameters<typeof g.node>[0], shape: number[]) => g.node(make, shape, 'f32', false);
   const spread = node((ctx) => api.mul(ctx, probs.ptr, gw.ptr), [n, V]);
-  const onehot = node(
-    (ctx) => api.get_rows_back(ctx, gw.ptr, flatIndex.ptr, template(g, [n * V, 1])),
-    [n * V, 1],
+  const pt = node(
+    (ctx) =>
+      api.reshape_2d(ctx, api.get_rows(ctx, api.reshape_3d(ctx, probs.ptr, 1, V, n), target.ptr), 1, n),
+    [n, 1],
   );
-  const one2 = node((ctx) => api.reshape_2d(ctx, contiguous(onehot).ptr, V, n), [n, V]);
-  return node((ctx) => api.sub(ctx, spread.ptr, one2.ptr), [n, V]);
+  const at = node((ctx) => api.sub(ctx, api.mul(ctx, pt.ptr, gw.ptr), gw.ptr), [n, 1]); // (pₜ − 1)·gw
+  return node(
+    (ctx) =>
+      api.reshape_2d(
+        ctx,
+        api.set_rows(ctx, api.reshape_2d(ctx, spread.ptr, 1, n * V), at.ptr, flatIndex.ptr),
+        V,
+        n,
+      ),
+    [n, V],
+  );
 }
 
 /** The per-token inputs derived from the labels on the host (see {@link labelInputs}). */
@@ -344,7 +363,7 @@ export function labelInputs(
   const mean = (o.reduction ?? 'mean') === 'mean';
   if (rowsPerChunk * V > 2 ** 31 - 1) {
     throw new ShapeError(
-      `${op}: ${rowsPerChunk} token rows × vocabulary ${V} exceed the int32 indices of ggml's get_rows_back`,
+      `${op}: ${rowsPerChunk} token rows × vocabulary ${V} exceed the int32 indices of the loss's gradient`,
       { hint: 'use linearCrossEntropy with a smaller chunkTokens' },
     );
   }
@@ -358,6 +377,9 @@ export function labelInputs(
     let count = 0;
     for (let i = 0; i < N; i++) {
       const l = data[i]!;
+      // an ignored token's gradient row is all zeros: its index names its own row's first element,
+      // which rowsGrad's set_rows sets to (p·0 − 0) = 0, as it is
+      f[i] = (i % rowsPerChunk) * V;
       if (l === ignore) continue;
       if (!Number.isInteger(l) || l < 0 || l >= V) {
         throw new QtuneError('INVALID_ARGUMENT', `${op}: label ${l} at position ${i} is outside [0, ${V})`, {
