@@ -23,13 +23,11 @@ export {
   quantizeForTraining,
   trainingLoadOptions,
   PRECISIONS,
-  type Example,
   type LogRecord,
   type Precision,
   type PreparedModel,
   type PrepareOptions,
   type StepResult,
-  type TrainData,
   type TrainerOptions,
   type TrainResult,
 } from './train/trainer.js';
@@ -111,6 +109,7 @@ export {
   type DatasetFormat,
 } from './data/formats.js';
 export { loadRecords, readRecords, type DataRecord } from './data/records.js';
+export type { Example, TrainData } from './data/example.js';
 export { packSamples, packedAttentionMask } from './data/packing.js';
 export { tokenizeChat, tokenizeParts, toExample, type Sample, type TextPart } from './data/tokenize.js';
 export { METHODS, QUANT_METHODS, methodDType, type QuantMethod } from './quant/methods.js';

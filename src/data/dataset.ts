@@ -11,8 +11,8 @@
 import { ConfigError, FormatError, errorText } from '../errors.js';
 import type { HubOptions } from '../io/hub.js';
 import type { Tokenizer } from '../io/tokenizer.js';
-import type { Example, TrainData } from '../train/trainer.js';
 import { seededUniform } from '../util/random.js';
+import type { Example, TrainData } from './example.js';
 import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
 import { loadRecords, type DataRecord } from './records.js';

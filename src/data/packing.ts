@@ -6,7 +6,7 @@
  * samples and need not restart: RoPE makes attention scores depend only on the distance between
  * query and key, and keys of other samples are masked out.
  */
-import type { Example } from '../train/trainer.js';
+import type { Example } from './example.js';
 import { IGNORE, samplePositions, type Sample } from './tokenize.js';
 
 /** The segment id of padding positions (they see only padding). */

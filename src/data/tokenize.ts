@@ -6,7 +6,7 @@
  */
 import { ConfigError, quote } from '../errors.js';
 import type { ChatMessage, Tokenizer } from '../io/tokenizer.js';
-import type { Example } from '../train/trainer.js';
+import type { Example } from './example.js';
 
 /** A tokenized sample: `targets[i]` says whether token i is predicted with loss. */
 export interface Sample {

@@ -54,6 +54,7 @@ import { StoreGroup } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 import { packedAttentionMask } from '../data/packing.js';
+import type { Example, TrainData } from '../data/example.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { FrozenWeights, type FrozenCopies } from './frozen.js';
 import { chooseGradType, type ComputeDTypeChoice, type GradTypeChoice } from './kernel-choice.js';
@@ -81,22 +82,6 @@ export { DEFAULT_CHUNK_TOKENS };
 
 export type Precision = 'fp32' | 'bf16' | 'fp16' | 'bf16_autocast' | 'fp16_autocast';
 export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16', 'fp16', 'bf16_autocast', 'fp16_autocast'];
-
-/** One training sequence: token ids and next-token labels (-100 where no loss is counted). */
-export interface Example {
-  ids: Int32Array;
-  labels: Int32Array;
-  /**
-   * Packed samples (src/data/packing.ts): the sample id of each position. Positions attend only to
-   * earlier positions of the same id (a block-diagonal causal mask); without it, to all earlier ones.
-   */
-  segments?: Int32Array;
-}
-
-export interface TrainData {
-  train: readonly Example[];
-  validation?: readonly Example[];
-}
 
 export interface TrainerOptions {
   trainType: string;

@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { loadDataset, shuffled, type DatasetConfig } from '../../src/data/dataset.js';
 import { readRecords } from '../../src/data/records.js';
 import { ConfigError, FormatError, QtuneError } from '../../src/errors.js';
-import type { Example } from '../../src/train/trainer.js';
+import type { Example } from '../../src/data/example.js';
 import { ROOT } from '../helpers/cli.js';
 import { scratchDir, tinyTokenizer } from './helpers.js';
 import { styleJsonl } from './style-data.js';

@@ -13,7 +13,8 @@ import { packedAttentionMask, PAD_SEGMENT } from '../../src/data/packing.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { loadModel, type LoadedModel } from '../../src/models/load.js';
 import { Graph, crossEntropy } from '../../src/tensor/index.js';
-import { Trainer, prepareModel, type Example } from '../../src/train/trainer.js';
+import { Trainer, prepareModel } from '../../src/train/trainer.js';
+import type { Example } from '../../src/data/example.js';
 import { scratchDir, tinyModelDir } from './helpers.js';
 
 const T = 64;

@@ -6,12 +6,8 @@
 import { createRequire } from 'node:module';
 import type { Backend } from '../../src/engine/device.js';
 import type { Tokenizer } from '../../src/io/tokenizer.js';
-import {
-  prepareModelWeights,
-  type Example,
-  type Precision,
-  type PreparedModel,
-} from '../../src/train/trainer.js';
+import { prepareModelWeights, type Precision, type PreparedModel } from '../../src/train/trainer.js';
+import type { Example } from '../../src/data/example.js';
 
 export function mobyDickChapters(from: number, to: number): string[] {
   const require = createRequire(import.meta.url);

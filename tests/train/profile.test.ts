@@ -14,7 +14,8 @@ import { createTinyModel } from '../../src/models/tiny.js';
 import { Graph, linear, reshape, scale } from '../../src/tensor/index.js';
 import { calibrateOverhead, profileRun } from '../../src/tensor/profile.js';
 import { chromeTrace, formatProfile, writeProfileTrace, type StepProfile } from '../../src/train/profile.js';
-import { Trainer, type TrainData, type TrainerOptions } from '../../src/train/trainer.js';
+import { Trainer, type TrainerOptions } from '../../src/train/trainer.js';
+import type { TrainData } from '../../src/data/example.js';
 import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 import { byteData, prepareFolder } from '../helpers/finetune.js';
 

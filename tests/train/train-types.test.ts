@@ -15,13 +15,8 @@ import type { Backend } from '../../src/engine/device.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { expandModel } from '../../src/train/expand.js';
 import { TRAIN_TYPES, resolveTrainType } from '../../src/train/train-type.js';
-import {
-  Trainer,
-  prepareModel,
-  type PreparedModel,
-  type TrainData,
-  type TrainerOptions,
-} from '../../src/train/trainer.js';
+import { Trainer, prepareModel, type PreparedModel, type TrainerOptions } from '../../src/train/trainer.js';
+import type { TrainData } from '../../src/data/example.js';
 import { ROOT } from '../helpers/cli.js';
 import { testDevices } from '../helpers/devices.js';
 import { byteData, fineTuneData, prepareFolder } from '../helpers/finetune.js';

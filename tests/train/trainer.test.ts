@@ -23,9 +23,9 @@ import {
   TrainingError,
   type Precision,
   type PreparedModel,
-  type TrainData,
   type TrainerOptions,
 } from '../../src/train/trainer.js';
+import type { TrainData } from '../../src/data/example.js';
 import { ROOT } from '../helpers/cli.js';
 import { testDevices } from '../helpers/devices.js';
 import { byteData, prepareFolder } from '../helpers/finetune.js';
