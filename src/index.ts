@@ -89,10 +89,10 @@ export {
 export { parseLlamaConfig, configToJson, type LlamaConfig, type ModelType } from './models/config.js';
 export { generate, sampleToken, type GenerateOptions, type GenerateResult } from './models/generate.js';
 export { createTinyModel, type TinyModelOptions, type TinyTokenizer } from './models/tiny.js';
+export { writeLlamaGguf } from './models/llama-gguf.js';
 export { Tokenizer, DEFAULT_CHAT_TEMPLATE, type ChatMessage } from './io/tokenizer.js';
 export { SafetensorsFile, SafetensorsCheckpoint, writeSafetensors } from './io/safetensors.js';
 export { readGguf, readGgufTensor, writeGguf } from './io/gguf.js';
-export { writeLlamaGguf } from './io/gguf-llama.js';
 export { downloadModel, downloadDataset } from './io/hub.js';
 export {
   loadDataset,

@@ -33,8 +33,8 @@ import {
   type GgufKv,
   type GgufTensorToWrite,
 } from '../io/gguf.js';
-import { ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../io/gguf-llama.js';
 import type { LlamaConfig } from '../models/config.js';
+import { ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
 import {
   loraScale,
   shortModuleName,

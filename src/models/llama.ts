@@ -8,7 +8,7 @@
  *
  * Weights are stored in the Hugging Face layout under the checkpoint's own names, so loading is a
  * walk over {@link llamaWeights}. Rotary embeddings use the HF (neox, rotate-half) layout; GGUF files,
- * whose q/k rows llama.cpp reorders, are converted back when they are read (src/io/gguf-llama.ts).
+ * whose q/k rows llama.cpp reorders, are converted back when they are read (src/models/llama-gguf.ts).
  */
 import type { Backend } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';

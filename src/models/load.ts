@@ -24,13 +24,13 @@ import { getEngine } from '../engine/library.js';
 import { ConfigError, FormatError, QtuneError } from '../errors.js';
 import { readGguf, readGgufTensor, type GgufFile } from '../io/gguf.js';
 import { readJsonObject } from '../io/json.js';
-import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from '../io/gguf-llama.js';
 import { downloadModel, isHubId, type HubOptions } from '../io/hub.js';
 import { SafetensorsCheckpoint } from '../io/safetensors.js';
 import { Tokenizer } from '../io/tokenizer.js';
 import { decode, tensorBytes } from '../tensor/host.js';
 import { parseLlamaConfig, type LlamaConfig } from './config.js';
 import { planDeviceMap, type DeviceMap } from './device-map.js';
+import { ggufToConfig, ggufTensorToHf, ggufTokenizer, ggufToHfName } from './llama-gguf.js';
 import { LlamaModel, llamaWeights, weightGroup, type WeightSpec } from './llama.js';
 
 export type LoadStrategy = 'full' | 'low_memory';

@@ -12,8 +12,8 @@
 import type { Backend } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';
 import { QtuneError, ShapeError } from '../errors.js';
-import { writeLlamaGguf } from '../io/gguf-llama.js';
 import type { Tokenizer } from '../io/tokenizer.js';
+import { writeLlamaGguf } from '../models/llama-gguf.js';
 import { llamaWeights, weightGroup, type LlamaModel } from '../models/llama.js';
 import { loadModel, type LoadedModel, type LoadOptions } from '../models/load.js';
 import { blockSize, encode } from '../tensor/host.js';

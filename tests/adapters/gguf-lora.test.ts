@@ -21,7 +21,7 @@ import { loadGgufLoraAdapter, saveGgufLoraAdapter } from '../../src/adapters/ggu
 import type { LoraAdapterData } from '../../src/adapters/lora-weights.js';
 import { ConfigError, FormatError } from '../../src/errors.js';
 import { ggufGet, readGguf } from '../../src/io/gguf.js';
-import { writeLlamaGguf } from '../../src/io/gguf-llama.js';
+import { writeLlamaGguf } from '../../src/models/llama-gguf.js';
 import type { LinearHook, LlamaModel } from '../../src/models/llama.js';
 import { loadModel, type LoadedModel } from '../../src/models/load.js';
 import { createTinyModel } from '../../src/models/tiny.js';

@@ -12,11 +12,11 @@ import { readConfigFile, resolveTrainConfig, TRAIN_OPTIONS } from '../../src/cli
 import { loadDataset } from '../../src/data/dataset.js';
 import { readRecords } from '../../src/data/records.js';
 import { cpuBackend } from '../../src/engine/device.js';
-import { ggufToConfig, ggufTokenizer, writeLlamaGguf } from '../../src/io/gguf-llama.js';
 import { readGguf, readGgufTensor } from '../../src/io/gguf.js';
 import { DTYPE_BYTES, SafetensorsCheckpoint, writeSafetensors } from '../../src/io/safetensors.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
 import { configToJson, parseLlamaConfig } from '../../src/models/config.js';
+import { ggufToConfig, ggufTokenizer, writeLlamaGguf } from '../../src/models/llama-gguf.js';
 import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
 import { loadGgufWeights, loadWeights, readConfig } from '../../src/models/load.js';
 import { createTinyModel, tinyTokenizerFiles } from '../../src/models/tiny.js';

@@ -9,19 +9,22 @@
  *   moves bytes without touching values. `qwen2` is not reordered.
  * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
  *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it uses a
- *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (gguf-tokenizer.ts).
+ *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (src/io/gguf-tokenizer.ts).
+ *
+ * The file format itself is src/io/gguf.ts; this mapping is here, beside the model, because it reads
+ * and writes LlamaConfig and LlamaModel, and io/ sits below models/ (DESIGN.md §4).
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { GGML_TYPE_IDS, type DType } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
 import { ConfigError, FormatError, QtuneError, errorText } from '../errors.js';
-import { parseLlamaConfig, type LlamaConfig } from '../models/config.js';
-import type { LlamaModel } from '../models/llama.js';
+import { ggufGet, kv, writeGguf, type GgufFile, type GgufKv, type GgufTensorToWrite } from '../io/gguf.js';
+import { ggufTokenizerJson } from '../io/gguf-tokenizer.js';
+import { Tokenizer } from '../io/tokenizer.js';
 import { encode } from '../tensor/host.js';
-import { ggufGet, kv, writeGguf, type GgufFile, type GgufKv, type GgufTensorToWrite } from './gguf.js';
-import { ggufTokenizerJson } from './gguf-tokenizer.js';
-import { Tokenizer } from './tokenizer.js';
+import { parseLlamaConfig, type LlamaConfig } from './config.js';
+import type { LlamaModel } from './llama.js';
 
 const LAYER_NAMES: [string, string][] = [
   ['input_layernorm.weight', 'attn_norm.weight'],
