@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { cpuBackend } from '../src/engine/device.js';
 import { getEngine } from '../src/engine/library.js';
-import { quantizeValues } from '../src/quant/adapter.js';
+import { quantizeValues } from '../src/quant/linear.js';
 import { METHODS, type QuantMethod } from '../src/quant/methods.js';
 import { Graph } from '../src/tensor/graph.js';
 import { linear, linearInputGrad } from '../src/tensor/ops/matmul.js';

@@ -112,21 +112,25 @@ export { loadRecords, readRecords, type DataRecord } from './data/records.js';
 export type { Example, TrainData } from './data/example.js';
 export { packSamples, packedAttentionMask } from './data/packing.js';
 export { tokenizeChat, tokenizeParts, toExample, type Sample, type TextPart } from './data/tokenize.js';
-export { METHODS, QUANT_METHODS, methodDType, type QuantMethod } from './quant/methods.js';
+export {
+  METHODS,
+  QUANT_METHODS,
+  methodDType,
+  recommendQuantization,
+  type QuantMethod,
+} from './quant/methods.js';
 export {
   validateQuantizationConfig,
   modulePlan,
   type QuantizationConfig,
   type ConfigProblem,
 } from './quant/config.js';
+export { quantizeValues, QuantizedLinear } from './quant/linear.js';
 export {
   createQuantizationAdapter,
-  recommendQuantization,
-  quantizeValues,
-  QuantizedLinear,
   type QuantizationAdapter,
   type QuantizeReport,
-} from './quant/adapter.js';
+} from './train/quantize.js';
 export { compatibilityMatrix, type MatrixEntry } from './quant/matrix.js';
 export { hqqQuantize } from './quant/hqq.js';
 export * from './report/index.js';

@@ -110,3 +110,34 @@ export function methodDType(method: QuantMethod, bits?: number): DType | undefin
   const m = METHODS[method];
   return m.dtypes[bits ?? m.defaultBits];
 }
+
+const F16_TO_INT8 = 34 / 64; // q8_0: 34 bytes per 32 weights, f16: 64
+
+/**
+ * The seed system's rule: quantize when the memory is below 1.2 × the model's f16 size, to 4 bits when
+ * it is also below 1.5 × the int8 size. `nf4` when the backend trains through iq4_nl, else `int4`.
+ */
+export function recommendQuantization(
+  f16Bytes: number,
+  memoryBytes: number,
+  trainQuantTypes: readonly DType[] = ['iq4_nl'],
+): { method: QuantMethod; bits: number; reason: string } {
+  const gb = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (memoryBytes >= 1.2 * f16Bytes) {
+    return { method: 'none', bits: 16, reason: `${gb(memoryBytes)} ≥ 1.2 × the f16 model (${gb(f16Bytes)})` };
+  }
+  const int8 = f16Bytes * F16_TO_INT8;
+  if (memoryBytes >= 1.5 * int8) {
+    return {
+      method: 'int8',
+      bits: 8,
+      reason: `${gb(memoryBytes)} < 1.2 × f16 (${gb(f16Bytes)}) but ≥ 1.5 × int8 (${gb(int8)})`,
+    };
+  }
+  const method: QuantMethod = trainQuantTypes.includes('iq4_nl') ? 'nf4' : 'int4';
+  return {
+    method,
+    bits: METHODS[method].defaultBits,
+    reason: `${gb(memoryBytes)} < 1.5 × the int8 model (${gb(int8)})`,
+  };
+}

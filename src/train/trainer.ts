@@ -43,7 +43,6 @@ import { llamaWeights, type ForwardOptions, type LlamaModel, type LinearHook } f
 import { loadModel, loadWeights, readConfig, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { createOptimizer, type Optimizer, type OptimizerConfig } from '../optim/optimizer.js';
 import { createSchedule, type Schedule, type ScheduleConfig } from '../optim/schedule.js';
-import { createQuantizationAdapter } from '../quant/adapter.js';
 import { methodDType } from '../quant/methods.js';
 import { Graph, type GraphNode } from '../tensor/graph.js';
 import { add, mul, sqr } from '../tensor/ops/elementwise.js';
@@ -72,6 +71,7 @@ import {
 } from './memory.js';
 import { StepProfiler, type ProfileOptions, type StepGraph, type StepProfile } from './profile.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
+import { createQuantizationAdapter } from './quantize.js';
 import { defaultGradientCheckpointing, resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';

@@ -18,7 +18,7 @@ import { Tokenizer } from '../../src/io/tokenizer.js';
 import type { LinearHook, LlamaModel } from '../../src/models/llama.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
 import { tinyTokenizerFiles } from '../../src/models/tiny.js';
-import { createQuantizationAdapter } from '../../src/quant/adapter.js';
+import { createQuantizationAdapter } from '../../src/train/quantize.js';
 import { Graph } from '../../src/tensor/index.js';
 import { relErr, rng } from '../helpers/ref.js';
 import { GQA_FIXTURE, randomAdapter, type Variant } from './random-adapter.js';

@@ -18,7 +18,7 @@ import type { Backend } from '../../src/engine/device.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
-import { createQuantizationAdapter } from '../../src/quant/adapter.js';
+import { createQuantizationAdapter } from '../../src/train/quantize.js';
 import { METHODS, QUANT_METHODS, type QuantMethod } from '../../src/quant/methods.js';
 import { Graph } from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';

@@ -12,7 +12,7 @@ import { describe, it } from 'node:test';
 import type { Backend } from '../../src/engine/device.js';
 import { isFloatDType } from '../../src/engine/dtype.js';
 import { UnsupportedOpError } from '../../src/errors.js';
-import { quantizeValues } from '../../src/quant/adapter.js';
+import { quantizeValues } from '../../src/quant/linear.js';
 import type { MatrixEntry } from '../../src/quant/matrix.js';
 import { METHODS, QUANT_METHODS } from '../../src/quant/methods.js';
 import { Graph, TensorStore, linear, mul, sum, type Tensor } from '../../src/tensor/index.js';

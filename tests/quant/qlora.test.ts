@@ -11,7 +11,7 @@ import path from 'node:path';
 import { loadModel, loadWeights, readConfig } from '../../src/models/load.js';
 import { ROOT } from '../helpers/cli.js';
 import { AdamW } from '../../src/optim/adamw.js';
-import { createQuantizationAdapter } from '../../src/quant/adapter.js';
+import { createQuantizationAdapter } from '../../src/train/quantize.js';
 import { Graph, TensorStore, add, crossEntropy, linear, scale } from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';
 import { batchAt, mobyDickTokens, pretrainedTinyModel, SEQ } from '../helpers/pretrained.js';

@@ -18,7 +18,7 @@ import { after, before, describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
 import type { LlamaModel } from '../../src/models/llama.js';
 import { loadModel, type LoadedModel } from '../../src/models/load.js';
-import { createQuantizationAdapter } from '../../src/quant/adapter.js';
+import { createQuantizationAdapter } from '../../src/train/quantize.js';
 import { METHODS, type QuantMethod } from '../../src/quant/methods.js';
 import { decode, encode } from '../../src/tensor/host.js';
 import { Graph } from '../../src/tensor/index.js';

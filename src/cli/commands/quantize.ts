@@ -1,7 +1,7 @@
 /** `qtune quantize`: quantize a model's linear weights and save it as GGUF. */
 import { BackendManager } from '../../backends/manager.js';
 import { loadModel } from '../../models/load.js';
-import { createQuantizationAdapter } from '../../quant/adapter.js';
+import { createQuantizationAdapter } from '../../train/quantize.js';
 import { isQuantMethod, QUANT_METHODS } from '../../quant/methods.js';
 import type { QuantizationConfig } from '../../quant/config.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';

@@ -3,6 +3,10 @@
  * (the full-precision and the quantized model never exist whole at once), makes drop-in quantized
  * linear layers, prepares a quantized model for adapter training, and saves and loads GGUF.
  *
+ * It reads a LlamaModel's weight table, saves through writeLlamaGguf and loads through loadModel, so
+ * it sits above both models/ and quant/ (DESIGN.md §4: models never import quant, and quant does not
+ * import models); the quantized layers themselves are src/quant/linear.ts.
+ *
  * @example
  * const q = createQuantizationAdapter(backend, { method: 'nf4' });
  * const report = q.quantizeModel(model);
@@ -16,25 +20,11 @@ import type { Tokenizer } from '../io/tokenizer.js';
 import { writeLlamaGguf } from '../models/llama-gguf.js';
 import { llamaWeights, weightGroup, type LlamaModel } from '../models/llama.js';
 import { loadModel, type LoadedModel, type LoadOptions } from '../models/load.js';
-import { blockSize, encode } from '../tensor/host.js';
-import { add } from '../tensor/ops/elementwise.js';
-import { linear } from '../tensor/ops/matmul.js';
+import { modulePlan, validateQuantizationConfig, type QuantizationConfig } from '../quant/config.js';
+import { QuantizedLinear, quantizeValues } from '../quant/linear.js';
+import type { QuantMethod } from '../quant/methods.js';
+import { blockSize } from '../tensor/host.js';
 import { TensorStore, type TensorSpec } from '../tensor/store.js';
-import type { Tensor } from '../tensor/tensor.js';
-import { modulePlan, validateQuantizationConfig, type QuantizationConfig } from './config.js';
-import { hqqQuantize } from './hqq.js';
-import { METHODS, type QuantMethod } from './methods.js';
-
-/** Quantized bytes of a `[rows, cols]` weight by a method (HQQ through its solver, the rest through ggml). */
-export function quantizeValues(
-  values: Float32Array,
-  shape: readonly [number, number],
-  method: QuantMethod,
-  dtype: DType,
-): Uint8Array {
-  if (method === 'hqq') return hqqQuantize(values, shape[1], { bits: dtype === 'q5_1' ? 5 : 4 });
-  return encode(dtype, values, shape);
-}
 
 export interface QuantizeReport {
   quantized: { name: string; method: QuantMethod; dtype: DType }[];
@@ -42,28 +32,6 @@ export interface QuantizeReport {
   kept: { name: string; reason: string }[];
   bytesBefore: number;
   bytesAfter: number;
-}
-
-/** A drop-in linear layer over a quantized weight: `forward(x)` is `x @ Wᵀ (+ b)`. */
-export class QuantizedLinear {
-  readonly weight: Tensor;
-  readonly bias: Tensor | null;
-  private readonly store: TensorStore;
-
-  constructor(store: TensorStore) {
-    this.store = store;
-    this.weight = store.get('weight');
-    this.bias = store.has('bias') ? store.get('bias') : null;
-  }
-
-  forward(x: Tensor): Tensor {
-    const y = linear(x, this.weight);
-    return this.bias === null ? y : add(y, this.bias);
-  }
-
-  dispose(): void {
-    this.store.dispose();
-  }
 }
 
 export interface QuantizationAdapter {
@@ -194,36 +162,5 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
     load(file, options = {}) {
       return loadModel(file, { ...options, backend });
     },
-  };
-}
-
-const F16_TO_INT8 = 34 / 64; // q8_0: 34 bytes per 32 weights, f16: 64
-
-/**
- * The seed system's rule: quantize when the memory is below 1.2 × the model's f16 size, to 4 bits when
- * it is also below 1.5 × the int8 size. `nf4` when the backend trains through iq4_nl, else `int4`.
- */
-export function recommendQuantization(
-  f16Bytes: number,
-  memoryBytes: number,
-  trainQuantTypes: readonly DType[] = ['iq4_nl'],
-): { method: QuantMethod; bits: number; reason: string } {
-  const gb = (n: number) => `${(n / 2 ** 30).toFixed(2)} GiB`;
-  if (memoryBytes >= 1.2 * f16Bytes) {
-    return { method: 'none', bits: 16, reason: `${gb(memoryBytes)} ≥ 1.2 × the f16 model (${gb(f16Bytes)})` };
-  }
-  const int8 = f16Bytes * F16_TO_INT8;
-  if (memoryBytes >= 1.5 * int8) {
-    return {
-      method: 'int8',
-      bits: 8,
-      reason: `${gb(memoryBytes)} < 1.2 × f16 (${gb(f16Bytes)}) but ≥ 1.5 × int8 (${gb(int8)})`,
-    };
-  }
-  const method: QuantMethod = trainQuantTypes.includes('iq4_nl') ? 'nf4' : 'int4';
-  return {
-    method,
-    bits: METHODS[method].defaultBits,
-    reason: `${gb(memoryBytes)} < 1.5 × the int8 model (${gb(int8)})`,
   };
 }
