@@ -14,7 +14,7 @@ import { MpiCommunicator } from './mpi-communicator.js';
 
 export { type Communicator, SingleProcess, errorLine } from './communicator.js';
 export { MpiCommunicator, TIMEOUT_EXIT_CODE } from './mpi-communicator.js';
-export { INSTALL_HINT, MpiError, MpiLibrary, MpiUnavailableError } from './mpi.js';
+export { INSTALL_HINT, MpiError, MpiLibrary, MpiUnavailableError } from '../engine/mpi.js';
 export { buildMpirunCommand, detectMpirun, planText, type LaunchPlan, type MpirunFlavor } from './launch.js';
 
 /**

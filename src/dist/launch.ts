@@ -10,7 +10,7 @@
  * the whole environment on.
  */
 import { spawnSync } from 'node:child_process';
-import { INSTALL_HINT, MpiUnavailableError } from './mpi.js';
+import { INSTALL_HINT, MpiUnavailableError } from '../engine/mpi.js';
 
 export type MpirunFlavor = 'openmpi' | 'mpich';
 

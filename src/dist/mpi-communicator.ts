@@ -18,7 +18,7 @@
 import { writeSync } from 'node:fs';
 import os from 'node:os';
 import { type Communicator, errorLine } from './communicator.js';
-import { type Handle, MpiError, MpiLibrary, MpiUnavailableError } from './mpi.js';
+import { type Handle, MpiError, MpiLibrary, MpiUnavailableError } from '../engine/mpi.js';
 
 /** mpirun's exit code when the watchdog ends a job (as timeout(1)). */
 export const TIMEOUT_EXIT_CODE = 124;

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildMpirunCommand, detectMpirun, planText } from '../../dist/launch.js';
-import { INSTALL_HINT, MpiLibrary, MpiUnavailableError } from '../../dist/mpi.js';
+import { INSTALL_HINT, MpiLibrary, MpiUnavailableError } from '../../engine/mpi.js';
 import { physicalCores } from '../../engine/paths.js';
 import { splitGlobalBatch } from '../../train/parallel.js';
 import { UsageError, helpText, intFlag, parse, type CommandSpec } from '../args.js';

@@ -1,6 +1,8 @@
 /**
  * The MPI library, called through koffi: loading it, telling Open MPI from MPICH, and the handful of
  * functions data-parallel training needs. Loaded only when a run asks for it (src/dist/index.ts).
+ * The binding is here, with ggml's, because nothing above src/engine imports koffi; the communicator
+ * built on it is src/dist/mpi-communicator.ts.
  *
  * The two ABIs differ (measured in ../shared/spike-mpi/):
  * - Open MPI: handles (MPI_Comm, MPI_Datatype, MPI_Op, MPI_Request, ...) are pointers, and the
