@@ -571,4 +571,19 @@ export function callProc(fn: FnPtr, proto: TypeObject, ...args: unknown[]): unkn
   return koffi.call(fn, proto, ...args);
 }
 
+/** Byte strides `nb` of a ggml tensor, read from its struct (views have their own). */
+export function tensorStrides(ptr: TensorPtr): [number, number, number, number] {
+  const s = koffi.decode(ptr, TensorStruct) as { nb: (number | bigint)[] };
+  return [Number(s.nb[0]), Number(s.nb[1]), Number(s.nb[2]), Number(s.nb[3])];
+}
+
+/**
+ * The row dequantization function of a ggml type (`to_float` of `ggml_get_type_traits`), to call with
+ * {@link callProc} and {@link ToFloatProto}; null where ggml has none.
+ */
+export function typeToFloat(api: GgmlApi, type: number): FnPtr | null {
+  const traits = koffi.decode(api.get_type_traits(type), TypeTraitsStruct) as { to_float: FnPtr | null };
+  return traits.to_float;
+}
+
 export { koffi, type LibraryHandle, type TypeObject };

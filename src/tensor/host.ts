@@ -5,7 +5,7 @@
  */
 import { DTypeError, ShapeError, fmtShape } from '../errors.js';
 import { GGML_TYPE_IDS, isQuantDType, type DType } from '../engine/dtype.js';
-import { ToFloatProto, TypeTraitsStruct, callProc, koffi, type FnPtr } from '../engine/ggml.js';
+import { ToFloatProto, callProc, typeToFloat, type FnPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import { numel, type Shape } from './shape.js';
 
@@ -110,11 +110,9 @@ export function decode(dtype: DType, bytes: Uint8Array, count: number, into?: Fl
       if (!isQuantDType(dtype)) throw new DTypeError(`cannot decode ${dtype} into floats`);
       let fn = toFloatFns.get(dtype);
       if (fn === undefined) {
-        const traits = koffi.decode(api.get_type_traits(GGML_TYPE_IDS[dtype]), TypeTraitsStruct) as {
-          to_float: FnPtr | null;
-        };
-        if (traits.to_float === null) throw new DTypeError(`ggml has no dequantization for ${dtype}`);
-        fn = traits.to_float;
+        const toFloat = typeToFloat(api, GGML_TYPE_IDS[dtype]);
+        if (toFloat === null) throw new DTypeError(`ggml has no dequantization for ${dtype}`);
+        fn = toFloat;
         toFloatFns.set(dtype, fn);
       }
       callProc(fn, ToFloatProto, bytes, out, count);

@@ -1,6 +1,6 @@
 /** What every op needs: find the graph, check operands, and wrap ggml calls. */
 import { GGML_TYPE_IDS, isFloatDType } from '../../engine/dtype.js';
-import { TensorStruct, koffi, type TensorPtr } from '../../engine/ggml.js';
+import { tensorStrides, type TensorPtr } from '../../engine/ggml.js';
 import { getEngine } from '../../engine/library.js';
 import { assertAlive } from '../../engine/memory.js';
 import { DTypeError, QtuneError } from '../../errors.js';
@@ -89,8 +89,7 @@ export function isContiguous(t: Tensor): boolean {
 
 /** Byte strides `nb` of a ggml tensor, read from its struct (views have their own). */
 export function strides(t: Tensor): [number, number, number, number] {
-  const s = koffi.decode(t.ptr, TensorStruct) as { nb: (number | bigint)[] };
-  return [Number(s.nb[0]), Number(s.nb[1]), Number(s.nb[2]), Number(s.nb[3])];
+  return tensorStrides(t.ptr);
 }
 
 /** A metadata-only tensor of a shape, used by ggml ops that take a shape template (repeat, repeat_back). */
