@@ -81,7 +81,7 @@ function checkedSample(tok: Tokenizer, format: DatasetFormat, r: DataRecord): Sa
 export interface DatasetConfig {
   /** A `.jsonl` / `.json` file, or a Hub dataset id `org/name`. Not needed for `dummy`. */
   path?: string;
-  /** How records become prompt and response: see {@link DATASET_FORMATS} and README "Datasets". */
+  /** How records become prompt and response: see {@link DATASET_FORMATS} and docs/data.md. */
   format: string;
   /** Hub datasets: the split whose files to read (default `train`). */
   split?: string;

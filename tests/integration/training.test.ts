@@ -69,7 +69,7 @@ function bound(cpu: boolean, optimizer: string): number {
   return optimizer === 'sgd' || optimizer === 'adadelta' ? 2e-3 : 5e-2;
 }
 
-/** The default weight-decay rule, as README states it: matrices decay, norms and biases do not. */
+/** The default weight-decay rule, as docs/api.md states it: matrices decay, norms and biases do not. */
 const decays = (t: Tensor) => t.rank >= 2 && !/norm|bias/.test(t.name);
 
 /** ‖a − b‖ / ‖b‖ over every parameter at once (0 when both are 0). */

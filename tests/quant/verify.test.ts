@@ -1,7 +1,7 @@
 /**
  * Verification of every quantization method:
  * - relative reconstruction error ‖W − Ŵ‖/‖W‖ of random Gaussian weights and of the linear weights of
- *   a tiny model qtune pretrained on Moby Dick, under the bounds documented in README.md;
+ *   a tiny model qtune pretrained on Moby Dick, under the bounds documented in docs/quantization.md;
  * - the quantized model's next-token distribution against the f32 model's: mean KL(p_f32 ‖ p_q) over
  *   Moby Dick validation text, under a bound;
  * - model memory measured from the engine's buffers against the f16 model: at least 45% less for 8-bit
