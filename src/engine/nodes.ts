@@ -1,10 +1,19 @@
 /**
  * The nodes of a compiled ggml graph as plain records: op, name, type, shape, bytes and sources,
  * read from each node's `struct ggml_tensor`. The per-op profiler and `Graph.nodes()` (the checks of
- * what a graph computes in which type) both read graphs through it.
+ * what a graph computes in which type) both read graphs through it; `Graph` reads here the few other
+ * fields it needs (a node's address, the graph's node and leaf counts, the device a node writes into).
  */
-import { GGML_MAX_SRC, TensorStruct, koffi, type GraphPtr, type TensorPtr } from './ggml.js';
+import {
+  CGraphHeadStruct,
+  GGML_MAX_SRC,
+  TensorStruct,
+  koffi,
+  type GraphPtr,
+  type TensorPtr,
+} from './ggml.js';
 import { getEngine } from './library.js';
+import { bufferDevice } from './memory.js';
 
 /** A tensor of a graph: ggml type name and id, `ne` (innermost first) and bytes. */
 export interface NativeTensorInfo {
@@ -67,4 +76,29 @@ export function graphNodes(cgraph: GraphPtr): NativeNode[] {
     out.push({ ...info, index: i, ptr, op: api.op_desc(ptr), srcs });
   }
   return out;
+}
+
+/** A tensor's address: the key under which JS maps remember a node (the graph's profiler labels). */
+export function tensorAddress(ptr: TensorPtr): bigint {
+  return koffi.address(ptr);
+}
+
+/** How many nodes and leafs `cgraph` holds (the head of `struct ggml_cgraph`). */
+export function graphCounts(cgraph: GraphPtr): { nodes: number; leafs: number } {
+  const head = koffi.decode(cgraph, CGraphHeadStruct) as { n_nodes: number; n_leafs: number };
+  return { nodes: head.n_nodes, leafs: head.n_leafs };
+}
+
+const VIEW_SRC_OFFSET = koffi.offsetof(TensorStruct, 'view_src');
+const BUFFER_OFFSET = koffi.offsetof(TensorStruct, 'buffer');
+
+/**
+ * The device whose buffer holds `node`'s data (for a view, its source's): a node that writes into
+ * a stored tensor. Null when the data is in no buffer yet (an intermediate the allocator places) or
+ * in one not allocated through `NativeBuffer`.
+ */
+export function nodeBufferDevice(node: TensorPtr): string | null {
+  const viewSrc = koffi.decode(node, VIEW_SRC_OFFSET, 'void *') as unknown;
+  const buffer = koffi.decode(viewSrc ?? node, BUFFER_OFFSET, 'void *') as unknown;
+  return buffer === null ? null : bufferDevice(koffi.address(buffer));
 }

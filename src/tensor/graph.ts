@@ -23,9 +23,9 @@
  */
 import { cpuBackend, type Backend } from '../engine/device.js';
 import { GGML_TYPE_IDS, dtypeFromId, type DType } from '../engine/dtype.js';
-import { CGraphHeadStruct, TensorStruct, koffi, type GraphPtr, type TensorPtr } from '../engine/ggml.js';
+import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
-import { graphNodes } from '../engine/nodes.js';
+import { graphCounts, graphNodes, nodeBufferDevice, tensorAddress } from '../engine/nodes.js';
 import {
   GraphAllocator,
   NativeBuffer,
@@ -33,7 +33,6 @@ import {
   Scheduler,
   assertAlive,
   availableMemory,
-  bufferDevice,
   fmtBytes,
   formatBytes,
 } from '../engine/memory.js';
@@ -172,9 +171,6 @@ function checkIndices(t: Tensor, data: Int32Array, bound: IndexBound): void {
     );
   }
 }
-
-const VIEW_SRC_OFFSET = koffi.offsetof(TensorStruct, 'view_src');
-const BUFFER_OFFSET = koffi.offsetof(TensorStruct, 'buffer');
 
 export class Graph {
   /** The device the graph runs on; with several, the first in the scheduler's order. */
@@ -318,7 +314,7 @@ export class Graph {
     }
     const ptr = make(this.ctx.ptr);
     if (name) getEngine().api.set_name(ptr, name.slice(0, 63));
-    this.nodeLabels.set(koffi.address(ptr), {
+    this.nodeLabels.set(tensorAddress(ptr), {
       label: joinLabels(this.labelStack),
       block: this.blockStack.length === 0 ? null : this.blockStack.join('.'),
     });
@@ -335,7 +331,7 @@ export class Graph {
 
   /** Records an op's gradient rule on the tape (a no-op while building the backward pass itself). */
   record(op: string, inputs: Tensor[], output: Tensor, backward: BackwardRule): Tensor {
-    const info = output.kind === 'node' ? this.nodeLabels.get(koffi.address(output.ptr)) : undefined;
+    const info = output.kind === 'node' ? this.nodeLabels.get(tensorAddress(output.ptr)) : undefined;
     if (info !== undefined && info.label === null) info.label = `${LABEL_OF_OP[op] ?? op}.fwd`;
     if (this.recording && output.requiresGrad) {
       const labels = [...this.labelStack];
@@ -375,7 +371,7 @@ export class Graph {
     }
   }
 
-  /** The label and block of the node at `address` (from koffi.address), if it was built through {@link node}. */
+  /** The label and block of the node at `address` (from tensorAddress), if it was built through {@link node}. */
   labelOf(address: bigint): NodeLabel | undefined {
     return this.nodeLabels.get(address);
   }
@@ -722,7 +718,7 @@ export class Graph {
           hint: 'raise GraphOptions.maxNodes',
         });
       const copy = api.cpy(this.ctx.ptr, a.value.ptr, a.target);
-      this.nodeLabels.set(koffi.address(copy), a.label);
+      this.nodeLabels.set(tensorAddress(copy), a.label);
       api.build_forward_expand(cgraph, copy);
     }
     for (const e of this.effects) api.build_forward_expand(cgraph, e.ptr);
@@ -767,9 +763,9 @@ export class Graph {
 
   /** Lets ggml's scheduler assign each node a device, split the graph and allocate the parts. */
   private allocateScheduled(cgraph: GraphPtr): void {
-    const head = koffi.decode(cgraph, CGraphHeadStruct) as { n_nodes: number; n_leafs: number };
+    const counts = graphCounts(cgraph);
     // the scheduler's hash set must hold every node and leaf; ggml rounds it up to a prime
-    this.scheduler = new Scheduler(this.backends, 2 * (head.n_nodes + head.n_leafs) + 64);
+    this.scheduler = new Scheduler(this.backends, 2 * (counts.nodes + counts.leafs) + 64);
     if (!this.scheduler.allocate(cgraph)) {
       this.scheduler.free();
       this.scheduler = null;
@@ -811,9 +807,7 @@ export class Graph {
     for (let i = 0; i < n; i++) {
       const node = api.graph_node(cgraph, i);
       const desc = api.op_desc(node);
-      const viewSrc = koffi.decode(node, VIEW_SRC_OFFSET, 'void *') as unknown;
-      const buffer = koffi.decode(viewSrc ?? node, BUFFER_OFFSET, 'void *') as unknown;
-      const device = buffer === null ? null : bufferDevice(koffi.address(buffer));
+      const device = nodeBufferDevice(node);
       if (device !== null) {
         const home = byName.get(device);
         if (home === undefined || !home.supportsOp(node)) {
