@@ -48,12 +48,13 @@ export function nativeMemory(): {
   return { total, byDevice, buffers: live.size, contexts };
 }
 
-/** `12.3 MiB`: how memory sizes are printed. */
+/** `12.3 MiB`, `1.50 GiB`: how qtune prints a size, in messages, reports and the CLI. */
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;
   if (n < 2 ** 20) return `${(n / 1024).toFixed(1)} KiB`;
   if (n < 2 ** 30) return `${(n / 2 ** 20).toFixed(1)} MiB`;
-  return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (n < 2 ** 40) return `${(n / 2 ** 30).toFixed(2)} GiB`;
+  return `${(n / 2 ** 40).toFixed(2)} TiB`;
 }
 
 /**
@@ -120,18 +121,6 @@ function untrack(key: string): void {
   live.delete(key);
 }
 
-/** Bytes in a message: `1.5 GiB`, `12.0 MiB`. */
-export function fmtBytes(n: number): string {
-  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB', 'EiB'];
-  let v = n;
-  let u = 0;
-  while (v >= 1024 && u < units.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  return u === 0 ? `${n} bytes` : `${v.toFixed(1)} ${units[u]}`;
-}
-
 /**
  * Bytes a device can still give: its free memory, and for the CPU what the OS reports available
  * (ggml counts all of the RAM as free; asking for more than is available gets the process killed
@@ -162,7 +151,7 @@ export class NativeContext {
     const free = hostAvailable();
     if (!(bytes <= free))
       throw new OutOfMemoryError(
-        `a ggml context for ${tensors} tensors needs ${fmtBytes(bytes)}, the host has ${fmtBytes(free)} available`,
+        `a ggml context for ${tensors} tensors needs ${formatBytes(bytes)}, the host has ${formatBytes(free)} available`,
         { hint: 'use fewer tensors per context', details: { needed: bytes, free } },
       );
     const ptr = api.init({ mem_size: bytes, mem_buffer: null, no_alloc: true });
@@ -222,16 +211,19 @@ export class NativeBuffer {
     const free = availableMemory(backend);
     if (needed > free) {
       throw new OutOfMemoryError(
-        `${backend.name} has ${fmtBytes(free)} free, the ${what} need ${fmtBytes(needed)}`,
+        `${backend.name} has ${formatBytes(free)} free, the ${what} need ${formatBytes(needed)}`,
         { hint, details: { device: backend.name, needed, free } },
       );
     }
     const ptr = api.backend_alloc_ctx_tensors_from_buft(ctx.ptr, buft);
     if (ptr === null) {
-      throw new OutOfMemoryError(`${backend.name} could not allocate ${fmtBytes(needed)} for the ${what}`, {
-        hint,
-        details: { device: backend.name, needed, free },
-      });
+      throw new OutOfMemoryError(
+        `${backend.name} could not allocate ${formatBytes(needed)} for the ${what}`,
+        {
+          hint,
+          details: { device: backend.name, needed, free },
+        },
+      );
     }
     enforceLimit(backend.name, api.backend_buffer_get_size(ptr), `the ${what}`, () =>
       api.backend_buffer_free(ptr),

@@ -16,7 +16,6 @@ import {
   NativeContext,
   Scheduler,
   availableMemory,
-  fmtBytes,
   formatBytes,
 } from '../engine/memory.js';
 import { DTypeError, OutOfMemoryError, QtuneError, TokenRangeError, UnsupportedOpError } from '../errors.js';
@@ -204,7 +203,7 @@ export class GraphExecutor {
 
   private outOfMemory(needed: number, free: number): OutOfMemoryError {
     return new OutOfMemoryError(
-      `${this.backend.name} has ${fmtBytes(free)} available, this graph needs ${fmtBytes(needed)} for its inputs and intermediate tensors`,
+      `${this.backend.name} has ${formatBytes(free)} available, this graph needs ${formatBytes(needed)} for its inputs and intermediate tensors`,
       {
         hint: 'use a smaller batch or context length, quantize the frozen weights, or enable gradient checkpointing',
         details: { device: this.backend.name, needed, free },

@@ -3,7 +3,7 @@
  * state, each graph's intermediate tensors) as ggml allocated them, and the process's resident set.
  */
 import { readFileSync } from 'node:fs';
-import { fmtBytes } from '../engine/memory.js';
+import { formatBytes } from '../engine/memory.js';
 import { OutOfMemoryError } from '../errors.js';
 import type { LlamaConfig } from '../models/config.js';
 
@@ -131,7 +131,7 @@ export function stepMemoryError(
     ...(s.gradientCheckpointing ? [] : ['turn on gradient_checkpointing']),
   ];
   return new OutOfMemoryError(
-    `batch_size ${s.batchSize} × context_length ${s.seqLen}: ${exact ? "the training step's intermediate tensors need" : 'one training step needs at least'} ${fmtBytes(needed)} on ${device}, which has ${fmtBytes(free)} available`,
+    `batch_size ${s.batchSize} × context_length ${s.seqLen}: ${exact ? "the training step's intermediate tensors need" : 'one training step needs at least'} ${formatBytes(needed)} on ${device}, which has ${formatBytes(free)} available`,
     {
       hint: advice.join(', or '),
       details: { device, needed, free, batchSize: s.batchSize, seqLen: s.seqLen },

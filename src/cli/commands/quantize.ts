@@ -1,4 +1,5 @@
 /** `qtune quantize`: quantize a model's linear weights and save it as GGUF. */
+import { formatBytes } from '../../engine/memory.js';
 import { BackendManager } from '../../backends/manager.js';
 import { loadModel } from '../../models/load.js';
 import { createQuantizationAdapter } from '../../train/quantize.js';
@@ -54,9 +55,8 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   try {
     const report = adapter.quantizeModel(loaded.model);
     adapter.save(loaded.model, loaded.tokenizer, file);
-    const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MB`;
     out(
-      `quantized ${report.quantized.length} weights with ${method}: ${mb(report.bytesBefore)} → ${mb(report.bytesAfter)}; wrote ${file}`,
+      `quantized ${report.quantized.length} weights with ${method}: ${formatBytes(report.bytesBefore)} → ${formatBytes(report.bytesAfter)}; wrote ${file}`,
     );
     for (const k of report.kept) if (k.reason !== 'skipped by the config') out(`kept ${k.name}: ${k.reason}`);
     return 0;
