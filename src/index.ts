@@ -49,7 +49,8 @@ export {
 } from './train/profile.js';
 export { savePeftAdapter, loadPeftAdapter } from './adapters/peft.js';
 export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './adapters/gguf-lora.js';
-export { mergeAdapter, saveModel } from './adapters/merge.js';
+export { mergeAdapter } from './adapters/merge.js';
+export { saveModel } from './models/save.js';
 export { loadAdapter, createAdapterHook } from './adapters/apply.js';
 export type { LoraAdapterData, LoraModule } from './adapters/lora-weights.js';
 export { BackendManager, probeCapabilities, type DeviceKind, type DeviceReport } from './backends/manager.js';

@@ -75,7 +75,7 @@ import { createQuantizationAdapter } from './quantize.js';
 import { defaultGradientCheckpointing, resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
-import { saveModel } from '../adapters/merge.js';
+import { saveModel } from '../models/save.js';
 import { savePeftAdapter } from '../adapters/peft.js';
 
 export { DEFAULT_CHUNK_TOKENS };

@@ -1,7 +1,8 @@
 /** `qtune merge`: fuse a LoRA/DoRA adapter into its base model and save the result. */
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { loadAdapter } from '../../adapters/apply.js';
-import { mergeAdapter, saveModel, type SaveDType, type SaveFormat } from '../../adapters/merge.js';
+import { mergeAdapter } from '../../adapters/merge.js';
+import { saveModel, type SaveDType, type SaveFormat } from '../../models/save.js';
 import { QtuneError } from '../../errors.js';
 import { loadModel } from '../../models/load.js';
 import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
