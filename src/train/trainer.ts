@@ -739,7 +739,12 @@ export class Trainer {
     return out;
   }
 
-  private pack(batch: readonly Example[]): {
+  /**
+   * Collation: a micro-batch's examples as the graphs' inputs (ids, labels padded with -100 to the
+   * context length, the counted tokens, and the packed sequences' attention mask). "Packing" in qtune
+   * means only sequence packing (data/packing.ts).
+   */
+  private collate(batch: readonly Example[]): {
     ids: Int32Array;
     labels: Int32Array;
     tokens: number;
@@ -1082,7 +1087,7 @@ export class Trainer {
     const acc = this.buildAccumulate();
     let forward: PhaseMemory;
     try {
-      const probe = this.pack(this.data.train.slice(0, this.microBatchSize));
+      const probe = this.collate(this.data.train.slice(0, this.microBatchSize));
       this.evalGraph = this.buildEval();
       this.evalGraph.g.set(this.evalGraph.ids, probe.ids);
       this.evalGraph.g.set(this.evalGraph.labels, probe.labels);
@@ -1137,19 +1142,19 @@ export class Trainer {
         throw new ConfigError(
           `a micro-batch of ${batch.length} examples exceeds ${this.microBatchSize === this.batchSize ? 'batch_size' : "this rank's micro-batch size"} ${this.microBatchSize}`,
         );
-      const packed = this.pack(batch);
-      if (packed.tokens === 0) return; // nothing to learn from: no gradient, no count
+      const collated = this.collate(batch);
+      if (collated.tokens === 0) return; // nothing to learn from: no gradient, no count
       // dropout masks: one seed per (global micro-batch slot, rank)
       if (this.lora !== null) this.lora.step = (firstMicroStep + k + 1) * size + rank;
-      acc.g.set(acc.ids, packed.ids);
-      acc.g.set(acc.labels, packed.labels);
+      acc.g.set(acc.ids, collated.ids);
+      acc.g.set(acc.labels, collated.labels);
       acc.g.set(acc.scale, Float32Array.of(this.lossScale));
-      if (acc.mask !== null) acc.g.set(acc.mask, packed.mask!); // packing
+      if (acc.mask !== null) acc.g.set(acc.mask, collated.mask!); // packing
       this.runGraph(acc.g, 'accumulate');
       const l = acc.g.read(acc.loss)[0]!;
       if (!Number.isFinite(l)) overflow = true;
       lossSum += l;
-      tokens += packed.tokens;
+      tokens += collated.tokens;
       if (this.memoryReport !== null && this.memoryReport.backward.rssBytes === 0)
         this.memoryReport.backward.rssBytes = rss();
     });
@@ -1432,14 +1437,14 @@ export class Trainer {
     let total = 0;
     let tokens = 0;
     for (let i = 0; i < list.length; i += this.microBatchSize) {
-      const packed = this.pack(list.slice(i, i + this.microBatchSize));
-      if (packed.tokens === 0) continue;
-      ev.g.set(ev.ids, packed.ids);
-      ev.g.set(ev.labels, packed.labels);
-      if (ev.mask !== null) ev.g.set(ev.mask, packed.mask!); // packing
+      const collated = this.collate(list.slice(i, i + this.microBatchSize));
+      if (collated.tokens === 0) continue;
+      ev.g.set(ev.ids, collated.ids);
+      ev.g.set(ev.labels, collated.labels);
+      if (ev.mask !== null) ev.g.set(ev.mask, collated.mask!); // packing
       ev.g.run();
       total += ev.g.read(ev.loss)[0]!;
-      tokens += packed.tokens;
+      tokens += collated.tokens;
     }
     if (this.comm !== null && this.comm.size > 1) {
       const sums = Float64Array.of(total, tokens);
