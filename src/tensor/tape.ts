@@ -5,12 +5,11 @@
  * (src/tensor/profile.ts) and which backward nodes inherit from their forward op.
  */
 import type { TensorPtr } from '../engine/ggml.js';
-import { GGML_TYPE_IDS } from '../engine/dtype.js';
 import { getEngine } from '../engine/library.js';
 import { tensorAddress } from '../engine/nodes.js';
 import { QtuneError, fmtShape } from '../errors.js';
 import type { Graph } from './graph.js';
-import { isContiguous } from './ops/common.js';
+import { isContiguous, zeroAfter } from './ops/common.js';
 import { sameShape } from './shape.js';
 import type { Tensor } from './tensor.js';
 
@@ -179,14 +178,7 @@ export class Tape {
       return g.build(() => {
         // x + 0·dy[0]: the recomputation depends on dy, so ggml orders it after the gradient of the
         // segment's output exists instead of keeping its activations alive from the forward pass
-        const es = api.type_size(GGML_TYPE_IDS[dy.dtype]);
-        const dep = g.node(
-          (ctx) => api.scale(ctx, api.view_4d(ctx, dy.ptr, 1, 1, 1, 1, es, es, es, 0), 0),
-          [1],
-          'f32',
-          false,
-          'recompute_dep',
-        );
+        const dep = zeroAfter(g, [dy], 'recompute_dep');
         const fresh = inputs.map((x) =>
           g.record(
             'recompute_input',

@@ -103,3 +103,27 @@ export function sameNe(a: Shape, b: Shape): boolean {
   const y = toNe(b);
   return x.every((d, i) => d === y[i]);
 }
+
+/**
+ * A `[1]` f32 zero computed from every tensor of `ts` (0·t[0], summed): a node that orders what reads
+ * it after all of them, since ggml computes a graph depth-first from its outputs (gradient
+ * checkpointing's recompute, the fused loss's chunks).
+ */
+export function zeroAfter(g: Graph, ts: readonly Tensor[], name: string): Tensor {
+  const api = ggml();
+  let z = null as Tensor | null;
+  for (const t of ts) {
+    const es = api.type_size(GGML_TYPE_IDS[t.dtype]);
+    const zt = g.node(
+      (ctx) => api.scale(ctx, api.view_4d(ctx, t.ptr, 1, 1, 1, 1, es, es, es, 0), 0),
+      [1],
+      'f32',
+      false,
+      name,
+    );
+    const prev: Tensor | null = z;
+    z = prev === null ? zt : g.node((ctx) => api.add(ctx, prev.ptr, zt.ptr), [1], 'f32', false, name);
+  }
+  if (z === null) throw new QtuneError('GRAPH', 'zeroAfter: no tensors to order after');
+  return z;
+}

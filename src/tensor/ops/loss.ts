@@ -6,8 +6,8 @@
 import { DTypeError, QtuneError, ShapeError, fmtShape } from '../../errors.js';
 import type { Graph } from '../graph.js';
 import type { Tensor } from '../tensor.js';
-import { GGML_TYPE_IDS, isFloatDType, isQuantDType } from '../../engine/dtype.js';
-import { ggml, graphOf, requireF32, strides } from './common.js';
+import { isFloatDType, isQuantDType } from '../../engine/dtype.js';
+import { ggml, graphOf, requireF32, strides, zeroAfter } from './common.js';
 import { dequantize } from './matmul.js';
 import { contiguous, reshape } from './layout.js';
 
@@ -224,7 +224,7 @@ export function linearCrossEntropy(
         done.push(dw);
       }
     }
-    dep = r0 + n < N ? zeroOf(g, done) : null;
+    dep = r0 + n < N ? zeroAfter(g, done, 'xent_dep') : null;
   }
 
   return g.record(op, [x, w], loss!, (dy) =>
@@ -245,23 +245,17 @@ export function linearCrossEntropy(
   );
 }
 
-/** A `[1]` zero that depends on every tensor of `ts` (0·t[0] summed): ordering only. */
-function zeroOf(g: Graph, ts: readonly Tensor[]): Tensor {
+/** Row r's element i[r] of t `[n, V]`, for i an `[n, 1]` i32 index: an `[n, 1]` node. */
+function pickRows(g: Graph, t: Tensor, i: Tensor, name = ''): Tensor {
   const api = ggml();
-  let z = null as Tensor | null;
-  for (const t of ts) {
-    const es = api.type_size(GGML_TYPE_IDS[t.dtype]);
-    const zt = g.node(
-      (ctx) => api.scale(ctx, api.view_4d(ctx, t.ptr, 1, 1, 1, 1, es, es, es, 0), 0),
-      [1],
-      'f32',
-      false,
-      'xent_dep',
-    );
-    const prev: Tensor | null = z;
-    z = prev === null ? zt : g.node((ctx) => api.add(ctx, prev.ptr, zt.ptr), [1], 'f32', false, 'xent_dep');
-  }
-  return z!;
+  const [n, V] = t.shape as [number, number];
+  return g.node(
+    (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, api.reshape_3d(ctx, t.ptr, 1, V, n), i.ptr), 1, n),
+    [n, 1],
+    'f32',
+    false,
+    name,
+  );
 }
 
 /**
@@ -287,16 +281,9 @@ function rowsLoss(
     g.node(make, shape, 'f32', false, name);
   const probs = node((ctx) => api.soft_max_ext(ctx, x.ptr, null, 1, 0), [n, V], 'ce_softmax');
   const amax = g.node((ctx) => api.reshape_2d(ctx, api.argmax(ctx, x.ptr), 1, n), [n, 1], 'i32', false);
-  // row r's element i of a [n, V] tensor, for i an [n, 1] index: a [n, 1] node
-  const pick = (t: Tensor, i: Tensor, name: string) =>
-    node(
-      (ctx) => api.reshape_2d(ctx, api.get_rows(ctx, api.reshape_3d(ctx, t.ptr, 1, V, n), i.ptr), 1, n),
-      [n, 1],
-      name,
-    );
-  const rowMax = pick(x, amax, 'ce_max');
-  const pMax = pick(probs, amax, 'ce_pmax');
-  const picked = pick(x, target, 'ce_picked');
+  const rowMax = pickRows(g, x, amax, 'ce_max');
+  const pMax = pickRows(g, probs, amax, 'ce_pmax');
+  const picked = pickRows(g, x, target, 'ce_picked');
   const perToken = node(
     (ctx) => api.mul(ctx, api.sub(ctx, api.sub(ctx, rowMax.ptr, api.log(ctx, pMax.ptr)), picked.ptr), w.ptr),
     [n, 1],
@@ -317,11 +304,7 @@ function rowsGrad(g: Graph, probs: Tensor, gw: Tensor, target: Tensor, flatIndex
   const [n, V] = probs.shape as [number, number];
   const node = (make: Parameters<typeof g.node>[0], shape: number[]) => g.node(make, shape, 'f32', false);
   const spread = node((ctx) => api.mul(ctx, probs.ptr, gw.ptr), [n, V]);
-  const pt = node(
-    (ctx) =>
-      api.reshape_2d(ctx, api.get_rows(ctx, api.reshape_3d(ctx, probs.ptr, 1, V, n), target.ptr), 1, n),
-    [n, 1],
-  );
+  const pt = pickRows(g, probs, target);
   const at = node((ctx) => api.sub(ctx, api.mul(ctx, pt.ptr, gw.ptr), gw.ptr), [n, 1]); // (pₜ − 1)·gw
   return node(
     (ctx) =>
