@@ -105,6 +105,14 @@ export class ConfigError extends QtuneError {
   }
 }
 
+/** Training cannot go on: the loss or the gradients diverged (not finite), with no loss scale left. */
+export class TrainingError extends QtuneError {
+  override name = 'TrainingError';
+  constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
+    super('COMPUTE', message, options);
+  }
+}
+
 /**
  * A token id that has no row in the embedding table (or no class in the loss): it would make ggml's
  * `get_rows` abort the process, so it is refused when the ids are set.

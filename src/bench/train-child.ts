@@ -16,7 +16,6 @@ import { cpuBackend } from '../engine/device.js';
 import { getEngine } from '../engine/library.js';
 import { parseLlamaConfig } from '../models/config.js';
 import { LlamaModel } from '../models/llama.js';
-import { Graph } from '../tensor/graph.js';
 import { formatProfile, writeProfileTrace } from '../train/profile.js';
 import { resolveTrainType } from '../train/train-type.js';
 import { quantizeForTraining, Trainer, type PreparedModel } from '../train/trainer.js';
@@ -184,6 +183,7 @@ export function child(spec: ChildSpec): ChildResult {
     model,
     tokenizer: null,
     trainType,
+    precision: spec.precision,
     expansion: null,
     dispose: () => model.dispose(),
   };
@@ -211,14 +211,6 @@ export function child(spec: ChildSpec): ChildResult {
     },
   );
 
-  // time each of the Trainer's graphs (Graph.run calls the observer after each run)
-  const graphTime = new Map<Graph, number>();
-  Graph.setRunObserver((g, ms) => graphTime.set(g, (graphTime.get(g) ?? 0) + ms / 1000));
-  const graphsOf = (t: Trainer) => {
-    const g = t as unknown as Record<'accGraph' | 'normGraph' | 'updateGraph', { g: Graph } | null>;
-    return { accumulate: g.accGraph?.g, norm: g.normGraph?.g, update: g.updateGraph?.g };
-  };
-
   const losses: number[] = [];
   try {
     for (let i = 0; i < spec.warmup; i++) losses.push(trainer.step().loss);
@@ -229,17 +221,16 @@ export function child(spec: ChildSpec): ChildResult {
     const clean: number[] = [];
     const parts: { accumulate: number; norm: number; update: number; other: number }[] = [];
     for (let i = 0; i < spec.steps; i++) {
-      graphTime.clear();
       mon.reset();
       const t0 = performance.now();
-      losses.push(trainer.step().loss);
+      const r = trainer.step();
+      losses.push(r.loss);
       const dt = (performance.now() - t0) / 1000;
       const { wall, foreign } = mon.foreign();
       times.push(dt);
       clean.push(foreign < 0.03 + 0.05 * wall * ncpu ? 1 : 0);
-      const g = graphsOf(trainer);
-      const at = (x: Graph | undefined) => (x === undefined ? 0 : (graphTime.get(x) ?? 0));
-      const p = { accumulate: at(g.accumulate), norm: at(g.norm), update: at(g.update), other: 0 };
+      // the step's own timing of its graphs (StepResult.graphSeconds)
+      const p = { ...r.graphSeconds, other: 0 };
       p.other = Math.max(0, dt - p.accumulate - p.norm - p.update);
       parts.push(p);
     }
@@ -306,7 +297,6 @@ export function child(spec: ChildSpec): ChildResult {
       params_trainable: numel(trainer.params),
     };
   } finally {
-    Graph.setRunObserver(null);
     trainer.dispose();
   }
 }

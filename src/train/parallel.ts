@@ -7,9 +7,13 @@
  * Face does): N ranks then compute the update one process computes, and a run's settings mean the
  * same on a laptop and on a cluster. Every rank walks the same seeded data order and takes a
  * contiguous share of each global batch; the loss is a sum and the update divides by the step's
- * target tokens, so summing the gradients (and token counts) across ranks is exact.
+ * target tokens, so summing the gradients (and token counts) across ranks is exact. Also here: the
+ * gradient all-reduce and the broadcast of rank 0's state.
  */
 import { ConfigError } from '../errors.js';
+import type { Optimizer } from '../optim/optimizer.js';
+import type { StoreGroup } from '../tensor/store-group.js';
+import type { Tensor } from '../tensor/tensor.js';
 
 /** The collectives data-parallel training needs; every rank calls each, in the same order. */
 export interface Collectives {
@@ -53,4 +57,101 @@ export function shareOf(n: number, rank: number, size: number): [number, number]
   const extra = n % size;
   const start = rank * base + Math.min(rank, extra);
   return [start, start + base + (rank < extra ? 1 : 0)];
+}
+
+/**
+ * The step's sum across the ranks: every rank holds the gradients and counts of its share of the
+ * global batch; summed, those of the whole batch. The gradient buffers are summed in buckets of whole
+ * tensors of at most 64 MiB (a larger tensor goes alone), through one reused host buffer. In a job of
+ * one (or none) there is nothing to sum.
+ */
+export class GradientAllReduce {
+  private bucket: Float32Array | null = null;
+
+  constructor(
+    private readonly comm: Collectives | null,
+    private readonly grads: StoreGroup,
+  ) {}
+
+  /**
+   * Sums the step's target tokens, loss sum and gradients over the ranks (a rank's overflow makes the
+   * summed loss not finite on every rank). Returns the sums, and the time and bytes it took.
+   */
+  sumStep(tokens: number, lossSum: number): { tokens: number; lossSum: number; ms: number; bytes: number } {
+    if (this.comm === null || this.comm.size === 1) return { tokens, lossSum, ms: 0, bytes: 0 };
+    const t0 = performance.now();
+    const totals = Float64Array.of(tokens, lossSum);
+    this.comm.allReduceSum(totals);
+    const bytes = totals.byteLength + this.gradients();
+    return { tokens: totals[0]!, lossSum: totals[1]!, ms: performance.now() - t0, bytes };
+  }
+
+  /** Sums the gradients over the ranks, in place. Returns the bytes summed. */
+  private gradients(): number {
+    const comm = this.comm!;
+    const cap = 16 * 2 ** 20; // floats
+    const tensors = this.grads.tensors;
+    const total = tensors.reduce((n, t) => n + t.numel, 0);
+    this.bucket ??= new Float32Array(Math.min(cap, total));
+    const bucket = this.bucket;
+    let pending: Tensor[] = [];
+    let fill = 0;
+    const flush = (): void => {
+      if (pending.length === 0) return;
+      const view = bucket.subarray(0, fill);
+      let off = 0;
+      for (const t of pending) {
+        this.grads.read(t, view.subarray(off, off + t.numel));
+        off += t.numel;
+      }
+      comm.allReduceSum(view);
+      off = 0;
+      for (const t of pending) {
+        this.grads.write(t, view.subarray(off, off + t.numel));
+        off += t.numel;
+      }
+      pending = [];
+      fill = 0;
+    };
+    for (const t of tensors) {
+      if (t.numel > cap) {
+        flush();
+        const data = this.grads.read(t);
+        comm.allReduceSum(data);
+        this.grads.write(t, data);
+        continue;
+      }
+      if (fill + t.numel > cap) flush();
+      pending.push(t);
+      fill += t.numel;
+    }
+    flush();
+    return total * 4;
+  }
+}
+
+/**
+ * Makes every rank start from rank 0's state: the trainable weights, the optimizer's state and step,
+ * and the trainer's `progress` counters (returned as rank 0 has them). LoRA's seeded initialisation
+ * is the same everywhere already; this also covers weights loaded from files that differ, and a
+ * checkpoint read on one rank while it was being replaced.
+ */
+export function syncFromRank0<P extends Record<string, number>>(
+  comm: Collectives,
+  params: readonly Tensor[],
+  optimizer: Optimizer,
+  progress: P,
+): P {
+  for (const p of params) {
+    const data = p.store!.read(p);
+    comm.broadcast(data, 0);
+    p.store!.write(p, data);
+  }
+  const keys = Object.keys(progress); // the same order on every rank
+  const numbers = Float64Array.of(...keys.map((k) => progress[k]!), optimizer.step);
+  comm.broadcast(numbers, 0);
+  const state = optimizer.stateTensors();
+  for (const t of state) comm.broadcast(t.data, 0);
+  optimizer.loadState(numbers[keys.length]!, state);
+  return Object.fromEntries(keys.map((k, i) => [k, numbers[i]!])) as P;
 }

@@ -11,6 +11,7 @@
  * console.log(formatProfile(p).join('\n'));
  * writeProfileTrace('out/profile.json', p, trainer.memory());
  */
+import { ConfigError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import type { Graph } from '../tensor/graph.js';
 import { calibrateOverhead, profileRun, type GraphProfile, type ProfiledNode } from '../tensor/profile.js';
@@ -105,6 +106,19 @@ export function groupNodes(
       gb: a.bytes / 1e9,
     }))
     .sort((x, y) => y.ms - x.ms);
+}
+
+/**
+ * The profiler of a run of `totalSteps` steps for the `profile` option: step 2 (or the last, if
+ * fewer) unless the option names one.
+ */
+export function createStepProfiler(p: true | ProfileOptions, totalSteps: number): StepProfiler {
+  const step = p === true || p.step === undefined ? Math.min(2, totalSteps) : p.step;
+  if (!Number.isInteger(step) || step < 1 || step > totalSteps)
+    throw new ConfigError(`profile_step: ${step} must be a step of this run, 1 to ${totalSteps}`, {
+      hint: 'leave it unset to profile step 2 (after a warm-up step)',
+    });
+  return new StepProfiler(step);
 }
 
 /**

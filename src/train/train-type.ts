@@ -74,3 +74,15 @@ export function resolveTrainType(name: string, quantization?: string): ResolvedT
 export function defaultGradientCheckpointing(t: ResolvedTrainType): boolean {
   return t.quantization !== null;
 }
+
+/** One line for a run's startup, such as `gradient checkpointing: on (default for qlora over nf4; …)`. */
+export function gradientCheckpointingLine(
+  t: ResolvedTrainType,
+  o: { gradientCheckpointing: boolean; gradientCheckpointingByDefault: boolean },
+): string {
+  const on = o.gradientCheckpointing;
+  const why = o.gradientCheckpointingByDefault
+    ? `default for ${t.name}${t.quantization === null ? '' : ` over ${t.quantization}`}; gradient_checkpointing: ${!on} changes it`
+    : 'set';
+  return `gradient checkpointing: ${on ? 'on' : 'off'} (${why})`;
+}

@@ -20,13 +20,10 @@ import type { FrozenCopies } from '../../train/frozen.js';
 import type { ComputeDTypeChoice } from '../../train/kernel-choice.js';
 import { formatProfile, writeProfileTrace } from '../../train/profile.js';
 import { defaultGradientCheckpointing } from '../../train/train-type.js';
-import {
-  Trainer,
-  checkStepMemory,
-  cleanCheckpointLeftovers,
-  prepareModel,
-  type TrainerOptions,
-} from '../../train/trainer.js';
+import { cleanCheckpointLeftovers } from '../../train/checkpoint.js';
+import type { TrainerOptions } from '../../train/options.js';
+import { checkStepMemory, prepareModel } from '../../train/prepare.js';
+import { Trainer } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';

@@ -1,0 +1,130 @@
+/**
+ * The parts a {@link Trainer} is made of, built from its options in the order their checks must run
+ * (settings, data, steps, memory, adapters, optimizer, graphs): a bad option is refused before
+ * anything is allocated, and whatever was made before an error is freed with it.
+ */
+import { ConfigError } from '../errors.js';
+import { GradScaler } from '../optim/grad-scaler.js';
+import { createOptimizer, type Optimizer } from '../optim/optimizer.js';
+import { createSchedule, type Schedule } from '../optim/schedule.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { Batches } from '../data/batches.js';
+import type { TrainData } from '../data/example.js';
+import { runIdentity, type RunSetup } from './checkpoint.js';
+import { LoraLayers } from './lora.js';
+import type { StepShape } from './memory.js';
+import { resolveSettings, totalSteps, type Settings, type TrainerOptions } from './options.js';
+import { GradientAllReduce } from './parallel.js';
+import { checkStepMemory, computeDType, type PreparedModel } from './prepare.js';
+import { createStepProfiler, type StepProfiler } from './profile.js';
+import { TrainStep } from './step.js';
+
+export interface TrainerParts {
+  settings: Settings;
+  scaler: GradScaler;
+  batches: Batches;
+  totalSteps: number;
+  profiler: StepProfiler | null;
+  lora: LoraLayers | null;
+  params: readonly Tensor[];
+  optimizer: Optimizer;
+  schedule: Schedule;
+  graphs: TrainStep;
+  allReduce: GradientAllReduce;
+  /** What checkpoints are written from and checked against. */
+  run: RunSetup;
+}
+
+/** Builds a trainer's parts over `prepared`; on an error, frees what was made and the model. */
+export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: TrainerOptions): TrainerParts {
+  const { model, trainType } = prepared;
+  const comm = o.comm ?? null;
+  let lora: LoraLayers | null = null;
+  let optimizer: Optimizer | null = null;
+  try {
+    const s = resolveSettings(prepared, o);
+    const scaler = GradScaler.create(s.precision === 'fp16' || s.precision === 'fp16_autocast', o.lossScale);
+    const batches = new Batches(data, {
+      ...s,
+      vocabSize: model.config.vocab_size,
+      rank: comm?.rank ?? 0,
+      size: comm?.size ?? 1,
+    });
+    const total = totalSteps(o, s, data.train.length);
+    const profiler =
+      o.profile === undefined || o.profile === false ? null : createStepProfiler(o.profile, total);
+    const shape: StepShape = {
+      batchSize: s.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
+      seqLen: batches.seqLen,
+      gradientAccumulationSteps: s.accumulation,
+      gradientCheckpointing: s.gradientCheckpointing,
+      quantized: trainType.quantization !== null,
+      crossEntropyChunk: s.crossEntropyChunk,
+    };
+    checkStepMemory(model, shape);
+    const dora = trainType.adapter === 'dora';
+    if (trainType.adapter === 'lora' || dora)
+      lora = LoraLayers.create(model, { rank: 8, alpha: 16, ...o.lora, dora, seed: s.seed });
+    const params = lora?.params() ?? model.tensors().filter((t) => t.requiresGrad);
+    if (params.length === 0)
+      throw new ConfigError(`train_type: ${trainType.name} leaves nothing to train in this model`);
+    optimizer = createOptimizer(model.backend, params, {
+      name: 'adamw',
+      lr: 2e-4,
+      weight_decay: 0,
+      ...o.optimizer,
+    });
+    const schedule = createSchedule({
+      name: 'constant',
+      ...o.schedule,
+      lr: optimizer.lr,
+      total_steps: total,
+    });
+    const graphs = new TrainStep({
+      model,
+      params,
+      optimizer,
+      lora,
+      dora,
+      shape,
+      packed: batches.packed,
+      computeDType: computeDType(s.precision),
+      frozenCopies: o.frozenWeightCopies ?? 'auto',
+      quantComputeDType: o.quantComputeDType ?? 'auto',
+      profiler,
+    });
+    const run: RunSetup = {
+      identity: runIdentity(model.config, trainType, params),
+      seed: s.seed,
+      batchSize: s.batchSize,
+      accumulation: s.accumulation,
+      precision: s.precision,
+      source: prepared.source,
+      lora,
+      params,
+      optimizer,
+      schedule,
+      totalSteps: total,
+    };
+    const allReduce = new GradientAllReduce(comm, graphs.grads);
+    return {
+      settings: s,
+      scaler,
+      batches,
+      totalSteps: total,
+      profiler,
+      lora,
+      params,
+      optimizer,
+      schedule,
+      graphs,
+      allReduce,
+      run,
+    };
+  } catch (e) {
+    optimizer?.dispose();
+    lora?.dispose();
+    prepared.dispose();
+    throw e;
+  }
+}

@@ -1,0 +1,364 @@
+/**
+ * Checkpoints: one folder per saved step, `checkpoint-N`, holding the trainable weights
+ * (`trainable.safetensors`), the optimizer's state tensors (`optimizer.safetensors`) and
+ * `trainer_state.json`: everything else a run needs to go on exactly where it stopped, against one
+ * typed schema ({@link CheckpointState}). A checkpoint is written into `checkpoint-N.tmp-PID` and
+ * renamed into place, so a crash leaves the last one whole; {@link cleanCheckpointLeftovers} tidies
+ * what killed runs leave behind.
+ *
+ * @example
+ * saveCheckpoint('out/checkpoint-10', run, progress);
+ * const progress = loadCheckpoint('out/checkpoint-10', run); // the same run setup, or an error
+ */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
+import { ConfigError, FormatError, QtuneError, errorText, shownValue } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
+import { configToJson, type LlamaConfig } from '../models/config.js';
+import type { Optimizer, OptimizerState } from '../optim/optimizer.js';
+import type { Schedule, ScheduleName } from '../optim/schedule.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { LoraLayers } from './lora.js';
+import type { Precision } from './prepare.js';
+import type { ResolvedTrainType } from './train-type.js';
+
+const STATE_FILE = 'trainer_state.json';
+export const CHECKPOINT_FORMAT = 1;
+
+/** What identifies a run, stored in checkpoints so one from another model or setup is refused. */
+export interface RunIdentity {
+  model: string;
+  trainType: string;
+  adapter: string;
+  quantization: string | null;
+  params: { name: string; shape: number[] }[];
+}
+
+/** A hash of the model's config, to recognise checkpoints of the same base. */
+export function modelId(config: LlamaConfig): string {
+  return createHash('sha256')
+    .update(JSON.stringify(configToJson(config)))
+    .digest('hex')
+    .slice(0, 16);
+}
+
+/** A LoRA/DoRA run's adapter settings, so that `qtune export` can write the adapter of a checkpoint. */
+export interface CheckpointAdapter {
+  base_model: string;
+  rs_lora: boolean;
+  dora: boolean;
+  dropout: number;
+  modules: { module: string; rank: number; alpha: number; in_features: number; out_features: number }[];
+}
+
+/** `trainer_state.json`: the run's progress and settings (the tensors are in the safetensors files). */
+export interface CheckpointState {
+  format: number;
+  identity: RunIdentity;
+  /** Optimizer steps taken. */
+  step: number;
+  /** The data order's position. */
+  epoch: number;
+  cursor: number;
+  /** Micro-batches run (dropout masks derive from it). */
+  micro_step: number;
+  seed: number;
+  /** fp16: the GradScaler's scale and good steps (1 and 0 otherwise). */
+  loss_scale: number;
+  good_steps: number;
+  optimizer: OptimizerState;
+  schedule: { name: ScheduleName; lr: number; total_steps: number; warmup_steps: number };
+  batch_size: number;
+  gradient_accumulation_steps: number;
+  precision: Precision;
+  adapter: CheckpointAdapter | null;
+}
+
+/** Where a run stands: what a checkpoint restores, and rank 0 broadcasts to the others. */
+export type Progress = Pick<
+  CheckpointState,
+  'step' | 'epoch' | 'cursor' | 'micro_step' | 'loss_scale' | 'good_steps'
+>;
+export const PROGRESS_KEYS = ['step', 'epoch', 'cursor', 'micro_step', 'loss_scale', 'good_steps'] as const;
+
+/** What a checkpoint is written from, and what a resumed run must share with the one that wrote it. */
+export interface RunSetup {
+  identity: RunIdentity;
+  seed: number;
+  batchSize: number;
+  accumulation: number;
+  precision: Precision;
+  /** Where the model came from: the adapter's base_model. */
+  source: string;
+  lora: LoraLayers | null;
+  params: readonly Tensor[];
+  optimizer: Optimizer;
+  schedule: Schedule;
+  totalSteps: number;
+}
+
+/** A run's identity: its model's config, train type and trainable tensors. */
+export function runIdentity(
+  config: LlamaConfig,
+  t: ResolvedTrainType,
+  params: readonly Tensor[],
+): RunIdentity {
+  return {
+    model: modelId(config),
+    trainType: t.name,
+    adapter: t.adapter,
+    quantization: t.quantization,
+    params: params.map((p) => ({ name: p.name, shape: [...p.shape] })),
+  };
+}
+
+/** Whether a process with this id is running (a checkpoint write of it may be in progress). */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Tidies what killed runs left in an output folder. A checkpoint is written into
+ * `checkpoint-N.tmp-PID` and renamed into place, so a run killed while writing leaves that folder
+ * incomplete: it is removed (when process PID is no longer running). A run killed while replacing an
+ * existing checkpoint-N may leave the complete old one as `checkpoint-N.old-PID`: it is renamed back
+ * when checkpoint-N is missing, else removed. `resume_from_checkpoint: latest` only ever considers
+ * `checkpoint-N` folders. Returns the names removed or restored.
+ */
+export function cleanCheckpointLeftovers(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const done: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const m = /^(checkpoint-\d+)\.(tmp|old)-(\d+)$/.exec(name);
+    if (m === null || processAlive(Number(m[3]))) continue;
+    const full = path.join(dir, name);
+    const final = path.join(dir, m[1]!);
+    if (m[2] === 'old' && !existsSync(final)) renameSync(full, final);
+    else rmSync(full, { recursive: true, force: true });
+    done.push(name);
+  }
+  return done;
+}
+
+/**
+ * Writes a checkpoint of `run` at `progress` into `dir`: the trainable weights, the optimizer's state
+ * tensors and trainer_state.json (a temporary folder renamed into place: a crash leaves the last one
+ * whole). Returns `dir`.
+ */
+export function saveCheckpoint(dir: string, run: RunSetup, progress: Progress): string {
+  const { lora, optimizer, schedule } = run;
+  const state: CheckpointState = {
+    format: CHECKPOINT_FORMAT,
+    identity: run.identity,
+    step: progress.step,
+    epoch: progress.epoch,
+    cursor: progress.cursor,
+    micro_step: progress.micro_step,
+    seed: run.seed,
+    loss_scale: progress.loss_scale,
+    good_steps: progress.good_steps,
+    optimizer: optimizer.state(),
+    schedule: {
+      name: schedule.name,
+      lr: schedule.lr,
+      total_steps: run.totalSteps,
+      warmup_steps: schedule.warmupSteps,
+    },
+    batch_size: run.batchSize,
+    gradient_accumulation_steps: run.accumulation,
+    precision: run.precision,
+    adapter:
+      lora === null
+        ? null
+        : {
+            base_model: run.source,
+            rs_lora: lora.options.rsLora,
+            dora: lora.options.dora,
+            dropout: lora.options.dropout,
+            modules: [...lora.modules.values()].map((m) => ({
+              module: m.module,
+              rank: m.rank,
+              alpha: m.alpha,
+              in_features: m.inFeatures,
+              out_features: m.outFeatures,
+            })),
+          },
+  };
+  const tmp = `${dir}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  try {
+    writeSafetensors(
+      path.join(tmp, 'trainable.safetensors'),
+      run.params.map((p) => ({
+        name: p.name,
+        shape: p.shape,
+        dtype: 'F32' as const,
+        data: p.store!.read(p),
+      })),
+    );
+    writeSafetensors(
+      path.join(tmp, 'optimizer.safetensors'),
+      optimizer
+        .stateTensors()
+        .map((t) => ({ name: t.name, shape: t.shape, dtype: 'F32' as const, data: t.data })),
+    );
+    writeFileAtomic(path.join(tmp, STATE_FILE), [JSON.stringify(state, null, 2) + '\n']);
+    const old = `${dir}.old-${process.pid}`;
+    if (existsSync(dir)) renameSync(dir, old);
+    renameSync(tmp, dir);
+    rmSync(old, { recursive: true, force: true });
+  } catch (e) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  return dir;
+}
+
+/**
+ * Reads a checkpoint of the same run setup back: the trainable weights and the optimizer's state
+ * are written into `run`'s, and the progress is returned for the trainer to go on from. A checkpoint
+ * of another model, train type, set of trainable tensors, seed or batch setup is refused with a
+ * ConfigError; a damaged one with a FormatError.
+ */
+export function loadCheckpoint(dir: string, run: RunSetup): Progress {
+  const file = stateFile(dir, 'point resume at a checkpoint-N folder of an output directory');
+  const state = readState(file) as unknown as CheckpointState;
+  const id = state.identity as RunIdentity | undefined;
+  const mine = run.identity;
+  const over = (q: string | null) => (q === null ? '' : ` over ${q}`);
+  const mismatch =
+    id?.model !== mine.model
+      ? `another model (config ${String(id?.model)}, this one is ${mine.model})`
+      : id.trainType !== mine.trainType || id.quantization !== mine.quantization
+        ? `train type ${id.trainType}${over(id.quantization)}, this run is ${mine.trainType}${over(mine.quantization)}`
+        : JSON.stringify(id.params) !== JSON.stringify(mine.params)
+          ? 'other trainable tensors (LoRA rank or target modules differ)'
+          : null;
+  if (mismatch !== null)
+    throw new ConfigError(`checkpoint ${dir} was written for ${mismatch}`, {
+      hint: 'resume with the model and settings that wrote it, or start a new run',
+    });
+  const { seed, batchSize, accumulation } = run;
+  if (
+    state.seed !== seed ||
+    state.batch_size !== batchSize ||
+    state.gradient_accumulation_steps !== accumulation
+  )
+    throw new ConfigError(
+      `checkpoint ${dir} was written with seed ${state.seed}, batch_size ${state.batch_size}, gradient_accumulation_steps ${state.gradient_accumulation_steps}; this run has ${seed}, ${batchSize}, ${accumulation}`,
+      { hint: 'use the same seed and batch settings to resume exactly' },
+    );
+  for (const k of ['step', 'epoch', 'cursor', 'micro_step', 'good_steps'] as const) {
+    if (!(Number.isSafeInteger(state[k]) && state[k] >= 0))
+      throw corrupt(file, `${k} is ${shownValue(state[k])}, not a whole number ≥ 0`);
+  }
+  if (!(Number.isFinite(state.loss_scale) && state.loss_scale > 0))
+    throw corrupt(file, `loss_scale is ${shownValue(state.loss_scale)}, not a number > 0`);
+  const optStep = (state.optimizer as { step?: unknown } | null)?.step;
+  if (!(Number.isSafeInteger(optStep) && (optStep as number) >= 0))
+    throw corrupt(file, `optimizer.step is ${shownValue(optStep)}, not a whole number ≥ 0`);
+  const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
+  const opt = SafetensorsFile.open(path.join(dir, 'optimizer.safetensors'));
+  try {
+    for (const p of run.params) p.store!.write(p, weights.readF32(p.name));
+    run.optimizer.loadState(
+      state.optimizer.step,
+      opt.names().map((n) => ({ name: n, shape: opt.entry(n).shape, data: opt.readF32(n) })),
+    );
+  } finally {
+    weights.close();
+    opt.close();
+  }
+  return state;
+}
+
+/** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */
+export function checkpointAdapter(dir: string): LoraAdapterData {
+  const file = stateFile(dir, 'give a checkpoint-N folder of an output directory');
+  const a = readState(file)['adapter'] as Record<string, unknown> | null | undefined;
+  if (a === undefined || a === null)
+    throw new ConfigError(`checkpoint ${dir} holds no adapter (full or llama_pro training)`, {
+      hint: 'export adapters from lora/qlora/dora runs',
+    });
+  const list = typeof a === 'object' ? a['modules'] : undefined;
+  if (!Array.isArray(list) || list.some((m) => m === null || typeof m !== 'object'))
+    throw corrupt(file, 'adapter.modules is not a list of modules');
+  const entries = list as Record<string, unknown>[];
+  for (const [k, kind] of [
+    ['base_model', 'string'],
+    ['rs_lora', 'boolean'],
+    ['dora', 'boolean'],
+    ['dropout', 'number'],
+  ] as const) {
+    if (typeof a[k] !== kind) throw corrupt(file, `adapter.${k} is ${shownValue(a[k])}, not a ${kind}`);
+  }
+  const adapter = a as unknown as CheckpointAdapter;
+  const weights = SafetensorsFile.open(path.join(dir, 'trainable.safetensors'));
+  try {
+    const modules = new Map<string, LoraModule>();
+    for (const m of entries) {
+      const name = m['module'];
+      if (typeof name !== 'string' || name === '')
+        throw corrupt(file, `adapter module name ${shownValue(name)} is not a name`);
+      modules.set(name, {
+        rank: m['rank'] as number,
+        alpha: m['alpha'] as number,
+        inFeatures: m['in_features'] as number,
+        outFeatures: m['out_features'] as number,
+        A: weights.readF32(`${name}.lora_A`),
+        B: weights.readF32(`${name}.lora_B`),
+        ...(adapter.dora ? { magnitude: weights.readF32(`${name}.lora_magnitude`) } : {}),
+      });
+    }
+    const data: LoraAdapterData = {
+      baseModel: adapter.base_model,
+      rsLora: adapter.rs_lora,
+      dora: adapter.dora,
+      dropout: adapter.dropout,
+      targetModules: [...new Set([...modules.keys()].map((m) => m.split('.').pop()!))],
+      modules,
+    };
+    try {
+      validateAdapter(data); // ranks, alphas and tensor sizes agree
+    } catch (e) {
+      throw e instanceof QtuneError ? corrupt(file, e.problem) : e;
+    }
+    return data;
+  } finally {
+    weights.close();
+  }
+}
+
+/** `dir`'s trainer_state.json, which must exist. */
+function stateFile(dir: string, hint: string): string {
+  const file = path.join(dir, STATE_FILE);
+  if (!existsSync(file))
+    throw new QtuneError('NOT_FOUND', `${dir} is not a qtune checkpoint (no ${STATE_FILE})`, { hint });
+  return file;
+}
+
+/** An error for a checkpoint file that is not what qtune wrote. */
+function corrupt(file: string, what: string): FormatError {
+  return new FormatError(file, what, { hint: 'the checkpoint is corrupt; use an earlier checkpoint-N' });
+}
+
+/** A checkpoint's trainer_state.json, parsed: a JSON object. */
+function readState(file: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw corrupt(file, `is not valid JSON (${errorText(e)})`);
+  }
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) throw corrupt(file, 'is not a JSON object');
+  return v as Record<string, unknown>;
+}

@@ -1,0 +1,259 @@
+/**
+ * What a trainer is told, and what it reports: {@link TrainerOptions}, checked and given their
+ * defaults once by {@link resolveSettings}; the {@link LogRecord}s of a run, and the results of a
+ * step and of a whole run.
+ */
+import { ConfigError } from '../errors.js';
+import type { Example } from '../data/example.js';
+import type { GradScaler, GradScalerOptions } from '../optim/grad-scaler.js';
+import type { OptimizerConfig } from '../optim/optimizer.js';
+import type { ScheduleConfig } from '../optim/schedule.js';
+import { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
+import type { FrozenCopies } from './frozen.js';
+import type { ComputeDTypeChoice } from './kernel-choice.js';
+import type { LoraOptions } from './lora.js';
+import type { MemoryReport } from './memory.js';
+import { splitGlobalBatch, type Collectives } from './parallel.js';
+import { checkPrecision, type PreparedModel, type Precision, type PrepareOptions } from './prepare.js';
+import type { ProfileOptions, StepGraph } from './profile.js';
+import { defaultGradientCheckpointing, resolveTrainType } from './train-type.js';
+
+export interface TrainerOptions {
+  /**
+   * The train type, precision and quantization are the prepared model's ({@link prepareModel}, or
+   * {@link Trainer.create}'s options): given here too, they must be the same, or the trainer refuses.
+   */
+  trainType?: string;
+  quantization?: string;
+  precision?: Precision;
+  /** LoRA and DoRA settings (rank 8, alpha 16 by default). */
+  lora?: Omit<LoraOptions, 'dora' | 'seed'>;
+  /** Sequences per micro-batch. Default 1. */
+  batchSize?: number;
+  gradientAccumulationSteps?: number;
+  /** Passes over the training data (default 1), unless maxSteps is set. */
+  epochs?: number;
+  maxSteps?: number;
+  /**
+   * Recompute each decoder block in the backward pass instead of keeping its activations. Default:
+   * on over a quantized base (qlora and the like), off over a float base
+   * ({@link defaultGradientCheckpointing}); read the choice from {@link Trainer.gradientCheckpointing}.
+   */
+  gradientCheckpointing?: boolean;
+  /**
+   * Persistent copies of the frozen weights for their matmuls (Wᵀ for the input gradient, and W in
+   * the autocast type): `auto` (default: on for a float base that fits), `on`, `off`.
+   */
+  frozenWeightCopies?: FrozenCopies;
+  /**
+   * The type a quantized base's input gradient multiplies in (bitsandbytes' compute dtype): `auto`
+   * (default: bf16 where measured faster on this device), `f32` (exact), `bf16`.
+   */
+  quantComputeDType?: ComputeDTypeChoice;
+  /**
+   * Token rows per chunk of the fused output layer and loss (`linearCrossEntropy`): the
+   * `[tokens, vocab]` logits and their gradient never exist whole, only `[chunk, vocab]` at a time.
+   * Default {@link DEFAULT_CHUNK_TOKENS}; 0 computes all the logits, then the loss. A micro-batch
+   * splits into at most 64 chunks (larger ones when it has more than 64 × chunk token rows).
+   */
+  crossEntropyChunk?: number;
+  /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
+  maxGradNorm?: number;
+  /** Default AdamW, lr 2e-4, no weight decay. */
+  optimizer?: Partial<OptimizerConfig>;
+  /** Default constant; its lr is the optimizer's. */
+  schedule?: Omit<ScheduleConfig, 'lr' | 'total_steps'>;
+  /** Evaluate on the validation data every N steps (0: only at the end). */
+  evalEvery?: number;
+  /** Validation sequences per evaluation (default all). */
+  evalExamples?: number;
+  /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
+  saveEvery?: number;
+  outputDir?: string;
+  seed?: number;
+  /** fp16 loss scaling: initial scale and how many good steps double it. */
+  lossScale?: GradScalerOptions;
+  /** Called with every log record (steps, evaluations, skipped steps). */
+  onLog?: (record: LogRecord) => void;
+  /**
+   * Profile one step per op (src/train/profile.ts): `true` runs step 2 (or the last, if fewer) node
+   * by node and times the other steps' graphs whole; read the result with {@link Trainer.profile}.
+   * Off by default, and then no step does any profiling work.
+   */
+  profile?: boolean | ProfileOptions;
+  /**
+   * Data parallelism: the ranks of a job (a src/dist Communicator). Each step's global batch of
+   * batchSize × gradientAccumulationSteps examples splits across the ranks (src/train/parallel.ts),
+   * the gradients and token counts are summed across them before the update, and rank 0's trainable
+   * weights, optimizer state and progress are broadcast before the first step (and after a
+   * checkpoint load). N ranks compute the update one process would; only rank 0 writes checkpoints.
+   */
+  comm?: Collectives;
+}
+
+export interface LogRecord {
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint';
+  step: number;
+  epoch: number;
+  loss?: number;
+  lr?: number;
+  gradNorm?: number;
+  tokens?: number;
+  tokensPerS?: number;
+  lossScale?: number;
+  perplexity?: number;
+  path?: string;
+  message?: string;
+  memory?: { engineBytes: number; rssBytes: number; peakRssBytes: number };
+  /** Data-parallel runs: ranks in the job. */
+  worldSize?: number;
+  /** Data-parallel steps: time of the gradient all-reduce (with its device-host copies), and bytes summed. */
+  allreduceMs?: number;
+  allreduceBytes?: number;
+}
+
+export interface StepResult {
+  step: number;
+  /** Mean loss over the step's target tokens. */
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  /** fp16 only: the gradients overflowed, the update was skipped and the scale halved. */
+  skipped: boolean;
+  seconds: number;
+  /**
+   * Seconds each of the step's graphs ran (the public timing hook: `qtune bench` splits a step's
+   * time with it): accumulate over every micro-batch, norm, and update (0 when skipped).
+   */
+  graphSeconds: Record<StepGraph, number>;
+  /** Data-parallel runs: milliseconds and bytes of the gradient all-reduce (0 in a job of one). */
+  allreduceMs: number;
+  allreduceBytes: number;
+}
+
+export interface TrainResult {
+  steps: number;
+  losses: number[];
+  evals: { step: number; loss: number; perplexity: number }[];
+  memory: MemoryReport;
+  tokensPerS: number;
+  seconds: number;
+}
+
+/** Trainer.create's options: the model's preparation and the trainer's, given once. */
+export type CreateOptions = TrainerOptions & Omit<PrepareOptions, 'trainType'>;
+
+/** A step's micro-batches: lists of examples, each at most the micro-batch size. */
+export type MicroBatches = readonly (readonly Example[])[];
+
+/** A step's log record. */
+export function stepRecord(
+  r: StepResult,
+  o: { scaler: GradScaler; memory: NonNullable<LogRecord['memory']>; worldSize: number | null },
+): Omit<LogRecord, 'epoch'> {
+  const scale = o.scaler.scale;
+  return {
+    kind: r.skipped ? 'skip' : 'step',
+    step: r.step,
+    loss: r.loss,
+    lr: r.lr,
+    gradNorm: r.gradNorm,
+    tokens: r.tokens,
+    tokensPerS: r.tokens / r.seconds,
+    ...(o.scaler.enabled ? { lossScale: scale } : {}),
+    ...(r.skipped ? { message: `gradients overflowed; update skipped, loss scale now ${scale}` } : {}),
+    memory: o.memory,
+    ...(o.worldSize === null
+      ? {}
+      : { worldSize: o.worldSize, allreduceMs: r.allreduceMs, allreduceBytes: r.allreduceBytes }),
+  };
+}
+
+/** The options, checked, with their defaults. */
+export interface Settings {
+  precision: Precision;
+  batchSize: number;
+  accumulation: number;
+  /** Examples per micro-batch on this rank: batchSize, or less when a global batch splits across ranks. */
+  microBatchSize: number;
+  gradientCheckpointing: boolean;
+  /** The option was not given: gradientCheckpointing is the train type's default. */
+  gradientCheckpointingByDefault: boolean;
+  seed: number;
+  maxGradNorm: number;
+  /** Token rows per chunk of the fused output layer and loss; 0: logits whole. */
+  crossEntropyChunk: number;
+}
+
+/** Checks the options against the prepared model and each other, and fills in the defaults. */
+export function resolveSettings(prepared: PreparedModel, o: TrainerOptions): Settings {
+  const given = prepared.trainType;
+  if (o.trainType !== undefined) {
+    // the quantization is compared when it is given (a train type's default one may have been changed)
+    const asked = resolveTrainType(o.trainType, o.quantization);
+    if (
+      asked.name !== given.name ||
+      (o.quantization !== undefined && asked.quantization !== given.quantization)
+    )
+      throw new ConfigError(
+        `train_type: ${asked.name}${over(asked.quantization)} was given to the trainer, but the model was prepared for ${given.name}${over(given.quantization)}`,
+        { hint: 'give the train type once: to prepareModel, or to Trainer.create' },
+      );
+  }
+  const precision = checkPrecision(o.precision ?? prepared.precision);
+  if (precision !== prepared.precision)
+    throw new ConfigError(
+      `precision: ${precision} was given to the trainer, but the model was prepared for ${prepared.precision}`,
+      { hint: 'give the precision once: to prepareModel, or to Trainer.create' },
+    );
+  const batchSize = positiveInt('batch_size', o.batchSize, 1);
+  const accumulation = positiveInt('gradient_accumulation_steps', o.gradientAccumulationSteps, 1);
+  const comm = o.comm ?? null;
+  const microBatchSize =
+    comm === null ? batchSize : splitGlobalBatch(batchSize, accumulation, comm.size).microBatch;
+  const maxGradNorm = o.maxGradNorm ?? 1;
+  if (!(maxGradNorm >= 0 && Number.isFinite(maxGradNorm)))
+    throw new ConfigError(`max_grad_norm: ${maxGradNorm} must be ≥ 0`, {
+      hint: 'use 1.0, or 0 to turn clipping off',
+    });
+  const crossEntropyChunk = o.crossEntropyChunk ?? DEFAULT_CHUNK_TOKENS;
+  if (!(Number.isInteger(crossEntropyChunk) && crossEntropyChunk >= 0))
+    throw new ConfigError(`cross_entropy_chunk: ${crossEntropyChunk} must be a whole number ≥ 0`, {
+      hint: `use ${DEFAULT_CHUNK_TOKENS} (token rows per chunk), or 0 to compute all the logits at once`,
+    });
+  return {
+    precision,
+    batchSize,
+    accumulation,
+    microBatchSize,
+    gradientCheckpointing: o.gradientCheckpointing ?? defaultGradientCheckpointing(given),
+    gradientCheckpointingByDefault: o.gradientCheckpointing === undefined,
+    seed: o.seed ?? 42,
+    maxGradNorm,
+    crossEntropyChunk,
+  };
+}
+
+/** The run's optimizer steps: maxSteps, or `epochs` passes over `examples` training examples. */
+export function totalSteps(o: TrainerOptions, s: Settings, examples: number): number {
+  if (o.maxSteps !== undefined) return positiveInt('max_steps', o.maxSteps, 1);
+  const epochs = o.epochs ?? 1;
+  if (!(epochs > 0))
+    throw new ConfigError(`num_epochs: ${epochs} must be positive`, { hint: 'use 1 or more' });
+  const stepsPerEpoch = Math.max(1, Math.floor(examples / (s.batchSize * s.accumulation)));
+  return Math.max(1, Math.ceil(epochs * stepsPerEpoch));
+}
+
+function over(quantization: string | null): string {
+  return quantization === null ? '' : ` over ${quantization}`;
+}
+
+function positiveInt(field: string, v: number | undefined, def: number): number {
+  const x = v ?? def;
+  if (!Number.isInteger(x) || x < 1)
+    throw new ConfigError(`${field}: ${JSON.stringify(x)} must be a positive integer`, {
+      hint: `set ${field} to 1 or more`,
+    });
+  return x;
+}

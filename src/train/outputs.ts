@@ -1,0 +1,72 @@
+/**
+ * What a run leaves behind: LoRA as a PEFT adapter (adapter_model.safetensors, adapter_config.json)
+ * and a llama.cpp GGUF adapter (adapter.gguf); DoRA as a PEFT adapter (llama.cpp has no DoRA: merge
+ * it with `qtune merge`); full and llama_pro as a model folder (dir/model).
+ *
+ * @example
+ * saveTrainedOutputs('out', { model, tokenizer, lora, source: 'tiny-model' });
+ */
+import path from 'node:path';
+import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
+import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
+import { savePeftAdapter } from '../adapters/peft.js';
+import { ConfigError } from '../errors.js';
+import { makeFolder } from '../io/folders.js';
+import type { Tokenizer } from '../io/tokenizer.js';
+import type { LlamaModel } from '../models/llama.js';
+import { saveModel } from '../models/save.js';
+import type { LoraLayers } from './lora.js';
+
+/**
+ * The trained LoRA/DoRA tensors on the host, in the form the PEFT and GGUF writers take; a run of
+ * train type `trainType` without an adapter (full, llama_pro) gets a ConfigError.
+ */
+export function adapterData(lora: LoraLayers | null, baseModel: string, trainType = 'full'): LoraAdapterData {
+  if (lora === null)
+    throw new ConfigError(`train_type ${trainType} trains no adapter`, {
+      hint: 'save the model instead (full and llama_pro train the model itself)',
+    });
+  const modules = new Map<string, LoraModule>();
+  for (const [name, m] of lora.toHost()) {
+    modules.set(name, {
+      rank: m.info.rank,
+      alpha: m.info.alpha,
+      inFeatures: m.info.inFeatures,
+      outFeatures: m.info.outFeatures,
+      A: m.A,
+      B: m.B,
+      ...(m.magnitude === undefined ? {} : { magnitude: m.magnitude }),
+    });
+  }
+  const o = lora.options;
+  return {
+    baseModel,
+    rsLora: o.rsLora,
+    dora: o.dora,
+    dropout: o.dropout,
+    targetModules: [...new Set([...modules.keys()].map((m) => m.split('.').pop()!))],
+    modules,
+  };
+}
+
+/** Writes what a run trained into `dir` (see the file's comment). Returns the paths written. */
+export function saveTrainedOutputs(
+  dir: string,
+  run: { model: LlamaModel; tokenizer: Tokenizer | null; lora: LoraLayers | null; source: string },
+  o: { dtype?: 'f32' | 'f16' | 'bf16' } = {},
+): string[] {
+  makeFolder(dir, 'output_dir');
+  if (run.lora !== null) {
+    const data = adapterData(run.lora, run.source);
+    savePeftAdapter(dir, data);
+    const written = [path.join(dir, 'adapter_model.safetensors'), path.join(dir, 'adapter_config.json')];
+    if (!data.dora) {
+      saveGgufLoraAdapter(path.join(dir, 'adapter.gguf'), data, run.model.config);
+      written.push(path.join(dir, 'adapter.gguf'));
+    }
+    return written;
+  }
+  if (run.tokenizer === null)
+    throw new ConfigError('saving a trained model needs its tokenizer; this model was loaded without one');
+  return saveModel(run.model, path.join(dir, 'model'), run.tokenizer, { dtype: o.dtype ?? 'f32' });
+}
