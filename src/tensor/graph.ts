@@ -61,10 +61,6 @@ function checkSize(shape: Shape, what: string): void {
     });
 }
 
-/** Called after every {@link Graph.run} while set (see {@link Graph.setRunObserver}). */
-export type RunObserver = (graph: Graph, ms: number) => void;
-let runObserver: RunObserver | null = null;
-
 export interface GraphOptions {
   /** Most nodes the graph may hold (ggml allocates their metadata up front). Default 32768. */
   maxNodes?: number;
@@ -491,11 +487,8 @@ export class Graph {
 
   /** Computes the graph once. */
   run(): void {
-    const observer = runObserver;
-    const t0 = observer === null ? 0 : performance.now();
     this.beginRun();
     this.exec.run();
-    if (observer !== null) observer(this, performance.now() - t0);
   }
 
   /**
@@ -506,14 +499,6 @@ export class Graph {
   runWith(compute: (cgraph: GraphPtr, backend: Backend) => number): void {
     this.beginRun();
     this.exec.runWith(compute);
-  }
-
-  /**
-   * Calls `fn` with each graph and its wall time in milliseconds after every {@link run}, until set
-   * to null: how benchmarks time the Trainer's graphs. While none is set, run() does no extra work.
-   */
-  static setRunObserver(fn: RunObserver | null): void {
-    runObserver = fn;
   }
 
   private beginRun(): void {

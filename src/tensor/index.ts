@@ -1,11 +1,4 @@
-export {
-  Graph,
-  type BackwardRule,
-  type GraphNode,
-  type GraphOptions,
-  type NodeLabel,
-  type RunObserver,
-} from './graph.js';
+export { Graph, type BackwardRule, type GraphNode, type GraphOptions, type NodeLabel } from './graph.js';
 export { calibrateOverhead, nodeFlops, profileRun, type GraphProfile, type ProfiledNode } from './profile.js';
 export { Tensor, type TensorKind } from './tensor.js';
 export { TensorStore, type TensorSpec } from './store.js';
