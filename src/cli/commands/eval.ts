@@ -3,8 +3,9 @@ import { createAdapterHook, loadAdapter } from '../../adapters/apply.js';
 import { DATASET_FORMATS } from '../../data/formats.js';
 import { loadDataset } from '../../data/dataset.js';
 import { loadModel } from '../../models/load.js';
-import { Graph } from '../../tensor/graph.js';
-import { linearCrossEntropy } from '../../tensor/ops/loss.js';
+import { Batches } from '../../data/batches.js';
+import { DEFAULT_CHUNK_TOKENS } from '../../tensor/ops/loss.js';
+import { Evaluator, type Evaluation } from '../../train/evaluate.js';
 import {
   DEVICE_FLAGS,
   devicesFlag,
@@ -68,42 +69,37 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       loaded.tokenizer,
       T,
     );
-    const g = new Graph(loaded.model.backends);
-    let total = 0;
-    let tokens = 0;
+    // the Trainer's evaluation: the output layer fused with the loss, so the [T, vocab] logits never
+    // exist whole, only chunks of rows
+    const evaluator = Evaluator.build({
+      model: loaded.model,
+      adapter: adapter?.hook,
+      computeDType: null,
+      frozen: null,
+      crossEntropyChunk: DEFAULT_CHUNK_TOKENS,
+      batch: 1,
+      seqLen: T,
+      packed: false,
+    });
+    let result: Evaluation;
     try {
-      const ids = g.input([1, T], 'i32');
-      const labels = g.input([1, T], 'i32');
-      // the output layer fused with the loss: [T, vocab] logits never exist whole, only chunks of rows
-      const loss = g.output(
-        g.noGrad(() => {
-          const { hidden, head } = loaded.model.forwardHidden(
-            g,
-            ids,
-            adapter === null ? {} : { linear: adapter.hook },
-          );
-          return linearCrossEntropy(hidden, head, labels, { reduction: 'sum' });
-        }),
-      );
-      g.compile();
-      for (const e of data.train) {
-        const n = e.labels.reduce((k, l) => k + (l === -100 ? 0 : 1), 0);
-        if (n === 0) continue;
-        g.set(ids, e.ids);
-        g.set(labels, e.labels);
-        g.run();
-        total += g.read(loss)[0]!;
-        tokens += n;
-      }
+      const batches = new Batches(data, {
+        batchSize: 1,
+        accumulation: 1,
+        microBatchSize: 1,
+        seed: 0,
+        vocabSize: loaded.config.vocab_size,
+      });
+      result = evaluator.evaluate(data.train, (b) => batches.collate(b));
     } finally {
-      g.dispose();
+      evaluator.dispose();
     }
-    const mean = total / tokens;
-    const result = { loss: mean, perplexity: Math.exp(mean), tokens, samples: data.train.length };
+    const { loss, perplexity, tokens } = result;
+    const samples = data.train.length;
     out(
       values['json'] === true
-        ? JSON.stringify(result)
-        : `loss ${mean.toFixed(4)}, perplexity ${result.perplexity.toFixed(3)} over ${tokens} target tokens in ${result.samples} samples`,
+        ? JSON.stringify({ loss, perplexity, tokens, samples })
+        : `loss ${loss.toFixed(4)}, perplexity ${perplexity.toFixed(3)} over ${tokens} target tokens in ${samples} samples`,
     );
     return 0;
   } finally {
