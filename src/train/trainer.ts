@@ -71,7 +71,7 @@ import {
 } from './memory.js';
 import { StepProfiler, type ProfileOptions, type StepGraph, type StepProfile } from './profile.js';
 import { shareOf, splitGlobalBatch, type Collectives } from './parallel.js';
-import { createQuantizationAdapter } from './quantize.js';
+import { createQuantizer } from './quantize.js';
 import { defaultGradientCheckpointing, resolveTrainType, type ResolvedTrainType } from './train-type.js';
 import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
@@ -287,7 +287,7 @@ export function quantizeForTraining(
   expansion: Expansion | null,
 ): void {
   if (trainType.quantization === null) return;
-  const adapter = createQuantizationAdapter(model.backend, {
+  const adapter = createQuantizer(model.backend, {
     method: trainType.quantization,
     skipModules: [
       'lm_head',
