@@ -127,11 +127,7 @@ export {
   type ConfigProblem,
 } from './quant/config.js';
 export { quantizeValues, QuantizedLinear } from './quant/linear.js';
-export {
-  createQuantizationAdapter,
-  type QuantizationAdapter,
-  type QuantizeReport,
-} from './train/quantize.js';
+export { createQuantizer, type Quantizer, type QuantizeReport } from './train/quantize.js';
 export { compatibilityMatrix, type MatrixEntry } from './quant/matrix.js';
 export { hqqQuantize } from './quant/hqq.js';
 export * from './report/index.js';

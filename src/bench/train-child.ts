@@ -22,7 +22,7 @@ import { quantizeForTraining, Trainer, type PreparedModel } from '../train/train
 import type { Example } from '../data/example.js';
 import { peakRss } from '../train/memory.js';
 import { seededUniform } from '../util/random.js';
-import { cpuFlags, stepFlops, type ChildResult, type ChildSpec } from './train.js';
+import { cpuFlags, stepFlops, type ChildResult, type ChildSpec } from './train-spec.js';
 
 const MB = 2 ** 20;
 

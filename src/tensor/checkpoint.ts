@@ -19,7 +19,9 @@ import type { Tensor } from './tensor.js';
 export function checkpoint(inputs: readonly Tensor[], fn: (...xs: Tensor[]) => Tensor): Tensor {
   const g = graphOf('checkpoint', ...inputs);
   if (!g.isRecording) return g.build(() => fn(...inputs));
-  const { result: y, used } = g.track(() => g.noGrad(() => fn(...inputs)));
+  const { result: y, used: read } = g.track(() => g.noGrad(() => fn(...inputs)));
+  // an input that is itself a stored tensor gets its gradient as an input, not a second time as a read
+  const used = read.filter((t) => !inputs.includes(t));
   if (!inputs.some((x) => x.requiresGrad) && used.length === 0) return y;
   if (y.graph !== g)
     throw new QtuneError('GRAPH', 'checkpoint: the segment must return a node of the same graph');

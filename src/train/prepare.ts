@@ -18,7 +18,7 @@ import { loadModel, loadWeights, readConfig, type DeviceRequest, type LoadOption
 import { methodDType } from '../quant/methods.js';
 import { readExpansion, type Expansion } from './expand.js';
 import { stepActivationsLowerBound, stepMemoryError, type StepShape } from './memory.js';
-import { createQuantizationAdapter } from './quantize.js';
+import { createQuantizer } from './quantize.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';
 
 export type Precision = 'fp32' | 'bf16' | 'fp16' | 'bf16_autocast' | 'fp16_autocast';
@@ -79,7 +79,7 @@ export function quantizeForTraining(
   expansion: Expansion | null,
 ): void {
   if (trainType.quantization === null) return;
-  const adapter = createQuantizationAdapter(model.backend, {
+  const quantizer = createQuantizer(model.backend, {
     method: trainType.quantization,
     skipModules: [
       'lm_head',
@@ -87,7 +87,7 @@ export function quantizeForTraining(
       ...(expansion?.newLayers.map((i) => `model.layers.${i}.*`) ?? []),
     ],
   });
-  adapter.quantizeModel(model);
+  quantizer.quantizeModel(model);
 }
 
 export function checkPrecision(precision: string): Precision {

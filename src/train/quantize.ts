@@ -1,5 +1,5 @@
 /**
- * The quantization adapter: quantizes a model's linear weights in place, one decoder block at a time
+ * The quantizer: quantizes a model's linear weights in place, one decoder block at a time
  * (the full-precision and the quantized model never exist whole at once), makes drop-in quantized
  * linear layers, prepares a quantized model for adapter training, and saves and loads GGUF.
  *
@@ -8,7 +8,7 @@
  * import models); the quantized layers themselves are src/quant/linear.ts.
  *
  * @example
- * const q = createQuantizationAdapter(backend, { method: 'nf4' });
+ * const q = createQuantizer(backend, { method: 'nf4' });
  * const report = q.quantizeModel(model);
  * q.prepareForTraining(model);
  * q.save(model, tokenizer, 'model-nf4.gguf');
@@ -34,7 +34,7 @@ export interface QuantizeReport {
   bytesAfter: number;
 }
 
-export interface QuantizationAdapter {
+export interface Quantizer {
   readonly backend: Backend;
   readonly config: QuantizationConfig;
   /**
@@ -52,7 +52,7 @@ export interface QuantizationAdapter {
   load(file: string, options?: Omit<LoadOptions, 'backend'>): Promise<LoadedModel>;
 }
 
-export function createQuantizationAdapter(backend: Backend, config: QuantizationConfig): QuantizationAdapter {
+export function createQuantizer(backend: Backend, config: QuantizationConfig): Quantizer {
   const problems = validateQuantizationConfig(config);
   if (problems.length > 0) {
     throw new QtuneError(
@@ -68,7 +68,7 @@ export function createQuantizationAdapter(backend: Backend, config: Quantization
       if (!model.backends.includes(backend))
         throw new QtuneError(
           'INVALID_ARGUMENT',
-          `the model lives on ${model.backends.map((b) => b.name).join(', ')}, the adapter quantizes on ${backend.name}`,
+          `the model lives on ${model.backends.map((b) => b.name).join(', ')}, the quantizer quantizes on ${backend.name}`,
         );
       const report: QuantizeReport = { quantized: [], kept: [], bytesBefore: model.bytes, bytesAfter: 0 };
       const specs = llamaWeights(model.config);

@@ -19,7 +19,7 @@ import { Tokenizer } from '../../src/io/tokenizer.js';
 import type { LinearHook, LlamaModel } from '../../src/models/llama.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
 import { tinyTokenizerFiles } from '../../src/models/tiny.js';
-import { createQuantizationAdapter } from '../../src/train/quantize.js';
+import { createQuantizer } from '../../src/train/quantize.js';
 import { Graph } from '../../src/tensor/index.js';
 import { relErr, rng } from '../helpers/ref.js';
 import { GQA_FIXTURE, randomAdapter, type Variant } from './random-adapter.js';
@@ -174,7 +174,7 @@ describe('merging an adapter into the weights', () => {
       );
       assert.deepEqual(logits(model), before);
 
-      createQuantizationAdapter(backend, { method: 'int8' }).quantizeModel(model);
+      createQuantizer(backend, { method: 'int8' }).quantizeModel(model);
       assert.throws(
         () => mergeAdapter(model, randomAdapter(config, 'lora', 43)),
         (e: unknown) =>

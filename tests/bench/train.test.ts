@@ -8,7 +8,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cpuFlags, defaultBaseline, resolveBaseline } from '../../src/bench/train.js';
+import { cpuFlags } from '../../src/bench/train-spec.js';
+import { defaultBaseline, resolveBaseline } from '../../src/bench/train.js';
 import { ConfigError } from '../../src/errors.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-bench-'));

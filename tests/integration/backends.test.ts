@@ -18,7 +18,7 @@ import type { Backend } from '../../src/engine/device.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
-import { createQuantizationAdapter } from '../../src/train/quantize.js';
+import { createQuantizer } from '../../src/train/quantize.js';
 import { METHODS, QUANT_METHODS, type QuantMethod } from '../../src/quant/methods.js';
 import { Graph } from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';
@@ -89,7 +89,7 @@ function quantized(dir: string, backend: Backend, method: QuantMethod, bits: num
     return loadWeights(dir, config, backend, { dtype: bits === 16 ? 'f16' : 'f32' }).model;
   const { model } = loadWeights(dir, config, backend, { dtype: 'f32' });
   try {
-    const report = createQuantizationAdapter(backend, { method, bits }).quantizeModel(model);
+    const report = createQuantizer(backend, { method, bits }).quantizeModel(model);
     // only the embeddings and lm_head stay, by the default config: no row is left unquantized
     assert.deepEqual(
       report.kept.map((k) => k.reason),

@@ -15,7 +15,7 @@ import { BackendManager, probeCapabilities } from '../../src/backends/manager.js
 import { cpuBackend } from '../../src/engine/device.js';
 import { QtuneError } from '../../src/errors.js';
 import { recommendQuantization } from '../../src/quant/methods.js';
-import { createQuantizationAdapter } from '../../src/train/quantize.js';
+import { createQuantizer } from '../../src/train/quantize.js';
 import { modulePlan, validateQuantizationConfig, type QuantizationConfig } from '../../src/quant/config.js';
 import { compatibilityMatrix } from '../../src/quant/matrix.js';
 import { METHODS, QUANT_METHODS, methodDType } from '../../src/quant/methods.js';
@@ -65,7 +65,7 @@ describe('quantization config', () => {
     );
     assert.deepEqual(validateQuantizationConfig({ method: 'hqq', bits: 5, groupSize: 32 }), []);
     assert.throws(
-      () => createQuantizationAdapter(cpuBackend(), { method: 'int8', bits: 3 }),
+      () => createQuantizer(cpuBackend(), { method: 'int8', bits: 3 }),
       (e: unknown) => e instanceof QtuneError && e.message.includes('bits'),
     );
   });
@@ -102,7 +102,7 @@ describe('quantization config', () => {
     const rand = rng(4);
     const w = Float32Array.from(normals(24 * 64, rand, 0.1));
     const bias = Float32Array.from(normals(24, rand));
-    const layer = createQuantizationAdapter(backend, { method: 'hqq' }).createQuantizedLinear(w, [24, 64], {
+    const layer = createQuantizer(backend, { method: 'hqq' }).createQuantizedLinear(w, [24, 64], {
       bias,
     });
     const plain = TensorStore.create(backend, [
@@ -138,7 +138,7 @@ describe('quantization config', () => {
         const start = nativeMemory().total;
         const blockF32 = model.group('layer.0').bytes;
         let peak = start;
-        const report = createQuantizationAdapter(cpuBackend(), {
+        const report = createQuantizer(cpuBackend(), {
           method: 'int8',
           skipModules: ['lm_head', 'model.embed_tokens', '*.down_proj'],
         }).quantizeModel(model, {

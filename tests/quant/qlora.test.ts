@@ -11,7 +11,7 @@ import path from 'node:path';
 import { loadModel, loadWeights, readConfig } from '../../src/models/load.js';
 import { ROOT } from '../helpers/cli.js';
 import { AdamW } from '../../src/optim/adamw.js';
-import { createQuantizationAdapter } from '../../src/train/quantize.js';
+import { createQuantizer } from '../../src/train/quantize.js';
 import { Graph, TensorStore, add, crossEntropy, linear, scale } from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';
 import { batchAt, mobyDickTokens, pretrainedTinyModel, SEQ } from '../helpers/pretrained.js';
@@ -51,13 +51,13 @@ describe('QLoRA on a 4-bit (nf4) base', () => {
       const config = readConfig(dir);
       const { model } = loadWeights(dir, config, device.backend, { dtype: 'f32' });
       const loaded = { dispose: () => model.dispose() };
-      const adapter = createQuantizationAdapter(device.backend, { method: 'nf4' });
-      const report = adapter.quantizeModel(model);
+      const quantizer = createQuantizer(device.backend, { method: 'nf4' });
+      const report = quantizer.quantizeModel(model);
       assert.ok(
         report.quantized.length === 7 * config.num_hidden_layers &&
           report.quantized.every((q) => q.dtype === 'iq4_nl'),
       );
-      const { frozen } = adapter.prepareForTraining(model);
+      const { frozen } = quantizer.prepareForTraining(model);
       const hash = () => {
         const h = createHash('sha256');
         for (const t of model.tensors()) h.update(t.store!.readBytes(t));

@@ -18,7 +18,7 @@ import { after, before, describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
 import type { LlamaModel } from '../../src/models/llama.js';
 import { loadModel, type LoadedModel } from '../../src/models/load.js';
-import { createQuantizationAdapter } from '../../src/train/quantize.js';
+import { createQuantizer } from '../../src/train/quantize.js';
 import { METHODS, type QuantMethod } from '../../src/quant/methods.js';
 import { decode, encode } from '../../src/tensor/host.js';
 import { Graph } from '../../src/tensor/index.js';
@@ -127,9 +127,7 @@ describe('quantization methods, verified', () => {
         const f16Bytes = f32.model
           .tensors()
           .reduce((s, t) => s + (t.rank === 1 ? t.numel * 4 : t.numel * 2), 0);
-        const report = createQuantizationAdapter(cpuBackend(), { method, skipModules: [] }).quantizeModel(
-          q.model,
-        );
+        const report = createQuantizer(cpuBackend(), { method, skipModules: [] }).quantizeModel(q.model);
         assert.equal(report.kept.length, 0, JSON.stringify(report.kept));
         let worst = 0;
         for (const { name } of report.quantized)
@@ -156,7 +154,7 @@ describe('quantization methods, verified', () => {
         );
 
         const file = path.join(tmp, `${method}.gguf`);
-        createQuantizationAdapter(cpuBackend(), { method }).save(q.model, q.tokenizer, file);
+        createQuantizer(cpuBackend(), { method }).save(q.model, q.tokenizer, file);
         const back = await loadModel(file, { backend: cpuBackend() });
         try {
           assert.equal(back.model.weight('model.layers.0.mlp.up_proj.weight').dtype, dtype);

@@ -2,16 +2,13 @@
 import {
   BENCH_CHECKPOINTING,
   BENCH_PRECISIONS,
-  defaultBaseline,
-  formatReport,
-  resolveBaseline,
   RUN_TYPES,
-  runTrainBench,
   SHAPES,
   type BenchCheckpointing,
   type BenchPrecision,
   type BenchTrainerSettings,
-} from '../../bench/train.js';
+} from '../../bench/train-spec.js';
+import { defaultBaseline, formatReport, resolveBaseline, runTrainBench } from '../../bench/train.js';
 import { FROZEN_COPIES, type FrozenCopies } from '../../train/frozen.js';
 import { COMPUTE_DTYPES, type ComputeDTypeChoice } from '../../train/kernel-choice.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';

@@ -2,7 +2,7 @@
 import { formatBytes } from '../../engine/memory.js';
 import { BackendManager } from '../../backends/manager.js';
 import { loadModel } from '../../models/load.js';
-import { createQuantizationAdapter } from '../../train/quantize.js';
+import { createQuantizer } from '../../train/quantize.js';
 import { isQuantMethod, QUANT_METHODS } from '../../quant/methods.js';
 import type { QuantizationConfig } from '../../quant/config.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
@@ -50,11 +50,11 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
       .map((s) => s.trim())
       .filter((s) => s.length > 0);
   const backend = new BackendManager().select(String(values['backend']));
-  const adapter = createQuantizationAdapter(backend, config);
+  const quantizer = createQuantizer(backend, config);
   const loaded = await loadModel(model, { backend });
   try {
-    const report = adapter.quantizeModel(loaded.model);
-    adapter.save(loaded.model, loaded.tokenizer, file);
+    const report = quantizer.quantizeModel(loaded.model);
+    quantizer.save(loaded.model, loaded.tokenizer, file);
     out(
       `quantized ${report.quantized.length} weights with ${method}: ${formatBytes(report.bytesBefore)} → ${formatBytes(report.bytesAfter)}; wrote ${file}`,
     );

@@ -1,7 +1,7 @@
 /**
  * The op table: every differentiable op the tensor layer exports, with its forward function, its
  * gradient rule in one line (the rule itself is the closure under the forward, in elementwise.ts,
- * layout.ts, matmul.ts, nn.ts and loss.ts) and the cases its gradient is checked on.
+ * layout.ts, matmul.ts, nn.ts, loss.ts and ../checkpoint.ts) and the cases its gradient is checked on.
  *
  * tests/tensor/gradcheck.test.ts runs every case on every device: the forward against a float64
  * reference of the op (tests/helpers/ref.ts, through {@link Reference}), and the gradient of
@@ -11,9 +11,12 @@
  * @example
  * for (const op of OPS) console.log(op.name, '—', op.gradient, `(${op.checks.length} cases)`);
  */
+import { checkpoint } from '../checkpoint.js';
 import { simple, type OpEntry } from './check.js';
 import { add, affine, div, exp, expand, log, mul, neg, scale, sqr, sqrt, sub } from './elementwise.js';
 import { cast, concat, contiguous, mean, permute, reshape, slice, sum, transpose, view } from './layout.js';
+import { linear } from './matmul.js';
+import { rmsNorm, silu, swiglu } from './nn.js';
 import { MATMUL_OPS } from './table-matmul.js';
 import { NN_OPS } from './table-nn.js';
 
@@ -21,7 +24,8 @@ export type { CheckContext, GradCheck, OpEntry, RefArr, Reference, RefFn } from 
 
 /**
  * Every differentiable op, in the order of the files that define it: elementwise.ts and layout.ts
- * here, then matmul.ts (table-matmul.ts), nn.ts and loss.ts (table-nn.ts).
+ * here, then matmul.ts (table-matmul.ts), nn.ts and loss.ts (table-nn.ts), and last ../checkpoint.ts
+ * (gradient checkpointing: a segment whose gradient rule recomputes it).
  */
 export const OPS: readonly OpEntry[] = [
   {
@@ -422,4 +426,50 @@ export const OPS: readonly OpEntry[] = [
   },
   ...MATMUL_OPS,
   ...NN_OPS,
+  {
+    name: 'checkpoint',
+    forward: checkpoint,
+    gradient:
+      'the segment is built again from its inputs once dY exists, and dY runs back through that copy: dX and the gradients of the trainable stored tensors it reads',
+    checks: [
+      simple(
+        'checkpoint (a segment of its input)',
+        1068,
+        [[3, 7]],
+        ([a]) => checkpoint([a!], (h) => mul(silu(h), h)),
+        (R, [a]) => R.mul(R.silu(a!), a!),
+      ),
+      simple(
+        'checkpoint (a segment of a computed input, as a decoder block)',
+        1071,
+        [[3, 7]],
+        ([a]) => checkpoint([sqr(a!)], (h) => silu(h)),
+        (R, [a]) => R.silu(R.mul(a!, a!)),
+      ),
+      simple(
+        'checkpoint (a segment reading a trainable weight)',
+        1069,
+        [
+          [3, 8],
+          [5, 8],
+        ],
+        // w is not an input of the segment: its gradient comes from the recomputation's tape
+        ([x, w]) => checkpoint([x!], (h) => linear(rmsNorm(h, 1e-5), w!)),
+        (R, [x, w]) => R.linear(R.rmsNorm(x!, 1e-5), w!),
+      ),
+      {
+        ...simple(
+          'checkpoint (two inputs, one frozen)',
+          1070,
+          [
+            [4, 6],
+            [4, 6],
+          ],
+          ([a, b]) => checkpoint([a!, b!], (p, q) => swiglu(p, q)),
+          (R, [a, b]) => R.swiglu(a!, b!),
+        ),
+        frozen: [1],
+      },
+    ],
+  },
 ];
