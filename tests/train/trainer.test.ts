@@ -336,6 +336,33 @@ describe('Trainer', () => {
     }
   });
 
+  it('takes the train type and precision once: a trainer told other ones than its prepared model refuses', () => {
+    for (const [o, field, given, prepared] of [
+      [{ trainType: 'full' }, 'train_type', 'full', 'lora'],
+      [{ trainType: 'lora', quantization: 'nf4' }, 'train_type', 'lora over nf4', 'lora'],
+      [{ trainType: 'lora', precision: 'bf16' }, 'precision', 'bf16', 'fp32'],
+    ] as const) {
+      const model = prepare('lora');
+      assert.throws(
+        () => new Trainer(model, DATA, { ...o, maxSteps: 1 }),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.problem.startsWith(`${field}: ${given} was given to the trainer`) &&
+          e.problem.endsWith(`prepared for ${prepared}`),
+        JSON.stringify(o),
+      );
+      // the trainer owned the model from the constructor on: the refusal freed it
+      assert.throws(() => model.model.weight('lm_head.weight').read());
+    }
+    // the same options as the prepared model's, or none, are accepted
+    for (const o of [{ trainType: 'lora', precision: 'fp32' as const }, {}]) {
+      const t = new Trainer(prepare('lora'), DATA, { ...o, maxSteps: 1 });
+      assert.equal(t.trainType.name, 'lora');
+      assert.equal(t.settings.precision, 'fp32');
+      t.dispose();
+    }
+  });
+
   it('resolves the seed system train types and their aliases', () => {
     const cases: [string, string | undefined, string, string | null][] = [
       ['full', undefined, 'full', null],
