@@ -15,6 +15,7 @@ export {
   type OptimizerName,
 } from './optim/optimizer.js';
 export { createSchedule, SCHEDULE_NAMES, type Schedule, type ScheduleConfig } from './optim/schedule.js';
+export { GradScaler, type GradScalerOptions } from './optim/grad-scaler.js';
 export {
   Trainer,
   TrainingError,
@@ -29,8 +30,13 @@ export {
   type PrepareOptions,
   type StepResult,
   type TrainerOptions,
+  type CreateOptions,
+  type Settings,
   type TrainResult,
 } from './train/trainer.js';
+export { Evaluator, type Evaluation } from './train/evaluate.js';
+export type { ForwardSetup } from './train/forward.js';
+export { Batches, type BatchOptions, type Collated } from './data/batches.js';
 export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './train/lora.js';
 export { resolveTrainType, TRAIN_TYPES, type ResolvedTrainType } from './train/train-type.js';
 export { expandModel, planExpansion, readExpansion, type Expansion } from './train/expand.js';
