@@ -105,6 +105,16 @@ export const TRAIN_OPTIONS = {
     default: false,
     help: 'pack several samples into one sequence (no attention across them)',
   },
+  pad_to_sequence_len: {
+    kind: 'boolean',
+    default: false,
+    help: 'pad every batch to context_length (one graph); default: each batch to its longest sample (dynamic padding)',
+  },
+  group_by_length: {
+    kind: 'boolean',
+    default: false,
+    help: 'sort each run of 50 global batches by length, longest first, so a batch holds little padding',
+  },
   context_length: {
     kind: 'int',
     default: 512,

@@ -7,6 +7,13 @@
  * takes its contiguous share. The position (epoch, cursor) is all a checkpoint needs to resume the
  * order exactly.
  *
+ * Padding (`padding`): `longest` (dynamic padding, the default of the Trainer) cuts each micro-batch
+ * to the bucket of its longest example, the smallest power of two ≥ 64 positions that holds it (at
+ * most the context length), so a short batch runs a short graph; `max_length` pads every micro-batch
+ * to the context length. `groupByLength` orders each epoch as Hugging Face's LengthGroupedSampler
+ * does: the seeded shuffle, then each run of 50 global batches sorted longest first, so the examples
+ * of a micro-batch have similar lengths and little padding.
+ *
  * @example
  * const batches = new Batches(data, { batchSize: 4, accumulation: 2, microBatchSize: 4, seed: 42, vocabSize: 32000 });
  * for (const micro of batches.next()) graph.set(ids, batches.collate(micro).ids);
@@ -15,6 +22,15 @@ import { ConfigError, TokenRangeError } from '../errors.js';
 import { seededUniform } from '../util/random.js';
 import type { Example, TrainData } from './example.js';
 import { packedAttentionMask } from './packing.js';
+
+/** Dynamic padding (`longest`, to each micro-batch's bucket) or to the context length (`max_length`). */
+export type Padding = 'longest' | 'max_length';
+export const PADDINGS: readonly Padding[] = ['longest', 'max_length'];
+
+/** The shortest bucket of dynamic padding, in positions. */
+export const MIN_BUCKET = 64;
+/** Global batches per length-sorted run of `groupByLength` (Hugging Face's megabatch_mult). */
+const MEGABATCH = 50;
 
 export interface BatchOptions {
   /** Examples per micro-batch of the whole job. */
@@ -29,16 +45,24 @@ export interface BatchOptions {
   /** Data parallelism: this rank and the number of ranks (default 0 of 1). */
   rank?: number;
   size?: number;
+  /** Default `max_length` (the Trainer's default is `longest`). */
+  padding?: Padding;
+  /** Sort each run of 50 global batches by length, longest first. Default false. */
+  groupByLength?: boolean;
 }
 
 /** A micro-batch as the graphs take it. */
 export interface Collated {
+  /** Positions per sequence: the bucket of the batch's longest example, or the context length. */
+  seqLen: number;
   /** `[microBatchSize, seqLen]` token ids (0 after the batch's last example). */
   ids: Int32Array;
   /** `[microBatchSize, seqLen]` targets, -100 where no loss is taken. */
   labels: Int32Array;
   /** Target tokens (labels other than -100). */
   tokens: number;
+  /** Positions that hold samples (the examples' lengths): the tokens the model reads, padding aside. */
+  inputTokens: number;
   /** Sequence packing: the block-diagonal causal mask `[B, 1, T, T]`; null without packed examples. */
   mask: Float32Array | null;
 }
@@ -54,6 +78,8 @@ export class Batches {
   readonly seqLen: number;
   /** Sequence packing: some example carries segments, so the graphs take an attention mask input. */
   readonly packed: boolean;
+  /** The bucket of the longest example of both splits: the longest graph a step runs. */
+  readonly maxSeqLen: number;
   private readonly train: readonly Example[];
   private epoch = 0;
   private cursor = 0;
@@ -70,7 +96,9 @@ export class Batches {
     this.seqLen = data.train[0]!.ids.length;
     checkExamples('train', data.train, this.seqLen, o.vocabSize);
     checkExamples('validation', data.validation ?? [], this.seqLen, o.vocabSize);
-    this.packed = [...data.train, ...(data.validation ?? [])].some((e) => e.segments !== undefined);
+    const all = [...data.train, ...(data.validation ?? [])];
+    this.packed = all.some((e) => e.segments !== undefined);
+    this.maxSeqLen = this.bucket(Math.max(...all.map(exampleLength)));
     this.order = this.epochOrder(0);
   }
 
@@ -111,14 +139,16 @@ export class Batches {
    * micro-batch size, the counted tokens, and the packed sequences' attention mask). "Packing" in
    * qtune means only sequence packing (data/packing.ts).
    */
-  collate(batch: readonly Example[]): Collated {
-    const T = this.seqLen;
+  collate(batch: readonly Example[], seqLen?: number): Collated {
+    const T = seqLen ?? this.bucket(Math.max(0, ...batch.map(exampleLength)));
     const B = this.o.microBatchSize;
     const ids = new Int32Array(B * T);
     const labels = new Int32Array(B * T).fill(-100);
+    let inputTokens = 0;
     batch.forEach((e, b) => {
-      ids.set(e.ids, b * T);
-      labels.set(e.labels, b * T);
+      ids.set(e.ids.subarray(0, T), b * T);
+      labels.set(e.labels.subarray(0, T), b * T);
+      inputTokens += Math.min(T, exampleLength(e));
     });
     let tokens = 0;
     for (const l of labels) if (l !== -100) tokens++;
@@ -129,7 +159,19 @@ export class Batches {
           T,
         )
       : null;
-    return { ids, labels, tokens, mask };
+    return { seqLen: T, ids, labels, tokens, inputTokens, mask };
+  }
+
+  /**
+   * The positions a micro-batch whose longest example holds `n` runs on: with dynamic padding the
+   * smallest power of two ≥ {@link MIN_BUCKET} that holds it, at most the context length; else the
+   * context length.
+   */
+  bucket(n: number): number {
+    if ((this.o.padding ?? 'max_length') === 'max_length') return this.seqLen;
+    let b = MIN_BUCKET;
+    while (b < n) b *= 2;
+    return Math.min(b, this.seqLen);
   }
 
   /** The order of the training examples in `epoch`: a seeded shuffle, the same on every run. */
@@ -141,7 +183,14 @@ export class Batches {
       const j = Math.floor(rand() * (i + 1));
       [order[i], order[j]] = [order[j]!, order[i]!];
     }
-    return order;
+    if (this.o.groupByLength !== true) return order;
+    // runs of 50 global batches, each sorted longest first (a stable sort: ties keep the shuffle)
+    const run = MEGABATCH * this.o.batchSize * this.o.accumulation;
+    const length = (i: number) => exampleLength(this.train[i]!);
+    const grouped: number[] = [];
+    for (let i = 0; i < n; i += run)
+      grouped.push(...order.slice(i, i + run).sort((a, b) => length(b) - length(a)));
+    return grouped;
   }
 
   /** The next `n` training examples of the order (the data wraps into the next epoch). */
@@ -157,6 +206,11 @@ export class Batches {
     }
     return out;
   }
+}
+
+/** The positions of an example that hold its sample (all of them unless it says). */
+export function exampleLength(e: Example): number {
+  return e.length ?? e.ids.length;
 }
 
 /**
@@ -175,6 +229,10 @@ function checkExamples(split: string, list: readonly Example[], seqLen: number, 
         `dataset: ${split} example ${i} has ${e.ids.length} ids, ${e.labels.length} labels${e.segments === undefined ? '' : ` and ${e.segments.length} segments`}; every example needs ${seqLen}`,
         { hint: 'pad or truncate every example to the context length' },
       );
+    if (e.length !== undefined && !(Number.isInteger(e.length) && e.length >= 0 && e.length <= seqLen))
+      throw new ConfigError(`dataset: ${split} example ${i} has length ${e.length}, not 0 to ${seqLen}`, {
+        hint: 'length counts the positions that hold the sample; leave it out for all of them',
+      });
     const bad = e.ids.findIndex((id) => !(id >= 0 && id < vocab));
     if (bad >= 0)
       throw new TokenRangeError(

@@ -13,6 +13,11 @@ export interface Example {
    * earlier positions of the same id (a block-diagonal causal mask); without it, to all earlier ones.
    */
   segments?: Int32Array;
+  /**
+   * Positions that hold the sample (or the packed samples); the rest, up to `ids.length`, is padding
+   * (labels -100). Absent: every position. Dynamic padding cuts a micro-batch to its longest example.
+   */
+  length?: number;
 }
 
 export interface TrainData {

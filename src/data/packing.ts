@@ -22,7 +22,8 @@ export function packSamples(samples: readonly Sample[], contextLength: number, p
   let cur: { ids: Int32Array; labels: Int32Array; segments: Int32Array; used: number; count: number } | null =
     null;
   const close = (): void => {
-    if (cur !== null) out.push({ ids: cur.ids, labels: cur.labels, segments: cur.segments });
+    if (cur !== null)
+      out.push({ ids: cur.ids, labels: cur.labels, segments: cur.segments, length: cur.used });
     cur = null;
   };
   for (const s of samples) {

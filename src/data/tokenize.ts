@@ -185,5 +185,5 @@ export function toExample(s: Sample, contextLength: number, pad: number): Exampl
   const labels = new Int32Array(contextLength).fill(IGNORE);
   ids.set(p.ids);
   labels.set(p.labels);
-  return { ids, labels };
+  return { ids, labels, length: p.ids.length };
 }

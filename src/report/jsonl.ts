@@ -21,7 +21,10 @@ export interface MetricsRow {
   lr?: number | null;
   grad_norm?: number | null;
   tokens?: number;
+  /** Target tokens (loss tokens) per second. */
   tokens_per_s?: number | null;
+  /** Input tokens (every position holding a sample, padding aside) per second. */
+  input_tokens_per_s?: number | null;
   loss_scale?: number;
   perplexity?: number | null;
   path?: string;
@@ -42,6 +45,7 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
   if (r.gradNorm !== undefined) row.grad_norm = num(r.gradNorm);
   if (r.tokens !== undefined) row.tokens = r.tokens;
   if (r.tokensPerS !== undefined) row.tokens_per_s = num(r.tokensPerS);
+  if (r.inputTokensPerS !== undefined) row.input_tokens_per_s = num(r.inputTokensPerS);
   if (r.lossScale !== undefined) row.loss_scale = r.lossScale;
   if (r.perplexity !== undefined) row.perplexity = num(r.perplexity);
   if (r.path !== undefined) row.path = r.path;

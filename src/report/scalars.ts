@@ -9,7 +9,8 @@ export interface Scalar {
 const MIB = 1024 * 1024;
 
 /**
- * step: train/loss, train/lr, train/grad_norm, train/tokens_per_s, train/epoch (and train/loss_scale
+ * step: train/loss, train/lr, train/grad_norm, train/tokens_per_s (loss tokens),
+ * train/input_tokens_per_s (every token read, padding aside), train/epoch (and train/loss_scale
  * with fp16 loss scaling, dist/allreduce_ms in data-parallel runs), memory/engine_mib,
  * memory/rss_mib, memory/peak_rss_mib; skip: the same
  * plus train/skipped = 1; eval: eval/loss, eval/perplexity; checkpoint: none. Non-finite values are
@@ -25,6 +26,7 @@ export function recordScalars(r: LogRecord): Scalar[] {
     add('train/lr', r.lr);
     add('train/grad_norm', r.gradNorm);
     add('train/tokens_per_s', r.tokensPerS);
+    add('train/input_tokens_per_s', r.inputTokensPerS);
     add('train/epoch', r.epoch);
     add('train/loss_scale', r.lossScale);
     if (r.kind === 'skip') add('train/skipped', 1);

@@ -57,37 +57,13 @@ export class Evaluator {
     return g.read(this.loss)[0]!;
   }
 
-  /**
-   * Mean loss and perplexity over the first `limit` of `examples` (default all), collated by
-   * `collate` in micro-batches of the graph's batch. Data parallelism (`comm`): each rank evaluates
-   * a contiguous share, and the sums add up.
-   */
+  /** Mean loss and perplexity over examples ({@link evaluateExamples}) on this graph. */
   evaluate(
     examples: readonly Example[],
     collate: (batch: readonly Example[]) => Collated,
-    o: { limit?: number; comm?: Collectives | null } = {},
+    o: { limit?: number | undefined; comm?: Collectives | null } = {},
   ): Evaluation {
-    if (examples.length === 0)
-      throw new ConfigError('evaluation needs validation data', { hint: 'give a validation split' });
-    const comm = o.comm ?? null;
-    const n = Math.min(o.limit ?? examples.length, examples.length);
-    const [start, end] = shareOf(n, comm?.rank ?? 0, comm?.size ?? 1);
-    const list = examples.slice(start, end);
-    let total = 0;
-    let tokens = 0;
-    for (let i = 0; i < list.length; i += this.setup.batch) {
-      const c = collate(list.slice(i, i + this.setup.batch));
-      if (c.tokens === 0) continue;
-      total += this.lossSum(c);
-      tokens += c.tokens;
-    }
-    if (comm !== null && comm.size > 1) {
-      const sums = Float64Array.of(total, tokens);
-      comm.allReduceSum(sums);
-      [total, tokens] = [sums[0]!, sums[1]!];
-    }
-    const loss = total / tokens;
-    return { loss, perplexity: Math.exp(loss), tokens };
+    return evaluateExamples(examples, collate, (c) => this.lossSum(c), { ...o, batch: this.setup.batch });
   }
 
   /** The graph's compute and input buffers (on one device, or all). */
@@ -99,4 +75,38 @@ export class Evaluator {
   dispose(): void {
     this.g.dispose();
   }
+}
+
+/**
+ * Mean loss and perplexity over the first `limit` of `examples` (default all), collated by `collate`
+ * in micro-batches of `batch` and summed by `lossSum` (a graph's forward). Data parallelism (`comm`):
+ * each rank evaluates a contiguous share, and the sums add up.
+ */
+export function evaluateExamples(
+  examples: readonly Example[],
+  collate: (batch: readonly Example[]) => Collated,
+  lossSum: (c: Collated) => number,
+  o: { batch: number; limit?: number | undefined; comm?: Collectives | null },
+): Evaluation {
+  if (examples.length === 0)
+    throw new ConfigError('evaluation needs validation data', { hint: 'give a validation split' });
+  const comm = o.comm ?? null;
+  const n = Math.min(o.limit ?? examples.length, examples.length);
+  const [start, end] = shareOf(n, comm?.rank ?? 0, comm?.size ?? 1);
+  const list = examples.slice(start, end);
+  let total = 0;
+  let tokens = 0;
+  for (let i = 0; i < list.length; i += o.batch) {
+    const c = collate(list.slice(i, i + o.batch));
+    if (c.tokens === 0) continue;
+    total += lossSum(c);
+    tokens += c.tokens;
+  }
+  if (comm !== null && comm.size > 1) {
+    const sums = Float64Array.of(total, tokens);
+    comm.allReduceSum(sums);
+    [total, tokens] = [sums[0]!, sums[1]!];
+  }
+  const loss = total / tokens;
+  return { loss, perplexity: Math.exp(loss), tokens };
 }

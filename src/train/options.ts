@@ -4,6 +4,7 @@
  * step and of a whole run.
  */
 import { ConfigError } from '../errors.js';
+import { PADDINGS, type Padding } from '../data/batches.js';
 import type { Example } from '../data/example.js';
 import type { GradScaler, GradScalerOptions } from '../optim/grad-scaler.js';
 import type { OptimizerConfig } from '../optim/optimizer.js';
@@ -57,6 +58,15 @@ export interface TrainerOptions {
    * splits into at most 64 chunks (larger ones when it has more than 64 × chunk token rows).
    */
   crossEntropyChunk?: number;
+  /**
+   * `longest` (default): dynamic padding, each micro-batch cut to the bucket of its longest example
+   * (the smallest power of two ≥ 64 positions that holds it); `max_length`: every micro-batch padded
+   * to the context length (one graph; Axolotl's `pad_to_sequence_len`). Examples carry their length
+   * when they come from `loadDataset`; ones without it are taken whole.
+   */
+  padding?: Padding;
+  /** Sort each run of 50 global batches by length, longest first (Hugging Face's `group_by_length`). */
+  groupByLength?: boolean;
   /** Clip the global gradient norm to this; 0 turns clipping off. Default 1. */
   maxGradNorm?: number;
   /** Default AdamW, lr 2e-4, no weight decay. */
@@ -99,7 +109,10 @@ export interface LogRecord {
   lr?: number;
   gradNorm?: number;
   tokens?: number;
+  /** Target tokens (the ones the loss is taken on) per second. */
   tokensPerS?: number;
+  /** Input tokens (every position that holds a sample, padding aside) per second. */
+  inputTokensPerS?: number;
   lossScale?: number;
   perplexity?: number;
   path?: string;
@@ -119,6 +132,8 @@ export interface StepResult {
   lr: number;
   gradNorm: number;
   tokens: number;
+  /** The step's input tokens: every position that holds a sample (padding aside), all ranks. */
+  inputTokens: number;
   /** fp16 only: the gradients overflowed, the update was skipped and the scale halved. */
   skipped: boolean;
   seconds: number;
@@ -147,6 +162,13 @@ export type CreateOptions = TrainerOptions & Omit<PrepareOptions, 'trainType'>;
 /** A step's micro-batches: lists of examples, each at most the micro-batch size. */
 export type MicroBatches = readonly (readonly Example[])[];
 
+/** What a step's micro-batches add up to on a rank: target tokens, summed loss, input tokens. */
+export interface StepCounts {
+  tokens: number;
+  lossSum: number;
+  inputTokens: number;
+}
+
 /** A step's log record. */
 export function stepRecord(
   r: StepResult,
@@ -161,6 +183,7 @@ export function stepRecord(
     gradNorm: r.gradNorm,
     tokens: r.tokens,
     tokensPerS: r.tokens / r.seconds,
+    inputTokensPerS: r.inputTokens / r.seconds,
     ...(o.scaler.enabled ? { lossScale: scale } : {}),
     ...(r.skipped ? { message: `gradients overflowed; update skipped, loss scale now ${scale}` } : {}),
     memory: o.memory,
@@ -184,6 +207,8 @@ export interface Settings {
   maxGradNorm: number;
   /** Token rows per chunk of the fused output layer and loss; 0: logits whole. */
   crossEntropyChunk: number;
+  padding: Padding;
+  groupByLength: boolean;
 }
 
 /** Checks the options against the prepared model and each other, and fills in the defaults. */
@@ -217,6 +242,10 @@ export function resolveSettings(prepared: PreparedModel, o: TrainerOptions): Set
     throw new ConfigError(`max_grad_norm: ${maxGradNorm} must be ≥ 0`, {
       hint: 'use 1.0, or 0 to turn clipping off',
     });
+  if (o.padding !== undefined && !PADDINGS.includes(o.padding))
+    throw new ConfigError(`padding: ${JSON.stringify(o.padding)} is not a padding`, {
+      hint: `use ${PADDINGS.join(' or ')}`,
+    });
   const crossEntropyChunk = o.crossEntropyChunk ?? DEFAULT_CHUNK_TOKENS;
   if (!(Number.isInteger(crossEntropyChunk) && crossEntropyChunk >= 0))
     throw new ConfigError(`cross_entropy_chunk: ${crossEntropyChunk} must be a whole number ≥ 0`, {
@@ -232,6 +261,8 @@ export function resolveSettings(prepared: PreparedModel, o: TrainerOptions): Set
     seed: o.seed ?? 42,
     maxGradNorm,
     crossEntropyChunk,
+    padding: o.padding ?? 'longest',
+    groupByLength: o.groupByLength ?? false,
   };
 }
 

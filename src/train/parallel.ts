@@ -74,16 +74,20 @@ export class GradientAllReduce {
   ) {}
 
   /**
-   * Sums the step's target tokens, loss sum and gradients over the ranks (a rank's overflow makes the
-   * summed loss not finite on every rank). Returns the sums, and the time and bytes it took.
+   * Sums the step's counts (target tokens, loss sum, input tokens) and gradients over the ranks (a
+   * rank's overflow makes the summed loss not finite on every rank). Returns the sums, and the time
+   * and bytes it took.
    */
-  sumStep(tokens: number, lossSum: number): { tokens: number; lossSum: number; ms: number; bytes: number } {
-    if (this.comm === null || this.comm.size === 1) return { tokens, lossSum, ms: 0, bytes: 0 };
+  sumStep<C extends { tokens: number; lossSum: number; inputTokens: number }>(
+    c: C,
+  ): C & { ms: number; bytes: number } {
+    if (this.comm === null || this.comm.size === 1) return { ...c, ms: 0, bytes: 0 };
     const t0 = performance.now();
-    const totals = Float64Array.of(tokens, lossSum);
+    const totals = Float64Array.of(c.tokens, c.lossSum, c.inputTokens);
     this.comm.allReduceSum(totals);
     const bytes = totals.byteLength + this.gradients();
-    return { tokens: totals[0]!, lossSum: totals[1]!, ms: performance.now() - t0, bytes };
+    const [tokens, lossSum, inputTokens] = [totals[0]!, totals[1]!, totals[2]!];
+    return { ...c, tokens, lossSum, inputTokens, ms: performance.now() - t0, bytes };
   }
 
   /** Sums the gradients over the ranks, in place. Returns the bytes summed. */

@@ -10,7 +10,10 @@
  *
  * and the evaluation graph beside them (the forward alone). Built on first use, with the memory each
  * phase takes measured on the way: a batch the device cannot hold fails with an OutOfMemoryError
- * before a run writes anything, and leaves nothing allocated.
+ * before a run writes anything, and leaves nothing allocated. With dynamic padding a micro-batch's
+ * length is one of a few buckets (data/batches.ts): each bucket gets its own accumulate and
+ * evaluation graphs, built when a batch first needs it (the longest when the step is built), while
+ * the norm and update graphs serve every bucket.
  *
  * @example
  * const step = new TrainStep(setup);
@@ -71,6 +74,16 @@ export interface KernelChoices {
   quantComputeDType: GradTypeChoice | null;
 }
 
+/** The accumulate graph of one sequence length, with its inputs and the summed loss. */
+interface AccumulateGraph {
+  g: Graph;
+  ids: Tensor;
+  labels: Tensor;
+  mask: Tensor | null;
+  scale: Tensor;
+  loss: Tensor;
+}
+
 export class TrainStep {
   /** One f32 gradient buffer per trainable tensor, on its device: `grad${i}` for params[i]. */
   readonly grads: StoreGroup;
@@ -80,17 +93,12 @@ export class TrainStep {
    */
   readonly seconds: Record<StepGraph, number> = { accumulate: 0, norm: 0, update: 0 };
   private stepNumber = 1;
-  private acc: {
-    g: Graph;
-    ids: Tensor;
-    labels: Tensor;
-    mask: Tensor | null;
-    scale: Tensor;
-    loss: Tensor;
-  } | null = null;
+  /** Per sequence length: the accumulate and evaluation graphs (the first built is the longest). */
+  private readonly buckets = new Map<number, { acc: AccumulateGraph; ev: Evaluator }>();
   private norm: { g: Graph; sumsq: Tensor } | null = null;
   private upd: { g: Graph; factor: Tensor } | null = null;
-  private ev: Evaluator | null = null;
+  /** The forward every graph shares (with the frozen copies), once built. */
+  private forward: ForwardSetup | null = null;
   private frozen: FrozenWeights | null = null;
   private gradType: GradTypeChoice | null = null;
   private report: MemoryReport | null = null;
@@ -107,17 +115,12 @@ export class TrainStep {
   }
 
   get built(): boolean {
-    return this.acc !== null;
-  }
-
-  /** The evaluation graph (built with the others). */
-  get evaluator(): Evaluator {
-    return this.ev!;
+    return this.norm !== null;
   }
 
   /**
    * Builds every graph and allocates its memory, measuring memory after each phase: loading, the
-   * forward (the evaluation graph run once on `probe`), the backward. A step that cannot fit frees
+   * forward (the evaluation graph run once on `probe`: a batch of the longest bucket), the backward. A step that cannot fit frees
    * what it made and throws an OutOfMemoryError that names the batch and the ways out.
    */
   build(probe: Collated): void {
@@ -141,7 +144,7 @@ export class TrainStep {
    * are added into {@link grads}. Returns the loss sum (not finite: fp16 overflowed).
    */
   accumulate(c: Collated, lossScale: number): number {
-    const acc = this.acc!;
+    const { acc } = this.bucket(c.seqLen);
     acc.g.set(acc.ids, c.ids);
     acc.g.set(acc.labels, c.labels);
     acc.g.set(acc.scale, Float32Array.of(lossScale));
@@ -149,6 +152,11 @@ export class TrainStep {
     this.run(acc.g, 'accumulate');
     if (this.report !== null && this.report.backward.rssBytes === 0) this.report.backward.rssBytes = rss();
     return acc.g.read(acc.loss)[0]!;
+  }
+
+  /** The summed loss of one micro-batch, forward only (evaluation). */
+  evalLoss(c: Collated): number {
+    return this.bucket(c.seqLen).ev.lossSum(c);
   }
 
   /** Σ grad² over every gradient buffer. */
@@ -176,7 +184,8 @@ export class TrainStep {
 
   /** The nodes of the compiled accumulate and update graphs. */
   nodes(): { accumulate: GraphNode[]; update: GraphNode[] } {
-    return { accumulate: this.acc!.g.nodes(), update: this.upd!.g.nodes() };
+    const [longest] = this.buckets.values();
+    return { accumulate: longest!.acc.g.nodes(), update: this.upd!.g.nodes() };
   }
 
   /**
@@ -199,7 +208,7 @@ export class TrainStep {
       (lora?.store.bytes ?? 0) +
       optimizer.stateBytes;
     for (const g of this.graphs()) engineBytes += g.memory().compute + g.memory().inputs;
-    engineBytes += this.ev?.bytes() ?? 0;
+    for (const { ev } of this.buckets.values()) engineBytes += ev.bytes();
     return { engineBytes, rssBytes: rss() };
   }
 
@@ -217,8 +226,9 @@ export class TrainStep {
       const adapters = lora?.store.bytesOn(b) ?? 0;
       const gradients = this.grads.bytesOn(b);
       const optimizerState = optimizer.stateBytesOn(b);
-      let compute = this.ev?.bytes(b) ?? 0;
+      let compute = 0;
       for (const g of this.graphs()) compute += g.memoryOn(b).compute + g.memoryOn(b).inputs;
+      for (const { ev } of this.buckets.values()) compute += ev.bytes(b);
       return {
         device: b.name,
         blocks: map.blocks.flatMap((d, i) => (d === b ? [i] : [])),
@@ -243,13 +253,35 @@ export class TrainStep {
   // ------------------------------------------------------------------------------ building
 
   private graphs(): Graph[] {
-    return [this.acc?.g, this.norm?.g, this.upd?.g].filter((g) => g !== undefined);
+    const accs = [...this.buckets.values()].map((b) => b.acc.g);
+    return [...accs, this.norm?.g, this.upd?.g].filter((g) => g !== undefined);
   }
 
   private disposeGraphs(): void {
     for (const g of this.graphs()) g.dispose();
-    this.ev?.dispose();
-    this.acc = this.norm = this.upd = this.ev = null;
+    for (const { ev } of this.buckets.values()) ev.dispose();
+    this.buckets.clear();
+    this.norm = this.upd = this.forward = null;
+  }
+
+  /** The graphs of sequence length `seqLen`, built (and allocated) on first use. */
+  private bucket(seqLen: number): { acc: AccumulateGraph; ev: Evaluator } {
+    const b = this.buckets.get(seqLen);
+    if (b !== undefined) return b;
+    const f = { ...this.forward!, seqLen };
+    const acc = this.buildAccumulate(f);
+    try {
+      acc.g.compile();
+      const built = { acc, ev: Evaluator.build(f) };
+      this.buckets.set(seqLen, built);
+      return built;
+    } catch (e) {
+      acc.g.dispose();
+      const { needed, free } = e instanceof OutOfMemoryError ? e.details : {};
+      if (typeof needed === 'number' && typeof free === 'number')
+        throw stepMemoryError({ ...this.s.shape, seqLen }, this.s.model.backend.name, needed, free, true);
+      throw e;
+    }
   }
 
   /** Runs a graph: plainly, or through the profiler; timed either way. */
@@ -262,21 +294,24 @@ export class TrainStep {
 
   private buildGraphs(probe: Collated): void {
     const load = this.phase();
-    const f = this.forwardSetup(this.makeFrozenCopies());
+    const f = { ...this.forwardSetup(this.makeFrozenCopies()), seqLen: probe.seqLen };
     // the accumulate graph is the largest: it is measured (planned) before anything is allocated,
     // and allocated after the forward phase was measured
     const acc = this.buildAccumulate(f);
     let forward: PhaseMemory;
     try {
-      this.ev = Evaluator.build(f);
-      this.ev.lossSum(probe);
+      const ev = Evaluator.build(f);
+      this.buckets.set(f.seqLen, { acc, ev });
+      ev.lossSum(probe);
       forward = this.phase();
       acc.g.compile();
     } catch (e) {
       acc.g.dispose();
+      this.buckets.get(f.seqLen)?.ev.dispose();
+      this.buckets.clear();
       throw e;
     }
-    this.acc = acc;
+    this.forward = f;
     const backward = { engineBytes: this.phase().engineBytes, rssBytes: 0 };
     this.norm = this.buildNorm();
     this.upd = this.buildUpdate();
@@ -326,7 +361,7 @@ export class TrainStep {
     };
   }
 
-  private buildAccumulate(f: ForwardSetup): NonNullable<TrainStep['acc']> {
+  private buildAccumulate(f: ForwardSetup): AccumulateGraph {
     const g = new Graph(f.model.backends);
     try {
       const { ids, labels, mask } = forwardInputs(g, f);

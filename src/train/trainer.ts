@@ -26,11 +26,11 @@ import type { Batches } from '../data/batches.js';
 import type { Example, TrainData } from '../data/example.js';
 import { assembleTrainer } from './assemble.js';
 import * as ckpt from './checkpoint.js';
-import type { Evaluation } from './evaluate.js';
+import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from './lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
 import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
-import type { CreateOptions, MicroBatches, TrainerOptions, TrainResult } from './options.js';
+import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs } from './outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
@@ -155,8 +155,8 @@ export class Trainer {
     const batches = microBatches ?? this.batches.next();
     const mine = this.accumulate(batches, this.microStep);
     this.microStep += microBatches === undefined ? this.settings.accumulation : batches.length;
-    const sums = this.allReduce.sumStep(mine.tokens, mine.lossSum);
-    const { tokens, lossSum, ms: allreduceMs, bytes: allreduceBytes } = sums;
+    const sums = this.allReduce.sumStep(mine); // data parallelism: the whole global batch's
+    const { tokens, lossSum, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
     let overflow = !Number.isFinite(lossSum);
     if (overflow && !this.scaler.enabled) this.diverged(lossSum);
     const lr = this.schedule.lrAt(this.stepCount);
@@ -180,15 +180,15 @@ export class Trainer {
     this.stepCount++;
     const [seconds, graphSeconds] = [(performance.now() - t0) / 1000, { ...this.graphs.seconds }];
     const skipped = overflow || tokens === 0; // tokens 0: nothing to learn from, no update
-    const r = { step: this.stepCount, loss: lossSum / tokens, lr, gradNorm, tokens, skipped, seconds };
-    return { ...r, graphSeconds, allreduceMs, allreduceBytes };
+    const r = { step: this.stepCount, loss: lossSum / tokens, lr, gradNorm, tokens, inputTokens, skipped };
+    return { ...r, seconds, graphSeconds, allreduceMs, allreduceBytes };
   }
 
   /** Runs the accumulate graph over `batches`: their gradients are added into the gradient buffers. */
-  private accumulate(batches: MicroBatches, firstMicroStep: number): { tokens: number; lossSum: number } {
+  private accumulate(batches: MicroBatches, firstMicroStep: number): StepCounts {
     const [rank, size] = [this.comm?.rank ?? 0, this.comm?.size ?? 1];
     const { microBatchSize: max, batchSize } = this.settings;
-    let [tokens, lossSum] = [0, 0];
+    let [tokens, lossSum, inputTokens] = [0, 0, 0];
     batches.forEach((batch, k) => {
       if (batch.length > max)
         throw new ConfigError(
@@ -199,9 +199,9 @@ export class Trainer {
       // dropout masks: one seed per (global micro-batch slot, rank)
       if (this.lora !== null) this.lora.step = (firstMicroStep + k + 1) * size + rank;
       lossSum += this.graphs.accumulate(c, this.scaler.scale);
-      tokens += c.tokens;
+      [tokens, inputTokens] = [tokens + c.tokens, inputTokens + c.inputTokens];
     });
-    return { tokens, lossSum };
+    return { tokens, lossSum, inputTokens };
   }
 
   /**
@@ -236,14 +236,15 @@ export class Trainer {
 
   /** Mean loss and perplexity over the validation data (or its first `evalExamples`). */
   evaluate(examples: readonly Example[] = this.data.validation ?? []): Evaluation {
-    if (examples.length === 0)
-      throw new ConfigError('evaluation needs validation data', { hint: 'give a validation split' });
-    this.ensureGraphs();
-    const o = { limit: this.o.evalExamples ?? examples.length, comm: this.comm };
-    return this.graphs.evaluator.evaluate(examples, (b) => this.batches.collate(b), o);
+    if (examples.length > 0) this.ensureGraphs(); // (none: the error, with nothing built)
+    const o = { batch: this.settings.microBatchSize, limit: this.o.evalExamples, comm: this.comm };
+    return evaluateExamples(
+      examples,
+      (b) => this.batches.collate(b),
+      (c) => this.graphs.evalLoss(c),
+      o,
+    );
   }
-
-  // ------------------------------------------------------------------------------ graphs and memory
 
   /**
    * Builds the step's graphs and allocates their memory now (the first step does it otherwise), so
@@ -254,7 +255,9 @@ export class Trainer {
   }
 
   private ensureGraphs(): void {
-    this.graphs.build(this.batches.collate(this.data.train.slice(0, this.settings.microBatchSize)));
+    // built for the longest bucket: a step that cannot fit fails here, before a run writes anything
+    const first = this.data.train.slice(0, this.settings.microBatchSize);
+    this.graphs.build(this.batches.collate(first, this.batches.maxSeqLen));
   }
 
   /**
@@ -309,8 +312,6 @@ export class Trainer {
     return this.profiler?.result() ?? null;
   }
 
-  // ------------------------------------------------------------------------------ ranks, logs, errors
-
   /** Makes every rank start from rank 0's weights, optimizer state and progress. */
   private syncFromRank0(): void {
     this.synced = true;
@@ -349,8 +350,6 @@ export class Trainer {
       { hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32' },
     );
   }
-
-  // ------------------------------------------------------------------------------ checkpoints and outputs
 
   /**
    * Writes the trainable weights, optimizer state, schedule position, loss scale, RNG and data

@@ -122,6 +122,8 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     frozenWeightCopies: c.frozen_weight_copies as FrozenCopies,
     quantComputeDType: c.quant_compute_dtype as ComputeDTypeChoice,
     crossEntropyChunk: c.cross_entropy_chunk,
+    padding: c.pad_to_sequence_len ? 'max_length' : 'longest',
+    groupByLength: c.group_by_length,
     ...(c.profile ? { profile: c.profile_step === null ? true : { step: c.profile_step } } : {}),
     maxGradNorm: c.max_grad_norm,
     lossScale: { growthInterval: c.loss_scale_growth_interval },
