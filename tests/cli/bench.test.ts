@@ -13,6 +13,42 @@ const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-bench-cli-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 describe('qtune bench', () => {
+  it('--padding runs max_length, longest and longest + group_by_length on data/style.jsonl', () => {
+    const r = qtune([
+      'bench',
+      '--padding',
+      '--json',
+      '--context-length',
+      '128',
+      '--batch-size',
+      '2',
+      '--steps',
+      '2',
+      '--warmup',
+      '1',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const rows = JSON.parse(r.stdout) as {
+      mode: string;
+      tokensPerS: number;
+      inputTokensPerS: number;
+      speedup: number;
+      finalLoss: number;
+    }[];
+    assert.deepEqual(
+      rows.map((x) => x.mode),
+      ['max_length', 'longest', 'longest + group_by_length'],
+    );
+    assert.equal(rows[0]!.speedup, 1);
+    for (const x of rows) {
+      assert.ok(x.tokensPerS > 0 && x.inputTokensPerS >= x.tokensPerS, JSON.stringify(x));
+      assert.ok(Number.isFinite(x.finalLoss), JSON.stringify(x));
+    }
+    // the same batches in the same order: dynamic padding trains exactly what max_length does
+    const [fixed, dynamic] = [rows[0]!.finalLoss, rows[1]!.finalLoss];
+    assert.ok(Math.abs(dynamic - fixed) <= 1e-3 * fixed, `final loss ${dynamic} vs ${fixed}`);
+  });
+
   it('--json prints one object per run with the documented fields; --profile a trace per run', () => {
     const profiles = path.join(tmp, 'profiles');
     const r = qtune([

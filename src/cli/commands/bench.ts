@@ -8,6 +8,7 @@ import {
   type BenchPrecision,
   type BenchTrainerSettings,
 } from '../../bench/train-spec.js';
+import { runPaddingBench } from '../../bench/padding.js';
 import { defaultBaseline, formatReport, resolveBaseline, runTrainBench } from '../../bench/train.js';
 import { FROZEN_COPIES, type FrozenCopies } from '../../train/frozen.js';
 import { COMPUTE_DTYPES, type ComputeDTypeChoice } from '../../train/kernel-choice.js';
@@ -56,6 +57,16 @@ export const spec: CommandSpec = {
       type: 'string',
       help: 'the PyTorch baseline: its folder or bench_lora.py (default: shared/bench/baseline, looked for upward from qtune)',
     },
+    padding: {
+      type: 'boolean',
+      default: false,
+      help: 'instead: dynamic padding against padding to --context-length, on a real dataset of varied lengths',
+    },
+    dataset: { type: 'string', help: '--padding: an alpaca JSON/JSONL file (default data/style.jsonl)' },
+    model: { type: 'string', help: '--padding: a model folder (default a tiny random Llama, no download)' },
+    'context-length': { type: 'string', default: '512', help: '--padding: positions per sequence' },
+    'batch-size': { type: 'string', default: '4', help: '--padding: sequences per step' },
+    backend: { type: 'string', default: 'cpu', help: '--padding: device' },
     profile: {
       type: 'boolean',
       default: false,
@@ -93,10 +104,26 @@ function list(flag: string, value: string, known: readonly string[]): string[] {
   return [...new Set(items)];
 }
 
-export function run(argv: string[], out: (s: string) => void): number {
+export async function run(argv: string[], out: (s: string) => void): Promise<number> {
   const { values } = parse(spec, argv);
   if (values['help'] === true) {
     out(helpText(spec));
+    return 0;
+  }
+  if (values['padding'] === true) {
+    const rows = await runPaddingBench(
+      {
+        ...(typeof values['model'] === 'string' ? { model: values['model'] } : {}),
+        ...(typeof values['dataset'] === 'string' ? { dataset: values['dataset'] } : {}),
+        contextLength: intFlag('context-length', values['context-length'])!,
+        batchSize: intFlag('batch-size', values['batch-size'])!,
+        steps: intFlag('steps', values['steps']) ?? 8,
+        warmup: values['warmup'] === '0' ? 0 : (intFlag('warmup', values['warmup']) ?? 2),
+        backend: String(values['backend']),
+      },
+      values['json'] === true ? () => undefined : out,
+    );
+    if (values['json'] === true) out(JSON.stringify(rows));
     return 0;
   }
   const quick = values['quick'] === true;
