@@ -14,7 +14,7 @@
  * const lora = LoraLayers.create(model, { rank: 8, alpha: 16 });
  * const logits = model.forward(g, ids, { linear: lora.hook() });
  */
-import { checkPatternKeys, patternKey } from '../adapters/lora-weights.js';
+import { checkPatternKeys, patternKey } from './lora-weights.js';
 import { ConfigError } from '../errors.js';
 import { matchesGlob } from '../quant/config.js';
 import type { LlamaModel } from '../models/llama.js';
