@@ -50,9 +50,10 @@ export function loadAdapter(location: string, modelConfig: LlamaConfig): LoraAda
  */
 export function checkAdapterFitsModel(model: LlamaModel, data: LoraAdapterData): void {
   validateAdapter(data);
+  const linear = new Set(model.linearModules());
   for (const [name, m] of data.modules) {
     const weight = `${name}.weight`;
-    if (!model.has(weight) || !/\.(self_attn|mlp)\.[a-z_]+_proj$/.test(name))
+    if (!linear.has(name))
       throw new ConfigError(`adapter module ${name} is not a linear layer of this model`, {
         hint: 'the adapter was trained for another base model, or targets modules qtune does not adapt',
         details: { module: name },

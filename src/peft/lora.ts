@@ -27,9 +27,11 @@ import { StoreGroup, type PlacedSpec } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
 
-/** The linear modules of a Llama block, by their short names. */
+/**
+ * The short names of a Llama block's linear layers: the default targets and the names error hints
+ * offer. Which modules exist comes from the model ({@link LlamaModel.linearModules}).
+ */
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
-const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
 
 export interface LoraOptions {
   rank: number;
@@ -131,26 +133,21 @@ export class LoraLayers {
       rankPattern: o.rankPattern ?? {},
       alphaPattern: o.alphaPattern ?? {},
     };
-    const c = model.config;
     const modules = new Map<string, LoraModuleInfo>();
-    for (let i = 0; i < c.num_hidden_layers; i++) {
-      for (const short of LINEAR_MODULES) {
-        const module = `model.layers.${i}.${ATTENTION_MODULES.includes(short) ? 'self_attn' : 'mlp'}.${short}`;
-        if (!targets.some((t) => matchesModule(module, t))) continue;
-        if (!model.has(`${module}.weight`)) continue;
-        const w = model.weight(`${module}.weight`);
-        const rank = pattern(module, o.rankPattern) ?? o.rank;
-        const alpha = pattern(module, o.alphaPattern) ?? o.alpha;
-        checkPositiveInt(`lora_rank_pattern[${module}]`, rank);
-        modules.set(module, {
-          module,
-          rank,
-          alpha,
-          scale: options.rsLora ? alpha / Math.sqrt(rank) : alpha / rank,
-          inFeatures: w.shape[1]!,
-          outFeatures: w.shape[0]!,
-        });
-      }
+    for (const module of model.linearModules()) {
+      if (!targets.some((t) => matchesModule(module, t))) continue;
+      const w = model.weight(`${module}.weight`);
+      const rank = pattern(module, o.rankPattern) ?? o.rank;
+      const alpha = pattern(module, o.alphaPattern) ?? o.alpha;
+      checkPositiveInt(`lora_rank_pattern[${module}]`, rank);
+      modules.set(module, {
+        module,
+        rank,
+        alpha,
+        scale: options.rsLora ? alpha / Math.sqrt(rank) : alpha / rank,
+        inFeatures: w.shape[1]!,
+        outFeatures: w.shape[0]!,
+      });
     }
     if (modules.size === 0)
       throw new ConfigError(`lora_target_modules: ${JSON.stringify(targets)} matches no linear layer`, {
