@@ -1,31 +1,35 @@
 /**
- * LoRA and DoRA adapters over a model's linear layers, as PEFT defines them.
+ * LoRA and DoRA adapters over a model's linear layers, as PEFT defines them, for training: one
+ * {@link LoraLinear} per targeted layer (the product, DoRA and dropout are written there), created
+ * and initialised as PEFT does, applied through the model's linear hook, with per-module rank and
+ * alpha (PEFT's rank_pattern/alpha_pattern) and seeded dropout masks.
  *
- *   LoRA:  y = W·x + s·B·A·dropout(x)                       s = α/r (rsLoRA: α/√r)
- *   DoRA:  y = m ⊙ (W·x + s·B·A·x) / ‖W + s·B·A‖            ‖·‖ per output row, not differentiated
- *
- * A starts Kaiming-uniform (bound 1/√in, PyTorch's kaiming_uniform_(a=√5)), B at zero, so training
- * starts from the base model exactly; DoRA's magnitude m starts at the row norms of W. The adapter
- * wraps a layer through the model's linear hook: the base weight (float or quantized) is never
- * copied or changed. Each adapter lives on the device of the weight it wraps (a split model keeps
- * block i's adapters on block i's device).
+ * A starts Kaiming-uniform, B at zero, so training starts from the base model exactly; DoRA's
+ * magnitude m starts at the row norms of W. The base weight (float or quantized) is never copied or
+ * changed. Each adapter lives on the device of the weight it wraps (a split model keeps block i's
+ * adapters on block i's device).
  *
  * @example
  * const lora = LoraLayers.create(model, { rank: 8, alpha: 16 });
  * const logits = model.forward(g, ids, { linear: lora.hook() });
  */
-import { checkPatternKeys, patternKey } from './lora-weights.js';
 import { ConfigError } from '../errors.js';
+import type { LinearHook, LlamaModel } from '../models/llama.js';
 import { matchesGlob } from '../quant/config.js';
-import type { LlamaModel } from '../models/llama.js';
 import type { Graph } from '../tensor/graph.js';
-import { add, affine, div, mul, scale, sqr, sqrt } from '../tensor/ops/elementwise.js';
-import { cast, sum } from '../tensor/ops/layout.js';
-import { linear, matmul } from '../tensor/ops/matmul.js';
 import { dropoutMask } from '../tensor/ops/nn.js';
 import { StoreGroup, type PlacedSpec } from '../tensor/store-group.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { seededUniform } from '../util/random.js';
+import { LoraLinear, type LoraShape } from './lora-linear.js';
+import {
+  checkPatternKeys,
+  loraScale,
+  patternKey,
+  shortModuleName,
+  type LoraAdapterData,
+  type LoraModule,
+} from './lora-weights.js';
 
 /**
  * The short names of a Llama block's linear layers: the default targets and the names error hints
@@ -59,15 +63,6 @@ export interface LoraOptions {
   seed?: number;
 }
 
-export interface LoraModuleInfo {
-  module: string;
-  rank: number;
-  alpha: number;
-  scale: number;
-  inFeatures: number;
-  outFeatures: number;
-}
-
 /** Whether `module` (a full name such as `model.layers.0.self_attn.q_proj`) matches a target. */
 export function matchesModule(module: string, target: string): boolean {
   if (/[*?[]/.test(target)) return matchesGlob(module, target);
@@ -90,7 +85,8 @@ function checkPositiveInt(field: string, v: unknown): void {
 
 export class LoraLayers {
   readonly store: StoreGroup;
-  readonly modules: ReadonlyMap<string, LoraModuleInfo>;
+  /** The adapted layers by module name, in the model's order. */
+  readonly modules: ReadonlyMap<string, LoraLinear>;
   readonly options: Required<LoraOptions>;
   /**
    * The micro-step the next run computes: dropout masks derive from it (with the seed), so a resumed
@@ -99,11 +95,7 @@ export class LoraLayers {
   step = 0;
   private readonly masks = new WeakMap<Graph, Map<string, Tensor>>();
 
-  private constructor(
-    store: StoreGroup,
-    modules: Map<string, LoraModuleInfo>,
-    options: LoraLayers['options'],
-  ) {
+  private constructor(store: StoreGroup, modules: Map<string, LoraLinear>, options: LoraLayers['options']) {
     this.store = store;
     this.modules = modules;
     this.options = options;
@@ -133,90 +125,30 @@ export class LoraLayers {
       rankPattern: o.rankPattern ?? {},
       alphaPattern: o.alphaPattern ?? {},
     };
-    const modules = new Map<string, LoraModuleInfo>();
+    const shapes = new Map<string, LoraShape>();
     for (const module of model.linearModules()) {
       if (!targets.some((t) => matchesModule(module, t))) continue;
       const w = model.weight(`${module}.weight`);
       const rank = pattern(module, o.rankPattern) ?? o.rank;
       const alpha = pattern(module, o.alphaPattern) ?? o.alpha;
       checkPositiveInt(`lora_rank_pattern[${module}]`, rank);
-      modules.set(module, {
-        module,
-        rank,
-        alpha,
-        scale: options.rsLora ? alpha / Math.sqrt(rank) : alpha / rank,
-        inFeatures: w.shape[1]!,
-        outFeatures: w.shape[0]!,
-      });
+      shapes.set(module, { rank, alpha, inFeatures: w.shape[1]!, outFeatures: w.shape[0]! });
     }
-    if (modules.size === 0)
+    if (shapes.size === 0)
       throw new ConfigError(`lora_target_modules: ${JSON.stringify(targets)} matches no linear layer`, {
         hint: `use names among ${LINEAR_MODULES.join(', ')} or globs such as model.layers.*.self_attn.*`,
       });
+    const kind = { dora: options.dora, trainable: true };
     const specs: PlacedSpec[] = [];
-    for (const m of modules.values()) {
-      const backend = model.weight(`${m.module}.weight`).backend;
-      specs.push(
-        {
-          name: `${m.module}.lora_A`,
-          shape: [m.rank, m.inFeatures],
-          dtype: 'f32',
-          requiresGrad: true,
-          backend,
-        },
-        {
-          name: `${m.module}.lora_B`,
-          shape: [m.outFeatures, m.rank],
-          dtype: 'f32',
-          requiresGrad: true,
-          backend,
-        },
-      );
-      if (options.dora)
-        specs.push({
-          name: `${m.module}.lora_magnitude`,
-          shape: [m.outFeatures],
-          dtype: 'f32',
-          requiresGrad: true,
-          backend,
-        });
-    }
+    for (const [module, shape] of shapes)
+      specs.push(...LoraLinear.specs(module, shape, model.weight(`${module}.weight`).backend, kind));
     const store = StoreGroup.create(specs);
-    const layers = new LoraLayers(store, modules, options);
-    layers.initialise(model);
-    return layers;
-  }
-
-  private initialise(model: LlamaModel): void {
-    const rand = seededUniform(this.options.seed);
-    for (const m of this.modules.values()) {
-      const bound = 1 / Math.sqrt(m.inFeatures);
-      this.write(
-        `${m.module}.lora_A`,
-        Float32Array.from({ length: m.rank * m.inFeatures }, () => (2 * rand() - 1) * bound),
-      );
-      if (this.options.dora) {
-        const w = model.weight(`${m.module}.weight`);
-        const values = w.store!.read(w); // (out, in), dequantized
-        const norms = new Float32Array(m.outFeatures);
-        for (let o = 0; o < m.outFeatures; o++) {
-          let s = 0;
-          for (let i = 0; i < m.inFeatures; i++) s += values[o * m.inFeatures + i]! ** 2;
-          norms[o] = Math.sqrt(s);
-        }
-        this.write(`${m.module}.lora_magnitude`, norms);
-      }
-    }
-  }
-
-  private write(name: string, data: Float32Array): void {
-    const t = this.store.get(name);
-    t.store!.write(t, data);
-  }
-
-  private read(name: string): Float32Array {
-    const t = this.store.get(name);
-    return t.store!.read(t);
+    const modules = new Map<string, LoraLinear>();
+    for (const [module, shape] of shapes)
+      modules.set(module, LoraLinear.fromStore(store, module, shape, loraScale(shape, options.rsLora), kind));
+    const rand = seededUniform(options.seed);
+    for (const m of modules.values()) m.initialise(rand, model.weight(`${m.module}.weight`));
+    return new LoraLayers(store, modules, options);
   }
 
   /** The trainable tensors. */
@@ -224,29 +156,13 @@ export class LoraLayers {
     return this.store.tensors;
   }
 
-  /** The hook that applies the adapters in `LlamaModel.forward`. */
-  hook(): (module: string, x: Tensor, w: Tensor) => Tensor | null {
+  /** The hook that applies the adapters in `LlamaModel.forward`, with dropout when it is on. */
+  hook(): LinearHook {
     return (module, x, w) => {
       const m = this.modules.get(module);
       if (m === undefined) return null;
-      const g = x.graph!;
-      const a = this.store.get(`${module}.lora_A`);
-      const b = this.store.get(`${module}.lora_B`);
-      const xd = this.options.dropout > 0 ? mul(x, this.mask(g, module, x.shape)) : x;
-      const delta = g.label('lora', () => scale(linear(linear(xd, a), b), m.scale)); // (..., out)
-      const base = linear(x, w);
-      if (!this.options.dora) return add(base, delta);
-      // DoRA: ‖W + s·B·A‖ per output row, treated as a constant (DoRA §4.3, as PEFT)
-      const norm = g.noGrad(() => {
-        const wf = cast(w, 'f32');
-        const ba = matmul(b, a); // (out, in)
-        return sqrt(sum(sqr(add(wf, scale(ba, m.scale))), 1)); // (out)
-      });
-      const ratio = div(this.store.get(`${module}.lora_magnitude`), norm); // (out)
-      if (this.options.dropout === 0) return mul(add(base, delta), ratio);
-      // with dropout PEFT computes the magnitude's base term from the dropped-out input
-      const baseDropped = linear(xd, w);
-      return add(base, add(mul(baseDropped, affine(ratio, 1, -1)), mul(delta, ratio)));
+      if (this.options.dropout === 0) return m.apply(x, w);
+      return m.apply(x, w, { dropoutMask: this.mask(x.graph!, module, x.shape) });
     };
   }
 
@@ -271,27 +187,31 @@ export class LoraLayers {
     return mask;
   }
 
-  /** Host copies of every module's tensors (A `[r, in]`, B `[out, r]`, DoRA magnitude `[out]`). */
-  toHost(): Map<
-    string,
-    { info: LoraModuleInfo; A: Float32Array; B: Float32Array; magnitude?: Float32Array }
-  > {
-    const out = new Map<
-      string,
-      { info: LoraModuleInfo; A: Float32Array; B: Float32Array; magnitude?: Float32Array }
-    >();
-    for (const m of this.modules.values()) {
-      const entry = {
-        info: m,
-        A: this.read(`${m.module}.lora_A`),
-        B: this.read(`${m.module}.lora_B`),
-      };
-      out.set(
-        m.module,
-        this.options.dora ? { ...entry, magnitude: this.read(`${m.module}.lora_magnitude`) } : entry,
-      );
-    }
+  /** Host copies of every module's tensors (A `[r, in]`, B `[out, r]`, DoRA magnitude `[out]`), with the module. */
+  toHost(): Map<string, LoraModule & { info: LoraLinear }> {
+    const out = new Map<string, LoraModule & { info: LoraLinear }>();
+    for (const m of this.modules.values()) out.set(m.module, { ...m.toHost(), info: m });
     return out;
+  }
+
+  /**
+   * The adapter on the host, in the form the PEFT and GGUF writers take; `baseModel` is the base's Hub
+   * id or path.
+   *
+   * @example
+   * savePeftAdapter('runs/lora-1', lora.adapterData('TinyLlama/TinyLlama-1.1B-Chat-v1.0'));
+   */
+  adapterData(baseModel: string): LoraAdapterData {
+    const modules = new Map<string, LoraModule>();
+    for (const m of this.modules.values()) modules.set(m.module, m.toHost());
+    return {
+      baseModel,
+      rsLora: this.options.rsLora,
+      dora: this.options.dora,
+      dropout: this.options.dropout,
+      targetModules: [...new Set([...modules.keys()].map(shortModuleName))],
+      modules,
+    };
   }
 
   dispose(): void {
