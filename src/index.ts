@@ -59,7 +59,7 @@ export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './peft/gguf-lora.js';
 export { mergeAdapter } from './peft/merge.js';
 export { saveModel } from './models/save.js';
 export { loadAdapter, createAdapterHook, type AdapterHook } from './peft/apply.js';
-export type { LoraAdapterData, LoraModule } from './peft/lora-weights.js';
+export { loraScale, type LoraAdapterData, type LoraModule } from './peft/lora-weights.js';
 export { BackendManager, probeCapabilities, type DeviceKind, type DeviceReport } from './backends/manager.js';
 export { Backend, cpuBackend, listDevices, openBackend, type DeviceInfo } from './engine/device.js';
 export { getEngine, type EngineInfo } from './engine/library.js';
