@@ -134,6 +134,7 @@ export class LoraLinear {
     const ratio = this.doraRatio(g, w); // (out)
     if (ratio === null) return add(base, delta);
     if (o.dropoutMask === undefined) return mul(add(base, delta), ratio);
+    // PEFT with lora_dropout: y = W·x + (r − 1)·W·x̃ + r·s·B·A·x̃, x̃ = x ⊙ mask, r = m/‖W + s·B·A‖
     const baseDropped = linear(xd, w);
     return add(base, add(mul(baseDropped, affine(ratio, 1, -1)), mul(delta, ratio)));
   }
