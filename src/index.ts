@@ -37,9 +37,10 @@ export {
 export { Evaluator, type Evaluation } from './train/evaluate.js';
 export type { ForwardSetup } from './train/forward.js';
 export { Batches, type BatchOptions, type Collated } from './data/batches.js';
-export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './train/lora.js';
+export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './peft/lora.js';
+export { LoraLinear, fuseLora, type LoraShape } from './peft/lora-linear.js';
 export { resolveTrainType, TRAIN_TYPES, type ResolvedTrainType } from './train/train-type.js';
-export { expandModel, planExpansion, readExpansion, type Expansion } from './train/expand.js';
+export { expandModel, planExpansion, readExpansion, type Expansion } from './peft/expand.js';
 export type { DeviceMemory, MemoryReport } from './train/memory.js';
 export {
   StepProfiler,
@@ -53,12 +54,12 @@ export {
   type StepGraph,
   type StepProfile,
 } from './train/profile.js';
-export { savePeftAdapter, loadPeftAdapter } from './adapters/peft.js';
-export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './adapters/gguf-lora.js';
-export { mergeAdapter } from './adapters/merge.js';
+export { savePeftAdapter, loadPeftAdapter } from './peft/peft.js';
+export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './peft/gguf-lora.js';
+export { mergeAdapter } from './peft/merge.js';
 export { saveModel } from './models/save.js';
-export { loadAdapter, createAdapterHook } from './adapters/apply.js';
-export type { LoraAdapterData, LoraModule } from './adapters/lora-weights.js';
+export { loadAdapter, createAdapterHook, type AdapterHook } from './peft/apply.js';
+export { loraScale, type LoraAdapterData, type LoraModule } from './peft/lora-weights.js';
 export { BackendManager, probeCapabilities, type DeviceKind, type DeviceReport } from './backends/manager.js';
 export { Backend, cpuBackend, listDevices, openBackend, type DeviceInfo } from './engine/device.js';
 export { getEngine, type EngineInfo } from './engine/library.js';

@@ -19,7 +19,8 @@ import { ROOT } from './helpers/cli.js';
  * What each layer rests on directly. A layer may import the layers beneath it (these, what these rest
  * on, and so on down) and nothing else. From DESIGN.md §4 — cli → train → {models, peft, quant, optim,
  * data, io}; peft → quant → tensor → engine; backends → engine; models never import peft or quant —
- * with peft as src/adapters, and the folders DESIGN.md does not name put where what they do puts them.
+ * with peft (src/peft) also resting on models, whose linear layers it wraps and whose config it reads,
+ * and the folders DESIGN.md does not name put where what they do puts them.
  */
 const LAYERS: Readonly<Record<string, readonly string[]>> = {
   'index.ts': ['report', 'demo', 'dist', 'train'], // the public API: everything but the CLI
@@ -29,8 +30,8 @@ const LAYERS: Readonly<Record<string, readonly string[]>> = {
   demo: ['optim'], // the QLoRA MLP demo: tensors and an optimizer, no model
   // the Trainer takes a communicator through its own Collectives interface, so train does not import dist
   dist: ['engine'],
-  train: ['adapters', 'models', 'quant', 'optim', 'data', 'io'],
-  adapters: ['quant', 'models'], // an adapter wraps a model's linear layers and reads its config
+  train: ['peft', 'models', 'quant', 'optim', 'data', 'io'],
+  peft: ['quant', 'models'], // adapters wrap a model's linear layers; Llama-Pro copies its blocks
   quant: ['backends', 'io', 'tensor'],
   models: ['backends', 'io', 'tensor'],
   optim: ['tensor'],
@@ -323,17 +324,15 @@ describe('the checker itself', () => {
     for (const [layer, rests] of Object.entries(LAYERS))
       for (const r of rests) assert.ok(r in LAYERS, `${layer} rests on ${r}, which is not in the table`);
     const below = (l: string) => beneath(LAYERS, l);
-    for (const l of ['train', 'adapters', 'models', 'quant', 'optim', 'data', 'io'])
+    for (const l of ['train', 'peft', 'models', 'quant', 'optim', 'data', 'io'])
       assert.ok(below('cli').has(l));
-    for (const l of ['adapters', 'models', 'quant', 'optim', 'data', 'io'])
-      assert.ok(below('train').has(l), l);
-    assert.ok(below('adapters').has('quant'));
+    for (const l of ['peft', 'models', 'quant', 'optim', 'data', 'io']) assert.ok(below('train').has(l), l);
+    assert.ok(below('peft').has('quant'));
     assert.ok(below('quant').has('tensor'));
     assert.ok(below('tensor').has('engine'));
     assert.ok(below('backends').has('engine'));
-    for (const l of ['adapters', 'quant', 'train'])
-      assert.ok(!below('models').has(l), `models rests on ${l}`);
-    for (const l of ['adapters', 'models', 'train']) assert.ok(!below('quant').has(l), `quant rests on ${l}`);
+    for (const l of ['peft', 'quant', 'train']) assert.ok(!below('models').has(l), `models rests on ${l}`);
+    for (const l of ['peft', 'models', 'train']) assert.ok(!below('quant').has(l), `quant rests on ${l}`);
     assert.ok(!below('data').has('train'));
     assert.deepEqual([...below('engine')].sort(), ['errors.ts', 'util']);
     for (const l of Object.keys(LAYERS)) assert.ok(!below(l).has('cli') && !below(l).has('index.ts'), l);

@@ -313,6 +313,20 @@ export class LlamaModel {
   }
 
   /**
+   * The linear layers of the decoder blocks, by module name (`model.layers.0.self_attn.q_proj`, the
+   * weight's name without `.weight`), in checkpoint order: the layers the forward's {@link LinearHook}
+   * sees, and what an adapter may wrap. Read from {@link llamaWeights}, so it follows the config.
+   *
+   * @example
+   * model.linearModules().length; // 7 * config.num_hidden_layers
+   */
+  linearModules(): string[] {
+    return llamaWeights(this.config)
+      .filter((w) => w.role === 'linear')
+      .map((w) => w.name.slice(0, -'.weight'.length));
+  }
+
+  /**
    * Logits `[B, T, vocab]` (or `[B, 1, vocab]` with `lastOnly`) for token ids `[B, T]`, an i32 input
    * of `g`. Positions run from `start`.
    */

@@ -11,7 +11,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { Batches } from '../data/batches.js';
 import type { TrainData } from '../data/example.js';
 import { runIdentity, type RunSetup } from './checkpoint.js';
-import { LoraLayers } from './lora.js';
+import { LoraLayers } from '../peft/lora.js';
 import type { StepShape } from './memory.js';
 import { resolveSettings, totalSteps, type Settings, type TrainerOptions } from './options.js';
 import { GradientAllReduce } from './parallel.js';

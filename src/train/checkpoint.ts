@@ -13,7 +13,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { validateAdapter, type LoraAdapterData, type LoraModule } from '../adapters/lora-weights.js';
+import { validateAdapter, type LoraAdapterData, type LoraModule } from '../peft/lora-weights.js';
 import { ConfigError, FormatError, QtuneError, errorText, shownValue } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -21,7 +21,7 @@ import { configToJson, type LlamaConfig } from '../models/config.js';
 import type { Optimizer, OptimizerState } from '../optim/optimizer.js';
 import type { Schedule, ScheduleName } from '../optim/schedule.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { LoraLayers } from './lora.js';
+import type { LoraLayers } from '../peft/lora.js';
 import type { Precision } from './prepare.js';
 import type { ResolvedTrainType } from './train-type.js';
 

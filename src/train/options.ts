@@ -12,7 +12,7 @@ import type { ScheduleConfig } from '../optim/schedule.js';
 import { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
 import type { FrozenCopies } from './frozen.js';
 import type { ComputeDTypeChoice } from './kernel-choice.js';
-import type { LoraOptions } from './lora.js';
+import type { LoraOptions } from '../peft/lora.js';
 import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
 import { checkPrecision, type PreparedModel, type Precision, type PrepareOptions } from './prepare.js';

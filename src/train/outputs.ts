@@ -7,15 +7,15 @@
  * saveTrainedOutputs('out', { model, tokenizer, lora, source: 'tiny-model' });
  */
 import path from 'node:path';
-import { saveGgufLoraAdapter } from '../adapters/gguf-lora.js';
-import type { LoraAdapterData, LoraModule } from '../adapters/lora-weights.js';
-import { savePeftAdapter } from '../adapters/peft.js';
+import { saveGgufLoraAdapter } from '../peft/gguf-lora.js';
+import type { LoraAdapterData, LoraModule } from '../peft/lora-weights.js';
+import { savePeftAdapter } from '../peft/peft.js';
 import { ConfigError } from '../errors.js';
 import { makeFolder } from '../io/folders.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import type { LlamaModel } from '../models/llama.js';
 import { saveModel } from '../models/save.js';
-import type { LoraLayers } from './lora.js';
+import type { LoraLayers } from '../peft/lora.js';
 
 /**
  * The trained LoRA/DoRA tensors on the host, in the form the PEFT and GGUF writers take; a run of

@@ -16,7 +16,7 @@ import type { Tokenizer } from '../io/tokenizer.js';
 import type { LlamaModel } from '../models/llama.js';
 import { loadModel, loadWeights, readConfig, type DeviceRequest, type LoadOptions } from '../models/load.js';
 import { methodDType } from '../quant/methods.js';
-import { readExpansion, type Expansion } from './expand.js';
+import { readExpansion, type Expansion } from '../peft/expand.js';
 import { stepActivationsLowerBound, stepMemoryError, type StepShape } from './memory.js';
 import { createQuantizer } from './quantize.js';
 import { resolveTrainType, type ResolvedTrainType } from './train-type.js';

@@ -37,7 +37,7 @@ import { Evaluator } from './evaluate.js';
 import { forwardInputs, forwardOptions, lossSum, type ForwardSetup } from './forward.js';
 import { FrozenWeights, type FrozenCopies } from './frozen.js';
 import { chooseGradType, type ComputeDTypeChoice, type GradTypeChoice } from './kernel-choice.js';
-import type { LoraLayers } from './lora.js';
+import type { LoraLayers } from '../peft/lora.js';
 import {
   rss,
   stepMemoryError,

@@ -15,7 +15,7 @@
  */
 import path from 'node:path';
 import { ConfigError, TrainingError } from '../errors.js';
-import type { LoraAdapterData } from '../adapters/lora-weights.js';
+import type { LoraAdapterData } from '../peft/lora-weights.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { GradScaler } from '../optim/grad-scaler.js';
 import type { Optimizer } from '../optim/optimizer.js';
@@ -27,7 +27,7 @@ import type { Example, TrainData } from '../data/example.js';
 import { assembleTrainer } from './assemble.js';
 import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
-import type { LoraLayers } from './lora.js';
+import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
 import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';

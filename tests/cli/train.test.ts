@@ -10,7 +10,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { TRAIN_OPTIONS } from '../../src/cli/train-config.js';
 import { createTinyModel } from '../../src/models/tiny.js';
-import { expandModel } from '../../src/train/expand.js';
+import { expandModel } from '../../src/peft/expand.js';
 import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-train-cli-'));

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, describe, it } from 'node:test';
 import type { Backend } from '../../src/engine/device.js';
 import { Tokenizer } from '../../src/io/tokenizer.js';
-import { expandModel } from '../../src/train/expand.js';
+import { expandModel } from '../../src/peft/expand.js';
 import { TRAIN_TYPES, resolveTrainType } from '../../src/train/train-type.js';
 import { Trainer, prepareModel, type PreparedModel, type TrainerOptions } from '../../src/train/trainer.js';
 import type { TrainData } from '../../src/data/example.js';

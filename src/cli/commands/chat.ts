@@ -3,7 +3,7 @@
  * `qtune generate --chat`); without, a conversation read line by line from standard input.
  */
 import { createInterface } from 'node:readline';
-import { createAdapterHook, loadAdapter, type AdapterHook } from '../../adapters/apply.js';
+import { createAdapterHook, loadAdapter, type AdapterHook } from '../../peft/apply.js';
 import type { ChatMessage } from '../../io/tokenizer.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';

@@ -1,5 +1,5 @@
 /** `qtune eval`: loss and perplexity of a model (and an adapter) on a dataset. */
-import { createAdapterHook, loadAdapter } from '../../adapters/apply.js';
+import { createAdapterHook, loadAdapter } from '../../peft/apply.js';
 import { DATASET_FORMATS } from '../../data/formats.js';
 import { loadDataset } from '../../data/dataset.js';
 import { loadModel } from '../../models/load.js';

@@ -1,5 +1,5 @@
 /** `qtune expand`: Llama-Pro block expansion of a Hugging Face model folder. */
-import { expandModel } from '../../train/expand.js';
+import { expandModel } from '../../peft/expand.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {

@@ -4,10 +4,10 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { loadAdapter } from '../../adapters/apply.js';
-import { saveGgufLoraAdapter } from '../../adapters/gguf-lora.js';
-import type { LoraAdapterData } from '../../adapters/lora-weights.js';
-import { savePeftAdapter } from '../../adapters/peft.js';
+import { loadAdapter } from '../../peft/apply.js';
+import { saveGgufLoraAdapter } from '../../peft/gguf-lora.js';
+import type { LoraAdapterData } from '../../peft/lora-weights.js';
+import { savePeftAdapter } from '../../peft/peft.js';
 import { readGguf } from '../../io/gguf.js';
 import type { LlamaConfig } from '../../models/config.js';
 import { ggufToConfig } from '../../models/llama-gguf.js';

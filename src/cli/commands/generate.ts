@@ -1,6 +1,6 @@
 /** `qtune generate`: text from a model folder, GGUF file or Hub id. */
 import { isFloatDType, isDType } from '../../engine/dtype.js';
-import { createAdapterHook, loadAdapter, type AdapterHook } from '../../adapters/apply.js';
+import { createAdapterHook, loadAdapter, type AdapterHook } from '../../peft/apply.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
 import {

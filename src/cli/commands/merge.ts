@@ -1,7 +1,7 @@
 /** `qtune merge`: fuse a LoRA/DoRA adapter into its base model and save the result. */
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { loadAdapter } from '../../adapters/apply.js';
-import { mergeAdapter } from '../../adapters/merge.js';
+import { loadAdapter } from '../../peft/apply.js';
+import { mergeAdapter } from '../../peft/merge.js';
 import { saveModel, type SaveDType, type SaveFormat } from '../../models/save.js';
 import { QtuneError } from '../../errors.js';
 import { loadModel } from '../../models/load.js';

@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:f
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createAdapterHook, loadAdapter } from '../../adapters/apply.js';
+import { createAdapterHook, loadAdapter } from '../../peft/apply.js';
 import { BackendManager } from '../../backends/manager.js';
 import { cacheRoot } from '../../engine/paths.js';
 import { ALPACA_PROMPT_NO_INPUT } from '../../data/formats.js';

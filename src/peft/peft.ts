@@ -24,6 +24,7 @@ import { ConfigError, FormatError, QtuneError, fmtShape, errorText } from '../er
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import {
+  mostCommon,
   patternKey,
   shortModuleName,
   validateAdapter,
@@ -45,14 +46,6 @@ export function peftKeys(module: string): { A: string; B: string; magnitude: str
     B: `${PEFT_PREFIX}${module}.lora_B.weight`,
     magnitude: `${PEFT_PREFIX}${module}.lora_magnitude_vector`,
   };
-}
-
-function mostCommon(values: number[]): number {
-  const counts = new Map<number, number>();
-  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
-  let best = values[0]!;
-  for (const [v, n] of counts) if (n > counts.get(best)!) best = v;
-  return best;
 }
 
 /** The `adapter_config.json` object PEFT would write for this adapter. */

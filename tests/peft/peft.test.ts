@@ -14,9 +14,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync, copyFileSy
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { loadPeftAdapter, savePeftAdapter } from '../../src/adapters/peft.js';
-import type { LoraAdapterData } from '../../src/adapters/lora-weights.js';
-import { loraScale } from '../../src/adapters/lora-weights.js';
+import { loadPeftAdapter, savePeftAdapter } from '../../src/peft/peft.js';
+import type { LoraAdapterData } from '../../src/peft/lora-weights.js';
+import { loraScale } from '../../src/peft/lora-weights.js';
 import { ConfigError, FormatError, QtuneError } from '../../src/errors.js';
 import { SafetensorsFile, writeSafetensors } from '../../src/io/safetensors.js';
 import { readConfig } from '../../src/models/load.js';

@@ -37,6 +37,7 @@ import type { LlamaConfig } from '../models/config.js';
 import { ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
 import {
   loraScale,
+  mostCommon,
   shortModuleName,
   validateAdapter,
   type LoraAdapterData,
@@ -45,14 +46,6 @@ import {
 
 function bytesOf(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
-function mostCommon(values: number[]): number {
-  const counts = new Map<number, number>();
-  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
-  let best = values[0]!;
-  for (const [v, n] of counts) if (n > counts.get(best)!) best = v;
-  return best;
 }
 
 /** The GGUF architecture name of a config, as {@link writeLlamaGguf} writes the base model. */

@@ -11,7 +11,7 @@ import { after, describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
 import { Graph } from '../../src/tensor/index.js';
-import { EXPANSION_FILE, planExpansion } from '../../src/train/expand.js';
+import { EXPANSION_FILE, planExpansion } from '../../src/peft/expand.js';
 import { ROOT, qtune } from '../helpers/cli.js';
 
 const FIXTURE = path.join(ROOT, 'tests', 'fixtures', 'parity', 'llama_gqa');

@@ -4,9 +4,10 @@
  *   LoRA:  W' = W + s·B·A
  *   DoRA:  W' = m ⊙ (W + s·B·A) / ‖W + s·B·A‖        (norm of each output row, PEFT's weight_norm over dim 1)
  *
- * with `s = alpha/rank` (`alpha/√rank` with rsLoRA), as PEFT's `merge_and_unload`. The result is
- * computed on the host (f64 accumulation per row) from the weight's f32 values and written back in
- * the weight's storage type; quantized weights are refused (merging into them would requantize).
+ * with `s = alpha/rank` (`alpha/√rank` with rsLoRA), as PEFT's `merge_and_unload`: {@link fuseLora},
+ * what `LoraLinear.fuse` computes. The result is computed on the host (f64 accumulation per row) from
+ * the weight's f32 values and written back in the weight's storage type; quantized weights are
+ * refused (merging into them would requantize).
  *
  * @example
  * const { model, tokenizer } = await loadModel('TinyLlama', { backend: 'cpu', dtype: 'f32' });
@@ -16,7 +17,8 @@
 import { isQuantDType } from '../engine/dtype.js';
 import { QtuneError } from '../errors.js';
 import type { LlamaModel } from '../models/llama.js';
-import { checkAdapterFitsModel, doraRowScale, loraDelta } from './apply.js';
+import { checkAdapterFitsModel } from './apply.js';
+import { fuseLora } from './lora-linear.js';
 import { loraScale, type LoraAdapterData } from './lora-weights.js';
 
 export interface MergeReport {
@@ -47,16 +49,7 @@ export function mergeAdapter(model: LlamaModel, data: LoraAdapterData): MergeRep
   const merged: string[] = [];
   for (const [name, m] of data.modules) {
     const t = model.weight(`${name}.weight`);
-    const s = loraScale(m, data.rsLora);
-    const v = loraDelta(t.read(), m, s); // (out, in) = W + s·B·A
-    if (data.dora) {
-      const rowScale = doraRowScale(v, m.magnitude!, m.inFeatures);
-      for (let o = 0; o < m.outFeatures; o++) {
-        const f = rowScale[o]!;
-        for (let i = o * m.inFeatures; i < (o + 1) * m.inFeatures; i++) v[i] = v[i]! * f;
-      }
-    }
-    model.write(t.name, v);
+    model.write(t.name, fuseLora(t.read(), m, loraScale(m, data.rsLora), data.dora)); // (out, in)
     merged.push(t.name);
   }
   return { merged };

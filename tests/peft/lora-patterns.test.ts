@@ -10,11 +10,11 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { patternKey } from '../../src/adapters/lora-weights.js';
+import { patternKey } from '../../src/peft/lora-weights.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { ConfigError } from '../../src/errors.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
-import { LoraLayers } from '../../src/train/lora.js';
+import { LoraLayers } from '../../src/peft/lora.js';
 import { ROOT } from '../helpers/cli.js';
 
 const Q0 = 'model.layers.0.self_attn.q_proj';

@@ -10,8 +10,8 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { createAdapterHook } from '../../src/adapters/apply.js';
-import { mergeAdapter } from '../../src/adapters/merge.js';
+import { createAdapterHook } from '../../src/peft/apply.js';
+import { mergeAdapter } from '../../src/peft/merge.js';
 import { saveModel } from '../../src/models/save.js';
 import { cpuBackend } from '../../src/engine/device.js';
 import { QtuneError } from '../../src/errors.js';

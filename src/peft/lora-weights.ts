@@ -57,6 +57,18 @@ export function loraScale(m: Pick<LoraModule, 'rank' | 'alpha'>, rsLora: boolean
   return rsLora ? m.alpha / Math.sqrt(m.rank) : m.alpha / m.rank;
 }
 
+/**
+ * The value most modules share, the first seen on a tie: the `r` and `lora_alpha` a PEFT config
+ * states (the rest go to rank_pattern/alpha_pattern), the one alpha of a llama.cpp adapter.
+ */
+export function mostCommon(values: number[]): number {
+  const counts = new Map<number, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  let best = values[0]!;
+  for (const [v, n] of counts) if (n > counts.get(best)!) best = v;
+  return best;
+}
+
 /** The short name of a module (`q_proj` for `model.layers.0.self_attn.q_proj`). */
 export function shortModuleName(module: string): string {
   return module.slice(module.lastIndexOf('.') + 1);

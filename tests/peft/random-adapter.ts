@@ -5,7 +5,7 @@
  * scale folding are exercised).
  */
 import path from 'node:path';
-import type { LoraAdapterData, LoraModule } from '../../src/adapters/lora-weights.js';
+import type { LoraAdapterData, LoraModule } from '../../src/peft/lora-weights.js';
 import type { LlamaConfig } from '../../src/models/config.js';
 import type { LlamaModel } from '../../src/models/llama.js';
 import { gaussian, seededUniform } from '../../src/util/random.js';
