@@ -5,7 +5,7 @@
  * per micro-batch) makes 4 micro-batches of 1 equal one batch of 4, and data parallelism exact. Its
  * parts: prepare.ts (the model), assemble.ts and options.ts (the options, checked once),
  * data/batches.ts (order, micro-batches, collation), step.ts (the step's graphs and memory),
- * evaluate.ts, optim/grad-scaler.ts, parallel.ts, checkpoint.ts, outputs.ts.
+ * evaluate.ts, optim/grad-scaler.ts, parallel.ts, checkpoint.ts, peft/outputs.ts.
  *
  * @example
  * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
@@ -31,7 +31,7 @@ import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
 import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
-import { adapterData, saveTrainedOutputs } from './outputs.js';
+import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
 import type { StepProfile, StepProfiler } from './profile.js';

@@ -7,15 +7,15 @@
  * saveTrainedOutputs('out', { model, tokenizer, lora, source: 'tiny-model' });
  */
 import path from 'node:path';
-import { saveGgufLoraAdapter } from '../peft/gguf-lora.js';
-import type { LoraAdapterData, LoraModule } from '../peft/lora-weights.js';
-import { savePeftAdapter } from '../peft/peft.js';
+import { saveGgufLoraAdapter } from './gguf-lora.js';
+import type { LoraAdapterData } from './lora-weights.js';
+import { savePeftAdapter } from './peft.js';
 import { ConfigError } from '../errors.js';
 import { makeFolder } from '../io/folders.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import type { LlamaModel } from '../models/llama.js';
 import { saveModel } from '../models/save.js';
-import type { LoraLayers } from '../peft/lora.js';
+import type { LoraLayers } from './lora.js';
 
 /**
  * The trained LoRA/DoRA tensors on the host, in the form the PEFT and GGUF writers take; a run of
@@ -26,27 +26,7 @@ export function adapterData(lora: LoraLayers | null, baseModel: string, trainTyp
     throw new ConfigError(`train_type ${trainType} trains no adapter`, {
       hint: 'save the model instead (full and llama_pro train the model itself)',
     });
-  const modules = new Map<string, LoraModule>();
-  for (const [name, m] of lora.toHost()) {
-    modules.set(name, {
-      rank: m.info.rank,
-      alpha: m.info.alpha,
-      inFeatures: m.info.inFeatures,
-      outFeatures: m.info.outFeatures,
-      A: m.A,
-      B: m.B,
-      ...(m.magnitude === undefined ? {} : { magnitude: m.magnitude }),
-    });
-  }
-  const o = lora.options;
-  return {
-    baseModel,
-    rsLora: o.rsLora,
-    dora: o.dora,
-    dropout: o.dropout,
-    targetModules: [...new Set([...modules.keys()].map((m) => m.split('.').pop()!))],
-    modules,
-  };
+  return lora.adapterData(baseModel);
 }
 
 /** Writes what a run trained into `dir` (see the file's comment). Returns the paths written. */
