@@ -114,6 +114,22 @@ describe('qtune train: one run per output_dir', () => {
     assert.match(resumed.stdout, /resumed from .*checkpoint-2 at step 2/);
   });
 
+  it("context_length above the model's max_position_embeddings: one line with the limit", () => {
+    const short = path.join(tmp, 'short-model');
+    createTinyModel(short, {
+      hiddenSize: 32,
+      intermediateSize: 64,
+      layers: 1,
+      heads: 2,
+      kvHeads: 1,
+      maxPositionEmbeddings: 48,
+    });
+    oneLineError(
+      qtune([...tinyTrainArgs(short, path.join(tmp, 'out-long')), ...SMALL]),
+      /context_length: 64 is more than the 48 positions of .*short-model \(max_position_embeddings\) \(use context_length 48 or less\)/,
+    );
+  });
+
   it('resume_from_checkpoint: latest on an empty folder: one line, no metrics.jsonl', () => {
     const out = path.join(tmp, 'out-empty');
     mkdirSync(out);
