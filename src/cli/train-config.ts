@@ -209,6 +209,11 @@ export const TRAIN_OPTIONS = {
     default: 'out',
     help: 'where checkpoints, the adapter, metrics and plots go',
   },
+  overwrite_output_dir: {
+    kind: 'boolean',
+    default: false,
+    help: 'train into an output_dir that holds an earlier run, removing what qtune wrote there',
+  },
   resume_from_checkpoint: {
     kind: 'string',
     default: null,

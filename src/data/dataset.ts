@@ -226,6 +226,25 @@ export function recordsToExamples(
 }
 
 /**
+ * Runs `make`; when it throws on a bad record, throws the error of the first bad record in file
+ * order instead (records are shuffled before they are read, so the first to fail is not line 1).
+ */
+function firstBadInFileOrder<T>(
+  make: () => T,
+  inFileOrder: readonly DataRecord[],
+  used: ReadonlySet<DataRecord>,
+  check: (r: DataRecord) => unknown,
+): T {
+  try {
+    return make();
+  } catch (e) {
+    if (!(e instanceof FormatError)) throw e;
+    for (const r of inFileOrder) if (used.has(r)) check(r);
+    throw e;
+  }
+}
+
+/**
  * Reads, shuffles, splits and tokenizes a dataset into the Trainer's {@link TrainData}: every
  * example `contextLength` positions long, labels -100 where no loss is counted.
  */
@@ -254,6 +273,7 @@ export async function loadDataset(
     throw new ConfigError(`dataset.path: ${c.path} has no records`, {
       hint: 'give a file with at least one record',
     });
+  const inFileOrder = records;
   if (c.shuffle) records = shuffled(records, c.seed);
   if (c.max_samples !== undefined) records = records.slice(0, c.max_samples);
   let validation: DataRecord[] = [];
@@ -264,7 +284,12 @@ export async function loadDataset(
   } else if (c.val_path !== undefined) {
     validation = await loadRecords(c.val_path, hub);
   }
-  const train = recordsToExamples(records, c.format, tokenizer, contextLength, c.packing);
+  const train = firstBadInFileOrder(
+    () => recordsToExamples(records, c.format, tokenizer, contextLength, c.packing),
+    inFileOrder,
+    new Set(records),
+    (r) => checkedSample(tokenizer, c.format, r),
+  );
   if (train.length === 0)
     throw new ConfigError(
       `dataset: no training record keeps a target token within context_length ${contextLength}`,

@@ -44,8 +44,9 @@ export function readRecords(file: string): DataRecord[] {
   checkFile('dataset', file, 'give a .jsonl file (one JSON object a line) or a .json file');
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = utf8Text(file, readFileSync(file));
   } catch (e) {
+    if (e instanceof QtuneError) throw e;
     throw e instanceof Error && !isSystemError(e)
       ? new FormatError(file, `cannot be read as text (${errorText(e)})`, {
           hint: 'split it into smaller files',
@@ -57,6 +58,32 @@ export function readRecords(file: string): DataRecord[] {
   throw new ConfigError(`path: ${file} is neither .json nor .jsonl`, {
     hint: 'give a .jsonl file (one JSON object a line) or a .json file (an array of objects)',
   });
+}
+
+/** The text of a UTF-8 file; invalid UTF-8 is a FormatError naming the first line that holds it. */
+function utf8Text(file: string, bytes: Buffer): string {
+  const strict = new TextDecoder('utf-8', { fatal: true });
+  try {
+    return strict.decode(bytes);
+  } catch (e) {
+    if (!(e instanceof TypeError)) throw e; // too large for one string: reported by the caller
+  }
+  let start = 0;
+  for (let line = 1; ; line++) {
+    const nl = bytes.indexOf(0x0a, start);
+    const end = nl < 0 ? bytes.length : nl;
+    try {
+      strict.decode(bytes.subarray(start, end));
+    } catch {
+      throw new FormatError(file, `line ${line}: not valid UTF-8 text`, {
+        hint: 'save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)',
+        details: { line },
+      });
+    }
+    if (nl < 0) break;
+    start = nl + 1;
+  }
+  throw new FormatError(file, 'not valid UTF-8 text', { hint: 'save the file as UTF-8' });
 }
 
 function readJsonl(file: string, text: string): DataRecord[] {

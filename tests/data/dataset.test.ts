@@ -175,6 +175,34 @@ describe('loadDataset', () => {
     );
   });
 
+  it('invalid UTF-8 is refused with its line; a file of wrong-format records names line 1, the first', async () => {
+    const latin1 = path.join(dir, 'latin1.jsonl');
+    // line 3 holds "café" saved as Latin-1: the byte 0xE9 alone is not UTF-8
+    writeFileSync(
+      latin1,
+      Buffer.concat([
+        Buffer.from('{"text": "one"}\n{"text": "two"}\n{"text": "caf'),
+        Buffer.from([0xe9]),
+        Buffer.from('"}\n{"text": "four"}\n'),
+      ]),
+    );
+    assert.throws(
+      () => readRecords(latin1),
+      (e: unknown) =>
+        e instanceof FormatError && e.message.startsWith(`${latin1}: line 3: not valid UTF-8 text`),
+    );
+    await assert.rejects(
+      loadDataset({ path: latin1, format: 'completion' }, tok, 16),
+      /latin1\.jsonl: line 3: not valid UTF-8/,
+    );
+    // every record is prompt/completion, read as alpaca: shuffled or not, the error names line 1
+    for (const shuffle of [true, false])
+      await assert.rejects(
+        loadDataset({ path: PC, format: 'alpaca', shuffle }, tok, 32),
+        (e: unknown) => e instanceof FormatError && e.message.includes('pc.jsonl: line 1: the record has no'),
+      );
+  });
+
   it('config errors name the field, the value and what is allowed', async () => {
     const cases: [Record<string, unknown>, RegExp][] = [
       [

@@ -2,7 +2,7 @@
  * `qtune train --config run.yaml [--key value ...]`: data file to fine-tuned adapter in one command.
  * Every option of the config (see `qtune train --help`) can also be given as a flag, which wins.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
@@ -26,6 +26,7 @@ import { checkStepMemory, prepareModel } from '../../train/prepare.js';
 import { Trainer } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
+import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -80,19 +81,6 @@ export function readFlags(argv: string[]): {
     } else flags[name] = value;
   }
   return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
-}
-
-function latestCheckpoint(dir: string): string {
-  const found = existsSync(dir)
-    ? readdirSync(dir)
-        .filter((d) => /^checkpoint-\d+$/.test(d))
-        .sort((a, b) => Number(a.slice(11)) - Number(b.slice(11)))
-    : [];
-  if (found.length === 0)
-    throw new ConfigError(`resume_from_checkpoint: latest, but ${dir} has no checkpoint-N folder`, {
-      hint: 'train without resume_from_checkpoint first, or name a checkpoint folder',
-    });
-  return path.join(dir, found[found.length - 1]!);
 }
 
 /** The trainer options a config asks for. */
@@ -204,11 +192,35 @@ async function trainOn(
   manager: BackendManager,
   out: (s: string) => void,
 ): Promise<number> {
-  const devices = deviceRequest(c);
   // rank 0 writes every file of the run; the others only train
   const writer = comm.rank === 0;
   // a path that cannot be written is found before the model is loaded and hours are trained
   if (writer) checkOutputFolder('output_dir', c.output_dir);
+  // one run per folder: the lock is taken, and an earlier run refused, before anything is loaded
+  const unlock = writer ? lockOutputFolder(c.output_dir) : () => undefined;
+  try {
+    return await trainLocked(c, comm, manager, out);
+  } finally {
+    unlock();
+  }
+}
+
+async function trainLocked(
+  c: TrainConfig,
+  comm: Communicator,
+  manager: BackendManager,
+  out: (s: string) => void,
+): Promise<number> {
+  const devices = deviceRequest(c);
+  const writer = comm.rank === 0;
+  if (writer)
+    checkEarlierRun(c.output_dir, {
+      overwrite: c.overwrite_output_dir,
+      resume: c.resume_from_checkpoint !== null,
+    });
+  // "latest" with no checkpoint fails here, before a logger starts metrics.jsonl
+  const resumeDir =
+    c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;
   for (const [field, file] of [
     ['dataset', c.dataset],
     ['val_dataset', c.val_dataset],
@@ -227,6 +239,13 @@ async function trainOn(
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
+    // positions past the model's trained length have no meaning to it (HF's config already counts any rope scaling)
+    const limit = prepared.model.config.max_position_embeddings;
+    if (c.context_length > limit)
+      throw new ConfigError(
+        `context_length: ${c.context_length} is more than the ${limit} positions of ${c.model!} (max_position_embeddings)`,
+        { hint: `use context_length ${limit} or less` },
+      );
     // an impossible batch shape fails here, before the data is tokenized into examples of that length
     checkStepMemory(prepared.model, {
       batchSize: c.batch_size,
@@ -270,11 +289,9 @@ async function trainOn(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
-    if (c.resume_from_checkpoint !== null) {
-      const dir =
-        c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;
-      trainer.loadCheckpoint(dir);
-      out(`resumed from ${dir} at step ${trainer.globalStep}`);
+    if (resumeDir !== null) {
+      trainer.loadCheckpoint(resumeDir);
+      out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
     }
     trainer.onLog = (r) => logger.log(r);
     let result;
