@@ -239,13 +239,6 @@ async function trainLocked(
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
-    // positions past the model's trained length have no meaning to it (HF's config already counts any rope scaling)
-    const limit = prepared.model.config.max_position_embeddings;
-    if (c.context_length > limit)
-      throw new ConfigError(
-        `context_length: ${c.context_length} is more than the ${limit} positions of ${c.model!} (max_position_embeddings)`,
-        { hint: `use context_length ${limit} or less` },
-      );
     // an impossible batch shape fails here, before the data is tokenized into examples of that length
     checkStepMemory(prepared.model, {
       batchSize: c.batch_size,
@@ -255,6 +248,13 @@ async function trainLocked(
       quantized: prepared.trainType.quantization !== null,
       crossEntropyChunk: c.cross_entropy_chunk,
     });
+    // (after the memory check, which names the batch shape) positions past the model's trained length have no meaning to it (HF's config already counts any rope scaling)
+    const limit = prepared.model.config.max_position_embeddings;
+    if (c.context_length > limit)
+      throw new ConfigError(
+        `context_length: ${c.context_length} is more than the ${limit} positions of ${c.model!} (max_position_embeddings)`,
+        { hint: `use context_length ${limit} or less` },
+      );
     const data = await loadDataset(
       {
         path: c.dataset ?? '',
