@@ -18,6 +18,7 @@ import {
 } from '../engine/dtype.js';
 import type { TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
+import { NODE_LLAMA_CPP_VERSION } from '../engine/paths.js';
 import { NativeContext } from '../engine/memory.js';
 import { DeviceUnavailableError, QtuneError } from '../errors.js';
 import { TensorStore } from '../tensor/store.js';
@@ -142,7 +143,7 @@ export class BackendManager {
       throw new DeviceUnavailableError(`backend "${request}" is not available; available: ${names}`, {
         hint:
           missing?.note ??
-          'choose one of them with --backend or QTUNE_BACKEND; GPU backends need their package (npm install @node-llama-cpp/<platform>-vulkan|cuda@3.22.1)',
+          `choose one of them with --backend or QTUNE_BACKEND; GPU backends need their package (npm install @node-llama-cpp/<platform>-vulkan|cuda@${NODE_LLAMA_CPP_VERSION})`,
         details: { requested: request, available: devices.map((d) => d.name) },
       });
     }

@@ -10,10 +10,9 @@
  * (`qtune launch` builds before it starts them), and a second process finding a build under way uses
  * the prebuilt engine for that run rather than waiting.
  */
-import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { buildNativeEngine, readNativeBuildMeta } from './native-build.js';
+import { buildNativeEngine, buildToolsHint, missingBuildTools, readNativeBuildMeta } from './native-build.js';
 import { NODE_LLAMA_CPP_VERSION, nativeEngineDir } from './paths.js';
 
 export type AutoBuildOutcome =
@@ -24,8 +23,6 @@ export type AutoBuildOutcome =
   | 'failed' // now, or at an earlier run (recorded; `qtune engine build` retries)
   | 'busy'; // another process is building it
 
-/** Tools the native build runs. */
-const TOOLS = ['git', 'cmake', 'c++'] as const;
 /** A lock older than this is left over from a killed build. */
 const STALE_LOCK_MS = 60 * 60 * 1000;
 
@@ -60,13 +57,10 @@ export function ensureNativeEngine(log: (line: string) => void): AutoBuildOutcom
     );
     return 'failed';
   }
-  const missing = TOOLS.filter((tool) => {
-    const r = spawnSync(tool, ['--version'], { stdio: 'ignore' });
-    return r.error !== undefined || r.status !== 0;
-  });
+  const missing = missingBuildTools();
   if (missing.length > 0) {
     log(
-      `qtune: using the prebuilt CPU engine: building the faster native one needs ${missing.join(', ')} (Debian/Ubuntu: apt-get install git cmake g++); QTUNE_ENGINE=prebuilt silences this`,
+      `qtune: using the prebuilt CPU engine: building the faster native one needs ${missing.join(', ')} (${buildToolsHint()}); QTUNE_ENGINE=prebuilt silences this`,
     );
     return 'no-toolchain';
   }

@@ -4,7 +4,7 @@
  * whichever GPU packages are installed. All of them share one libggml-base (same soname), so one
  * registry sees every device.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { QtuneError } from '../errors.js';
 import {
@@ -27,9 +27,13 @@ import {
   NODE_LLAMA_CPP_VERSION,
   cpuIdentity,
   findPrebuiltPackages,
+  gpuBackendFiles,
+  prebuiltFiles,
+  releaseOf,
   nativeEngineDir,
   physicalCores,
   type GpuKind,
+  type PrebuiltFiles,
   type PrebuiltPackage,
 } from './paths.js';
 import { probeVulkanDevices, type VulkanPhysicalDevice } from './vulkan-probe.js';
@@ -47,6 +51,11 @@ export interface GpuBackendInfo {
 export interface EngineInfo {
   /** `native` when the library was compiled here by `qtune engine build`, else `prebuilt`. */
   kind: 'prebuilt' | 'native';
+  /**
+   * The release the libraries come from: the prebuilt package and its version
+   * (`@node-llama-cpp/linux-x64@3.21.1`), or for a native build `node-llama-cpp@<version> source`.
+   */
+  release: string;
   ggmlVersion: string;
   ggmlCommit: string;
   llamaCppTag: string;
@@ -126,6 +135,17 @@ interface Primary {
   registryFile: string;
   /** A native build's CUDA backend library (linked by its registry), when it was built with `--cuda`. */
   cudaFile: string | null;
+  /**
+   * A native build's other libraries that its registry links, loaded by path before it (the build
+   * folder named in their run path is gone): the CPU backend, and on macOS Metal and BLAS.
+   */
+  linked: string[];
+  /** The prebuilt package's files; null for a native build. */
+  prebuilt: PrebuiltFiles | null;
+  /** The node-llama-cpp release the libraries come from (a native build's source release). */
+  release: string;
+  /** The ggml version that release has: the loaded library must report it. */
+  ggml: string;
 }
 
 function choosePrimary(packages: PrebuiltPackage[]): Primary {
@@ -160,34 +180,32 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
   // a chosen prebuilt variant (QTUNE_CPU_VARIANT) implies the prebuilt engine
   if (hasNative && want !== 'prebuilt' && !wantsVariant) {
     const cudaFile = path.join(nativeDir, `${LIB_PREFIX}ggml-cuda${LIB_EXT}`);
+    const linked = ['ggml-cpu', 'ggml-blas', 'ggml-metal']
+      .map((n) => path.join(nativeDir, `${LIB_PREFIX}${n}${LIB_EXT}`))
+      .filter((f) => existsSync(f));
     return {
       kind: 'native',
       dir: nativeDir,
       registryFile: nativeRegistry,
       cudaFile: existsSync(cudaFile) ? cudaFile : null,
+      linked,
+      prebuilt: null,
+      release: readNativeRelease(nativeDir),
+      ggml: GGML_VERSION,
     };
   }
 
-  // Every prebuilt package carries libggml-base, the registry and the CPU variants: prefer the CPU-only one.
-  const pkg = packages.find((p) => p.gpu === null) ?? packages[0];
-  if (pkg === undefined) {
-    throw new QtuneError(
-      'ENGINE_NOT_FOUND',
-      `no ggml engine found: none of the @node-llama-cpp/* ${NODE_LLAMA_CPP_VERSION} packages for ${process.platform}-${process.arch} is installed`,
-      {
-        hint: `run \`npm install @node-llama-cpp/${process.platform}-${process.arch}@${NODE_LLAMA_CPP_VERSION}\`, or build one with \`npx qtune engine build\``,
-      },
-    );
-  }
-  const registryFile = readdirSync(pkg.dir).find(
-    (f) => /^(lib)?ggml\.[a-z0-9.]*v\d/.test(f) && f.endsWith(LIB_EXT),
-  );
-  if (registryFile === undefined) {
-    throw new QtuneError('ENGINE_LOAD', `${pkg.name} has no ggml registry library in ${pkg.dir}`, {
-      hint: `reinstall it: npm install ${pkg.name}@${NODE_LLAMA_CPP_VERSION}`,
-    });
-  }
-  return { kind: 'prebuilt', dir: pkg.dir, registryFile, cudaFile: null };
+  const files = prebuiltFiles(packages);
+  return {
+    kind: 'prebuilt',
+    dir: files.primary.dir,
+    registryFile: path.basename(files.registry),
+    cudaFile: null,
+    linked: [],
+    prebuilt: files,
+    release: `${files.primary.name}@${files.primary.version}`,
+    ggml: releaseOf(files.primary.version)?.ggml ?? GGML_VERSION,
+  };
 }
 
 interface CpuVariant {
@@ -197,14 +215,10 @@ interface CpuVariant {
   score: number;
 }
 
-/** Every prebuilt CPU variant in `dir` with its score on this CPU. */
-function cpuVariants(dir: string): CpuVariant[] {
-  const prefix = `${LIB_PREFIX}ggml-cpu`;
+/** Every prebuilt CPU variant with its score on this CPU. */
+function cpuVariants(files: PrebuiltFiles): CpuVariant[] {
   const found: CpuVariant[] = [];
-  for (const f of readdirSync(dir).sort()) {
-    if (!f.startsWith(prefix) || !f.endsWith(LIB_EXT)) continue;
-    const p = path.join(dir, f);
-    const variant = f.slice(prefix.length + 1, -LIB_EXT.length) || 'default';
+  for (const { path: p, variant } of files.cpuVariants) {
     let lib: LibraryHandle | undefined;
     try {
       lib = koffi.load(p);
@@ -224,8 +238,8 @@ function cpuVariants(dir: string): CpuVariant[] {
  * do not depend on which SIMD kernels this CPU could run), else the one ggml itself would pick (the
  * highest `ggml_backend_score()`).
  */
-function chooseCpuVariant(dir: string): CpuVariant | null {
-  const variants = cpuVariants(dir);
+function chooseCpuVariant(files: PrebuiltFiles): CpuVariant | null {
+  const variants = cpuVariants(files);
   const want = process.env['QTUNE_CPU_VARIANT'];
   if (want !== undefined && want !== '') {
     const names = variants.map((v) => v.variant).join(', ');
@@ -259,9 +273,9 @@ function loadEngine(): Engine {
   let api: GgmlApi;
   try {
     const base = koffi.load(basePath);
-    // the native registry links the CPU (and CUDA) backend directly; load them first so the dynamic
-    // linker finds them by soname (the build folder named in their run path is gone)
-    if (primary.kind === 'native') koffi.load(path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`));
+    // the native registry links the CPU (Metal, BLAS, CUDA) backends directly; load them first so the
+    // dynamic linker finds them by soname (the build folder named in their run path is gone)
+    for (const f of primary.linked) koffi.load(f);
     if (primary.cudaFile !== null) {
       try {
         koffi.load(primary.cudaFile);
@@ -302,8 +316,8 @@ function loadEngine(): Engine {
   try {
     let cpuVariant = 'native';
     let cpuVariantPath = path.join(primary.dir, `${LIB_PREFIX}ggml-cpu${LIB_EXT}`);
-    if (primary.kind === 'prebuilt') {
-      const best = chooseCpuVariant(primary.dir);
+    if (primary.prebuilt !== null) {
+      const best = chooseCpuVariant(primary.prebuilt);
       if (best === null || api.backend_load(best.path) === null) {
         throw new QtuneError('ENGINE_LOAD', `no CPU backend in ${primary.dir} runs on this CPU`, {
           hint: 'build one for it with `npx qtune engine build`',
@@ -334,25 +348,23 @@ function loadEngine(): Engine {
               : null,
       });
     }
-    for (const pkg of packages) {
-      if (pkg.gpu === null) continue;
+    for (const metal of nativeMetal(primary, api)) gpuBackends.push(metal);
+    for (const { kind, package: pkgName, path: file } of gpuBackendFiles(packages)) {
       // one CUDA backend per process: the native build's, when it has one
-      if (pkg.gpu === 'cuda' && primary.cudaFile !== null) continue;
-      const file = path.join(pkg.dir, `${LIB_PREFIX}ggml-${pkg.gpu}${LIB_EXT}`);
-      if (!existsSync(file)) continue;
+      if (kind === 'cuda' && primary.cudaFile !== null) continue;
       let note: string | null = null;
-      if (pkg.gpu === 'vulkan') {
+      if (kind === 'vulkan') {
         const probe = prepareVulkan();
         note = probe.note;
         softwareVulkanDevices.push(...probe.software.map((d) => d.name));
         if (!probe.usable) {
-          gpuBackends.push({ kind: 'vulkan', package: pkg.name, path: file, loaded: false, note });
+          gpuBackends.push({ kind: 'vulkan', package: pkgName, path: file, loaded: false, note });
           continue;
         }
       }
       const reg = api.backend_load(file);
       if (reg === null) note = `${file} did not load: ${lastLog() ?? 'see `qtune engine info`'}`;
-      gpuBackends.push({ kind: pkg.gpu, package: pkg.name, path: file, loaded: reg !== null, note });
+      gpuBackends.push({ kind, package: pkgName, path: file, loaded: reg !== null, note });
     }
 
     const cpuReg = findReg(api, 'CPU');
@@ -361,6 +373,7 @@ function loadEngine(): Engine {
       ggmlVersion: api.version(),
       ggmlCommit: api.commit(),
       llamaCppTag: readLlamaTag(primary),
+      release: primary.release,
       path: primary.dir,
       cpuVariant,
       cpuVariantPath,
@@ -370,10 +383,10 @@ function loadEngine(): Engine {
       gpuBackends,
       softwareVulkanDevices,
     };
-    if (info.ggmlVersion !== GGML_VERSION) {
+    if (info.ggmlVersion !== primary.ggml) {
       throw new QtuneError(
         'ENGINE_LOAD',
-        `ggml ${info.ggmlVersion} at ${primary.dir} is not the pinned ${GGML_VERSION}`,
+        `ggml ${info.ggmlVersion} at ${primary.dir} is not ${primary.ggml}, which ${primary.release} has`,
         {
           hint: 'rebuild the native engine (`npx qtune engine build --clean`) or reinstall the pinned packages',
         },
@@ -382,6 +395,32 @@ function loadEngine(): Engine {
     return { api, info };
   } finally {
     api.log_set(null, null);
+  }
+}
+
+/** A native macOS build's Metal backend, which its libggml links and registers itself. */
+function nativeMetal(primary: Primary, api: GgmlApi): GpuBackendInfo[] {
+  const file = primary.linked.find((f) => path.basename(f).startsWith(`${LIB_PREFIX}ggml-metal`));
+  if (file === undefined) return [];
+  const reg = findReg(api, 'Metal') ?? findReg(api, 'MTL');
+  return [
+    {
+      kind: 'metal',
+      package: 'native build',
+      path: file,
+      loaded: reg !== null,
+      note:
+        reg === null ? 'the native build has a Metal library, but ggml registered no Metal backend' : null,
+    },
+  ];
+}
+
+function readNativeRelease(dir: string): string {
+  try {
+    const meta = JSON.parse(readFileSync(path.join(dir, 'build.json'), 'utf8')) as { nodeLlamaCpp?: string };
+    return `node-llama-cpp@${meta.nodeLlamaCpp ?? 'unknown'} source`;
+  } catch {
+    return 'unknown';
   }
 }
 

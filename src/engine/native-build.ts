@@ -25,12 +25,11 @@ import path from 'node:path';
 import { QtuneError } from '../errors.js';
 import {
   GGML_VERSION,
-  LIB_EXT,
-  LIB_PREFIX,
   LLAMA_CPP_TAG,
   NODE_LLAMA_CPP_VERSION,
   cacheRoot,
   cpuIdentity,
+  libNaming,
   nativeEngineDir,
 } from './paths.js';
 
@@ -107,25 +106,109 @@ function cudaFlags(nvcc: string, arch: string): string[] {
   ];
 }
 
+/**
+ * Per-platform flags. macOS: Metal on, as ggml's CMake has it by default on Apple, with its shaders
+ * embedded in the library (no default.metallib to find beside it) and the run path set to the
+ * library's own folder, since qtune copies the libraries out of the build tree; BLAS (Accelerate)
+ * off, as qtune loads no BLAS backend from the prebuilt packages either. Windows: the compiler
+ * (MSVC through Visual Studio's generator, else clang with Ninja) is chosen by {@link windowsToolchain}.
+ */
+function platformFlags(platform: NodeJS.Platform): string[] {
+  if (platform === 'darwin')
+    return [
+      '-DGGML_METAL=ON',
+      '-DGGML_METAL_EMBED_LIBRARY=ON',
+      '-DGGML_BLAS=OFF',
+      '-DCMAKE_BUILD_RPATH=@loader_path',
+    ];
+  return [];
+}
+
 const CUDA_ARCH = /^(native|all|all-major|[0-9]+[af]?(-real|-virtual)?(;[0-9]+[af]?(-real|-virtual)?)*)$/;
 
-/** The cmake configure flags of a build (without `-S`/`-B`). */
-export function cmakeFlags(o: { cuda?: boolean; cudaArch?: string; nvcc?: string } = {}): string[] {
-  if (!o.cuda) return [...CMAKE_FLAGS];
+/** The cmake configure flags of a build (without `-S`/`-B`) on `platform` (default: this one). */
+export function cmakeFlags(
+  o: { cuda?: boolean; cudaArch?: string; nvcc?: string; platform?: NodeJS.Platform } = {},
+): string[] {
+  const platform = o.platform ?? process.platform;
+  const base = [...CMAKE_FLAGS, ...platformFlags(platform)];
+  if (!o.cuda) return base;
+  if (platform === 'darwin') {
+    throw new QtuneError('INVALID_ARGUMENT', '--cuda: macOS has no CUDA; the native build there has Metal', {
+      hint: 'drop --cuda: `qtune engine build` compiles the Metal backend on macOS',
+    });
+  }
   const arch = o.cudaArch ?? 'native';
   if (!CUDA_ARCH.test(arch)) {
     throw new QtuneError('INVALID_ARGUMENT', `--cuda-arch ${arch} is not a CUDA architecture list`, {
       hint: 'use native, or compute capabilities without the dot such as 90 or 86;89',
     });
   }
-  return [...CMAKE_FLAGS, ...cudaFlags(o.nvcc ?? 'nvcc', arch)];
+  return [...base, ...cudaFlags(o.nvcc ?? 'nvcc', arch)];
+}
+
+/** The cmake targets of a build: on macOS the Metal backend too. */
+function buildTargets(cuda: boolean, platform: NodeJS.Platform): string[] {
+  return [
+    'ggml-base',
+    'ggml',
+    'ggml-cpu',
+    ...(platform === 'darwin' ? ['ggml-metal'] : []),
+    ...(cuda ? ['ggml-cuda'] : []),
+  ];
 }
 
 /** The libraries a build produces and qtune copies, in load order. */
-export function buildLibraries(cuda: boolean): string[] {
-  return ['ggml-base', 'ggml', 'ggml-cpu', ...(cuda ? ['ggml-cuda'] : [])].map(
-    (n) => `${LIB_PREFIX}${n}${LIB_EXT}`,
+export function buildLibraries(cuda: boolean, platform: NodeJS.Platform = process.platform): string[] {
+  const { prefix, ext } = libNaming(platform);
+  return buildTargets(cuda, platform).map((n) => `${prefix}${n}${ext}`);
+}
+
+/**
+ * How to compile on Windows: Visual Studio's generator when MSVC is installed (found by vswhere, or
+ * `cl` on PATH in a developer prompt), else clang with Ninja; null when neither is there.
+ */
+export function windowsToolchain(): { generator: string; flags: string[] } | null {
+  const vswhere = path.join(
+    process.env['ProgramFiles(x86)'] ?? 'C:\\Program Files (x86)',
+    'Microsoft Visual Studio',
+    'Installer',
+    'vswhere.exe',
   );
+  const works = (cmd: string, args: string[]) => {
+    const r = spawnSync(cmd, args, { stdio: 'ignore' });
+    return r.error === undefined && r.status === 0;
+  };
+  if (existsSync(vswhere) || spawnSync('cl', [], { stdio: 'ignore' }).error === undefined)
+    return { generator: 'Visual Studio (MSVC)', flags: [] };
+  if (works('clang', ['--version']) && works('ninja', ['--version']))
+    return {
+      generator: 'Ninja (clang)',
+      flags: ['-G', 'Ninja', '-DCMAKE_C_COMPILER=clang', '-DCMAKE_CXX_COMPILER=clang++'],
+    };
+  return null;
+}
+
+/**
+ * The tools a native build needs that this machine lacks: git, cmake and a C++ compiler (`c++` on
+ * Linux and macOS, where Xcode's command line tools provide it; MSVC or clang + Ninja on Windows).
+ */
+export function missingBuildTools(platform: NodeJS.Platform = process.platform): string[] {
+  const missing = ['git', 'cmake', ...(platform === 'win32' ? [] : ['c++'])].filter((tool) => {
+    const r = spawnSync(tool, ['--version'], { stdio: 'ignore' });
+    return r.error !== undefined || r.status !== 0;
+  });
+  if (platform === 'win32' && windowsToolchain() === null)
+    missing.push('a C++ compiler (MSVC, or clang and ninja)');
+  return missing;
+}
+
+/** Where to get the build tools, per platform. */
+export function buildToolsHint(platform: NodeJS.Platform = process.platform): string {
+  if (platform === 'darwin') return 'macOS: xcode-select --install, and cmake from cmake.org or Homebrew';
+  if (platform === 'win32')
+    return 'Windows: Visual Studio Build Tools with "Desktop development with C++", CMake and Git for Windows';
+  return 'Debian/Ubuntu: apt-get install git cmake g++';
 }
 
 /**
@@ -232,6 +315,7 @@ function findBundle(work: string, log: (s: string) => void): string {
     'npm',
     ['pack', `node-llama-cpp@${NODE_LLAMA_CPP_VERSION}`, '--silent', '--pack-destination', work],
     'npm pack',
+    { shell: process.platform === 'win32' }, // npm is npm.cmd there
   );
   const tgz = path.join(work, out.trim().split('\n').pop()!.trim());
   run('tar', ['xzf', tgz, '-C', work, 'package/llama/gitRelease.bundle'], 'unpacking the source bundle');
@@ -273,7 +357,11 @@ export function buildNativeEngine(o: NativeBuildOptions = {}): NativeBuildResult
     }
     const build = path.join(work, 'build');
     const arch = o.cudaArch ?? 'native';
-    const flags = cmakeFlags({ cuda, cudaArch: arch, ...(nvcc === null ? {} : { nvcc: nvcc.path }) });
+    const toolchain = process.platform === 'win32' ? windowsToolchain() : null;
+    const flags = [
+      ...cmakeFlags({ cuda, cudaArch: arch, ...(nvcc === null ? {} : { nvcc: nvcc.path }) }),
+      ...(toolchain?.flags ?? []),
+    ];
     log(
       `configuring (cmake, -march=native${nvcc === null ? '' : `, CUDA ${nvcc.version} for architectures ${arch}`})`,
     );
@@ -284,11 +372,18 @@ export function buildNativeEngine(o: NativeBuildOptions = {}): NativeBuildResult
     });
     const cudaArch = cuda ? configuredCudaArch(configured, arch) : null;
     const jobs = o.jobs ?? os.availableParallelism();
-    const targets = ['ggml', 'ggml-base', 'ggml-cpu', ...(cuda ? ['ggml-cuda'] : [])];
+    const targets = buildTargets(cuda, process.platform);
     log(`compiling ${targets.join(', ')} with ${jobs} jobs${cuda ? ' (CUDA takes several minutes)' : ''}`);
-    run('cmake', ['--build', build, '-j', String(jobs), '--target', ...targets], 'cmake build');
+    // --config: the Visual Studio generator builds several configurations (single-config ones ignore it)
+    run(
+      'cmake',
+      ['--build', build, '--config', 'Release', '-j', String(jobs), '--target', ...targets],
+      'cmake build',
+    );
     const libs = buildLibraries(cuda);
-    const binDir = [path.join(build, 'bin'), build].find((d) => existsSync(path.join(d, libs[0]!)));
+    const binDir = [path.join(build, 'bin', 'Release'), path.join(build, 'bin'), build].find((d) =>
+      existsSync(path.join(d, libs[0]!)),
+    );
     if (binDir === undefined)
       throw new QtuneError('ENGINE_BUILD', `the build produced no ${libs[0]} under ${build}`);
     for (const lib of libs) {

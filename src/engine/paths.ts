@@ -3,15 +3,47 @@
  * build in qtune's cache folder.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { QtuneError } from '../errors.js';
 
-/** The pinned release. Headers (the declarations in ggml.ts) and binaries must match it. */
-export const NODE_LLAMA_CPP_VERSION = '3.22.1';
-export const LLAMA_CPP_TAG = 'v0.5.0';
-export const GGML_VERSION = '0.25.1';
+/** A release of node-llama-cpp's packages: the llama.cpp tag it ships and its ggml version. */
+export interface EngineRelease {
+  nodeLlamaCpp: string;
+  llamaCppTag: string;
+  ggml: string;
+}
+
+/**
+ * The releases the declarations in ggml.ts are checked against, newest first. Every struct layout,
+ * enum and function qtune binds is the same in both (docs/engine.md says what differs); the layout
+ * test checks whichever one is loaded.
+ */
+export const ENGINE_RELEASES: readonly EngineRelease[] = [
+  { nodeLlamaCpp: '3.22.1', llamaCppTag: 'v0.5.0', ggml: '0.25.1' },
+  { nodeLlamaCpp: '3.21.1', llamaCppTag: 'v0.4.0', ggml: '0.23.0' },
+];
+
+/**
+ * The release pinned for a platform. 3.22.1 published Linux packages only; macOS and Windows have
+ * 3.21.1, whose Vulkan backend aborts on a `get_rows` whose index is a view at an offset that is
+ * not a multiple of the device's storage alignment (fixed in 3.22.1), so Linux keeps 3.22.1.
+ */
+export function pinnedRelease(platform: NodeJS.Platform = process.platform): EngineRelease {
+  return platform === 'linux' ? ENGINE_RELEASES[0]! : ENGINE_RELEASES[1]!;
+}
+
+/** The known release of a package version, if it is one. */
+export function releaseOf(nodeLlamaCpp: string): EngineRelease | undefined {
+  return ENGINE_RELEASES.find((r) => r.nodeLlamaCpp === nodeLlamaCpp);
+}
+
+/** This platform's pinned release: what the packages, the native build's source and its cache folder use. */
+export const NODE_LLAMA_CPP_VERSION = pinnedRelease().nodeLlamaCpp;
+export const LLAMA_CPP_TAG = pinnedRelease().llamaCppTag;
+export const GGML_VERSION = pinnedRelease().ggml;
 
 export type GpuKind = 'vulkan' | 'cuda' | 'metal';
 
@@ -20,31 +52,72 @@ export interface PrebuiltPackage {
   name: string;
   /** Folder holding the shared libraries. */
   dir: string;
+  /**
+   * The GPU backend the package adds, if any. `mac-arm64-metal` is both: Apple silicon's only
+   * package, with the CPU variants and the Metal backend.
+   */
   gpu: GpuKind | null;
+  /** Its version (the node-llama-cpp release). */
+  version: string;
 }
 
-/** The package names for this platform: the CPU one first, then the GPU ones. */
+/**
+ * How a platform names ggml's libraries. `ext` is that of ordinary shared libraries (libggml-base,
+ * the libggml registry, everything a native build makes); `moduleExt` that of the backends the
+ * registry loads at run time (the prebuilt CPU variants and GPU backends), which CMake builds as
+ * modules: `.so` on macOS too, next to `.dylib` base and registry.
+ */
+export interface LibNaming {
+  prefix: string;
+  ext: string;
+  moduleExt: string;
+}
+
+export function libNaming(platform: NodeJS.Platform = process.platform): LibNaming {
+  if (platform === 'win32') return { prefix: '', ext: '.dll', moduleExt: '.dll' };
+  if (platform === 'darwin') return { prefix: 'lib', ext: '.dylib', moduleExt: '.so' };
+  return { prefix: 'lib', ext: '.so', moduleExt: '.so' };
+}
+
+/**
+ * The package names for a platform: the CPU one first, then the GPU ones. These are the packages
+ * node-llama-cpp publishes (macOS on Apple silicon has only `mac-arm64-metal`; macOS on Intel only
+ * `mac-x64`); qtune's package.json names the CPU ones as optional dependencies, npm installs the one
+ * whose `os`/`cpu` fit, and the GPU ones are opt-in.
+ */
 export function prebuiltPackageNames(
-  platform = process.platform,
-  arch = process.arch,
+  platform: NodeJS.Platform = process.platform,
+  arch: string = process.arch,
 ): { name: string; gpu: GpuKind | null }[] {
-  const p = platform === 'win32' ? 'win' : platform === 'darwin' ? 'mac' : platform;
-  const base = `${p}-${arch}`;
+  if (platform === 'darwin') {
+    return arch === 'arm64'
+      ? [{ name: '@node-llama-cpp/mac-arm64-metal', gpu: 'metal' }]
+      : [{ name: `@node-llama-cpp/mac-${arch}`, gpu: null }];
+  }
+  const base = `${platform === 'win32' ? 'win' : platform}-${arch}`;
   const names: { name: string; gpu: GpuKind | null }[] = [{ name: `@node-llama-cpp/${base}`, gpu: null }];
-  if (platform === 'darwin' && arch === 'arm64')
-    names.push({ name: '@node-llama-cpp/mac-arm64-metal', gpu: 'metal' });
-  if (platform !== 'darwin') {
+  if (arch === 'x64') {
     names.push({ name: `@node-llama-cpp/${base}-vulkan`, gpu: 'vulkan' });
     names.push({ name: `@node-llama-cpp/${base}-cuda`, gpu: 'cuda' });
   }
   return names;
 }
 
-/** The prebuilt packages that are installed, found the way Node resolves them from qtune's folder. */
-export function findPrebuiltPackages(): PrebuiltPackage[] {
-  const require = createRequire(import.meta.url);
-  const found: PrebuiltPackage[] = [];
-  for (const { name, gpu } of prebuiltPackageNames()) {
+/**
+ * The prebuilt packages that are installed, found the way Node resolves them from qtune's folder (or
+ * from `from`, a file path: a test resolves them in a folder where npm installed another platform's
+ * packages). All of one release, since they share one libggml-base: the platform's pinned release
+ * when any of its packages is there, else the newest known one installed. A package of an unknown
+ * release is left out: the declarations in ggml.ts are not checked against it.
+ */
+export function findPrebuiltPackages(
+  platform: NodeJS.Platform = process.platform,
+  arch: string = process.arch,
+  from: string = import.meta.url,
+): PrebuiltPackage[] {
+  const require = createRequire(from);
+  let found: PrebuiltPackage[] = [];
+  for (const { name, gpu } of prebuiltPackageNames(platform, arch)) {
     let entry: string;
     try {
       entry = require.resolve(name);
@@ -54,10 +127,94 @@ export function findPrebuiltPackages(): PrebuiltPackage[] {
     const root = path.dirname(path.dirname(entry)); // <root>/dist/index.js
     const dir = path.join(root, 'bins', name.slice('@node-llama-cpp/'.length));
     const version = readPackageVersion(root);
-    if (version !== NODE_LLAMA_CPP_VERSION) continue; // headers would not match
-    if (existsSync(dir)) found.push({ name, dir, gpu });
+    if (version === undefined || releaseOf(version) === undefined) continue; // headers not checked
+    if (existsSync(dir)) found.push({ name, dir, gpu, version });
+  }
+  const pinned = pinnedRelease(platform).nodeLlamaCpp;
+  const release = found.some((p) => p.version === pinned)
+    ? pinned
+    : ENGINE_RELEASES.find((r) => found.some((p) => p.version === r.nodeLlamaCpp))?.nodeLlamaCpp;
+  found = found.filter((p) => p.version === release);
+  return found;
+}
+
+/** The GPU backend library (`libggml-vulkan.so`, `libggml-metal.so`, `ggml-cuda.dll`) of each GPU package that has one. */
+export function gpuBackendFiles(
+  packages: PrebuiltPackage[],
+  platform: NodeJS.Platform = process.platform,
+): { kind: GpuKind; package: string; path: string }[] {
+  const { prefix, moduleExt } = libNaming(platform);
+  const found: { kind: GpuKind; package: string; path: string }[] = [];
+  for (const pkg of packages) {
+    if (pkg.gpu === null) continue;
+    const file = path.join(pkg.dir, `${prefix}ggml-${pkg.gpu}${moduleExt}`);
+    if (existsSync(file)) found.push({ kind: pkg.gpu, package: pkg.name, path: file });
   }
   return found;
+}
+
+/** The files of one prebuilt engine: what the loader opens, in order, before any `dlopen`. */
+export interface PrebuiltFiles {
+  /** The package holding libggml-base and the registry: the CPU-only one where there is one. */
+  primary: PrebuiltPackage;
+  base: string;
+  registry: string;
+  /** Every CPU variant (`haswell`, `apple_m1`, `armv8.2_1`, ...), sorted by file name. */
+  cpuVariants: { variant: string; path: string }[];
+  /** The GPU backend library of each installed GPU package that has one. */
+  gpuBackends: { kind: GpuKind; package: string; path: string }[];
+}
+
+/**
+ * Finds the libraries of the installed prebuilt packages for a platform by their file names (no
+ * library is opened). Throws ENGINE_NOT_FOUND when no package is installed and ENGINE_LOAD when one
+ * lacks libggml-base or the registry.
+ */
+export function prebuiltFiles(
+  packages: PrebuiltPackage[],
+  platform: NodeJS.Platform = process.platform,
+  arch: string = process.arch,
+): PrebuiltFiles {
+  const { prefix, ext, moduleExt } = libNaming(platform);
+  // every prebuilt package carries libggml-base, the registry and the CPU variants: prefer the CPU-only one
+  const primary = packages.find((p) => p.gpu === null) ?? packages[0];
+  if (primary === undefined) {
+    const cpuPackage = prebuiltPackageNames(platform, arch)[0]!.name;
+    const pinned = pinnedRelease(platform).nodeLlamaCpp;
+    throw new QtuneError(
+      'ENGINE_NOT_FOUND',
+      `no ggml engine found: none of the @node-llama-cpp/* ${pinned} packages for ${platform}-${arch} is installed`,
+      {
+        hint: `run \`npm install ${cpuPackage}@${pinned}\`, or build one with \`npx qtune engine build\``,
+      },
+    );
+  }
+  const files = readdirSync(primary.dir).sort();
+  const base = `${prefix}ggml-base${ext}`;
+  // libggml.v0.4.0.so, libggml.metal.v0.4.0.dylib, ggml.v0.4.0.dll
+  const registry = files.find((f) => /^(lib)?ggml\.[a-z0-9.]*v\d/.test(f) && f.endsWith(ext));
+  if (!files.includes(base) || registry === undefined) {
+    throw new QtuneError(
+      'ENGINE_LOAD',
+      `${primary.name} has no ${files.includes(base) ? 'ggml registry library' : base} in ${primary.dir}`,
+      { hint: `reinstall it: npm install ${primary.name}@${primary.version}` },
+    );
+  }
+  const cpuPrefix = `${prefix}ggml-cpu`;
+  const cpuVariants = files
+    .filter((f) => f.startsWith(cpuPrefix) && f.endsWith(moduleExt))
+    .map((f) => ({
+      variant: f.slice(cpuPrefix.length + 1, -moduleExt.length) || 'default',
+      path: path.join(primary.dir, f),
+    }));
+  const gpuBackends = gpuBackendFiles(packages, platform);
+  return {
+    primary,
+    base: path.join(primary.dir, base),
+    registry: path.join(primary.dir, registry),
+    cpuVariants,
+    gpuBackends,
+  };
 }
 
 function readPackageVersion(root: string): string | undefined {
@@ -132,6 +289,6 @@ export function physicalCores(): number {
   return os.availableParallelism();
 }
 
-export const LIB_EXT =
-  process.platform === 'win32' ? '.dll' : process.platform === 'darwin' ? '.dylib' : '.so';
-export const LIB_PREFIX = process.platform === 'win32' ? '' : 'lib';
+/** This platform's shared library extension and prefix (see {@link libNaming}). */
+export const LIB_EXT = libNaming().ext;
+export const LIB_PREFIX = libNaming().prefix;

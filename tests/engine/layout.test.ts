@@ -16,6 +16,7 @@ import {
   koffi,
 } from '../../src/engine/ggml.js';
 import { getEngine } from '../../src/engine/library.js';
+import { ENGINE_RELEASES } from '../../src/engine/paths.js';
 import { NativeBuffer, NativeContext } from '../../src/engine/memory.js';
 
 interface TensorFields {
@@ -37,6 +38,16 @@ const addr = (p: unknown) => (p === null ? 0n : koffi.address(p));
 
 describe('declared ggml struct layouts match the library', () => {
   const { api } = getEngine();
+
+  it('the loaded ggml is a release the declarations are checked against, the one its package has', () => {
+    const { info } = getEngine();
+    const release = ENGINE_RELEASES.find((r) => r.ggml === info.ggmlVersion);
+    assert.ok(
+      release !== undefined,
+      `ggml ${info.ggmlVersion} is not among ${ENGINE_RELEASES.map((r) => r.ggml).join(', ')}`,
+    );
+    if (info.kind === 'prebuilt') assert.ok(info.release.endsWith(`@${release.nodeLlamaCpp}`), info.release);
+  });
 
   it('ggml_tensor has the size ggml reports (tensor overhead minus ggml_object)', () => {
     assert.equal(koffi.sizeof(TensorStruct) + GGML_OBJECT_SIZE, api.tensor_overhead());

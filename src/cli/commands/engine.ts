@@ -47,6 +47,7 @@ export function run(argv: string[], out: (s: string) => void): number {
     out(
       `engine:      ${info.kind} (ggml ${info.ggmlVersion}, commit ${info.ggmlCommit}, llama.cpp ${info.llamaCppTag})`,
     );
+    out(`release:     ${info.release}`);
     out(`path:        ${info.path}`);
     out(`cpu:         ${info.cpuModel}`);
     out(`cpu backend: ${info.cpuVariant} (${info.cpuVariantPath})`);
