@@ -13,11 +13,12 @@ tests/fixtures/lora-parity/<case>/ (lora, rslora, dora, patterns; the llama_gqa 
   adapter.safetensors                         <module>.lora_A, .lora_B (and DoRA's .lora_magnitude)
   grads.safetensors                           d(loss)/d(each of them)
 
-The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 (RMSNorm,
+The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 / modeling_qwen3 (RMSNorm,
 rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
-softmax, SwiGLU), in float64 for the reference values, independently of qtune.
+softmax, SwiGLU, Qwen3's per-head q/k RMSNorm), in float64 for the reference values, independently of qtune.
 
 Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py && npx prettier --write tests/fixtures
+(or name the parity configurations to write only those: scripts/torch_reference.py qwen3_qk_norm)
 """
 import json
 import math
@@ -45,14 +46,24 @@ CONFIGS = {
                                 max_position_embeddings=128, tie_word_embeddings=True,
                                 rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                                   original_max_position_embeddings=16)),
+    # Qwen3: an RMSNorm over each query and key head before RoPE, no biases, head_dim twice
+    # hidden_size / num_attention_heads (as Qwen3-0.6B: 1024 / 16 heads, head_dim 128), tied
+    'qwen3_qk_norm': dict(model_type='qwen3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+                          rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
+                          rope_scaling=None, attention_bias=False),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
 TARGETS = ('q_proj', 'v_proj')
 
 
+def head_dim(c):
+    return c.get('head_dim', c['hidden_size'] // c['num_attention_heads'])
+
+
 def weights(c, gen):
-    hd = c['hidden_size'] // c['num_attention_heads']
+    hd = head_dim(c)
     H, K, C, F = c['num_attention_heads'], c['num_key_value_heads'], c['hidden_size'], c['intermediate_size']
     w = {}
     rnd = lambda *s: torch.randn(*s, generator=gen) * 0.1
@@ -67,6 +78,9 @@ def weights(c, gen):
             w[f'{p}.self_attn.q_proj.bias'] = rnd(H * hd)
             w[f'{p}.self_attn.k_proj.bias'] = rnd(K * hd)
             w[f'{p}.self_attn.v_proj.bias'] = rnd(K * hd)
+        if c['model_type'] == 'qwen3':
+            w[f'{p}.self_attn.q_norm.weight'] = 1 + rnd(hd)
+            w[f'{p}.self_attn.k_norm.weight'] = 1 + rnd(hd)
         w[f'{p}.self_attn.o_proj.weight'] = rnd(C, H * hd)
         w[f'{p}.post_attention_layernorm.weight'] = 1 + rnd(C)
         w[f'{p}.mlp.gate_proj.weight'] = rnd(F, C)
@@ -109,7 +123,7 @@ def rotate_half(x):
 
 def forward(c, w, lora, ids):
     H, K = c['num_attention_heads'], c['num_key_value_heads']
-    hd = c['hidden_size'] // H
+    hd = head_dim(c)
     pos = torch.arange(T, dtype=torch.float64)
     ang = torch.outer(pos, inv_freq(c, hd))
     emb = torch.cat((ang, ang), dim=-1)
@@ -141,6 +155,9 @@ def forward(c, w, lora, ids):
         q = lin(n, f'{p}.self_attn.q_proj').view(B, T, H, hd).transpose(1, 2)
         k = lin(n, f'{p}.self_attn.k_proj').view(B, T, K, hd).transpose(1, 2)
         v = lin(n, f'{p}.self_attn.v_proj').view(B, T, K, hd).transpose(1, 2)
+        if c['model_type'] == 'qwen3':  # Qwen3Attention: q_norm/k_norm over each head's hd values
+            q = rms_norm(q, w[f'{p}.self_attn.q_norm.weight'], c['rms_norm_eps'])
+            k = rms_norm(k, w[f'{p}.self_attn.k_norm.weight'], c['rms_norm_eps'])
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(H // K, dim=1)
@@ -172,9 +189,11 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
-def main():
+def main(only):
     models = {}
     for k, (name, c) in enumerate(CONFIGS.items()):
+        if only and name not in only:
+            continue
         gen = torch.Generator().manual_seed(1234 + k)
         w = weights(c, gen)
         # the checkpoint holds f32 values: compute the reference from exactly those
@@ -197,8 +216,8 @@ def main():
 
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
-        cfg = dict(c, head_dim=c['hidden_size'] // c['num_attention_heads'], hidden_act='silu', torch_dtype='float32')
-        if c['model_type'] == 'qwen2':
+        cfg = dict(c, head_dim=head_dim(c), hidden_act='silu', torch_dtype='float32')
+        if c['model_type'] in ('qwen2', 'qwen3'):
             cfg['use_sliding_window'] = False
         json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'), indent=2)
         write_safetensors(os.path.join(d, 'model.safetensors'), w)
@@ -217,7 +236,8 @@ def main():
                   open(os.path.join(d, 'reference.json'), 'w'), indent=1)
         print(f'{name}: loss {loss.item():.6f}, logits {tuple(logits.shape)}')
         models[name] = w
-    trainer_lora_cases(models['llama_gqa'], CONFIGS['llama_gqa'])
+    if 'llama_gqa' in models:
+        trainer_lora_cases(models['llama_gqa'], CONFIGS['llama_gqa'])
 
 
 # ---- the trainer's own adapters (tests/train/lora-parity.test.ts)
@@ -290,4 +310,5 @@ def trainer_lora_cases(w, c):
 
 
 if __name__ == '__main__':
-    main()
+    import sys
+    main(set(sys.argv[1:]))

@@ -1,12 +1,21 @@
 /**
  * The Llama-family configuration, with the field names of Hugging Face's `config.json`, read and
  * validated once. Llama 2/3/3.1/3.2, TinyLlama and SmolLM are `llama`; Mistral is `mistral`; Qwen2 and
- * Qwen2.5 are `qwen2` (biases on q, k and v). Anything qtune does not implement is refused by name.
+ * Qwen2.5 are `qwen2` (biases on q, k and v); Qwen3 is `qwen3` (an RMSNorm over each query and key
+ * head before RoPE, no biases). Anything qtune does not implement is refused by name.
  */
 import { ConfigError } from '../errors.js';
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2';
-export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2'];
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3';
+export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2', 'qwen3'];
+
+/** The Hugging Face class name of each model type (config.json's `architectures`). */
+export const ARCHITECTURES: Record<ModelType, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+};
 
 export interface Llama3RopeScaling {
   rope_type: 'llama3';
@@ -37,8 +46,10 @@ export interface LlamaConfig {
   max_position_embeddings: number;
   tie_word_embeddings: boolean;
   rope_scaling: RopeScaling | null;
-  /** Biases on q_proj, k_proj and v_proj (Qwen2; Llama's `attention_bias`). */
+  /** Biases on q_proj, k_proj and v_proj (Qwen2; Llama's and Qwen3's `attention_bias`). */
   attention_bias: boolean;
+  /** An RMSNorm (weights `q_norm`, `k_norm` of `[head_dim]`) over each query and key head before RoPE (Qwen3). */
+  qk_norm: boolean;
   /** Mistral's attention window; null when attention is full. */
   sliding_window: number | null;
   bos_token_id: number | null;
@@ -83,7 +94,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
   const modelType = j['model_type'];
   if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
-      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5)`,
+      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3)`,
     });
   }
   const act = j['hidden_act'] ?? 'silu';
@@ -135,7 +146,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
       });
     }
   }
-  const qwen = modelType === 'qwen2';
+  const qwen = modelType === 'qwen2' || modelType === 'qwen3';
   const window =
     modelType === 'mistral' || (qwen && j['use_sliding_window'] === true) ? j['sliding_window'] : null;
   const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
@@ -156,7 +167,8 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     max_position_embeddings: num(j, 'max_position_embeddings', { int: true, min: 1, def: 2048 }),
     tie_word_embeddings: j['tie_word_embeddings'] === true,
     rope_scaling: ropeScaling,
-    attention_bias: qwen || j['attention_bias'] === true,
+    attention_bias: modelType === 'qwen2' || j['attention_bias'] === true,
+    qk_norm: modelType === 'qwen3',
     sliding_window: typeof window === 'number' ? window : null,
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
@@ -168,13 +180,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
 /** The `config.json` object for a config (what `createTinyModel` and GGUF import write). */
 export function configToJson(c: LlamaConfig): Json {
   const j: Json = {
-    architectures: [
-      c.model_type === 'qwen2'
-        ? 'Qwen2ForCausalLM'
-        : c.model_type === 'mistral'
-          ? 'MistralForCausalLM'
-          : 'LlamaForCausalLM',
-    ],
+    architectures: [ARCHITECTURES[c.model_type]],
     model_type: c.model_type,
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,
@@ -191,9 +197,10 @@ export function configToJson(c: LlamaConfig): Json {
     rope_scaling: c.rope_scaling,
     torch_dtype: c.torch_dtype ?? 'float32',
   };
-  if (c.model_type === 'llama') j['attention_bias'] = c.attention_bias;
+  if (c.model_type === 'llama' || c.model_type === 'qwen3') j['attention_bias'] = c.attention_bias;
   if (c.sliding_window !== null) j['sliding_window'] = c.sliding_window;
-  if (c.model_type === 'qwen2') j['use_sliding_window'] = c.sliding_window !== null;
+  if (c.model_type === 'qwen2' || c.model_type === 'qwen3')
+    j['use_sliding_window'] = c.sliding_window !== null;
   if (c.bos_token_id !== null) j['bos_token_id'] = c.bos_token_id;
   if (c.eos_token_id.length > 0)
     j['eos_token_id'] = c.eos_token_id.length === 1 ? c.eos_token_id[0] : c.eos_token_id;

@@ -6,7 +6,8 @@
  * - llama.cpp's `llama` architecture stores q_proj and k_proj rows reordered for its RoPE layout:
  *   HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (DESIGN.md §5). qtune computes in the HF layout,
  *   so it reorders on the way in and out; rows are whole (quantized blocks run along them), so this
- *   moves bytes without touching values. `qwen2` is not reordered.
+ *   moves bytes without touching values. `qwen2` and `qwen3` (neox RoPE in llama.cpp) are not.
+ * - Architectures: `llama` (also Mistral, as llama.cpp's converter writes it), `qwen2`, `qwen3`.
  * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
  *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it uses a
  *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (src/io/gguf-tokenizer.ts).
@@ -34,6 +35,8 @@ const LAYER_NAMES: [string, string][] = [
   ['self_attn.q_proj.bias', 'attn_q.bias'],
   ['self_attn.k_proj.bias', 'attn_k.bias'],
   ['self_attn.v_proj.bias', 'attn_v.bias'],
+  ['self_attn.q_norm.weight', 'attn_q_norm.weight'],
+  ['self_attn.k_norm.weight', 'attn_k_norm.weight'],
   ['self_attn.o_proj.weight', 'attn_output.weight'],
   ['post_attention_layernorm.weight', 'ffn_norm.weight'],
   ['mlp.gate_proj.weight', 'ffn_gate.weight'],
@@ -84,9 +87,18 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
   return out;
 }
 
+/** The GGUF architectures qtune reads and writes. */
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3'];
+
+/** llama.cpp's architecture name for a config (Mistral is `llama`, as llama.cpp's converter writes it). */
+export function ggufArch(c: LlamaConfig): GgufArch {
+  return c.model_type === 'mistral' ? 'llama' : c.model_type;
+}
+
 /** The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama`), or null. */
 export function ropeHeads(c: LlamaConfig, hfName: string): number | null {
-  if (c.model_type === 'qwen2') return null;
+  if (ggufArch(c) !== 'llama') return null;
   if (/\.self_attn\.q_proj\.(weight|bias)$/.test(hfName)) return c.num_attention_heads;
   if (/\.self_attn\.k_proj\.(weight|bias)$/.test(hfName)) return c.num_key_value_heads;
   return null;
@@ -117,12 +129,12 @@ const GGUF_CONFIG_KEYS: Record<string, string> = {
   max_position_embeddings: 'context_length',
 };
 
-/** The config of a GGUF model (architectures `llama` and `qwen2`). */
+/** The config of a GGUF model (architectures `llama`, `qwen2` and `qwen3`). */
 export function ggufToConfig(g: GgufFile): LlamaConfig {
   const arch = ggufGet(g, 'general.architecture', 'string');
-  if (arch !== 'llama' && arch !== 'qwen2') {
+  if (!(GGUF_ARCHS as readonly unknown[]).includes(arch)) {
     throw new ConfigError(`${g.path}: general.architecture "${String(arch)}" is not supported`, {
-      hint: 'qtune reads llama and qwen2 GGUF models',
+      hint: `qtune reads ${GGUF_ARCHS.join(', ')} GGUF models`,
     });
   }
   const n = (key: string, def?: number): number | undefined => ggufGet(g, `${arch}.${key}`, 'number') ?? def;
@@ -286,7 +298,8 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
     out.set('tokenizer.ggml.scores', kv.f32s(scores));
   } else {
     out.set('tokenizer.ggml.model', kv.str('gpt2'));
-    out.set('tokenizer.ggml.pre', kv.str(c.model_type === 'qwen2' ? 'qwen2' : 'llama-bpe'));
+    // Qwen3 has Qwen2's pre-tokenizer, and llama.cpp's converter names it so
+    out.set('tokenizer.ggml.pre', kv.str(ggufArch(c) === 'llama' ? 'llama-bpe' : 'qwen2'));
     out.set('tokenizer.ggml.merges', kv.strings(merges));
   }
   out.set('tokenizer.ggml.tokens', kv.strings(tokens));
@@ -306,7 +319,7 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
 }
 
 /**
- * Writes a model as GGUF (architecture `llama` or `qwen2`), each tensor in its stored type, or
+ * Writes a model as GGUF (architecture {@link ggufArch}), each tensor in its stored type, or
  * converted to `dtype` when given (norms stay f32).
  */
 export function writeLlamaGguf(
@@ -316,7 +329,7 @@ export function writeLlamaGguf(
   o: { dtype?: DType; name?: string } = {},
 ): void {
   const c = model.config;
-  const arch = c.model_type === 'qwen2' ? 'qwen2' : 'llama';
+  const arch = ggufArch(c);
   const meta = new Map<string, GgufKv>([
     ['general.architecture', kv.str(arch)],
     ['general.name', kv.str(o.name ?? 'qtune model')],

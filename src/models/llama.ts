@@ -1,8 +1,9 @@
 /**
- * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral and Qwen2/2.5.
+ * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5 and Qwen3.
  *
  *   x = embed_tokens[ids]
  *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
+ *               (Qwen3: q and k normed per head first, rope(rms(q_h)·q_norm), rope(rms(k_h)·k_norm))
  *               x += down_proj(silu(gate_proj(n)) · up_proj(n))                          n = rms(x)·post_attention_layernorm
  *   logits = lm_head(rms(x)·norm)          (lm_head = embed_tokens when tie_word_embeddings)
  *
@@ -61,6 +62,10 @@ export function llamaWeights(c: LlamaConfig): WeightSpec[] {
       w.push({ name: `${p}.self_attn.q_proj.bias`, shape: [c.num_attention_heads * hd], role: 'bias' });
       w.push({ name: `${p}.self_attn.k_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
       w.push({ name: `${p}.self_attn.v_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
+    }
+    if (c.qk_norm) {
+      w.push({ name: `${p}.self_attn.q_norm.weight`, shape: [hd], role: 'norm' });
+      w.push({ name: `${p}.self_attn.k_norm.weight`, shape: [hd], role: 'norm' });
     }
     w.push({
       name: `${p}.self_attn.o_proj.weight`,
@@ -481,8 +486,13 @@ export class LlamaModel {
     const H = c.num_attention_heads;
     const Hkv = c.num_key_value_heads;
     const hd = c.head_dim;
-    const proj = (name: 'q' | 'k' | 'v', heads: number) =>
-      reshape(this.project(`${p}.${name}_proj`, n, a.hook), [B, T, heads, hd]);
+    const proj = (name: 'q' | 'k' | 'v', heads: number): Tensor => {
+      const x = reshape(this.project(`${p}.${name}_proj`, n, a.hook), [B, T, heads, hd]);
+      // Qwen3: an RMSNorm over each head's hd values (ggml normalises the innermost axis)
+      return c.qk_norm && name !== 'v'
+        ? mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.${name}_norm.weight`))
+        : x;
+    };
     const q = permute(rope(proj('q', H), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, H, T, hd)
     let k = permute(rope(proj('k', Hkv), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, Hkv, T, hd)
     let v = permute(proj('v', Hkv), [0, 2, 1, 3]); // (B, Hkv, T, hd)

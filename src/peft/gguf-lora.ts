@@ -2,7 +2,7 @@
  * LoRA adapters as GGUF, the file llama.cpp loads with `llama_adapter_lora_init` (and
  * `llama-cli --lora`), laid out as llama.cpp's `convert_lora_to_gguf.py` writes it:
  *
- * - metadata `general.type = "adapter"`, `general.architecture` (`llama` or `qwen2`, as the base
+ * - metadata `general.type = "adapter"`, `general.architecture` (`llama`, `qwen2` or `qwen3`, as the base
  *   model's GGUF), `adapter.type = "lora"`, `adapter.lora.alpha` (f32);
  * - per module, `<base GGUF tensor>.lora_a` with ggml dims `[in, r]` (torch `[r, in]`) and
  *   `<base GGUF tensor>.lora_b` with dims `[r, out]` (torch `[out, r]`), e.g. `blk.0.attn_q.weight.lora_a`;
@@ -34,7 +34,7 @@ import {
   type GgufTensorToWrite,
 } from '../io/gguf.js';
 import type { LlamaConfig } from '../models/config.js';
-import { ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
+import { ggufArch, ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
 import {
   loraScale,
   mostCommon,
@@ -46,11 +46,6 @@ import {
 
 function bytesOf(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
-/** The GGUF architecture name of a config, as {@link writeLlamaGguf} writes the base model. */
-function ggufArch(c: LlamaConfig): 'llama' | 'qwen2' {
-  return c.model_type === 'qwen2' ? 'qwen2' : 'llama';
 }
 
 /**
