@@ -52,6 +52,16 @@ CONFIGS = {
                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
                           rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
                           rope_scaling=None, attention_bias=False),
+    # Mistral's sliding window, shorter than the sequence: query i sees keys i-4 .. i
+    'mistral_sliding_window': dict(model_type='mistral', vocab_size=256, hidden_size=64, intermediate_size=160,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                   rope_theta=10000.0, max_position_embeddings=128, tie_word_embeddings=False,
+                                   rope_scaling=None, sliding_window=5),
+    # Qwen2 with use_sliding_window: layers from max_window_layers on use the window, layer 0 attends fully
+    'qwen2_window_layers': dict(model_type='qwen2', vocab_size=256, hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
+                                rope_scaling=None, use_sliding_window=True, sliding_window=4, max_window_layers=1),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
@@ -129,6 +139,10 @@ def forward(c, w, lora, ids):
     emb = torch.cat((ang, ang), dim=-1)
     cos, sin = emb.cos(), emb.sin()
     mask = torch.full((T, T), float('-inf')).triu(1)
+    # HF's sliding-window overlay: key j is seen by query i when j > i - sliding_window
+    window = c.get('sliding_window') if c['model_type'] == 'mistral' or c.get('use_sliding_window') else None
+    window_mask = mask if window is None else mask.masked_fill(torch.arange(T)[None, :] <= torch.arange(T)[:, None] - window, float('-inf'))
+    first_window_layer = c.get('max_window_layers', 0) if c['model_type'] != 'mistral' else 0
 
     def lin(x, name):
         y = x @ w[f'{name}.weight'].T
@@ -162,7 +176,8 @@ def forward(c, w, lora, ids):
         k = k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1)
+        m = window_mask if i >= first_window_layer else mask
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + m, dim=-1)
         o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
         x = x + lin(o, f'{p}.self_attn.o_proj')
         n = rms_norm(x, w[f'{p}.post_attention_layernorm.weight'], c['rms_norm_eps'])
@@ -218,7 +233,7 @@ def main(only):
         os.makedirs(d, exist_ok=True)
         cfg = dict(c, head_dim=head_dim(c), hidden_act='silu', torch_dtype='float32')
         if c['model_type'] in ('qwen2', 'qwen3'):
-            cfg['use_sliding_window'] = False
+            cfg.setdefault('use_sliding_window', False)
         json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'), indent=2)
         write_safetensors(os.path.join(d, 'model.safetensors'), w)
         lora_tensors, grad_tensors = {}, {}

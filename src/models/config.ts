@@ -50,8 +50,14 @@ export interface LlamaConfig {
   attention_bias: boolean;
   /** An RMSNorm (weights `q_norm`, `k_norm` of `[head_dim]`) over each query and key head before RoPE (Qwen3). */
   qk_norm: boolean;
-  /** Mistral's attention window; null when attention is full. */
+  /**
+   * The attention window: a query sees the `sliding_window` keys up to itself (HF's
+   * `kv_idx > q_idx - sliding_window`). Null when attention is full (Qwen2/3 unless
+   * `use_sliding_window`).
+   */
   sliding_window: number | null;
+  /** Layers below this one attend fully, the rest through the window (Qwen2/3; 0 for Mistral). */
+  max_window_layers: number;
   bos_token_id: number | null;
   eos_token_id: number[];
   pad_token_id: number | null;
@@ -169,7 +175,9 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     rope_scaling: ropeScaling,
     attention_bias: modelType === 'qwen2' || j['attention_bias'] === true,
     qk_norm: modelType === 'qwen3',
-    sliding_window: typeof window === 'number' ? window : null,
+    sliding_window:
+      window === undefined || window === null ? null : num(j, 'sliding_window', { int: true, min: 1 }),
+    max_window_layers: qwen ? num(j, 'max_window_layers', { int: true, min: 0, def: 28 }) : 0,
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
     pad_token_id: pad[0] ?? null,

@@ -13,7 +13,7 @@
  */
 import type { Backend } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';
-import { ConfigError, QtuneError } from '../errors.js';
+import { QtuneError } from '../errors.js';
 import { checkpoint } from '../tensor/checkpoint.js';
 import type { Graph } from '../tensor/graph.js';
 import { add, mul } from '../tensor/ops/elementwise.js';
@@ -161,6 +161,20 @@ export interface ForwardOptions {
    * persistent copy of it (in the matmul type, with its transposed copy). Wins over `headDType`.
    */
   headWeight?: Tensor;
+}
+
+/**
+ * The sliding window's additive mask `[T, start + T]`: query `start + t` sees key `k` when
+ * `start + t - W < k` (the causal part is the softmax's own), else -Infinity.
+ */
+export function slidingWindowMask(start: number, T: number, W: number): Float32Array {
+  const total = start + T;
+  const m = new Float32Array(T * total);
+  for (let t = 0; t < T; t++) {
+    const first = start + t - W + 1; // the first key the query sees
+    for (let k = 0; k < first && k < total; k++) m[t * total + k] = -Infinity;
+  }
+  return m;
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -356,14 +370,6 @@ export class LlamaModel {
     const [B, T] = ids.shape as [number, number];
     const start = o.start ?? o.cache?.length ?? 0;
     const total = start + T;
-    if (c.sliding_window !== null && total > c.sliding_window) {
-      throw new ConfigError(
-        `${total} tokens exceed the model's sliding_window of ${c.sliding_window}; qtune does not implement windowed attention`,
-        {
-          hint: `keep prompt and generation under ${c.sliding_window} tokens`,
-        },
-      );
-    }
     if (o.checkpoint === true && o.cache !== undefined)
       throw new QtuneError(
         'INVALID_ARGUMENT',
@@ -408,6 +414,15 @@ export class LlamaModel {
               'rope_freqs',
             )
           : null;
+      // the sliding window as an additive mask, on the layers it applies to, when a query would
+      // otherwise see keys beyond it
+      const W = c.sliding_window;
+      const windowed =
+        W !== null && total > W
+          ? g.constant(slidingWindowMask(start, T, W), [T, total], 'sliding_window_mask')
+          : null;
+      const windowMask =
+        windowed === null ? undefined : o.mask === undefined ? windowed : add(o.mask, windowed);
       const ropeOpts = {
         mode: 'neox' as const,
         base: c.rope_theta,
@@ -431,7 +446,7 @@ export class LlamaModel {
               ropeOpts,
               cache: o.cache,
               hook: o.linear,
-              mask: o.mask,
+              mask: i >= c.max_window_layers && windowMask !== undefined ? windowMask : o.mask,
             }),
           );
           const n2 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
