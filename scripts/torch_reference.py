@@ -13,9 +13,9 @@ tests/fixtures/lora-parity/<case>/ (lora, rslora, dora, patterns; the llama_gqa 
   adapter.safetensors                         <module>.lora_A, .lora_B (and DoRA's .lora_magnitude)
   grads.safetensors                           d(loss)/d(each of them)
 
-The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 / modeling_qwen3 (RMSNorm,
+The model is written here from the math of Hugging Face's modeling_llama / _qwen2 / _qwen3 / _mistral / _smollm3 (RMSNorm,
 rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
-softmax, SwiGLU, Qwen3's per-head q/k RMSNorm), in float64 for the reference values, independently of qtune.
+softmax, SwiGLU, Qwen3's per-head q/k RMSNorm, sliding windows, SmolLM3's NoPE layers), in float64 for the reference values, independently of qtune.
 
 Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py && npx prettier --write tests/fixtures
 (or name the parity configurations to write only those: scripts/torch_reference.py qwen3_qk_norm)
@@ -62,6 +62,11 @@ CONFIGS = {
                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
                                 rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
                                 rope_scaling=None, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    # SmolLM3: no RoPE in every fourth layer (HF's default no_rope_layers, written out), tied
+    'smollm3_nope': dict(model_type='smollm3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=5000000.0,
+                         max_position_embeddings=128, tie_word_embeddings=True, rope_scaling=None,
+                         attention_bias=False, no_rope_layers=[1, 1, 1, 0]),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
@@ -172,8 +177,9 @@ def forward(c, w, lora, ids):
         if c['model_type'] == 'qwen3':  # Qwen3Attention: q_norm/k_norm over each head's hd values
             q = rms_norm(q, w[f'{p}.self_attn.q_norm.weight'], c['rms_norm_eps'])
             k = rms_norm(k, w[f'{p}.self_attn.k_norm.weight'], c['rms_norm_eps'])
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if c.get('no_rope_layers', [1] * c['num_hidden_layers'])[i]:  # SmolLM3's NoPE layers skip it
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
         m = window_mask if i >= first_window_layer else mask
@@ -232,7 +238,7 @@ def main(only):
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
         cfg = dict(c, head_dim=head_dim(c), hidden_act='silu', torch_dtype='float32')
-        if c['model_type'] in ('qwen2', 'qwen3'):
+        if c['model_type'] in ('qwen2', 'qwen3', 'smollm3'):
             cfg.setdefault('use_sliding_window', False)
         json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'), indent=2)
         write_safetensors(os.path.join(d, 'model.safetensors'), w)

@@ -2,12 +2,13 @@
  * The Llama-family configuration, with the field names of Hugging Face's `config.json`, read and
  * validated once. Llama 2/3/3.1/3.2, TinyLlama and SmolLM are `llama`; Mistral is `mistral`; Qwen2 and
  * Qwen2.5 are `qwen2` (biases on q, k and v); Qwen3 is `qwen3` (an RMSNorm over each query and key
- * head before RoPE, no biases). Anything qtune does not implement is refused by name.
+ * head before RoPE, no biases); SmolLM3 is `smollm3` (layers without RoPE, `no_rope_layers`). Anything
+ * qtune does not implement is refused by name.
  */
 import { ConfigError } from '../errors.js';
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3';
-export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2', 'qwen3'];
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3';
+export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2', 'qwen3', 'smollm3'];
 
 /** The Hugging Face class name of each model type (config.json's `architectures`). */
 export const ARCHITECTURES: Record<ModelType, string> = {
@@ -15,6 +16,7 @@ export const ARCHITECTURES: Record<ModelType, string> = {
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
+  smollm3: 'SmolLM3ForCausalLM',
 };
 
 export interface Llama3RopeScaling {
@@ -58,6 +60,11 @@ export interface LlamaConfig {
   sliding_window: number | null;
   /** Layers below this one attend fully, the rest through the window (Qwen2/3; 0 for Mistral). */
   max_window_layers: number;
+  /**
+   * SmolLM3's per-layer RoPE switch, HF's name and meaning: 1 where a layer applies RoPE, 0 where it
+   * does not (NoPE). Null: every layer applies it.
+   */
+  no_rope_layers: number[] | null;
   bos_token_id: number | null;
   eos_token_id: number[];
   pad_token_id: number | null;
@@ -95,12 +102,30 @@ function tokenIds(v: unknown, key: string): number[] {
   return arr as number[];
 }
 
+/**
+ * SmolLM3's `no_rope_layers` (1 = RoPE, 0 = none), or, when absent, HF's default from
+ * `no_rope_layer_interval` (4): every fourth layer without RoPE.
+ */
+function noRopeLayers(j: Json, layers: number): number[] {
+  const v = j['no_rope_layers'];
+  if (v === undefined || v === null) {
+    const every = num(j, 'no_rope_layer_interval', { int: true, min: 1, def: 4 });
+    return Array.from({ length: layers }, (_, i) => ((i + 1) % every === 0 ? 0 : 1));
+  }
+  if (!Array.isArray(v) || v.length !== layers || !v.every((x) => x === 0 || x === 1))
+    throw new ConfigError(
+      `config.json: no_rope_layers = ${JSON.stringify(v).slice(0, 80)} is not a list of ${layers} zeros and ones`,
+      { hint: 'one entry per layer: 1 where the layer applies RoPE, 0 where it does not' },
+    );
+  return v as number[];
+}
+
 /** Parses and validates a `config.json` object. */
 export function parseLlamaConfig(j: Json): LlamaConfig {
   const modelType = j['model_type'];
   if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
-      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3)`,
+      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3, SmolLM3)`,
     });
   }
   const act = j['hidden_act'] ?? 'silu';
@@ -152,7 +177,8 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
       });
     }
   }
-  const qwen = modelType === 'qwen2' || modelType === 'qwen3';
+  const qwen = modelType === 'qwen2' || modelType === 'qwen3' || modelType === 'smollm3';
+  const layers = num(j, 'num_hidden_layers', { int: true, min: 1 });
   const window =
     modelType === 'mistral' || (qwen && j['use_sliding_window'] === true) ? j['sliding_window'] : null;
   const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
@@ -164,7 +190,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     vocab_size: num(j, 'vocab_size', { int: true, min: 1, max: 2 ** 31 - 1 }),
     hidden_size: hidden,
     intermediate_size: num(j, 'intermediate_size', { int: true, min: 1 }),
-    num_hidden_layers: num(j, 'num_hidden_layers', { int: true, min: 1 }),
+    num_hidden_layers: layers,
     num_attention_heads: heads,
     num_key_value_heads: kvHeads,
     head_dim: headDim,
@@ -178,6 +204,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     sliding_window:
       window === undefined || window === null ? null : num(j, 'sliding_window', { int: true, min: 1 }),
     max_window_layers: qwen ? num(j, 'max_window_layers', { int: true, min: 0, def: 28 }) : 0,
+    no_rope_layers: modelType === 'smollm3' ? noRopeLayers(j, layers) : null,
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
     pad_token_id: pad[0] ?? null,
@@ -205,7 +232,9 @@ export function configToJson(c: LlamaConfig): Json {
     rope_scaling: c.rope_scaling,
     torch_dtype: c.torch_dtype ?? 'float32',
   };
-  if (c.model_type === 'llama' || c.model_type === 'qwen3') j['attention_bias'] = c.attention_bias;
+  if (c.model_type === 'llama' || c.model_type === 'qwen3' || c.model_type === 'smollm3')
+    j['attention_bias'] = c.attention_bias;
+  if (c.no_rope_layers !== null) j['no_rope_layers'] = c.no_rope_layers;
   if (c.sliding_window !== null) j['sliding_window'] = c.sliding_window;
   if (c.model_type === 'qwen2' || c.model_type === 'qwen3')
     j['use_sliding_window'] = c.sliding_window !== null;

@@ -88,17 +88,24 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
 }
 
 /** The GGUF architectures qtune reads and writes. */
-export type GgufArch = 'llama' | 'qwen2' | 'qwen3';
-const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3'];
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3'];
+
+/** llama.cpp's SmolLM3 leaves RoPE out of every layer `i` with `(i + 1) % 4 == 0`, and stores no list. */
+const SMOLLM3_NO_ROPE_STEP = 4;
 
 /** llama.cpp's architecture name for a config (Mistral is `llama`, as llama.cpp's converter writes it). */
 export function ggufArch(c: LlamaConfig): GgufArch {
   return c.model_type === 'mistral' ? 'llama' : c.model_type;
 }
 
-/** The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama`), or null. */
+/**
+ * The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama` and
+ * `smollm3`, whose RoPE is llama.cpp's normal one), or null.
+ */
 export function ropeHeads(c: LlamaConfig, hfName: string): number | null {
-  if (ggufArch(c) !== 'llama') return null;
+  const arch = ggufArch(c);
+  if (arch !== 'llama' && arch !== 'smollm3') return null;
   if (/\.self_attn\.q_proj\.(weight|bias)$/.test(hfName)) return c.num_attention_heads;
   if (/\.self_attn\.k_proj\.(weight|bias)$/.test(hfName)) return c.num_key_value_heads;
   return null;
@@ -168,6 +175,7 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     // rope scaling and the sliding window as the HF config had them
     const extra = jsonObject(g, 'qtune.hf_config', hfConfig);
     for (const k of [
+      'no_rope_layers',
       'rope_scaling',
       'sliding_window',
       'use_sliding_window',
@@ -299,8 +307,9 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
     out.set('tokenizer.ggml.scores', kv.f32s(scores));
   } else {
     out.set('tokenizer.ggml.model', kv.str('gpt2'));
-    // Qwen3 has Qwen2's pre-tokenizer, and llama.cpp's converter names it so
-    out.set('tokenizer.ggml.pre', kv.str(ggufArch(c) === 'llama' ? 'llama-bpe' : 'qwen2'));
+    // Qwen3 has Qwen2's pre-tokenizer, and llama.cpp's converter names it so; SmolLM3 has Llama 3's
+    const arch = ggufArch(c);
+    out.set('tokenizer.ggml.pre', kv.str(arch === 'qwen2' || arch === 'qwen3' ? 'qwen2' : 'llama-bpe'));
     out.set('tokenizer.ggml.merges', kv.strings(merges));
   }
   out.set('tokenizer.ggml.tokens', kv.strings(tokens));
@@ -331,6 +340,12 @@ export function writeLlamaGguf(
 ): void {
   const c = model.config;
   const arch = ggufArch(c);
+  const nope = c.no_rope_layers;
+  if (nope !== null && nope.some((r, i) => r !== ((i + 1) % SMOLLM3_NO_ROPE_STEP === 0 ? 0 : 1)))
+    throw new ConfigError(
+      `${file}: no_rope_layers ${JSON.stringify(nope)} is not llama.cpp's pattern (no RoPE in every ${SMOLLM3_NO_ROPE_STEP}th layer)`,
+      { hint: 'llama.cpp would run another model; save a Hugging Face folder instead' },
+    );
   const meta = new Map<string, GgufKv>([
     ['general.architecture', kv.str(arch)],
     ['general.name', kv.str(o.name ?? 'qtune model')],
@@ -355,6 +370,7 @@ export function writeLlamaGguf(
           sliding_window: c.sliding_window,
           use_sliding_window: c.sliding_window !== null,
           max_window_layers: c.max_window_layers,
+          no_rope_layers: c.no_rope_layers,
           eos_token_id: c.eos_token_id,
           torch_dtype: c.torch_dtype,
         }),

@@ -1,5 +1,6 @@
 /**
- * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5 and Qwen3.
+ * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3 and
+ * SmolLM3 (whose `no_rope_layers` leave RoPE out of some layers).
  *
  *   x = embed_tokens[ids]
  *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
@@ -508,8 +509,11 @@ export class LlamaModel {
         ? mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.${name}_norm.weight`))
         : x;
     };
-    const q = permute(rope(proj('q', H), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, H, T, hd)
-    let k = permute(rope(proj('k', Hkv), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, Hkv, T, hd)
+    // SmolLM3's NoPE layers attend without positions
+    const withRope = (x: Tensor): Tensor =>
+      c.no_rope_layers?.[layer] === 0 ? x : rope(x, a.positions, a.ropeOpts);
+    const q = permute(withRope(proj('q', H)), [0, 2, 1, 3]); // (B, H, T, hd)
+    let k = permute(withRope(proj('k', Hkv)), [0, 2, 1, 3]); // (B, Hkv, T, hd)
     let v = permute(proj('v', Hkv), [0, 2, 1, 3]); // (B, Hkv, T, hd)
     if (a.cache !== undefined) {
       const kc = a.cache.store.get(`k${layer}`);

