@@ -77,8 +77,8 @@ export const TRAIN_OPTIONS = {
   lora_dropout: { kind: 'number', default: 0, min: 0, max: 0.99, help: 'dropout on the adapter input' },
   lora_target_modules: {
     kind: 'list',
-    default: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-    help: 'modules to adapt: short names or globs over full names',
+    default: [],
+    help: "modules to adapt: short names or globs over full names (default, or all-linear: every linear layer of the model's blocks)",
   },
   use_rslora: { kind: 'boolean', default: false, help: 'scale by alpha/sqrt(r) (rsLoRA)' },
   dataset: {

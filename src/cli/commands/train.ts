@@ -98,7 +98,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
       rank: c.lora_rank,
       alpha: c.lora_alpha,
       dropout: c.lora_dropout,
-      targetModules: c.lora_target_modules,
+      ...(c.lora_target_modules.length === 0 ? {} : { targetModules: c.lora_target_modules }),
       rsLora: c.use_rslora,
     },
     precision: c.precision as TrainerOptions['precision'] & string,
