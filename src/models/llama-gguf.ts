@@ -49,19 +49,34 @@ const GLOBAL_NAMES: [string, string][] = [
   ['lm_head.weight', 'output.weight'],
 ];
 
+/** Phi-3's fused layers: llama.cpp's `attn_qkv`, and `ffn_up` holding gate and up (gate first). */
+const FUSED_LAYER_NAMES: [string, string][] = [
+  ['self_attn.qkv_proj.weight', 'attn_qkv.weight'],
+  ['mlp.gate_up_proj.weight', 'ffn_up.weight'],
+];
+
+/** The per-layer name pairs of a config: Phi-3's fused layers replace their separate ones. */
+function layerNames(fused: boolean): [string, string][] {
+  return fused ? [...FUSED_LAYER_NAMES, ...LAYER_NAMES] : LAYER_NAMES;
+}
+
 /** The GGUF name of a Hugging Face checkpoint name. */
 export function hfToGgufName(name: string): string {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === hf) return gg;
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
+  if (m !== null) for (const [hf, gg] of layerNames(true)) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
   throw new QtuneError('INVALID_ARGUMENT', `no GGUF name for tensor ${name}`);
 }
 
-/** The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs). */
-export function ggufToHfName(name: string): string | null {
+/**
+ * The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs).
+ * `fused`: the file is Phi-3's (its `ffn_up` is the fused gate_up_proj).
+ */
+export function ggufToHfName(name: string, fused = false): string | null {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === gg) return hf;
   const m = /^blk\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
+  if (m !== null)
+    for (const [hf, gg] of layerNames(fused)) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
   return null;
 }
 
@@ -88,8 +103,8 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
 }
 
 /** The GGUF architectures qtune reads and writes. */
-export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3';
-const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3'];
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3'];
 
 /** llama.cpp's SmolLM3 leaves RoPE out of every layer `i` with `(i + 1) % 4 == 0`, and stores no list. */
 const SMOLLM3_NO_ROPE_STEP = 4;
@@ -136,7 +151,7 @@ const GGUF_CONFIG_KEYS: Record<string, string> = {
   max_position_embeddings: 'context_length',
 };
 
-/** The config of a GGUF model (architectures `llama`, `qwen2` and `qwen3`). */
+/** The config of a GGUF model (the architectures of {@link GgufArch}). */
 export function ggufToConfig(g: GgufFile): LlamaConfig {
   const arch = ggufGet(g, 'general.architecture', 'string');
   if (!(GGUF_ARCHS as readonly unknown[]).includes(arch)) {
@@ -170,6 +185,11 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     eos_token_id: ggufGet(g, 'tokenizer.ggml.eos_token_id', 'number'),
     pad_token_id: ggufGet(g, 'tokenizer.ggml.padding_token_id', 'number'),
   };
+  const ropeDims = n('rope.dimension_count');
+  if (ropeDims !== undefined && typeof j['head_dim'] === 'number' && ropeDims !== j['head_dim'])
+    j['partial_rotary_factor'] = ropeDims / j['head_dim'];
+  const window = n('attention.sliding_window');
+  if (window !== undefined) j['sliding_window'] = window;
   const hfConfig = ggufGet(g, 'qtune.hf_config', 'string');
   if (hfConfig !== undefined) {
     // rope scaling and the sliding window as the HF config had them
@@ -190,10 +210,13 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     const scaling = ggufGet(g, `${arch}.rope.scaling.type`, 'string');
     if (scaling === 'linear')
       j['rope_scaling'] = { rope_type: 'linear', factor: n('rope.scaling.factor', 1) };
-    else if (g.tensors.has('rope_freqs.weight')) {
-      throw new ConfigError(`${g.path}: llama3 rope scaling stored only as rope_freqs is not read yet`, {
-        hint: 'convert from the Hugging Face folder, or put its config.json beside the GGUF file',
-      });
+    else if (g.tensors.has('rope_freqs.weight') || g.tensors.has('rope_factors_long.weight')) {
+      throw new ConfigError(
+        `${g.path}: rope scaling stored only as rope_freqs/rope_factors is not read yet`,
+        {
+          hint: 'convert from the Hugging Face folder, or put its config.json beside the GGUF file',
+        },
+      );
     }
   }
   try {
@@ -358,7 +381,7 @@ export function writeLlamaGguf(
     [`${arch}.attention.head_count_kv`, kv.u32(c.num_key_value_heads)],
     [`${arch}.attention.key_length`, kv.u32(c.head_dim)],
     [`${arch}.attention.value_length`, kv.u32(c.head_dim)],
-    [`${arch}.rope.dimension_count`, kv.u32(c.head_dim)],
+    [`${arch}.rope.dimension_count`, kv.u32(c.rope_dims)],
     [`${arch}.attention.layer_norm_rms_epsilon`, kv.f32(c.rms_norm_eps)],
     [`${arch}.rope.freq_base`, kv.f32(c.rope_theta)],
     [
@@ -381,9 +404,23 @@ export function writeLlamaGguf(
     meta.set(`${arch}.rope.scaling.type`, kv.str('linear'));
     meta.set(`${arch}.rope.scaling.factor`, kv.f32(c.rope_scaling.factor));
   }
+  if (c.sliding_window !== null) meta.set(`${arch}.attention.sliding_window`, kv.u32(c.sliding_window));
   for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
 
   const tensors: GgufTensorToWrite[] = [];
+  if (c.rope_scaling?.rope_type === 'longrope') {
+    // llama.cpp's LongRoPE: both factor lists as tensors, the attention factor and the original context
+    const rs = c.rope_scaling;
+    meta.set(`${arch}.rope.scaling.attn_factor`, kv.f32(rs.attention_factor));
+    meta.set(`${arch}.rope.scaling.original_context_length`, kv.u32(rs.original_max_position_embeddings));
+    for (const [name, f] of [
+      ['rope_factors_long.weight', rs.long_factor],
+      ['rope_factors_short.weight', rs.short_factor],
+    ] as const) {
+      const data = Float32Array.from(f);
+      tensors.push({ name, shape: [f.length], dtype: 'f32', data: new Uint8Array(data.buffer) });
+    }
+  }
   for (const t of model.tensors()) {
     let bytes = t.store!.readBytes(t);
     let dtype = t.dtype;

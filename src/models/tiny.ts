@@ -22,7 +22,7 @@ import { llamaWeights } from './llama.js';
 export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3';
 export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3'];
 
-export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3';
+export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
 
 /**
  * What each family's tiny model is like by default, as the real models of the family are: its
@@ -51,6 +51,12 @@ export const TINY_FAMILIES: Record<
     tied: true,
     headDimFactor: 1,
     about: 'no RoPE in every 4th layer, tied, as SmolLM3-3B; Llama 3 tokenizer stands in',
+  },
+  phi3: {
+    tokenizer: 'llama2', // Phi-3's vocabulary is Llama 2's plus its chat tokens, which this one lacks
+    tied: false,
+    headDimFactor: 1,
+    about: 'fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer stands in',
   },
 };
 
