@@ -18,6 +18,7 @@ import { FROZEN_COPIES } from '../train/frozen.js';
 import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
+import { closestName } from '../util/names.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
 
@@ -316,28 +317,6 @@ export function parseSize(v: unknown): number {
   return n > 0 ? Math.round(n) : NaN;
 }
 
-function closest(key: string): string | undefined {
-  const dist = (a: string, b: string): number => {
-    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
-    for (let j = 1; j <= b.length; j++) d[0]![j] = j;
-    for (let i = 1; i <= a.length; i++)
-      for (let j = 1; j <= b.length; j++)
-        d[i]![j] = Math.min(
-          d[i - 1]![j]! + 1,
-          d[i]![j - 1]! + 1,
-          d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
-        );
-    return d[a.length]![b.length]!;
-  };
-  let best: string | undefined;
-  let bestD = 4;
-  for (const k of Object.keys(SPECS)) {
-    const d = dist(key, k);
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return best;
-}
-
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
 function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean): unknown {
   const bad = (why: string, fix: string): never => {
@@ -457,7 +436,7 @@ export function resolveTrainConfig(
     for (const [k, v] of Object.entries(values)) {
       const spec = Object.hasOwn(SPECS, k) ? SPECS[k] : undefined; // not inherited names (constructor)
       if (spec === undefined) {
-        const near = closest(k);
+        const near = closestName(k, Object.keys(SPECS));
         const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
         throw new ConfigError(`${source === 'flag' ? `--${shown}` : shown}: unknown option`, {
           hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,

@@ -4,6 +4,7 @@
  * step and of a whole run.
  */
 import { ConfigError } from '../errors.js';
+import { closestName, nameKey } from '../util/names.js';
 import { PADDINGS, type Padding } from '../data/batches.js';
 import type { Example } from '../data/example.js';
 import type { GradScaler, GradScalerOptions } from '../optim/grad-scaler.js';
@@ -159,6 +160,105 @@ export interface TrainResult {
 /** Trainer.create's options: the model's preparation and the trainer's, given once. */
 export type CreateOptions = TrainerOptions & Omit<PrepareOptions, 'trainType'>;
 
+/** Every key of {@link CreateOptions} (the constructor takes them too: create passes its options on). */
+const OPTION_NAMES: Record<keyof CreateOptions, true> = {
+  trainType: true,
+  quantization: true,
+  precision: true,
+  backend: true,
+  devices: true,
+  lora: true,
+  batchSize: true,
+  gradientAccumulationSteps: true,
+  epochs: true,
+  maxSteps: true,
+  gradientCheckpointing: true,
+  frozenWeightCopies: true,
+  quantComputeDType: true,
+  crossEntropyChunk: true,
+  padding: true,
+  groupByLength: true,
+  maxGradNorm: true,
+  optimizer: true,
+  schedule: true,
+  evalEvery: true,
+  evalExamples: true,
+  saveEvery: true,
+  outputDir: true,
+  seed: true,
+  lossScale: true,
+  onLog: true,
+  profile: true,
+  comm: true,
+};
+const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
+  rank: true,
+  alpha: true,
+  dropout: true,
+  targetModules: true,
+  rankPattern: true,
+  alphaPattern: true,
+  rsLora: true,
+};
+const LOSS_SCALE_NAMES: Record<keyof GradScalerOptions, true> = { initial: true, growthInterval: true };
+const PROFILE_NAMES: Record<keyof ProfileOptions, true> = { step: true };
+
+/** Names from PEFT, TRL and Axolotl configs that are a nested option here (by {@link nameKey}). */
+const NESTED_HOMES: Record<string, string> = {
+  lr: 'optimizer: { lr }',
+  learningrate: 'optimizer: { lr }',
+  weightdecay: 'optimizer: { weight_decay }',
+  warmupsteps: 'schedule: { warmup_steps }',
+  warmupratio: 'schedule: { warmup_ratio }',
+  lrscheduler: 'schedule: { name }',
+  lrschedulertype: 'schedule: { name }',
+  numepochs: 'epochs',
+  numtrainepochs: 'epochs',
+  microbatchsize: 'batchSize',
+  perdevicetrainbatchsize: 'batchSize',
+  lorar: 'lora: { rank }',
+  lorarank: 'lora: { rank }',
+  loraalpha: 'lora: { alpha }',
+  loradropout: 'lora: { dropout }',
+  loratargetmodules: 'lora: { targetModules }',
+};
+
+/**
+ * Refuses a key the options do not have, at the top or in `lora`, `lossScale` or `profile` (the
+ * optimizer's and schedule's are checked by their builders), naming the key and the closest known
+ * one: a misspelt `maxStep` would otherwise train a whole epoch.
+ */
+export function checkOptionNames(o: object): void {
+  checkNames('', o, OPTION_NAMES);
+  const nested = o as TrainerOptions;
+  if (isRecord(nested.lora)) checkNames('lora.', nested.lora, LORA_NAMES);
+  if (isRecord(nested.lossScale)) checkNames('lossScale.', nested.lossScale, LOSS_SCALE_NAMES);
+  if (isRecord(nested.profile)) checkNames('profile.', nested.profile, PROFILE_NAMES);
+}
+
+function isRecord(v: unknown): v is object {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function checkNames(where: string, o: object, known: Record<string, true>): void {
+  for (const [key, value] of Object.entries(o)) {
+    if (value === undefined || Object.hasOwn(known, key)) continue;
+    const near = closestName(key, Object.keys(known));
+    const home = where === '' ? NESTED_HOMES[nameKey(key)] : undefined;
+    // a PEFT/Axolotl name that lives in a nested option beats a near miss (`lr` is not `lora`)
+    const hint =
+      home !== undefined
+        ? `give it as ${home}`
+        : near !== undefined
+          ? `did you mean ${where}${near}?`
+          : `${where === '' ? 'the options are' : `${where.slice(0, -1)} takes`} ${Object.keys(known).join(', ')}`;
+    throw new ConfigError(`${where}${key}: unknown trainer option`, {
+      hint,
+      details: { field: `${where}${key}`, value },
+    });
+  }
+}
+
 /** A step's micro-batches: lists of examples, each at most the micro-batch size. */
 export type MicroBatches = readonly (readonly Example[])[];
 
@@ -213,6 +313,7 @@ export interface Settings {
 
 /** Checks the options against the prepared model and each other, and fills in the defaults. */
 export function resolveSettings(prepared: PreparedModel, o: TrainerOptions): Settings {
+  checkOptionNames(o);
   const given = prepared.trainType;
   if (o.trainType !== undefined) {
     // the quantization is compared when it is given (a train type's default one may have been changed)

@@ -29,7 +29,7 @@ import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
-import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
+import { checkOptionNames, stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
@@ -97,6 +97,7 @@ export class Trainer {
 
   /** Loads `source` for the options' train type and precision and returns a trainer over it. */
   static async create(source: string, data: TrainData, o: CreateOptions): Promise<Trainer> {
+    checkOptionNames(o); // a misspelt option fails before the model is loaded
     if (o.trainType === undefined)
       throw new ConfigError('train_type: missing', { hint: 'give a train type, such as lora or qlora' });
     return new Trainer(await prepareModel(source, { ...o, trainType: o.trainType }), data, o);
