@@ -3,7 +3,7 @@
  * defaults once by {@link resolveSettings}; the {@link LogRecord}s of a run, and the results of a
  * step and of a whole run.
  */
-import { ConfigError } from '../errors.js';
+import { ConfigError, TrainingError } from '../errors.js';
 import { closestName, nameKey } from '../util/names.js';
 import { PADDINGS, type Padding } from '../data/batches.js';
 import type { Example } from '../data/example.js';
@@ -148,13 +148,22 @@ export interface StepResult {
   allreduceBytes: number;
 }
 
+/** What {@link Trainer.train} and {@link Trainer.trainAsync} are told for one run. */
+export interface RunOptions {
+  /** Stops the run at the next step boundary once aborted (AbortController's signal). */
+  signal?: AbortSignal;
+}
+
 export interface TrainResult {
+  /** The optimizer step reached (the run's last, unless it was aborted). */
   steps: number;
   losses: number[];
   evals: { step: number; loss: number; perplexity: number }[];
   memory: MemoryReport;
   tokensPerS: number;
   seconds: number;
+  /** A signal stopped the run before its last step. */
+  aborted: boolean;
 }
 
 /** Trainer.create's options: the model's preparation and the trainer's, given once. */
@@ -375,6 +384,54 @@ export function totalSteps(o: TrainerOptions, s: Settings, examples: number): nu
     throw new ConfigError(`num_epochs: ${epochs} must be positive`, { hint: 'use 1 or more' });
   const stepsPerEpoch = Math.max(1, Math.floor(examples / (s.batchSize * s.accumulation)));
   return Math.max(1, Math.ceil(epochs * stepsPerEpoch));
+}
+
+/**
+ * Refuses `what` in a data-parallel job: a signal (a rank that stopped alone would leave the others
+ * waiting in the next all-reduce), gradients() (each rank holds only its share).
+ */
+export function oneProcessOnly(comm: Collectives | null, what: string, hint: string): void {
+  if (comm !== null && comm.size > 1)
+    throw new ConfigError(`${what}: not available in a data-parallel job`, { hint });
+}
+
+/** Trainer.create's train type, which it must be given (to prepare the model for it). */
+export function requiredTrainType(o: CreateOptions): string {
+  if (o.trainType === undefined)
+    throw new ConfigError('train_type: missing', { hint: 'give a train type, such as lora or qlora' });
+  return o.trainType;
+}
+
+/** A micro-batch given to step() or gradients() that is larger than the graphs were built for. */
+export function microBatchError(examples: number, max: number, batchSize: number): ConfigError {
+  const what = max === batchSize ? 'batch_size' : "this rank's micro-batch size";
+  return new ConfigError(`a micro-batch of ${examples} examples exceeds ${what} ${max}`);
+}
+
+/** The error that stops a diverged run at `step`, naming the last good checkpoint. */
+export function divergedError(step: number, what: string, lastCheckpoint: string | null): TrainingError {
+  const last = lastCheckpoint === null ? '' : `; the last good checkpoint is ${lastCheckpoint}`;
+  return new TrainingError(`training stopped at step ${step}: ${what}${last}`, {
+    hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32',
+  });
+}
+
+/** Runs a loop that yields after every step to its end, without a pause. */
+export function runToEnd<T>(loop: Generator<void, T>): T {
+  for (;;) {
+    const r = loop.next();
+    if (r.done === true) return r.value;
+  }
+}
+
+/** Runs a loop that yields after every step to its end, letting the event loop run between steps. */
+export async function runYielding<T>(loop: Generator<void, T>): Promise<T> {
+  for (;;) {
+    const r = loop.next();
+    if (r.done === true) return r.value;
+    // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 function over(quantization: string | null): string {
