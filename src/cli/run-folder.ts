@@ -58,10 +58,26 @@ function readLock(file: string): LockInfo | null {
 function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (e) {
     return (e as { code?: unknown }).code === 'EPERM'; // alive, but another user's
   }
+  // a process that has ended but is not yet reaped (a zombie, on Linux) holds nothing
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^\d+ \(.*\) [ZX] /s.test(stat);
+  } catch {
+    return true;
+  }
+}
+
+/** Whether `pid` is still running after up to `ms` (a killed job's rank may take a moment to end). */
+function stillAlive(pid: number, ms: number): boolean {
+  const end = Date.now() + ms;
+  while (alive(pid)) {
+    if (Date.now() >= end) return true;
+    Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+  }
+  return false;
 }
 
 /**
@@ -83,7 +99,7 @@ export function lockOutputFolder(dir: string): () => void {
         throw fileSystemError(e, 'output_dir', dir);
       const held = readLock(file);
       // another machine's process cannot be looked at: its lock is taken for live
-      if (held !== null && (held.host !== mine.host || alive(held.pid)))
+      if (held !== null && (held.host !== mine.host || stillAlive(held.pid, 3000)))
         throw new ConfigError(
           `output_dir: ${dir} is in use by another qtune train (pid ${held.pid} on ${held.host}, since ${held.started})`,
           { hint: `wait for it to end, choose another output_dir, or remove ${file} if that run is gone` },
