@@ -19,6 +19,7 @@ import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
+import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
 
@@ -317,6 +318,26 @@ export function parseSize(v: unknown): number {
   return n > 0 ? Math.round(n) : NaN;
 }
 
+/**
+ * The ConfigError for a key no option (or alias) has: the qtune way to say another trainer's name
+ * (`adapter: lora` is `train_type: lora`), or the closest known option.
+ */
+function unknownOption(k: string, dash: string, given: unknown): ConfigError {
+  if (Object.hasOwn(TRAIN_POINTERS, k))
+    return new ConfigError(`${dash}${k}: unknown option`, {
+      hint: pointerHint(TRAIN_POINTERS[k]!, dash !== '', given),
+      details: { field: k },
+    });
+  const near = closestName(k, [...Object.keys(SPECS), ...Object.keys(TRAIN_ALIASES)]);
+  const option = near === undefined ? undefined : (TRAIN_ALIASES[near] ?? near);
+  const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
+  return new ConfigError(`${dash}${shown}: unknown option`, {
+    hint:
+      option === undefined ? 'see `qtune train --help` for the options' : `did you mean ${dash}${option}?`,
+    details: { field: k },
+  });
+}
+
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
 function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean): unknown {
   const bad = (why: string, fix: string): never => {
@@ -433,17 +454,26 @@ export function resolveTrainConfig(
     ['file', file],
     ['flag', flags],
   ] as const) {
+    const named = new Map<string, string>(); // option -> the name it was given under, in this source
     for (const [k, v] of Object.entries(values)) {
-      const spec = Object.hasOwn(SPECS, k) ? SPECS[k] : undefined; // not inherited names (constructor)
-      if (spec === undefined) {
-        const near = closestName(k, Object.keys(SPECS));
-        const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
-        throw new ConfigError(`${source === 'flag' ? `--${shown}` : shown}: unknown option`, {
-          hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,
-          details: { field: k },
+      const dash = source === 'flag' ? '--' : '';
+      // not inherited names (constructor)
+      const name = Object.hasOwn(SPECS, k)
+        ? k
+        : Object.hasOwn(TRAIN_ALIASES, k)
+          ? TRAIN_ALIASES[k]
+          : undefined;
+      if (name === undefined) throw unknownOption(k, dash, v);
+      const spec = SPECS[name]!;
+      const earlier = named.get(name);
+      if (earlier !== undefined)
+        throw new ConfigError(`${dash}${earlier} and ${dash}${k} are both set: both name ${name}`, {
+          hint: 'give one of them',
+          details: { field: name },
         });
-      }
-      out[k] = coerce(
+      named.set(name, k);
+      // a YAML true or false for a text or number option is read as its text (then checked)
+      out[name] = coerce(
         k,
         spec,
         typeof v === 'boolean' && spec.kind !== 'boolean' ? String(v) : v,
@@ -506,6 +536,8 @@ export function trainOptionsHelp(): string[] {
       s.choices !== undefined && s.kind !== 'list' && s.choices.length <= 8
         ? ` [${s.choices.join('|')}]`
         : '';
-    return `  --${k.padEnd(28)} ${s.help}${choices}${def}`;
+    const aliases = Object.keys(TRAIN_ALIASES).filter((a) => TRAIN_ALIASES[a] === k);
+    const also = aliases.length === 0 ? '' : ` (also ${aliases.join(', ')})`;
+    return `  --${k.padEnd(28)} ${s.help}${also}${choices}${def}`;
   });
 }

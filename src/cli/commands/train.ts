@@ -43,6 +43,8 @@ function help(): string {
     `usage: ${spec.usage}`,
     '',
     'Every option can be set in the YAML file (option: value) or as a flag (--option value); flags win.',
+    'Flag names take - or _ alike (--context-length, --context_length); the Axolotl and Hugging Face',
+    'names after "also" are the same option (docs/cli.md lists them).',
     '',
     'options:',
     `  --${'config'.padEnd(28)} the YAML config file`,
