@@ -19,6 +19,7 @@ import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
+import { UsageError } from './args.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
@@ -338,6 +339,12 @@ function unknownOption(k: string, dash: string, given: unknown): ConfigError {
   });
 }
 
+/** A value to show in "needs a value": the default, or one of the choices, or a placeholder. */
+function exampleValue(spec: OptionSpec): string {
+  if (spec.default !== null && !Array.isArray(spec.default)) return String(spec.default);
+  return spec.choices?.[0] ?? (spec.kind === 'string' ? 'VALUE' : spec.kind === 'list' ? 'a,b' : '1');
+}
+
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
 function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean): unknown {
   const bad = (why: string, fix: string): never => {
@@ -472,6 +479,9 @@ export function resolveTrainConfig(
           details: { field: name },
         });
       named.set(name, k);
+      // a flag with no value (`--lr` at the end, or before another flag) is true: fine for a switch
+      if (source === 'flag' && v === true && spec.kind !== 'boolean')
+        throw new UsageError(`--${k} needs a value`, `e.g. --${k} ${exampleValue(spec)}`);
       // a YAML true or false for a text or number option is read as its text (then checked)
       out[name] = coerce(
         k,

@@ -1,9 +1,9 @@
 /**
  * The names Axolotl and Hugging Face give qtune's training options (`learning_rate`,
  * `micro_batch_size`, `sequence_len`, `base_model`, ...) are the options they name, in the config
- * file and as flags (src/cli/train-aliases.ts); both names in one file, a mistyped one, or one whose
- * value qtune spells differently (`adapter: qlora`) is one line. Run through the real CLI in a child
- * process, and through resolveTrainConfig.
+ * file and as flags (src/cli/train-aliases.ts); both names in one file, a mistyped one, one whose
+ * value qtune spells differently (`adapter: qlora`) or a flag without its value (`--lr`) is one line.
+ * Run through the real CLI in a child process, and through resolveTrainConfig.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -145,6 +145,10 @@ describe('Axolotl and Hugging Face names in the train config', () => {
       /^qtune: error: micro_batch_sise: unknown option \(did you mean batch_size\?\)$/,
     );
     oneLineError(
+      qtune(['train', '--config', cfg('flag.yaml', ''), '--learning_rate']),
+      /--learning_rate needs a value \(e\.g\. --learning_rate 0\.0002\)$/,
+    );
+    oneLineError(
       qtune(['train', '--config', cfg('flag.yaml', ''), '--learning_rat', '1e-3']),
       /--learning_rat: unknown option \(did you mean --lr\?\)$/,
     );
@@ -209,5 +213,15 @@ describe('Axolotl and Hugging Face names in the train config', () => {
     assert.ok(steps[0]!.epoch < 1 / 30, String(steps[0]!.epoch));
     const adapter = JSON.parse(readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as { r: number };
     assert.equal(adapter.r, 4); // lora_r
+  });
+});
+
+describe('flag names', () => {
+  it('a flag without its value is one line: --lr needs a value', () => {
+    oneLineError(
+      qtune(['train', '--model', tiny, '--dataset', STYLE, '--lr']),
+      /--lr needs a value \(e\.g\. --lr 0\.0002\)$/,
+    );
+    oneLineError(qtune(['train', '--model', tiny, '--lr', '--max_steps', '2']), /--lr needs a value/);
   });
 });
