@@ -1,9 +1,9 @@
 /**
- * The names Axolotl and Hugging Face give qtune's training options (`learning_rate`,
- * `micro_batch_size`, `sequence_len`, `base_model`, ...) are the options they name, in the config
- * file and as flags (src/cli/train-aliases.ts); both names in one file, a mistyped one, one whose
- * value qtune spells differently (`adapter: qlora`) or a flag without its value (`--lr`) is one line.
- * Run through the real CLI in a child process, and through resolveTrainConfig.
+ * One spelling rule for every command (src/cli/args.ts): `--context_length` and `--context-length`
+ * are one flag in train, eval and generate; `eval --dataset-format` and `export --adapter` are the
+ * names the other commands use; the Axolotl/Hugging Face names (`learning_rate`, `micro_batch_size`,
+ * `sequence_len`, ...) are the qtune options they name (src/cli/train-aliases.ts); a mistyped flag or
+ * a flag without its value gets one line. Run through the real CLI in a child process.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { TRAIN_ALIASES } from '../../src/cli/train-aliases.js';
 import { resolveTrainConfig } from '../../src/cli/train-config.js';
 import { ConfigError } from '../../src/errors.js';
 import { createTinyModel } from '../../src/models/tiny.js';
-import { ROOT, qtune } from '../helpers/cli.js';
+import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-names-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
@@ -216,12 +216,93 @@ describe('Axolotl and Hugging Face names in the train config', () => {
   });
 });
 
-describe('flag names', () => {
+describe('flag names, in every command', () => {
+  it('eval takes --context_length as --context-length, and --dataset-format for --format', () => {
+    const run = (flags: string[]) => {
+      const r = qtune(['eval', '--model', tiny, '--dataset', STYLE, '--backend', 'cpu', '--json', ...flags]);
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { loss: number; samples: number };
+    };
+    const kebab = run(['--context-length', '64', '--max-samples', '3', '--format', 'alpaca']);
+    const snake = run(['--context_length', '64', '--max_samples=3', '--dataset_format', 'alpaca']);
+    const axolotl = run(['--sequence-len', '64', '--max-samples', '3', '--dataset-format=alpaca']);
+    assert.equal(kebab.samples, 3);
+    assert.deepEqual(snake, kebab);
+    assert.deepEqual(axolotl, kebab);
+    // a different context length is a different evaluation: the flag was read, not ignored
+    assert.notEqual(run(['--context_length', '128', '--max-samples', '3']).loss, kebab.loss);
+  });
+
+  it('generate takes snake_case flags too', () => {
+    const r = qtune([
+      'generate',
+      '--model',
+      tiny,
+      '--prompt',
+      'Hello',
+      '--max_new_tokens',
+      '3',
+      '--backend',
+      'cpu',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+  });
+
+  it('a mistyped flag is one line naming it and the closest known flag, in every command', () => {
+    oneLineError(
+      qtune(['eval', '--model', tiny, '--contxt-length', '64']),
+      /eval: --contxt-length: unknown option \(did you mean --context-length\?\)$/,
+    );
+    oneLineError(
+      qtune(['generate', '--model', tiny, '--max_new_token', '3']),
+      /generate: --max_new_token: unknown option \(did you mean --max-new-tokens\?\)$/,
+    );
+    oneLineError(qtune(['export', '--frm', 'x']), /export: --frm: unknown option \(did you mean --from\?\)$/);
+    oneLineError(
+      qtune(['backends', '--zzzzzz']),
+      /backends: --zzzzzz: unknown option \(see `qtune backends --help`\)$/,
+    );
+    oneLineError(qtune(['eval', '--json=maybe']), /eval: --json=maybe: --json takes no value/);
+  });
+
   it('a flag without its value is one line: --lr needs a value', () => {
     oneLineError(
       qtune(['train', '--model', tiny, '--dataset', STYLE, '--lr']),
       /--lr needs a value \(e\.g\. --lr 0\.0002\)$/,
     );
     oneLineError(qtune(['train', '--model', tiny, '--lr', '--max_steps', '2']), /--lr needs a value/);
+    oneLineError(qtune(['eval', '--dataset', STYLE, '--model']), /eval: --model needs a value/);
+    oneLineError(qtune(['eval', '--model', '--json']), /eval: --model needs a value/);
+  });
+
+  it('export takes --adapter for --from, as eval, generate, chat and merge name it', () => {
+    const out = path.join(tmp, 'for-export');
+    const train = qtune([
+      ...tinyTrainArgs(tiny, out),
+      '--max_steps',
+      '1',
+      '--eval_steps',
+      '0',
+      '--backend',
+      'cpu',
+    ]);
+    assert.equal(train.code, 0, train.stderr);
+    const exported = (flag: string, name: string) => {
+      const dir = path.join(tmp, name);
+      const r = qtune([
+        'export',
+        flag,
+        path.join(out, 'checkpoint-1'),
+        '--model',
+        tiny,
+        '--format',
+        'peft',
+        '--out',
+        dir,
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      return readFileSync(path.join(dir, 'adapter_model.safetensors'));
+    };
+    assert.deepEqual(exported('--adapter', 'by-adapter'), exported('--from', 'by-from'));
   });
 });
