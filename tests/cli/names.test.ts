@@ -2,8 +2,8 @@
  * One spelling rule for every command (src/cli/args.ts): `--context_length` and `--context-length`
  * are one flag in train, eval and generate; `eval --dataset-format` and `export --adapter` are the
  * names the other commands use; the Axolotl/Hugging Face names (`learning_rate`, `micro_batch_size`,
- * `sequence_len`, ...) are the qtune options they name (src/cli/train-aliases.ts); a mistyped flag or
- * a flag without its value gets one line. Run through the real CLI in a child process.
+ * `sequence_len`, ...) are the qtune options they name (src/cli/train-aliases.ts); a mistyped flag,
+ * a flag without its value and `qtune --version` each get one line. Run through the real CLI in a child process.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -304,5 +304,19 @@ describe('flag names, in every command', () => {
       return readFileSync(path.join(dir, 'adapter_model.safetensors'));
     };
     assert.deepEqual(exported('--adapter', 'by-adapter'), exported('--from', 'by-from'));
+  });
+});
+
+describe('qtune --version', () => {
+  it('qtune --version and qtune version print the package version', () => {
+    const { version } = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
+      version: string;
+    };
+    for (const args of [['--version'], ['version'], ['-v']]) {
+      const r = qtune(args);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.trim(), `qtune ${version}`);
+    }
+    oneLineError(qtune(['verison']), /unknown command "verison" \(did you mean version\?\)/);
   });
 });
