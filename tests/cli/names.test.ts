@@ -275,6 +275,14 @@ describe('flag names, in every command', () => {
     oneLineError(qtune(['eval', '--model', '--json']), /eval: --model needs a value/);
   });
 
+  it('every command takes -h for --help', () => {
+    for (const command of ['train', 'eval', 'generate', 'export', 'merge']) {
+      const r = qtune([command, '-h']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, new RegExp(`usage: qtune ${command} `));
+    }
+  });
+
   it('export takes --adapter for --from, as eval, generate, chat and merge name it', () => {
     const out = path.join(tmp, 'for-export');
     const train = qtune([

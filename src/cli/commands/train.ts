@@ -67,6 +67,10 @@ export function readFlags(argv: string[]): {
   let helpWanted = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
+    if (arg === '-h') {
+      helpWanted = true; // as every command takes it
+      continue;
+    }
     if (!arg.startsWith('--') || arg === '--')
       throw new UsageError(`train: unexpected argument "${arg}"`, 'options are --name value');
     const eq = arg.indexOf('=');
