@@ -323,18 +323,16 @@ export function parseSize(v: unknown): number {
  * The ConfigError for a key no option (or alias) has: the qtune way to say another trainer's name
  * (`adapter: lora` is `train_type: lora`), or the closest known option.
  */
-function unknownOption(k: string, dash: string, given: unknown): ConfigError {
-  if (Object.hasOwn(TRAIN_POINTERS, k))
-    return new ConfigError(`${dash}${k}: unknown option`, {
-      hint: pointerHint(TRAIN_POINTERS[k]!, dash !== '', given),
-      details: { field: k },
-    });
+function unknownOption(k: string, typed: string, dash: string, given: unknown): ConfigError {
+  const shown = /^[\x21-\x7e]{1,60}$/.test(typed) ? `${dash}${typed}` : `${dash}${quote(typed)}`;
   const near = closestName(k, [...Object.keys(SPECS), ...Object.keys(TRAIN_ALIASES)]);
   const option = near === undefined ? undefined : (TRAIN_ALIASES[near] ?? near);
-  const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
-  return new ConfigError(`${dash}${shown}: unknown option`, {
-    hint:
-      option === undefined ? 'see `qtune train --help` for the options' : `did you mean ${dash}${option}?`,
+  return new ConfigError(`${shown}: unknown option`, {
+    hint: Object.hasOwn(TRAIN_POINTERS, k)
+      ? pointerHint(TRAIN_POINTERS[k]!, dash !== '', given)
+      : option === undefined
+        ? 'see `qtune train --help` for the options'
+        : `did you mean ${dash}${option}?`,
     details: { field: k },
   });
 }
@@ -462,26 +460,28 @@ export function resolveTrainConfig(
     ['flag', flags],
   ] as const) {
     const named = new Map<string, string>(); // option -> the name it was given under, in this source
-    for (const [k, v] of Object.entries(values)) {
+    for (const [typed, v] of Object.entries(values)) {
       const dash = source === 'flag' ? '--' : '';
+      // a flag's `-` is `_` (`--context-length`); messages show the flag as typed
+      const k = source === 'flag' ? typed.replace(/-/g, '_') : typed;
       // not inherited names (constructor)
       const name = Object.hasOwn(SPECS, k)
         ? k
         : Object.hasOwn(TRAIN_ALIASES, k)
           ? TRAIN_ALIASES[k]
           : undefined;
-      if (name === undefined) throw unknownOption(k, dash, v);
+      if (name === undefined) throw unknownOption(k, typed, dash, v);
       const spec = SPECS[name]!;
       const earlier = named.get(name);
       if (earlier !== undefined)
-        throw new ConfigError(`${dash}${earlier} and ${dash}${k} are both set: both name ${name}`, {
+        throw new ConfigError(`${dash}${earlier} and ${dash}${typed} are both set: both name ${name}`, {
           hint: 'give one of them',
           details: { field: name },
         });
-      named.set(name, k);
+      named.set(name, typed);
       // a flag with no value (`--lr` at the end, or before another flag) is true: fine for a switch
       if (source === 'flag' && v === true && spec.kind !== 'boolean')
-        throw new UsageError(`--${k} needs a value`, `e.g. --${k} ${exampleValue(spec)}`);
+        throw new UsageError(`--${typed} needs a value`, `e.g. --${typed} ${exampleValue(spec)}`);
       // a YAML true or false for a text or number option is read as its text (then checked)
       out[name] = coerce(
         k,

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { readFlags } from '../../src/cli/commands/train.js';
 import { TRAIN_ALIASES } from '../../src/cli/train-aliases.js';
 import { resolveTrainConfig } from '../../src/cli/train-config.js';
 import { ConfigError } from '../../src/errors.js';
@@ -273,6 +274,19 @@ describe('flag names, in every command', () => {
     oneLineError(qtune(['train', '--model', tiny, '--lr', '--max_steps', '2']), /--lr needs a value/);
     oneLineError(qtune(['eval', '--dataset', STYLE, '--model']), /eval: --model needs a value/);
     oneLineError(qtune(['eval', '--model', '--json']), /eval: --model needs a value/);
+  });
+
+  it('train names a flag as it was typed, and takes the last of one flag in both spellings', () => {
+    oneLineError(
+      qtune(['train', '--model', tiny, '--dataset', STYLE, '--context-length']),
+      /^qtune: error: --context-length needs a value \(e\.g\. --context-length 512\)$/,
+    );
+    oneLineError(
+      qtune(['train', '--model', tiny, '--micro-batch-sze', '2']),
+      /^qtune: error: --micro-batch-sze: unknown option \(did you mean --batch_size\?\)$/,
+    );
+    const { flags } = readFlags(['--context-length', '64', '--max-steps', '1', '--context_length', '96']);
+    assert.equal(resolveTrainConfig({ model: 'm', dataset: 'd.jsonl' }, flags).context_length, 96);
   });
 
   it('every command takes -h for --help', () => {

@@ -55,7 +55,8 @@ function help(): string {
 
 /**
  * Splits argv into --config, --help and the option flags: `--name value`, `--name=value`, or a bare
- * `--name` (true) before another flag or at the end.
+ * `--name` (true) before another flag or at the end. A flag keeps the name as typed (for messages);
+ * resolveTrainConfig takes `-` for `_`. Of one flag given twice, in either spelling, the last wins.
  */
 export function readFlags(argv: string[]): {
   config?: string;
@@ -74,7 +75,8 @@ export function readFlags(argv: string[]): {
     if (!arg.startsWith('--') || arg === '--')
       throw new UsageError(`train: unexpected argument "${arg}"`, 'options are --name value');
     const eq = arg.indexOf('=');
-    const name = (eq < 0 ? arg.slice(2) : arg.slice(2, eq)).replace(/-/g, '_');
+    const typed = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const name = typed.replace(/-/g, '_');
     let value: string | boolean;
     if (eq >= 0) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i]!;
@@ -84,7 +86,10 @@ export function readFlags(argv: string[]): {
       if (typeof value !== 'string')
         throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
-    } else flags[name] = value;
+    } else {
+      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) delete flags[k];
+      flags[typed] = value;
+    }
   }
   return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
 }
