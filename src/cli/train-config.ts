@@ -18,6 +18,9 @@ import { FROZEN_COPIES } from '../train/frozen.js';
 import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
+import { closestName } from '../util/names.js';
+import { UsageError } from './args.js';
+import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
 
@@ -316,26 +319,28 @@ export function parseSize(v: unknown): number {
   return n > 0 ? Math.round(n) : NaN;
 }
 
-function closest(key: string): string | undefined {
-  const dist = (a: string, b: string): number => {
-    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
-    for (let j = 1; j <= b.length; j++) d[0]![j] = j;
-    for (let i = 1; i <= a.length; i++)
-      for (let j = 1; j <= b.length; j++)
-        d[i]![j] = Math.min(
-          d[i - 1]![j]! + 1,
-          d[i]![j - 1]! + 1,
-          d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
-        );
-    return d[a.length]![b.length]!;
-  };
-  let best: string | undefined;
-  let bestD = 4;
-  for (const k of Object.keys(SPECS)) {
-    const d = dist(key, k);
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return best;
+/**
+ * The ConfigError for a key no option (or alias) has: the qtune way to say another trainer's name
+ * (`adapter: lora` is `train_type: lora`), or the closest known option.
+ */
+function unknownOption(k: string, typed: string, dash: string, given: unknown): ConfigError {
+  const shown = /^[\x21-\x7e]{1,60}$/.test(typed) ? `${dash}${typed}` : `${dash}${quote(typed)}`;
+  const near = closestName(k, [...Object.keys(SPECS), ...Object.keys(TRAIN_ALIASES)]);
+  const option = near === undefined ? undefined : (TRAIN_ALIASES[near] ?? near);
+  return new ConfigError(`${shown}: unknown option`, {
+    hint: Object.hasOwn(TRAIN_POINTERS, k)
+      ? pointerHint(TRAIN_POINTERS[k]!, dash !== '', given)
+      : option === undefined
+        ? 'see `qtune train --help` for the options'
+        : `did you mean ${dash}${option}?`,
+    details: { field: k },
+  });
+}
+
+/** A value to show in "needs a value": the default, or one of the choices, or a placeholder. */
+function exampleValue(spec: OptionSpec): string {
+  if (spec.default !== null && !Array.isArray(spec.default)) return String(spec.default);
+  return spec.choices?.[0] ?? (spec.kind === 'string' ? 'VALUE' : spec.kind === 'list' ? 'a,b' : '1');
 }
 
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
@@ -454,17 +459,31 @@ export function resolveTrainConfig(
     ['file', file],
     ['flag', flags],
   ] as const) {
-    for (const [k, v] of Object.entries(values)) {
-      const spec = Object.hasOwn(SPECS, k) ? SPECS[k] : undefined; // not inherited names (constructor)
-      if (spec === undefined) {
-        const near = closest(k);
-        const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
-        throw new ConfigError(`${source === 'flag' ? `--${shown}` : shown}: unknown option`, {
-          hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,
-          details: { field: k },
+    const named = new Map<string, string>(); // option -> the name it was given under, in this source
+    for (const [typed, v] of Object.entries(values)) {
+      const dash = source === 'flag' ? '--' : '';
+      // a flag's `-` is `_` (`--context-length`); messages show the flag as typed
+      const k = source === 'flag' ? typed.replace(/-/g, '_') : typed;
+      // not inherited names (constructor)
+      const name = Object.hasOwn(SPECS, k)
+        ? k
+        : Object.hasOwn(TRAIN_ALIASES, k)
+          ? TRAIN_ALIASES[k]
+          : undefined;
+      if (name === undefined) throw unknownOption(k, typed, dash, v);
+      const spec = SPECS[name]!;
+      const earlier = named.get(name);
+      if (earlier !== undefined)
+        throw new ConfigError(`${dash}${earlier} and ${dash}${typed} are both set: both name ${name}`, {
+          hint: 'give one of them',
+          details: { field: name },
         });
-      }
-      out[k] = coerce(
+      named.set(name, typed);
+      // a flag with no value (`--lr` at the end, or before another flag) is true: fine for a switch
+      if (source === 'flag' && v === true && spec.kind !== 'boolean')
+        throw new UsageError(`--${typed} needs a value`, `e.g. --${typed} ${exampleValue(spec)}`);
+      // a YAML true or false for a text or number option is read as its text (then checked)
+      out[name] = coerce(
         k,
         spec,
         typeof v === 'boolean' && spec.kind !== 'boolean' ? String(v) : v,
@@ -527,6 +546,8 @@ export function trainOptionsHelp(): string[] {
       s.choices !== undefined && s.kind !== 'list' && s.choices.length <= 8
         ? ` [${s.choices.join('|')}]`
         : '';
-    return `  --${k.padEnd(28)} ${s.help}${choices}${def}`;
+    const aliases = Object.keys(TRAIN_ALIASES).filter((a) => TRAIN_ALIASES[a] === k);
+    const also = aliases.length === 0 ? '' : ` (also ${aliases.join(', ')})`;
+    return `  --${k.padEnd(28)} ${s.help}${also}${choices}${def}`;
   });
 }

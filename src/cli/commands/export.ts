@@ -21,7 +21,11 @@ export const spec: CommandSpec = {
     'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder or a llama.cpp LoRA .gguf.',
   usage: 'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH',
   flags: {
-    from: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)' },
+    from: {
+      type: 'string',
+      help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)',
+      aliases: ['adapter'], // the name eval, generate and merge give it
+    },
     model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
     format: { type: 'string', help: 'gguf or peft (required)' },
     out: { type: 'string', help: 'the .gguf file or folder to write (required)' },

@@ -43,6 +43,8 @@ function help(): string {
     `usage: ${spec.usage}`,
     '',
     'Every option can be set in the YAML file (option: value) or as a flag (--option value); flags win.',
+    'Flag names take - or _ alike (--context-length, --context_length); the Axolotl and Hugging Face',
+    'names after "also" are the same option (docs/cli.md lists them).',
     '',
     'options:',
     `  --${'config'.padEnd(28)} the YAML config file`,
@@ -53,7 +55,8 @@ function help(): string {
 
 /**
  * Splits argv into --config, --help and the option flags: `--name value`, `--name=value`, or a bare
- * `--name` (true) before another flag or at the end.
+ * `--name` (true) before another flag or at the end. A flag keeps the name as typed (for messages);
+ * resolveTrainConfig takes `-` for `_`. Of one flag given twice, in either spelling, the last wins.
  */
 export function readFlags(argv: string[]): {
   config?: string;
@@ -65,10 +68,15 @@ export function readFlags(argv: string[]): {
   let helpWanted = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
+    if (arg === '-h') {
+      helpWanted = true; // as every command takes it
+      continue;
+    }
     if (!arg.startsWith('--') || arg === '--')
       throw new UsageError(`train: unexpected argument "${arg}"`, 'options are --name value');
     const eq = arg.indexOf('=');
-    const name = (eq < 0 ? arg.slice(2) : arg.slice(2, eq)).replace(/-/g, '_');
+    const typed = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const name = typed.replace(/-/g, '_');
     let value: string | boolean;
     if (eq >= 0) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i]!;
@@ -78,7 +86,10 @@ export function readFlags(argv: string[]): {
       if (typeof value !== 'string')
         throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
-    } else flags[name] = value;
+    } else {
+      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) delete flags[k];
+      flags[typed] = value;
+    }
   }
   return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
 }
