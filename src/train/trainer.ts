@@ -29,7 +29,7 @@ import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
-import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
+import { stepRecord, type LogRecord, type SettingChange, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
@@ -356,18 +356,21 @@ export class Trainer {
    * position into `dir` (a temporary folder renamed into place: a crash leaves the last one whole).
    */
   saveCheckpoint(dir: string): string {
-    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress());
+    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress(), this.lastCheckpoint);
     return dir;
   }
 
   /**
-   * Continues from a checkpoint of this same run setup: afterwards the trainer computes exactly the
-   * steps the interrupted run would have.
+   * Continues from a checkpoint of this model, train type and trainable tensors (exactly, with the
+   * same settings); each changed setting is returned and logged (`kind: 'resume'`): train/resume.ts.
    */
-  loadCheckpoint(dir: string): void {
-    this.restore(ckpt.loadCheckpoint(dir, this.run));
-    this.lastCheckpoint = dir;
-    this.synced = false;
+  loadCheckpoint(dir: string): SettingChange[] {
+    const o = { ignoreDataChange: this.o.resumeIgnoreDataChange };
+    const { progress, changes } = ckpt.loadCheckpoint(dir, this.run, o);
+    this.restore(progress);
+    [this.lastCheckpoint, this.synced] = [dir, false];
+    for (const c of changes) this.log({ kind: 'resume', step: this.stepCount, message: c.line });
+    return changes;
   }
 
   /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */

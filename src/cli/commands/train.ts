@@ -121,6 +121,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     saveEvery: c.save_steps,
     outputDir: c.output_dir,
     seed: c.seed,
+    resumeIgnoreDataChange: c.resume_ignore_data_change,
   };
 }
 
@@ -289,13 +290,13 @@ async function trainLocked(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
-    if (resumeDir !== null) {
-      trainer.loadCheckpoint(resumeDir);
-      out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
-    }
     trainer.onLog = (r) => logger.log(r);
     let result;
     try {
+      if (resumeDir !== null) {
+        trainer.loadCheckpoint(resumeDir); // a changed setting: a `resume:` line and a metrics.jsonl row
+        out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
+      }
       result = trainer.train();
     } catch (e) {
       await logger.close();
