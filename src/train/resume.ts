@@ -85,6 +85,10 @@ function changeable(s: unknown): [string, unknown][] {
   return out;
 }
 
+/** Why one file can give other examples. */
+const SAME_FILE =
+  ' (the same file gives other examples when it was edited, or when dataset_format, the chat template, the tokenizer, max_samples, val_size, packing, context_length or the seed that draws the split changed)';
+
 /** The data fingerprint a checkpoint recorded, or null (written before qtune recorded one). */
 function savedData(s: unknown): DataFingerprint | null {
   const fingerprint = at(s, 'data', 'fingerprint');
@@ -167,7 +171,7 @@ export function compareWithCheckpoint(
         throw new ResumeError(
           'dataset',
           { checkpoint: a, run: b },
-          `checkpoint ${dir} was trained on other data: ${a}; this run has ${b}`,
+          `checkpoint ${dir} was trained on other data: ${a}; this run has ${b}${dataA.source !== undefined && dataA.source === dataB.source ? SAME_FILE : ''}`,
           {
             hint: 'resume with the data it was trained on, or set resume_ignore_data_change: true (Trainer option resumeIgnoreDataChange) to go on with this data',
           },

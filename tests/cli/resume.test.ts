@@ -2,8 +2,8 @@
  * `qtune train --resume_from_checkpoint` with changed settings, on the tiny model and
  * data/style.jsonl: each changed setting is a `resume:` line on stderr and a `kind: "resume"` row in
  * metrics.jsonl; a LoRA rank that differs is refused with one line naming both values (exit 2); a
- * changed dataset is refused with one line naming both fingerprints and the fix, and
- * `--resume_ignore_data_change` goes on with a warning line.
+ * changed dataset (or the same file giving other examples) is refused with one line naming both
+ * fingerprints and the fix, and `--resume_ignore_data_change` goes on with a warning line.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -75,6 +75,23 @@ describe('qtune train: resume with changed settings', () => {
     oneLineError(
       r,
       /^qtune: error: checkpoint .*checkpoint-3 was written for other trainable tensors: lora_rank 8, this run has 4 \(/,
+    );
+  });
+
+  it('the same file giving other examples (another seed draws another split) is refused, saying why', () => {
+    const r = train([
+      '--max_steps',
+      '4',
+      '--lr',
+      '1e-4',
+      '--seed',
+      '7',
+      '--resume_from_checkpoint',
+      'latest',
+    ]);
+    oneLineError(
+      r,
+      /^qtune: error: checkpoint .*checkpoint-3 was trained on other data: (.*style\.jsonl) \(23 examples, sha256 ([0-9a-f]{12})\); this run has \1 \(23 examples, sha256 (?!\2)[0-9a-f]{12}\) \(the same file gives other examples when it was edited, or when .*the seed that draws the split changed\) \(resume with the data/,
     );
   });
 
