@@ -222,6 +222,11 @@ export const TRAIN_OPTIONS = {
     default: null,
     help: 'a checkpoint-N folder, or "latest" in output_dir',
   },
+  resume_ignore_data_change: {
+    kind: 'boolean',
+    default: false,
+    help: 'resume a checkpoint that was trained on other data (refused otherwise), going on with this data',
+  },
   seed: { kind: 'int', default: 42, min: 0, help: 'seed of data order, initialisation and dropout' },
   log_to: {
     kind: 'list',

@@ -20,6 +20,8 @@ import { checkPrecision, type PreparedModel, type Precision, type PrepareOptions
 import type { ProfileOptions, StepGraph } from './profile.js';
 import { defaultGradientCheckpointing, resolveTrainType } from './train-type.js';
 
+export type { SettingChange } from './resume.js';
+
 export interface TrainerOptions {
   /**
    * The train type, precision and quantization are the prepared model's ({@link prepareModel}, or
@@ -82,6 +84,12 @@ export interface TrainerOptions {
   saveEvery?: number;
   outputDir?: string;
   seed?: number;
+  /**
+   * {@link Trainer.loadCheckpoint} of a checkpoint trained on other data (its recorded fingerprint,
+   * data/fingerprint.ts, differs): refused by default; true goes on with this data, and the change is
+   * logged (`kind: 'resume'`). The CLI's `resume_ignore_data_change`.
+   */
+  resumeIgnoreDataChange?: boolean;
   /** fp16 loss scaling: initial scale and how many good steps double it. */
   lossScale?: GradScalerOptions;
   /** Called with every log record (steps, evaluations, skipped steps). */
@@ -103,7 +111,8 @@ export interface TrainerOptions {
 }
 
 export interface LogRecord {
-  kind: 'step' | 'eval' | 'skip' | 'checkpoint';
+  /** `resume`: a setting that changed since the checkpoint a run resumed from (in `message`). */
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume';
   step: number;
   epoch: number;
   loss?: number;
@@ -194,6 +203,7 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   evalExamples: true,
   saveEvery: true,
   outputDir: true,
+  resumeIgnoreDataChange: true,
   seed: true,
   lossScale: true,
   onLog: true,

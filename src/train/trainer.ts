@@ -29,7 +29,7 @@ import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
 import { checkOptionNames, divergedError, microBatchError, oneProcessOnly } from './options.js';
-import { requiredTrainType, runToEnd, runYielding } from './options.js';
+import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
@@ -297,10 +297,7 @@ export class Trainer {
     return { ...this.graphs.memoryReport(), peakRssBytes: peakRss(), devices: this.memoryByDevice() };
   }
 
-  /**
-   * What the run holds on each device: the blocks, weights, adapters, gradients, optimizer state and
-   * compute buffers (of the graphs built so far). One entry unless the model is split.
-   */
+  /** What each device holds: weights, adapters, gradients, optimizer state, compute buffers. */
   memoryByDevice(): DeviceMemory[] {
     return this.graphs.memoryByDevice();
   }
@@ -358,18 +355,21 @@ export class Trainer {
    * position into `dir` (a temporary folder renamed into place: a crash leaves the last one whole).
    */
   saveCheckpoint(dir: string): string {
-    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress());
+    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress(), this.lastCheckpoint);
     return dir;
   }
 
   /**
-   * Continues from a checkpoint of this same run setup: afterwards the trainer computes exactly the
-   * steps the interrupted run would have.
+   * Continues from a checkpoint of this model, train type and trainable tensors (exactly, with the
+   * same settings); each changed setting is returned and logged (`kind: 'resume'`): train/resume.ts.
    */
-  loadCheckpoint(dir: string): void {
-    this.restore(ckpt.loadCheckpoint(dir, this.run));
-    this.lastCheckpoint = dir;
-    this.synced = false;
+  loadCheckpoint(dir: string): SettingChange[] {
+    const o = { ignoreDataChange: this.o.resumeIgnoreDataChange };
+    const { progress, changes } = ckpt.loadCheckpoint(dir, this.run, o);
+    this.restore(progress);
+    [this.lastCheckpoint, this.synced] = [dir, false];
+    for (const c of changes) this.log({ kind: 'resume', step: this.stepCount, message: c.line });
+    return changes;
   }
 
   /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */

@@ -11,7 +11,7 @@ import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
 import { describeDeviceMap } from '../../models/device-map.js';
 import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
-import { ConfigError } from '../../errors.js';
+import { ConfigError, FileSystemError } from '../../errors.js';
 import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
@@ -132,6 +132,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     saveEvery: c.save_steps,
     outputDir: c.output_dir,
     seed: c.seed,
+    resumeIgnoreDataChange: c.resume_ignore_data_change,
   };
 }
 
@@ -158,6 +159,23 @@ function deviceMemoryLine(d: DeviceMemory): string {
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${k} ${formatBytes(n)}`)
     .join(', ')} (total ${formatBytes(d.total)})`;
+}
+
+/**
+ * The trained adapter or model, written into `dir`. A failure (a full disk) is one line that says the
+ * last checkpoint holds the trained weights and how to write them from it.
+ */
+function saveOutputs(trainer: Trainer, dir: string): string[] {
+  try {
+    return trainer.saveOutputs(dir);
+  } catch (e) {
+    const last = path.join(dir, `checkpoint-${trainer.globalStep}`);
+    if (!(e instanceof FileSystemError) || !existsSync(last)) throw e;
+    const what = trainer.lora === null ? 'model' : 'adapter';
+    throw new FileSystemError(e.path, e.sysCode, `the trained ${what} could not be written: ${e.problem}`, {
+      hint: `${e.hint ?? 'check the path'}; ${last} holds the trained weights: then run again with resume_from_checkpoint: latest to write the ${what} from it`,
+    });
+  }
 }
 
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
@@ -300,20 +318,20 @@ async function trainLocked(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
-    if (resumeDir !== null) {
-      trainer.loadCheckpoint(resumeDir);
-      out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
-    }
     trainer.onLog = (r) => logger.log(r);
     let result;
     try {
+      if (resumeDir !== null) {
+        trainer.loadCheckpoint(resumeDir); // a changed setting: a `resume:` line and a metrics.jsonl row
+        out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
+      }
       result = trainer.train();
     } catch (e) {
       await logger.close();
       throw e;
     }
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
-    const written = writer ? trainer.saveOutputs(c.output_dir) : [];
+    const written = writer ? saveOutputs(trainer, c.output_dir) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
