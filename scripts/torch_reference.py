@@ -81,6 +81,16 @@ CONFIGS = {
                           rope_scaling=dict(type='longrope', short_factor=[1.0 + 0.05 * i for i in range(8)],
                                             long_factor=[1.0 + 0.9 * i for i in range(8)]),
                           lora_targets=('qkv_proj', 'gate_up_proj')),
+    # Gemma 3 (text): GeGLU with tanh-GELU, (1 + w) norms before and after attention and MLP, embeddings
+    # times sqrt(hidden), q/k norms, scores scaled by query_pre_attn_scalar^-1/2 (not head_dim's), and
+    # sliding_window_pattern 2: layer 0 local (window 5, its own RoPE base), layer 1 global (rope_theta,
+    # linear scaling)
+    'gemma3_local_global': dict(model_type='gemma3_text', vocab_size=256, hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                rms_norm_eps=1e-6, rope_theta=1000000.0, rope_local_base_freq=10000.0,
+                                max_position_embeddings=128, tie_word_embeddings=True,
+                                rope_scaling=dict(rope_type='linear', factor=8.0), sliding_window=5,
+                                sliding_window_pattern=2, query_pre_attn_scalar=24, hidden_activation='gelu_pytorch_tanh'),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
@@ -96,10 +106,12 @@ def weights(c, gen):
     H, K, C, F = c['num_attention_heads'], c['num_key_value_heads'], c['hidden_size'], c['intermediate_size']
     w = {}
     rnd = lambda *s: torch.randn(*s, generator=gen) * 0.1
+    gemma = c['model_type'] == 'gemma3_text'
+    one = 0 if gemma else 1  # Gemma stores a norm's weight as its offset from 1
     w['model.embed_tokens.weight'] = rnd(c['vocab_size'], C)
     for i in range(c['num_hidden_layers']):
         p = f'model.layers.{i}'
-        w[f'{p}.input_layernorm.weight'] = 1 + rnd(C)
+        w[f'{p}.input_layernorm.weight'] = one + rnd(C)
         if c['model_type'] == 'phi3':
             w[f'{p}.self_attn.qkv_proj.weight'] = rnd((H + 2 * K) * hd, C)
         else:
@@ -110,18 +122,21 @@ def weights(c, gen):
             w[f'{p}.self_attn.q_proj.bias'] = rnd(H * hd)
             w[f'{p}.self_attn.k_proj.bias'] = rnd(K * hd)
             w[f'{p}.self_attn.v_proj.bias'] = rnd(K * hd)
-        if c['model_type'] == 'qwen3':
-            w[f'{p}.self_attn.q_norm.weight'] = 1 + rnd(hd)
-            w[f'{p}.self_attn.k_norm.weight'] = 1 + rnd(hd)
+        if c['model_type'] in ('qwen3', 'gemma3_text'):
+            w[f'{p}.self_attn.q_norm.weight'] = one + rnd(hd)
+            w[f'{p}.self_attn.k_norm.weight'] = one + rnd(hd)
         w[f'{p}.self_attn.o_proj.weight'] = rnd(C, H * hd)
-        w[f'{p}.post_attention_layernorm.weight'] = 1 + rnd(C)
+        w[f'{p}.post_attention_layernorm.weight'] = one + rnd(C)
+        if gemma:
+            w[f'{p}.pre_feedforward_layernorm.weight'] = rnd(C)
+            w[f'{p}.post_feedforward_layernorm.weight'] = rnd(C)
         if c['model_type'] == 'phi3':
             w[f'{p}.mlp.gate_up_proj.weight'] = rnd(2 * F, C)
         else:
             w[f'{p}.mlp.gate_proj.weight'] = rnd(F, C)
             w[f'{p}.mlp.up_proj.weight'] = rnd(F, C)
         w[f'{p}.mlp.down_proj.weight'] = rnd(C, F)
-    w['model.norm.weight'] = 1 + rnd(C)
+    w['model.norm.weight'] = one + rnd(C)
     if not c['tie_word_embeddings']:
         w['lm_head.weight'] = rnd(c['vocab_size'], C)
     return w
@@ -131,11 +146,13 @@ def rotary_dims(c):
     return int(head_dim(c) * c.get('partial_rotary_factor', 1.0))
 
 
-def inv_freq(c, hd):
-    freq = 1.0 / (c['rope_theta'] ** (torch.arange(0, hd, 2) / hd))
-    rs = c['rope_scaling']
+def inv_freq(c, hd, base=None):
+    freq = 1.0 / ((base or c['rope_theta']) ** (torch.arange(0, hd, 2) / hd))
+    rs = None if base is not None else c['rope_scaling']  # Gemma 3's local layers: their base, unscaled
     if rs is None:
         return freq
+    if rs.get('rope_type') == 'linear':
+        return freq / rs['factor']
     if rs.get('type') == 'longrope':  # HF's dynamic LongRoPE: long factors past the original context
         ext = rs['long_factor'] if T > c['original_max_position_embeddings'] else rs['short_factor']
         return freq / torch.tensor(ext)
@@ -168,21 +185,30 @@ def forward(c, w, lora, ids):
     hd = head_dim(c)
     rd = rotary_dims(c)
     pos = torch.arange(T, dtype=torch.float64)
-    ang = torch.outer(pos, inv_freq(c, rd))
-    emb = torch.cat((ang, ang), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
+
+    def cos_sin(base=None):
+        ang = torch.outer(pos, inv_freq(c, rd, base))
+        emb = torch.cat((ang, ang), dim=-1)
+        return emb.cos(), emb.sin()
+
+    cos, sin = cos_sin()
+    local_cos, local_sin = cos_sin(c['rope_local_base_freq']) if 'rope_local_base_freq' in c else (cos, sin)
     rs = c['rope_scaling']
     if rs is not None and rs.get('type') == 'longrope':
         s = c['max_position_embeddings'] / c['original_max_position_embeddings']
         att = math.sqrt(1 + math.log(s) / math.log(c['original_max_position_embeddings'])) if s > 1 else 1.0
         cos, sin = cos * att, sin * att
+    gemma = c['model_type'] == 'gemma3_text'
 
-    def rotate(x):  # RoPE on the first rd dims of each head, the rest passed through
+    def norm(x, name):  # Gemma3RMSNorm scales by (1 + w)
+        return rms_norm(x, (1 + w[name]) if gemma else w[name], c['rms_norm_eps'])
+
+    def rotate(x, cos, sin):  # RoPE on the first rd dims of each head, the rest passed through
         xr, xp = x[..., :rd], x[..., rd:]
         return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
     mask = torch.full((T, T), float('-inf')).triu(1)
     # HF's sliding-window overlay: key j is seen by query i when j > i - sliding_window
-    window = c.get('sliding_window') if c['model_type'] == 'mistral' or c.get('use_sliding_window') else None
+    window = c.get('sliding_window') if c['model_type'] in ('mistral', 'gemma3_text') or c.get('use_sliding_window') else None
     window_mask = mask if window is None else mask.masked_fill(torch.arange(T)[None, :] <= torch.arange(T)[:, None] - window, float('-inf'))
     first_window_layer = c.get('max_window_layers', 0) if c['model_type'] != 'mistral' else 0
 
@@ -205,9 +231,13 @@ def forward(c, w, lora, ids):
         return y
 
     x = w['model.embed_tokens.weight'][ids]
+    if gemma:
+        x = x * math.sqrt(c['hidden_size'])
     for i in range(c['num_hidden_layers']):
         p = f'model.layers.{i}'
-        n = rms_norm(x, w[f'{p}.input_layernorm.weight'], c['rms_norm_eps'])
+        # Gemma 3: every pattern-th layer global, the others local (window, own RoPE base)
+        local = gemma and (i + 1) % c['sliding_window_pattern'] != 0
+        n = norm(x, f'{p}.input_layernorm.weight')
         if c['model_type'] == 'phi3':  # one fused product, split into q, k, v
             q, k, v = lin(n, f'{p}.self_attn.qkv_proj').split([H * hd, K * hd, K * hd], dim=-1)
         else:
@@ -215,24 +245,33 @@ def forward(c, w, lora, ids):
         q = q.reshape(B, T, H, hd).transpose(1, 2)
         k = k.reshape(B, T, K, hd).transpose(1, 2)
         v = v.reshape(B, T, K, hd).transpose(1, 2)
-        if c['model_type'] == 'qwen3':  # Qwen3Attention: q_norm/k_norm over each head's hd values
-            q = rms_norm(q, w[f'{p}.self_attn.q_norm.weight'], c['rms_norm_eps'])
-            k = rms_norm(k, w[f'{p}.self_attn.k_norm.weight'], c['rms_norm_eps'])
+        if c['model_type'] in ('qwen3', 'gemma3_text'):  # q_norm/k_norm over each head's hd values
+            q = norm(q, f'{p}.self_attn.q_norm.weight')
+            k = norm(k, f'{p}.self_attn.k_norm.weight')
         if c.get('no_rope_layers', [1] * c['num_hidden_layers'])[i]:  # SmolLM3's NoPE layers skip it
-            q, k = rotate(q), rotate(k)
+            cs = (local_cos, local_sin) if local else (cos, sin)
+            q, k = rotate(q, *cs), rotate(k, *cs)
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
-        m = window_mask if i >= first_window_layer else mask
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + m, dim=-1)
-        o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
-        x = x + lin(o, f'{p}.self_attn.o_proj')
-        n = rms_norm(x, w[f'{p}.post_attention_layernorm.weight'], c['rms_norm_eps'])
+        m = window_mask if (local if gemma else i >= first_window_layer) else mask
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c.get('query_pre_attn_scalar', hd)) + m, dim=-1)
+        o = lin((att @ v).transpose(1, 2).reshape(B, T, H * hd), f'{p}.self_attn.o_proj')
+        if gemma:  # Gemma's sandwich: norm the attention's output, and the MLP's input and output
+            x = x + norm(o, f'{p}.post_attention_layernorm.weight')
+            n = norm(x, f'{p}.pre_feedforward_layernorm.weight')
+        else:
+            x = x + o
+            n = norm(x, f'{p}.post_attention_layernorm.weight')
         if c['model_type'] == 'phi3':  # Phi3MLP: gate and up are the two halves of one product
             gate, up = lin(n, f'{p}.mlp.gate_up_proj').chunk(2, dim=-1)
         else:
             gate, up = lin(n, f'{p}.mlp.gate_proj'), lin(n, f'{p}.mlp.up_proj')
-        x = x + lin(torch.nn.functional.silu(gate) * up, f'{p}.mlp.down_proj')
-    x = rms_norm(x, w['model.norm.weight'], c['rms_norm_eps'])
+        if gemma:  # GeGLU with the tanh approximation of GELU (gelu_pytorch_tanh)
+            mlp = lin(torch.nn.functional.gelu(gate, approximate='tanh') * up, f'{p}.mlp.down_proj')
+            x = x + norm(mlp, f'{p}.post_feedforward_layernorm.weight')
+        else:
+            x = x + lin(torch.nn.functional.silu(gate) * up, f'{p}.mlp.down_proj')
+    x = norm(x, 'model.norm.weight')
     head = w['model.embed_tokens.weight'] if c['tie_word_embeddings'] else w['lm_head.weight']
     return x @ head.T
 
@@ -280,7 +319,8 @@ def main(only):
 
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
-        cfg = dict(c, head_dim=head_dim(c), hidden_act='silu', torch_dtype='float32')
+        act = {} if 'hidden_activation' in c else dict(hidden_act='silu')
+        cfg = dict(c, head_dim=head_dim(c), **act, torch_dtype='float32')
         targets = list(cfg.pop('lora_targets', TARGETS))
         if c['model_type'] in ('qwen2', 'qwen3', 'smollm3'):
             cfg.setdefault('use_sliding_window', False)

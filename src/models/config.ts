@@ -3,13 +3,23 @@
  * validated once. Llama 2/3/3.1/3.2, TinyLlama and SmolLM are `llama`; Mistral is `mistral`; Qwen2 and
  * Qwen2.5 are `qwen2` (biases on q, k and v); Qwen3 is `qwen3` (an RMSNorm over each query and key
  * head before RoPE, no biases); SmolLM3 is `smollm3` (layers without RoPE, `no_rope_layers`);
- * Phi-3/3.5/4-mini are `phi3` (fused `qkv_proj` and `gate_up_proj`, longrope, partial rotary).
+ * Phi-3/3.5/4-mini are `phi3` (fused `qkv_proj` and `gate_up_proj`, longrope, partial rotary); Gemma 3
+ * (text) is `gemma3_text` (GeGLU, (1 + w) norms around attention and MLP, scaled embeddings, q/k norms,
+ * local layers with their own RoPE base and window beside global ones).
  * Anything qtune does not implement is refused by name.
  */
 import { ConfigError } from '../errors.js';
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
-export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2', 'qwen3', 'smollm3', 'phi3'];
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
+export const MODEL_TYPES: readonly ModelType[] = [
+  'llama',
+  'mistral',
+  'qwen2',
+  'qwen3',
+  'smollm3',
+  'phi3',
+  'gemma3_text',
+];
 
 /** The Hugging Face class name of each model type (config.json's `architectures`). */
 export const ARCHITECTURES: Record<ModelType, string> = {
@@ -19,6 +29,7 @@ export const ARCHITECTURES: Record<ModelType, string> = {
   qwen3: 'Qwen3ForCausalLM',
   smollm3: 'SmolLM3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
+  gemma3_text: 'Gemma3ForCausalLM',
 };
 
 export interface Llama3RopeScaling {
@@ -84,6 +95,20 @@ export interface LlamaConfig {
   fused_projections: boolean;
   /** How many of each head's dims RoPE rotates (`partial_rotary_factor` × head_dim; Phi-4-mini 0.75). */
   rope_dims: number;
+  /** The MLP's activation: SwiGLU's silu, or Gemma's GeGLU with tanh-approximated GELU. */
+  hidden_act: 'silu' | 'gelu_pytorch_tanh';
+  /** Gemma: every RMSNorm scales by (1 + weight), the stored weight being the offset from 1. */
+  norm_plus_one: boolean;
+  /** Gemma: norms after attention and after the MLP too (post_attention_layernorm on the attention's output, pre/post_feedforward_layernorm around the MLP). */
+  sandwich_norms: boolean;
+  /** The embeddings' multiplier (Gemma: √hidden_size; else 1). */
+  embedding_scale: number;
+  /** The attention scores are scaled by its -½ power: Gemma's `query_pre_attn_scalar`, else head_dim. */
+  query_pre_attn_scalar: number;
+  /** Gemma 3: which layers use the sliding window (`layer_types`, or every layer but each `sliding_window_pattern`th); null: from max_window_layers. */
+  layer_types: ('sliding_attention' | 'full_attention')[] | null;
+  /** Gemma 3: the sliding layers' RoPE base (no scaling on them); null: every layer uses rope_theta. */
+  rope_local_base_freq: number | null;
   bos_token_id: number | null;
   eos_token_id: number[];
   pad_token_id: number | null;
@@ -139,6 +164,29 @@ function noRopeLayers(j: Json, layers: number): number[] {
   return v as number[];
 }
 
+/**
+ * Gemma 3's `layer_types`, or, when absent, HF's rule from `sliding_window_pattern` (6): every
+ * layer slides but each pattern-th, which attends globally.
+ */
+function layerTypes(j: Json, layers: number): ('sliding_attention' | 'full_attention')[] {
+  const v = j['layer_types'];
+  if (v === undefined || v === null) {
+    const every = num(j, 'sliding_window_pattern', { int: true, min: 1, def: 6 });
+    return Array.from({ length: layers }, (_, i) =>
+      (i + 1) % every === 0 ? 'full_attention' : 'sliding_attention',
+    );
+  }
+  if (
+    !Array.isArray(v) ||
+    v.length !== layers ||
+    !v.every((x) => x === 'sliding_attention' || x === 'full_attention')
+  )
+    throw new ConfigError(
+      `config.json: layer_types is not a list of ${layers} "sliding_attention" / "full_attention" entries`,
+    );
+  return v as ('sliding_attention' | 'full_attention')[];
+}
+
 /** Phi-3's `rope_scaling` of type longrope, with `original_max_position_embeddings` where it is. */
 function longRope(j: Json, r: Json, half: number): LongRopeScaling {
   const original = num(
@@ -180,11 +228,17 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
       hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3, SmolLM3)`,
     });
   }
-  const act = j['hidden_act'] ?? 'silu';
-  if (act !== 'silu')
+  const gemma = modelType === 'gemma3_text';
+  const act = j['hidden_activation'] ?? j['hidden_act'] ?? (gemma ? 'gelu_pytorch_tanh' : 'silu');
+  if (act !== (gemma ? 'gelu_pytorch_tanh' : 'silu'))
     throw new ConfigError(`config.json: hidden_act ${JSON.stringify(act)} is not supported`, {
-      hint: 'Llama-family models use silu',
+      hint: gemma ? 'Gemma uses gelu_pytorch_tanh' : 'Llama-family models use silu',
     });
+  for (const key of ['attn_logit_softcapping', 'final_logit_softcapping'])
+    if (j[key] !== undefined && j[key] !== null)
+      throw new ConfigError(`config.json: ${key} = ${JSON.stringify(j[key])} is not supported`, {
+        hint: 'qtune implements Gemma 3 (no soft-capping); Gemma 2 is not supported yet',
+      });
   if (j['mlp_bias'] === true)
     throw new ConfigError('config.json: mlp_bias = true is not supported', {
       hint: 'Llama-family MLPs have no biases',
@@ -240,7 +294,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
   const qwen = modelType === 'qwen2' || modelType === 'qwen3' || modelType === 'smollm3';
   const layers = num(j, 'num_hidden_layers', { int: true, min: 1 });
   const window =
-    modelType === 'mistral' || modelType === 'phi3' || (qwen && j['use_sliding_window'] === true)
+    modelType === 'mistral' || modelType === 'phi3' || gemma || (qwen && j['use_sliding_window'] === true)
       ? j['sliding_window']
       : null;
   const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
@@ -259,16 +313,23 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     rms_norm_eps: num(j, 'rms_norm_eps', { min: 0, def: 1e-6 }),
     rope_theta: num(j, 'rope_theta', { min: 1, def: 10000 }),
     max_position_embeddings: num(j, 'max_position_embeddings', { int: true, min: 1, def: 2048 }),
-    tie_word_embeddings: j['tie_word_embeddings'] === true,
+    tie_word_embeddings: (j['tie_word_embeddings'] ?? gemma) === true,
     rope_scaling: ropeScaling,
     attention_bias: modelType === 'qwen2' || j['attention_bias'] === true,
-    qk_norm: modelType === 'qwen3',
+    qk_norm: modelType === 'qwen3' || gemma,
     sliding_window:
       window === undefined || window === null ? null : num(j, 'sliding_window', { int: true, min: 1 }),
     max_window_layers: qwen ? num(j, 'max_window_layers', { int: true, min: 0, def: 28 }) : 0,
     no_rope_layers: modelType === 'smollm3' ? noRopeLayers(j, layers) : null,
     fused_projections: modelType === 'phi3',
     rope_dims: ropeDims,
+    hidden_act: gemma ? 'gelu_pytorch_tanh' : 'silu',
+    norm_plus_one: gemma,
+    sandwich_norms: gemma,
+    embedding_scale: gemma ? Math.sqrt(hidden) : 1,
+    query_pre_attn_scalar: gemma ? num(j, 'query_pre_attn_scalar', { min: 1, def: headDim }) : headDim,
+    layer_types: gemma ? layerTypes(j, layers) : null,
+    rope_local_base_freq: gemma ? num(j, 'rope_local_base_freq', { min: 1, def: 10000 }) : null,
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
     pad_token_id: pad[0] ?? null,
@@ -288,7 +349,7 @@ export function configToJson(c: LlamaConfig): Json {
     num_attention_heads: c.num_attention_heads,
     num_key_value_heads: c.num_key_value_heads,
     head_dim: c.head_dim,
-    hidden_act: 'silu',
+    hidden_act: c.hidden_act,
     rms_norm_eps: c.rms_norm_eps,
     rope_theta: c.rope_theta,
     max_position_embeddings: c.max_position_embeddings,
@@ -299,6 +360,11 @@ export function configToJson(c: LlamaConfig): Json {
   if (c.model_type === 'llama' || c.model_type === 'qwen3' || c.model_type === 'smollm3')
     j['attention_bias'] = c.attention_bias;
   if (c.no_rope_layers !== null) j['no_rope_layers'] = c.no_rope_layers;
+  if (c.model_type === 'gemma3_text') {
+    j['query_pre_attn_scalar'] = c.query_pre_attn_scalar;
+    j['layer_types'] = c.layer_types;
+    j['rope_local_base_freq'] = c.rope_local_base_freq;
+  }
   if (c.rope_dims !== c.head_dim) j['partial_rotary_factor'] = c.rope_dims / c.head_dim;
   if (c.rope_scaling?.rope_type === 'longrope')
     j['original_max_position_embeddings'] = c.rope_scaling.original_max_position_embeddings;

@@ -55,28 +55,41 @@ const FUSED_LAYER_NAMES: [string, string][] = [
   ['mlp.gate_up_proj.weight', 'ffn_up.weight'],
 ];
 
-/** The per-layer name pairs of a config: Phi-3's fused layers replace their separate ones. */
-function layerNames(fused: boolean): [string, string][] {
-  return fused ? [...FUSED_LAYER_NAMES, ...LAYER_NAMES] : LAYER_NAMES;
+/** Gemma's norms: after attention, and before and after the MLP (llama.cpp's names). */
+const SANDWICH_NAMES: [string, string][] = [
+  ['post_attention_layernorm.weight', 'post_attention_norm.weight'],
+  ['pre_feedforward_layernorm.weight', 'ffn_norm.weight'],
+  ['post_feedforward_layernorm.weight', 'post_ffw_norm.weight'],
+];
+
+type NameConfig = Pick<LlamaConfig, 'fused_projections' | 'sandwich_norms'>;
+
+/** The per-layer name pairs of a config: Phi-3's fused layers and Gemma's norms come first. */
+function layerNames(c: NameConfig | undefined): [string, string][] {
+  return [
+    ...(c?.sandwich_norms === true ? SANDWICH_NAMES : []),
+    ...(c?.fused_projections === true ? FUSED_LAYER_NAMES : []),
+    ...LAYER_NAMES,
+  ];
 }
 
-/** The GGUF name of a Hugging Face checkpoint name. */
-export function hfToGgufName(name: string): string {
+/** The GGUF name of a Hugging Face checkpoint name (in a model of config `c`). */
+export function hfToGgufName(name: string, c?: NameConfig): string {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === hf) return gg;
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null) for (const [hf, gg] of layerNames(true)) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
+  const names = layerNames({ fused_projections: true, sandwich_norms: c?.sandwich_norms ?? false });
+  if (m !== null) for (const [hf, gg] of names) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
   throw new QtuneError('INVALID_ARGUMENT', `no GGUF name for tensor ${name}`);
 }
 
 /**
- * The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs).
- * `fused`: the file is Phi-3's (its `ffn_up` is the fused gate_up_proj).
+ * The Hugging Face name of a GGUF tensor name in a model of config `c` (Phi-3's `ffn_up` is the
+ * fused gate_up_proj, Gemma's `ffn_norm` the pre-MLP norm), or null for tensors qtune does not use.
  */
-export function ggufToHfName(name: string, fused = false): string | null {
+export function ggufToHfName(name: string, c?: NameConfig): string | null {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === gg) return hf;
   const m = /^blk\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null)
-    for (const [hf, gg] of layerNames(fused)) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
+  if (m !== null) for (const [hf, gg] of layerNames(c)) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
   return null;
 }
 
@@ -103,15 +116,15 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
 }
 
 /** The GGUF architectures qtune reads and writes. */
-export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
-const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3'];
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3', 'gemma3'];
 
 /** llama.cpp's SmolLM3 leaves RoPE out of every layer `i` with `(i + 1) % 4 == 0`, and stores no list. */
 const SMOLLM3_NO_ROPE_STEP = 4;
 
 /** llama.cpp's architecture name for a config (Mistral is `llama`, as llama.cpp's converter writes it). */
 export function ggufArch(c: LlamaConfig): GgufArch {
-  return c.model_type === 'mistral' ? 'llama' : c.model_type;
+  return c.model_type === 'mistral' ? 'llama' : c.model_type === 'gemma3_text' ? 'gemma3' : c.model_type;
 }
 
 /**
@@ -126,7 +139,18 @@ export function ropeHeads(c: LlamaConfig, hfName: string): number | null {
   return null;
 }
 
-/** Converts a GGUF tensor's bytes to the HF row order. */
+/**
+ * Gemma's norm weights, `w` in HF's (1 + w), are stored in GGUF as 1 + w (llama.cpp multiplies by
+ * the stored weight): `delta` +1 on the way out, -1 on the way in. Norms are f32.
+ */
+function shiftNorm(c: LlamaConfig, hfName: string, bytes: Uint8Array, delta: number): Uint8Array {
+  if (!c.norm_plus_one || !hfName.endsWith('norm.weight')) return bytes;
+  const v = new Float32Array(bytes.slice().buffer);
+  for (let i = 0; i < v.length; i++) v[i] = v[i]! + delta;
+  return new Uint8Array(v.buffer);
+}
+
+/** Converts a GGUF tensor's bytes to the HF row order (and Gemma's norms to HF's offsets). */
 export function ggufTensorToHf(
   c: LlamaConfig,
   hfName: string,
@@ -134,7 +158,8 @@ export function ggufTensorToHf(
   bytes: Uint8Array,
 ): Uint8Array {
   const heads = ropeHeads(c, hfName);
-  return heads === null ? bytes : reorderRopeRows(bytes, shape[0]!, heads, false);
+  const rows = heads === null ? bytes : reorderRopeRows(bytes, shape[0]!, heads, false);
+  return shiftNorm(c, hfName, rows, -1);
 }
 
 /** The GGUF metadata key (after `<arch>.`) of each config.json field ggufToConfig reads from one. */
@@ -165,7 +190,7 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
   const hidden = n('embedding_length');
   const heads = n('attention.head_count');
   const j: Record<string, unknown> = {
-    model_type: arch,
+    model_type: arch === 'gemma3' ? 'gemma3_text' : arch,
     vocab_size: n('vocab_size') ?? embd.shape[0],
     hidden_size: hidden,
     intermediate_size: n('feed_forward_length'),
@@ -196,6 +221,9 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     const extra = jsonObject(g, 'qtune.hf_config', hfConfig);
     for (const k of [
       'no_rope_layers',
+      'layer_types',
+      'rope_local_base_freq',
+      'query_pre_attn_scalar',
       'rope_scaling',
       'sliding_window',
       'use_sliding_window',
@@ -394,6 +422,13 @@ export function writeLlamaGguf(
           use_sliding_window: c.sliding_window !== null,
           max_window_layers: c.max_window_layers,
           no_rope_layers: c.no_rope_layers,
+          ...(c.model_type === 'gemma3_text'
+            ? {
+                layer_types: c.layer_types,
+                rope_local_base_freq: c.rope_local_base_freq,
+                query_pre_attn_scalar: c.query_pre_attn_scalar,
+              }
+            : {}),
           eos_token_id: c.eos_token_id,
           torch_dtype: c.torch_dtype,
         }),
@@ -405,6 +440,7 @@ export function writeLlamaGguf(
     meta.set(`${arch}.rope.scaling.factor`, kv.f32(c.rope_scaling.factor));
   }
   if (c.sliding_window !== null) meta.set(`${arch}.attention.sliding_window`, kv.u32(c.sliding_window));
+  if (c.rope_local_base_freq !== null) meta.set(`${arch}.rope.freq_base_swa`, kv.f32(c.rope_local_base_freq));
   for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
 
   const tensors: GgufTensorToWrite[] = [];
@@ -434,7 +470,8 @@ export function writeLlamaGguf(
     }
     const heads = ropeHeads(c, t.name);
     if (heads !== null) bytes = reorderRopeRows(bytes, t.shape[0]!, heads, true);
-    tensors.push({ name: hfToGgufName(t.name), shape: t.shape, dtype, data: bytes });
+    bytes = shiftNorm(c, t.name, bytes, 1);
+    tensors.push({ name: hfToGgufName(t.name, c), shape: t.shape, dtype, data: bytes });
   }
   writeGguf(file, meta, tensors);
 }

@@ -1,13 +1,20 @@
 /**
  * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3 and
  * SmolLM3 (whose `no_rope_layers` leave RoPE out of some layers), and Phi-3/3.5/4-mini (q, k, v from
- * one fused `qkv_proj`, gate and up from one `gate_up_proj`; LongRoPE; RoPE on part of each head).
+ * one fused `qkv_proj`, gate and up from one `gate_up_proj`; LongRoPE; RoPE on part of each head),
+ * and Gemma 3 (below).
  *
  *   x = embed_tokens[ids]
  *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
  *               (Qwen3: q and k normed per head first, rope(rms(q_h)·q_norm), rope(rms(k_h)·k_norm))
  *               x += down_proj(silu(gate_proj(n)) · up_proj(n))                          n = rms(x)·post_attention_layernorm
  *   logits = lm_head(rms(x)·norm)          (lm_head = embed_tokens when tie_word_embeddings)
+ *
+ * Gemma 3: x = embed_tokens[ids]·√hidden; every norm scales by (1 + w); the attention's output is
+ * normed (post_attention_layernorm) before it is added, the MLP is normed before
+ * (pre_feedforward_layernorm) and after (post_feedforward_layernorm); the MLP is GeGLU with
+ * tanh-GELU; scores scale by query_pre_attn_scalar^-½; sliding layers use their own RoPE base and
+ * the window, global ones rope_theta with its scaling.
  *
  * Weights are stored in the Hugging Face layout under the checkpoint's own names, so loading is a
  * walk over {@link llamaWeights}. Rotary embeddings use the HF (neox, rotate-half) layout; GGUF files,
@@ -18,78 +25,18 @@ import type { DType } from '../engine/dtype.js';
 import { QtuneError } from '../errors.js';
 import { checkpoint } from '../tensor/checkpoint.js';
 import type { Graph } from '../tensor/graph.js';
-import { add, mul } from '../tensor/ops/elementwise.js';
+import { add, affine, mul, scale } from '../tensor/ops/elementwise.js';
 import { cast, concat, contiguous, permute, reshape, slice } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
-import { embedding, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
+import { embedding, gelu, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
 import { StoreGroup } from '../tensor/store-group.js';
 import { TensorStore, type TensorSpec } from '../tensor/store.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { LlamaConfig } from './config.js';
 import { deviceOfGroup, mapDevices, singleDeviceMap, type DeviceMap } from './device-map.js';
+import { llamaWeights, weightGroup, type WeightSpec } from './weights.js';
 
-export type WeightRole = 'embedding' | 'linear' | 'norm' | 'bias' | 'lm_head';
-
-export interface WeightSpec {
-  name: string;
-  shape: number[];
-  role: WeightRole;
-}
-
-/** Every weight of a model: its checkpoint name, shape `[out, in]` and role. */
-export function llamaWeights(c: LlamaConfig): WeightSpec[] {
-  const hd = c.head_dim;
-  const w: WeightSpec[] = [
-    { name: 'model.embed_tokens.weight', shape: [c.vocab_size, c.hidden_size], role: 'embedding' },
-  ];
-  for (let i = 0; i < c.num_hidden_layers; i++) {
-    const p = `model.layers.${i}`;
-    w.push({ name: `${p}.input_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
-    const qkv: [string, number][] = [
-      ['q', c.num_attention_heads * hd],
-      ['k', c.num_key_value_heads * hd],
-      ['v', c.num_key_value_heads * hd],
-    ];
-    if (c.fused_projections) {
-      const rows = qkv.reduce((n, [, r]) => n + r, 0);
-      w.push({ name: `${p}.self_attn.qkv_proj.weight`, shape: [rows, c.hidden_size], role: 'linear' });
-    } else {
-      for (const [x, rows] of qkv)
-        w.push({ name: `${p}.self_attn.${x}_proj.weight`, shape: [rows, c.hidden_size], role: 'linear' });
-    }
-    if (c.attention_bias) {
-      w.push({ name: `${p}.self_attn.q_proj.bias`, shape: [c.num_attention_heads * hd], role: 'bias' });
-      w.push({ name: `${p}.self_attn.k_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
-      w.push({ name: `${p}.self_attn.v_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
-    }
-    if (c.qk_norm) {
-      w.push({ name: `${p}.self_attn.q_norm.weight`, shape: [hd], role: 'norm' });
-      w.push({ name: `${p}.self_attn.k_norm.weight`, shape: [hd], role: 'norm' });
-    }
-    w.push({
-      name: `${p}.self_attn.o_proj.weight`,
-      shape: [c.hidden_size, c.num_attention_heads * hd],
-      role: 'linear',
-    });
-    w.push({ name: `${p}.post_attention_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
-    const F = c.intermediate_size;
-    if (c.fused_projections)
-      w.push({ name: `${p}.mlp.gate_up_proj.weight`, shape: [2 * F, c.hidden_size], role: 'linear' });
-    else {
-      w.push({ name: `${p}.mlp.gate_proj.weight`, shape: [F, c.hidden_size], role: 'linear' });
-      w.push({ name: `${p}.mlp.up_proj.weight`, shape: [F, c.hidden_size], role: 'linear' });
-    }
-    w.push({
-      name: `${p}.mlp.down_proj.weight`,
-      shape: [c.hidden_size, c.intermediate_size],
-      role: 'linear',
-    });
-  }
-  w.push({ name: 'model.norm.weight', shape: [c.hidden_size], role: 'norm' });
-  if (!c.tie_word_embeddings)
-    w.push({ name: 'lm_head.weight', shape: [c.vocab_size, c.hidden_size], role: 'lm_head' });
-  return w;
-}
+export { llamaWeights, weightGroup, type WeightRole, type WeightSpec } from './weights.js';
 
 /**
  * Key and value cache for generation: `[B, n_kv_heads, capacity, head_dim]` per layer, each layer's
@@ -175,12 +122,6 @@ export function slidingWindowMask(start: number, T: number, W: number): Float32A
     for (let k = 0; k < first && k < total; k++) m[t * total + k] = -Infinity;
   }
   return m;
-}
-
-/** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
-export function weightGroup(name: string): string {
-  const m = /^model\.layers\.(\d+)\./.exec(name);
-  return m === null ? 'model' : `layer.${m[1]}`;
 }
 
 export class LlamaModel {
@@ -440,32 +381,44 @@ export class LlamaModel {
         attnFactor: rs?.rope_type === 'longrope' ? rs.attention_factor : 1,
       };
 
+      // Gemma 3's sliding layers: their own RoPE base, unscaled
+      const localRope =
+        c.rope_local_base_freq === null
+          ? ropeOpts
+          : { ...ropeOpts, base: c.rope_local_base_freq, freqScale: 1, freqFactors: null, attnFactor: 1 };
+      const slides = (i: number): boolean =>
+        c.layer_types === null ? i >= c.max_window_layers : c.layer_types[i] === 'sliding_attention';
+
       let x = embedding(this.weight('model.embed_tokens.weight'), ids); // (B, T, C)
+      if (c.embedding_scale !== 1) x = scale(x, c.embedding_scale);
       for (let i = 0; i < c.num_hidden_layers; i++) {
         const block = (h: Tensor): Tensor => {
           const p = `model.layers.${i}`;
-          const n1 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.input_layernorm.weight`));
-          h = add(
+          const local = slides(i);
+          let attn = this.attention(g, this.norm(h, `${p}.input_layernorm`), i, {
+            B,
+            T,
+            start,
+            positions,
+            ropeOpts: local ? localRope : ropeOpts,
+            cache: o.cache,
+            hook: o.linear,
+            mask: local && windowMask !== undefined ? windowMask : o.mask,
+          });
+          if (c.sandwich_norms) attn = this.norm(attn, `${p}.post_attention_layernorm`);
+          h = add(h, attn);
+          const n2 = this.norm(
             h,
-            this.attention(g, n1, i, {
-              B,
-              T,
-              start,
-              positions,
-              ropeOpts,
-              cache: o.cache,
-              hook: o.linear,
-              mask: i >= c.max_window_layers && windowMask !== undefined ? windowMask : o.mask,
-            }),
+            `${p}.${c.sandwich_norms ? 'pre_feedforward' : 'post_attention'}_layernorm`,
           );
-          const n2 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
-          const mlp = this.project(`${p}.mlp.down_proj`, this.gatedUp(p, n2, o.linear), o.linear);
+          let mlp = this.project(`${p}.mlp.down_proj`, this.gatedUp(p, n2, o.linear), o.linear);
+          if (c.sandwich_norms) mlp = this.norm(mlp, `${p}.post_feedforward_layernorm`);
           return add(h, mlp);
         };
         x = g.scope(`layers.${i}`, () => (o.checkpoint === true ? checkpoint([x], block) : block(x)));
       }
       if (o.lastOnly === true && T > 1) x = slice(x, 1, T - 1, T); // (B, 1, C)
-      const h = mul(rmsNorm(x, c.rms_norm_eps), this.weight('model.norm.weight'));
+      const h = this.norm(x, 'model.norm');
       const head = c.tie_word_embeddings
         ? this.weight('model.embed_tokens.weight')
         : this.weight('lm_head.weight');
@@ -475,13 +428,24 @@ export class LlamaModel {
     });
   }
 
-  /** silu(gate) · up of a block's MLP, from gate_proj and up_proj or from Phi-3's fused gate_up_proj. */
+  /**
+   * act(gate) · up of a block's MLP (silu, or Gemma's tanh-GELU), from gate_proj and up_proj or from
+   * Phi-3's fused gate_up_proj.
+   */
   private gatedUp(p: string, n: Tensor, hook: LinearHook | undefined): Tensor {
+    const glu = (gate: Tensor, up: Tensor): Tensor =>
+      this.config.hidden_act === 'silu' ? swiglu(gate, up) : mul(gelu(gate), up);
     if (!this.config.fused_projections)
-      return swiglu(this.project(`${p}.mlp.gate_proj`, n, hook), this.project(`${p}.mlp.up_proj`, n, hook));
+      return glu(this.project(`${p}.mlp.gate_proj`, n, hook), this.project(`${p}.mlp.up_proj`, n, hook));
     const F = this.config.intermediate_size;
     const gu = this.project(`${p}.mlp.gate_up_proj`, n, hook); // (B, T, 2F): gate, then up
-    return swiglu(slice(gu, -1, 0, F), slice(gu, -1, F, 2 * F));
+    return glu(slice(gu, -1, 0, F), slice(gu, -1, F, 2 * F));
+  }
+
+  /** RMSNorm of x's innermost axis times a norm weight `module.weight`: w, or Gemma's (1 + w). */
+  private norm(x: Tensor, module: string): Tensor {
+    const w = this.weight(`${module}.weight`);
+    return mul(rmsNorm(x, this.config.rms_norm_eps), this.config.norm_plus_one ? affine(w, 1, 1) : w);
   }
 
   /** A module's linear layer: `x @ Wᵀ (+ bias)`, or what the hook makes of it. */
@@ -522,9 +486,7 @@ export class LlamaModel {
           : contiguous(slice(fused, -1, offsets[name], offsets[name] + heads * hd));
       const x = reshape(flat, [B, T, heads, hd]);
       // Qwen3: an RMSNorm over each head's hd values (ggml normalises the innermost axis)
-      return c.qk_norm && name !== 'v'
-        ? mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.${name}_norm.weight`))
-        : x;
+      return c.qk_norm && name !== 'v' ? this.norm(x, `${p}.${name}_norm`) : x;
     };
     // SmolLM3's NoPE layers attend without positions
     const withRope = (x: Tensor): Tensor =>
@@ -544,7 +506,11 @@ export class LlamaModel {
     }
     // query heads h·r .. h·r+r-1 share kv head h (ggml's grouped broadcasting = HF's repeat_kv)
     const scores = g.label('attn.matmul', () => linear(q, k)); // (B, H, T, start+T)
-    const probs = softmax(scores, { scale: 1 / Math.sqrt(hd), causal: true, mask: a.mask ?? null });
+    const probs = softmax(scores, {
+      scale: 1 / Math.sqrt(c.query_pre_attn_scalar),
+      causal: true,
+      mask: a.mask ?? null,
+    });
     const out = g.label('attn.matmul', () => matmul(probs, v)); // (B, H, T, hd)
     const merged = reshape(permute(out, [0, 2, 1, 3]), [B, T, H * hd]);
     return this.project(`${p}.o_proj`, merged, a.hook);

@@ -19,10 +19,11 @@ import { configToJson, parseLlamaConfig, type LlamaConfig, type RopeScaling } fr
 import { gaussian, seededUniform } from '../util/random.js';
 import { llamaWeights } from './llama.js';
 
-export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3';
-export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3'];
+export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3' | 'gemma3';
+/** The tokenizer packages; `gemma3` (242 MB installed) is a development dependency, installed on demand. */
+export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3', 'gemma3'];
 
-export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
+export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
 
 /**
  * What each family's tiny model is like by default, as the real models of the family are: its
@@ -57,6 +58,12 @@ export const TINY_FAMILIES: Record<
     tied: false,
     headDimFactor: 1,
     about: 'fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer stands in',
+  },
+  gemma3_text: {
+    tokenizer: 'gemma3',
+    tied: true,
+    headDimFactor: 2,
+    about: 'GeGLU, (1 + w) norms around attention and MLP, local/global layers, as Gemma 3 1B',
   },
 };
 
@@ -124,7 +131,9 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     num_key_value_heads: o.kvHeads ?? 4,
     head_dim: o.headDim ?? (hidden / heads) * fam.headDimFactor,
     rms_norm_eps: 1e-6,
-    rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : 10000),
+    rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : family === 'gemma3_text' ? 1e6 : 10000),
+    // Gemma 3 1B's window (its layers slide but each 6th, HF's default pattern)
+    ...(family === 'gemma3_text' ? { sliding_window: 512 } : {}),
     max_position_embeddings: o.maxPositionEmbeddings ?? 2048,
     tie_word_embeddings: o.tieWordEmbeddings ?? fam.tied,
     rope_scaling: o.ropeScaling ?? null,
@@ -137,7 +146,9 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
   const std = o.initStd ?? 0.02;
   const tensors: TensorToWrite[] = llamaWeights(config).map((w) => {
     const n = w.shape.reduce((a, b) => a * b, 1);
-    const data = w.role === 'norm' ? new Float32Array(n).fill(1) : gaussian(uniform, n, std);
+    // norms start as the identity: weight 1, or Gemma's offset 0 in (1 + w)
+    const data =
+      w.role === 'norm' ? new Float32Array(n).fill(config.norm_plus_one ? 0 : 1) : gaussian(uniform, n, std);
     return { name: w.name, shape: w.shape, data, dtype: o.dtype ?? 'F32' };
   });
   makeFolder(dir);

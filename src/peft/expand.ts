@@ -109,6 +109,8 @@ export function expandModel(src: string, out: string, blocks: number): Expansion
       // a new block is a copy of its source block, RoPE switch included (SmolLM3)
       no_rope_layers:
         config.no_rope_layers === null ? null : plan.sourceOf.map((s) => config.no_rope_layers![s]!),
+      // and its attention (Gemma 3's local or global)
+      layer_types: config.layer_types === null ? null : plan.sourceOf.map((s) => config.layer_types![s]!),
     });
     writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(json, null, 2) + '\n');
     writeFileSync(

@@ -164,7 +164,7 @@ export function loadGgufLoraAdapter(file: string, modelConfig: LlamaConfig): Lor
       throw new FormatError(file, `has no tensor ${base}.lora_${p.a === undefined ? 'a' : 'b'}`, {
         hint: 'every module needs both lora_a and lora_b',
       });
-    const hf = ggufToHfName(base, modelConfig.fused_projections);
+    const hf = ggufToHfName(base, modelConfig);
     if (hf === null || !hf.endsWith('.weight'))
       throw new FormatError(file, `tensor ${p.a} adapts ${base}, which qtune does not know`);
     const module = hf.slice(0, -'.weight'.length);

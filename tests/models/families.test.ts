@@ -105,6 +105,26 @@ const FAMILIES: FamilyCase[] = [
     extraGgufTensors: ['blk.0.attn_qkv.weight', 'blk.1.ffn_up.weight'],
     chat: "the stand-in Llama 2 tokenizer lacks Phi-3's chat tokens (<|user|>, <|end|>)",
   },
+  {
+    family: 'gemma3_text',
+    arch: 'gemma3',
+    fixture: 'gemma3_local_global',
+    targets: LLAMA_TARGETS,
+    extraGgufTensors: [
+      'blk.0.post_attention_norm.weight',
+      'blk.0.post_ffw_norm.weight',
+      'blk.1.attn_k_norm.weight',
+    ],
+    chat: {
+      messages: CONVERSATION,
+      // Gemma's template: no system role (it opens the first user turn), the assistant is "model"
+      text:
+        '<bos><start_of_turn>user\nYou answer briefly.\n\nWhat is a whale?<end_of_turn>\n' +
+        '<start_of_turn>model\nA large sea mammal.<end_of_turn>\n',
+      trained: 'A large sea mammal.<end_of_turn>',
+      marker: '<start_of_turn>',
+    },
+  },
 ];
 
 const TRAIN_TYPES: Record<string, number> = {

@@ -44,7 +44,8 @@ export function run(argv: string[], out: (s: string) => void): number {
   const dir = positionals[0];
   if (dir === undefined)
     throw new UsageError('init-tiny: give the folder to write, e.g. `qtune init-tiny tiny-model`');
-  const family = String(values['family']);
+  // `gemma3` is what people type for Gemma 3's text model_type
+  const family = String(values['family']) === 'gemma3' ? 'gemma3_text' : String(values['family']);
   if (!Object.hasOwn(TINY_FAMILIES, family))
     throw new UsageError(
       `--family=${family} is not supported`,

@@ -243,14 +243,28 @@ const GELU_K = 0.044715;
 
 /**
  * GELU, tanh approximation (PyTorch `gelu(approximate='tanh')`): 0.5·x·(1 + tanh(√(2/π)(x + 0.044715x³))).
- * ggml's CPU kernel reads a float16 table, so the forward is accurate to about 1e-3.
+ * Composed from f32 elementwise ops (ggml_gelu's CPU kernel reads a float16 table, ~1e-3 off), so
+ * forward and backward are exact to f32 rounding on every device.
  */
 export function gelu(x: Tensor): Tensor {
   const g = graphOf('gelu', x);
   requireF32('gelu', x);
   const src = contiguous(x);
   const api = ggml();
-  const y = g.node((ctx) => api.gelu(ctx, src.ptr), x.shape, 'f32', src.requiresGrad, 'gelu');
+  // 0.5·x·(1 + tanh(√(2/π)(x + k·x³))) in f32 from ggml's elementwise ops: ggml_gelu on the CPU reads
+  // a table at x rounded to f16 (relative errors ~5e-4, which put Gemma 3's logits 3e-4 off PyTorch)
+  const y = g.node(
+    (ctx) => {
+      const s = src.ptr;
+      const inner = api.mul(ctx, s, api.scale_bias(ctx, api.mul(ctx, s, s), GELU_K, 1));
+      const t = api.tanh(ctx, api.scale(ctx, inner, GELU_C));
+      return api.mul(ctx, s, api.scale_bias(ctx, t, 0.5, 0.5));
+    },
+    x.shape,
+    'f32',
+    src.requiresGrad,
+    'gelu',
+  );
   return g.record('gelu', [src], y, (dy) => {
     // d/dx = 0.5(1 + t) + 0.5·x·(1 - t²)·√(2/π)(1 + 3k·x²),  t = tanh(√(2/π)(x + k·x³))
     const x2 = mul(src, src);
