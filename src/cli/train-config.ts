@@ -201,6 +201,17 @@ export const TRAIN_OPTIONS = {
   num_cycles: { kind: 'int', default: null, min: 1, help: 'cosine_with_restarts: cycles' },
   eval_steps: { kind: 'int', default: 0, min: 0, help: 'evaluate every N steps (0: at the end only)' },
   save_steps: { kind: 'int', default: 0, min: 0, help: 'checkpoint every N steps (0: at the end only)' },
+  load_best_model_at_end: {
+    kind: 'boolean',
+    default: false,
+    help: 'end with the checkpoint of the best validation loss as the adapter/model (needs eval_steps; save_steps defaults to it)',
+  },
+  metric_for_best_model: {
+    kind: 'string',
+    default: 'eval_loss',
+    choices: ['eval_loss', 'loss'],
+    help: 'with load_best_model_at_end: the metric to keep the best of (lower is better)',
+  },
   logging_steps: {
     kind: 'int',
     default: 10,
@@ -528,11 +539,33 @@ export function resolveTrainConfig(
     throw new ConfigError(`profile_step: ${c.profile_step} is set without profile`, {
       hint: 'add --profile (or profile: true), or drop profile_step',
     });
+  if (c.load_best_model_at_end) checkBestModel(c);
   if (c.val_size >= 1 && !Number.isInteger(c.val_size))
     throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {
       hint: 'use e.g. 0.05 or 100',
     });
   return c;
+}
+
+/**
+ * load_best_model_at_end, as Hugging Face's Trainer: the run evaluates every eval_steps and keeps a
+ * checkpoint at each evaluation (save_steps 0 becomes eval_steps; another value must be a multiple).
+ */
+function checkBestModel(c: TrainConfig): void {
+  if (c.eval_steps === 0)
+    throw new ConfigError('load_best_model_at_end: true needs eval_steps above 0', {
+      hint: 'set eval_steps (e.g. 10) so that checkpoints can be compared by validation loss',
+    });
+  if (c.val_dataset === null && c.val_size === 0 && c.dataset_format !== 'dummy')
+    throw new ConfigError('load_best_model_at_end: true needs validation data, but val_size is 0', {
+      hint: 'set val_size (e.g. 0.05) or val_dataset',
+    });
+  if (c.save_steps === 0) c.save_steps = c.eval_steps;
+  else if (c.save_steps % c.eval_steps !== 0)
+    throw new ConfigError(
+      `save_steps: ${c.save_steps} is not a multiple of eval_steps ${c.eval_steps}, as load_best_model_at_end needs`,
+      { hint: `use save_steps ${c.eval_steps} (or a multiple of it), or leave it 0` },
+    );
 }
 
 /** `--help` text: every option with its default. */

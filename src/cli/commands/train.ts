@@ -13,8 +13,10 @@ import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError } from '../../errors.js';
 import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
+import { fileSystemError } from '../../errors.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
+import { ConsoleProgress } from '../../report/console.js';
 import { createRunLoggers } from '../../report/logger.js';
 import type { FrozenCopies } from '../../train/frozen.js';
 import type { ComputeDTypeChoice } from '../../train/kernel-choice.js';
@@ -27,6 +29,8 @@ import { Trainer } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
+import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
+import { TrainLog } from '../train-log.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -220,7 +224,39 @@ async function trainLocked(
   c: TrainConfig,
   comm: Communicator,
   manager: BackendManager,
+  print: (s: string) => void,
+): Promise<number> {
+  const writer = comm.rank === 0;
+  // train.log: what the run prints, written once output_dir is made (train-log.ts)
+  const log = writer ? new TrainLog(c.output_dir, { append: c.resume_from_checkpoint !== null }) : null;
+  const out = (s: string): void => {
+    print(s);
+    log?.line(s);
+  };
+  try {
+    return await trainLogged(c, comm, manager, out, log);
+  } catch (e) {
+    log?.line(`qtune: error: ${errorLine(e)}`);
+    try {
+      log?.flush();
+    } catch {
+      // the error being reported (a full disk, say) may be why the log cannot be written either
+    }
+    throw e;
+  }
+}
+
+function errorLine(e: unknown): string {
+  const f = fileSystemError(e);
+  return f instanceof Error ? f.message : String(f);
+}
+
+async function trainLogged(
+  c: TrainConfig,
+  comm: Communicator,
+  manager: BackendManager,
   out: (s: string) => void,
+  log: TrainLog | null,
 ): Promise<number> {
   const devices = deviceRequest(c);
   const writer = comm.rank === 0;
@@ -288,6 +324,7 @@ async function trainLocked(
     trainer.allocate(); // a step the device cannot hold fails before anything is written
     for (const line of trainer.kernelChoiceLines()) out(line);
     if (writer) makeFolder(c.output_dir, 'output_dir');
+    log?.start();
     const logger = writer
       ? await createRunLoggers({
           outputDir: c.output_dir,
@@ -300,11 +337,28 @@ async function trainLocked(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
+    const best = new BestCheckpoint();
     if (resumeDir !== null) {
       trainer.loadCheckpoint(resumeDir);
       out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
+      if (writer) best.seed(c.output_dir, trainer.globalStep);
     }
-    trainer.onLog = (r) => logger.log(r);
+    // the log's progress: plain lines, as a run without a terminal prints them
+    const progress =
+      log === null
+        ? null
+        : new ConsoleProgress({
+            totalSteps: trainer.totalSteps,
+            stream: log.sink,
+            tty: false,
+            everySteps: c.logging_steps,
+          });
+    trainer.onLog = (r) => {
+      logger.log(r);
+      progress?.log(r);
+      best.observe(r);
+      if (r.kind === 'checkpoint') log?.flush();
+    };
     let result;
     try {
       result = trainer.train();
@@ -312,8 +366,30 @@ async function trainLocked(
       await logger.close();
       throw e;
     }
+    progress?.close(result);
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
+    const chosen = c.load_best_model_at_end ? best.best : null;
+    if (c.load_best_model_at_end)
+      out(
+        chosen === null
+          ? 'load_best_model_at_end: no evaluated checkpoint; the outputs are the last step’s'
+          : `load_best_model_at_end: the outputs are ${chosen.path}'s (step ${chosen.step}, validation loss ${chosen.loss.toFixed(4)}, the lowest of ${best.evaluations} evaluations)`,
+      );
+    // the best checkpoint's weights into the model, then saved as the run's outputs (as HF's Trainer)
+    if (writer && chosen !== null && chosen.step !== trainer.globalStep) trainer.loadCheckpoint(chosen.path);
     const written = writer ? trainer.saveOutputs(c.output_dir) : [];
+    if (writer)
+      written.push(
+        ...writeRunFiles(c.output_dir, {
+          config: c,
+          result,
+          totalSteps: trainer.totalSteps,
+          best: chosen,
+          adapter: trainer.lora === null ? null : trainer.lora.options.dora ? 'dora' : 'lora',
+          quantization: prepared.trainType.quantization,
+          tokenizer: prepared.tokenizer,
+        }),
+      );
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
@@ -332,9 +408,11 @@ async function trainLocked(
       written.push(file);
       for (const line of formatProfile(profile)) out(line);
     }
+    const logged = log === null ? [] : [log.file];
     out(
-      `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`,
+      `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png'), ...logged].join(', ')}`,
     );
+    log?.flush();
     return 0;
   } finally {
     trainer.dispose();
