@@ -6,11 +6,13 @@
  * @example
  * const config = resolveTrainConfig(readConfigFile('run.yaml'), { lr: '1e-4' });
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
+import { isHubId } from '../io/hub.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
@@ -566,6 +568,24 @@ function checkBestModel(c: TrainConfig): void {
       `save_steps: ${c.save_steps} is not a multiple of eval_steps ${c.eval_steps}, as load_best_model_at_end needs`,
       { hint: `use save_steps ${c.eval_steps} (or a multiple of it), or leave it 0` },
     );
+}
+
+/**
+ * `model` names a Hub id (`org/name`, not a local path) or a path, which must exist. Relative paths
+ * are taken from the current folder, as `dataset` and `output_dir` are; a missing one is one line,
+ * which names the config file's folder when the path exists relative to that instead.
+ */
+export function checkModelPath(model: string, configFile?: string): void {
+  if (existsSync(model) || isHubId(model)) return;
+  const besideConfig =
+    configFile === undefined || path.isAbsolute(model) ? null : path.join(path.dirname(configFile), model);
+  throw new ConfigError(`model: path ${model} does not exist`, {
+    hint:
+      besideConfig !== null && existsSync(besideConfig)
+        ? `relative paths are from the current folder, not the config file's: use ${besideConfig}`
+        : `relative paths are from the current folder, ${process.cwd()}; give a model folder, a .gguf file, or a Hub id such as org/name`,
+    details: { field: 'model', value: model },
+  });
 }
 
 /** `--help` text: every option with its default. */

@@ -31,7 +31,13 @@ import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
 import { TrainLog } from '../train-log.js';
-import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
+import {
+  checkModelPath,
+  readConfigFile,
+  resolveTrainConfig,
+  trainOptionsHelp,
+  type TrainConfig,
+} from '../train-config.js';
 
 export const spec: CommandSpec = {
   name: 'train',
@@ -171,6 +177,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     return 0;
   }
   const c = resolveTrainConfig(file === undefined ? {} : readConfigFile(file), flags);
+  checkModelPath(c.model!, file); // a missing local path is one line, not a Hub download
   // one rank of a data-parallel job when an MPI launcher started this process (src/dist)
   const comm = connect({ timeoutS: c.dist_timeout });
   let code: number;
