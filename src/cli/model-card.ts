@@ -9,7 +9,7 @@ import type { RunSummary } from './run-outputs.js';
 
 const fmt = (v: number | null | undefined): string => (v === null || v === undefined ? '-' : v.toFixed(4));
 
-/** The hyperparameters the card lists (config.yaml has every setting). */
+/** The hyperparameters the card lists (qtune_config.yaml has every setting). */
 function hyperparameters(s: RunSummary): [string, unknown][] {
   const c = s.config;
   const rows: [string, unknown][] = [['train_type', c.train_type]];
@@ -149,7 +149,7 @@ export function modelCard(s: RunSummary): string {
     '|---|---|',
     ...hyperparameters(s).map(([k, v]) => `| ${k} | ${String(v)} |`),
     '',
-    `Every setting is in \`config.yaml\`; the log of the run is \`train.log\`, each step's metrics \`metrics.jsonl\`, the loss curves \`loss.png\`.`,
+    `Every setting is in \`qtune_config.yaml\`; the log of the run is \`train.log\`, each step's metrics \`metrics.jsonl\`, the loss curves \`loss.png\`.`,
     '',
     '## Results',
     '',

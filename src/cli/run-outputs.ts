@@ -1,6 +1,6 @@
 /**
  * What `qtune train` leaves in output_dir besides the adapter (or model) and the metrics, as a PEFT or
- * Axolotl user expects to find it: the resolved config (`config.yaml`), the tokenizer files, the
+ * Axolotl user expects to find it: the resolved config (`qtune_config.yaml`), the tokenizer files, the
  * run's summary (`trainer_state.json`, with the best checkpoint of load_best_model_at_end) and a
  * model card (`README.md`, model-card.ts). Every file is written atomically (io/atomic.ts).
  *
@@ -19,8 +19,8 @@ import type { LogRecord, TrainResult } from '../train/trainer.js';
 import { modelCard } from './model-card.js';
 import type { TrainConfig } from './train-config.js';
 
-/** The resolved config's file name: `qtune train --config output_dir/config.yaml` trains it again. */
-export const CONFIG_FILE = 'config.yaml';
+/** The resolved config's file name: `qtune train --config output_dir/qtune_config.yaml` trains it again. */
+export const CONFIG_FILE = 'qtune_config.yaml';
 /** A tokenizer file that a base folder may hold and qtune does not write from its Tokenizer. */
 const EXTRA_TOKENIZER_FILES = ['special_tokens_map.json', 'tokenizer.model'];
 
@@ -95,7 +95,7 @@ export interface RunSummary {
   tokenizer: Tokenizer | null;
 }
 
-/** Writes config.yaml, the tokenizer files, trainer_state.json and README.md into `dir`; returns the paths. */
+/** Writes qtune_config.yaml, the tokenizer files, trainer_state.json and README.md into `dir`; returns the paths. */
 export function writeRunFiles(dir: string, s: RunSummary): string[] {
   const files: string[] = [];
   const write = (name: string, text: string): void => {

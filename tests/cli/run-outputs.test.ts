@@ -1,15 +1,24 @@
 /**
  * What `qtune train` leaves in output_dir beside the adapter, as a PEFT/Axolotl user expects it: the
- * model card (README.md), the resolved config (config.yaml), the log (train.log), the tokenizer
+ * model card (README.md), the resolved config (qtune_config.yaml), the log (train.log), the tokenizer
  * files and trainer_state.json; and load_best_model_at_end, which makes the outputs those of the
  * checkpoint with the lowest validation loss. The real binary, a tiny model on disk, real data.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { readFlags } from '../../src/cli/commands/train.js';
+import { checkEarlierRun } from '../../src/cli/run-folder.js';
 import { readConfigFile, resolveTrainConfig } from '../../src/cli/train-config.js';
 import { readConfig } from '../../src/models/load.js';
 import { createTinyModel } from '../../src/models/tiny.js';
@@ -50,7 +59,7 @@ describe('qtune train: the output folder', () => {
     assert.equal(r.code, 0, r.stderr);
     for (const f of [
       'README.md',
-      'config.yaml',
+      'qtune_config.yaml',
       'train.log',
       'tokenizer.json',
       'tokenizer_config.json',
@@ -63,9 +72,9 @@ describe('qtune train: the output folder', () => {
     // the resolved config reads back as the same settings: defaults, the file and every flag
     const { config, flags } = readFlags(args.slice(1));
     const resolved = resolveTrainConfig(readConfigFile(config!), flags);
-    assert.deepEqual(resolveTrainConfig(readConfigFile(path.join(out, 'config.yaml'))), resolved);
-    assert.match(read(out, 'config.yaml'), /^lr: 0\.003$/m);
-    assert.match(read(out, 'config.yaml'), /^lora_dropout: 0$/m, 'a default is written out');
+    assert.deepEqual(resolveTrainConfig(readConfigFile(path.join(out, 'qtune_config.yaml'))), resolved);
+    assert.match(read(out, 'qtune_config.yaml'), /^lr: 0\.003$/m);
+    assert.match(read(out, 'qtune_config.yaml'), /^lora_dropout: 0$/m, 'a default is written out');
 
     // the tokenizer files: those the run used, and the base folder's special_tokens_map.json as is
     assert.deepEqual(JSON.parse(read(out, 'tokenizer.json')), JSON.parse(read(tiny, 'tokenizer.json')));
@@ -226,5 +235,33 @@ describe('qtune train: the output folder', () => {
     assert.equal(r.code, 2, r.stderr);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     assert.ok(!existsSync(path.join(tmp, 'never')), 'nothing written');
+  });
+
+  it("overwrite_output_dir removes these files too, but not a user's README.md or a tokenizer with no adapter beside it", () => {
+    const ours = path.join(tmp, 'overwrite-ours');
+    const theirs = path.join(tmp, 'overwrite-theirs');
+    const card = '---\nbase_model: "m"\n---\n\nA LoRA adapter trained with qtune (`qtune train`).\n';
+    const files: Record<string, Record<string, string>> = {
+      [ours]: {
+        'adapter_model.safetensors': '',
+        'adapter_config.json': '{}',
+        'README.md': card,
+        'qtune_config.yaml': 'lr: 1\n',
+        'train.log': 'x\n',
+        'trainer_state.json': '{}',
+        'tokenizer.json': '{}',
+        'tokenizer_config.json': '{}',
+        'special_tokens_map.json': '{}',
+        'notes.txt': 'mine',
+      },
+      [theirs]: { 'metrics.jsonl': '', 'README.md': '# my project\n', 'tokenizer.json': '{}' },
+    };
+    for (const [dir, content] of Object.entries(files)) {
+      mkdirSync(dir);
+      for (const [f, text] of Object.entries(content)) writeFileSync(path.join(dir, f), text);
+      checkEarlierRun(dir, { overwrite: true, resume: false });
+    }
+    assert.deepEqual(readdirSync(ours), ['notes.txt']);
+    assert.deepEqual(readdirSync(theirs).sort(), ['README.md', 'tokenizer.json']);
   });
 });
