@@ -17,6 +17,7 @@ import type { Tokenizer } from '../io/tokenizer.js';
 import { METRICS_FILE } from '../report/jsonl.js';
 import type { LogRecord, TrainResult } from '../train/trainer.js';
 import { modelCard } from './model-card.js';
+import { ConfigError } from '../errors.js';
 import type { TrainConfig } from './train-config.js';
 
 /** The resolved config's file name: `qtune train --config output_dir/qtune_config.yaml` trains it again. */
@@ -167,4 +168,25 @@ export function trainerState(s: RunSummary): Record<string, unknown> {
       eval_perplexity: e.perplexity,
     })),
   };
+}
+
+/**
+ * load_best_model_at_end, as Hugging Face's Trainer: the run evaluates every eval_steps and keeps a
+ * checkpoint at each evaluation (save_steps 0 becomes eval_steps; another value must be a multiple).
+ */
+export function checkBestModel(c: TrainConfig): void {
+  if (c.eval_steps === 0)
+    throw new ConfigError('load_best_model_at_end: true needs eval_steps above 0', {
+      hint: 'set eval_steps (e.g. 10) so that checkpoints can be compared by validation loss',
+    });
+  if (c.val_dataset === null && c.val_size === 0 && c.dataset_format !== 'dummy')
+    throw new ConfigError('load_best_model_at_end: true needs validation data, but val_size is 0', {
+      hint: 'set val_size (e.g. 0.05) or val_dataset',
+    });
+  if (c.save_steps === 0) c.save_steps = c.eval_steps;
+  else if (c.save_steps % c.eval_steps !== 0)
+    throw new ConfigError(
+      `save_steps: ${c.save_steps} is not a multiple of eval_steps ${c.eval_steps}, as load_best_model_at_end needs`,
+      { hint: `use save_steps ${c.eval_steps} (or a multiple of it), or leave it 0` },
+    );
 }

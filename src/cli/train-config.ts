@@ -6,13 +6,12 @@
  * @example
  * const config = resolveTrainConfig(readConfigFile('run.yaml'), { lr: '1e-4' });
  */
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
-import { isHubId } from '../io/hub.js';
+import { checkBestModel } from './run-outputs.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
@@ -547,45 +546,6 @@ export function resolveTrainConfig(
       hint: 'use e.g. 0.05 or 100',
     });
   return c;
-}
-
-/**
- * load_best_model_at_end, as Hugging Face's Trainer: the run evaluates every eval_steps and keeps a
- * checkpoint at each evaluation (save_steps 0 becomes eval_steps; another value must be a multiple).
- */
-function checkBestModel(c: TrainConfig): void {
-  if (c.eval_steps === 0)
-    throw new ConfigError('load_best_model_at_end: true needs eval_steps above 0', {
-      hint: 'set eval_steps (e.g. 10) so that checkpoints can be compared by validation loss',
-    });
-  if (c.val_dataset === null && c.val_size === 0 && c.dataset_format !== 'dummy')
-    throw new ConfigError('load_best_model_at_end: true needs validation data, but val_size is 0', {
-      hint: 'set val_size (e.g. 0.05) or val_dataset',
-    });
-  if (c.save_steps === 0) c.save_steps = c.eval_steps;
-  else if (c.save_steps % c.eval_steps !== 0)
-    throw new ConfigError(
-      `save_steps: ${c.save_steps} is not a multiple of eval_steps ${c.eval_steps}, as load_best_model_at_end needs`,
-      { hint: `use save_steps ${c.eval_steps} (or a multiple of it), or leave it 0` },
-    );
-}
-
-/**
- * `model` names a Hub id (`org/name`, not a local path) or a path, which must exist. Relative paths
- * are taken from the current folder, as `dataset` and `output_dir` are; a missing one is one line,
- * which names the config file's folder when the path exists relative to that instead.
- */
-export function checkModelPath(model: string, configFile?: string): void {
-  if (existsSync(model) || isHubId(model)) return;
-  const besideConfig =
-    configFile === undefined || path.isAbsolute(model) ? null : path.join(path.dirname(configFile), model);
-  throw new ConfigError(`model: path ${model} does not exist`, {
-    hint:
-      besideConfig !== null && existsSync(besideConfig)
-        ? `relative paths are from the current folder, not the config file's: use ${besideConfig}`
-        : `relative paths are from the current folder, ${process.cwd()}; give a model folder, a .gguf file, or a Hub id such as org/name`,
-    details: { field: 'model', value: model },
-  });
 }
 
 /** `--help` text: every option with its default. */

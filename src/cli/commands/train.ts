@@ -11,9 +11,8 @@ import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
 import { describeDeviceMap } from '../../models/device-map.js';
 import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
-import { ConfigError } from '../../errors.js';
-import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
-import { fileSystemError } from '../../errors.js';
+import { ConfigError, fileSystemError } from '../../errors.js';
+import { checkFile, checkModelPath, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { ConsoleProgress } from '../../report/console.js';
@@ -31,13 +30,7 @@ import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
 import { TrainLog } from '../train-log.js';
-import {
-  checkModelPath,
-  readConfigFile,
-  resolveTrainConfig,
-  trainOptionsHelp,
-  type TrainConfig,
-} from '../train-config.js';
+import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
   name: 'train',
@@ -97,7 +90,7 @@ export function readFlags(argv: string[]): {
         throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
     } else {
-      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) delete flags[k];
+      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) Reflect.deleteProperty(flags, k);
       flags[typed] = value;
     }
   }
