@@ -15,6 +15,9 @@
  *   checks both. `npm run X` must name a script of package.json, `bash FILE` a file of the repository.
  *   Cheap commands are run: `--help` lines, `qtune quant methods`. Other programs' lines (apt-get,
  *   mpirun without qtune) are not checked. An unquoted `...` stands for elided arguments and is dropped.
+ *   README.md's shell lines also run, in README order, in a folder holding copies of `examples/` and
+ *   `data/` (as a clone's root): each `qtune` command verbatim, with flags added that shorten it
+ *   ({@link SHORTEN}); the other lines are skipped, each with its reason ({@link README_SKIPPED}).
  * - `console`: a transcript; each `$ ` line is checked as a `bash` line, the others are output. A
  *   `$ ` line followed by `qtune: error: ...` may have arguments that fail the check only with
  *   exactly that error (otherwise the error comes at run time and the arguments must be valid).
@@ -307,6 +310,29 @@ async function checkShell(block: Block): Promise<string[][]> {
   return toRun;
 }
 
+// ---------------------------------------------------------------- README commands, run
+
+/** Flags appended to a README command to make it a smoke run; its own words stay as written. */
+const SHORTEN: Record<string, (rest: string[]) => string[]> = {
+  quickstart: () => ['--pretrain-steps', '2', '--finetune-steps', '2', '--answer-tokens', '4'],
+  train: (rest) => {
+    const { config } = readFlags(rest);
+    const file = config === undefined ? {} : readConfigFile(path.join(ROOT, config));
+    return [
+      ...['--max_steps', '2', '--eval_steps', '0', '--save_steps', '0', '--context_length', '64'],
+      ...['--max_samples', '24', ...(file['warmup_steps'] === undefined ? [] : ['--warmup_steps', '0'])],
+    ];
+  },
+  generate: () => ['--max-new-tokens', '4'],
+};
+
+/** README shell lines that are not run here, and why. */
+const README_SKIPPED: Record<string, string> = {
+  'npm ci': 'installs the dependencies this suite already runs on',
+  'npm test': 'the suite this test is part of',
+  'npm run quickstart': 'the same as `npx qtune quickstart`, which runs here',
+};
+
 // ---------------------------------------------------------------- links
 
 /** GitHub's anchor for a heading: lower case, punctuation dropped, each space a hyphen. */
@@ -464,6 +490,57 @@ describe(`docs: every code sample of ${PAGES.join(', ')} (checked fences: ${CHEC
       });
       assert.equal(r.status, 0, `${b.page}:${b.line}: ${r.stderr}`);
     });
+  });
+
+  it("runs README.md's shell commands in README order, in a folder laid out as a clone (shortened)", (t) => {
+    const dir = path.join(tmp, 'readme');
+    mkdirSync(dir);
+    for (const f of ['examples', 'data']) cpSync(path.join(ROOT, f), path.join(dir, f), { recursive: true });
+    const env = {
+      ...process.env,
+      QTUNE_CACHE_DIR: path.join(tmp, 'cache'),
+      QTUNE_ENGINE: process.env['QTUNE_ENGINE'] ?? 'prebuilt',
+      QTUNE_THREADS: process.env['QTUNE_THREADS'] ?? '1',
+    };
+    const ran: string[] = [];
+    const skipped: string[] = [];
+    for (const b of blocks.filter(
+      (x) => x.page === 'README.md' && ['bash', 'sh', 'console'].includes(x.lang),
+    ))
+      for (const raw of b.code.split('\n')) {
+        const text = b.lang === 'console' ? (raw.startsWith('$ ') ? raw.slice(2) : '') : raw;
+        for (const words of shellCommands(text)) {
+          const at = words.findIndex((w) => w === 'qtune' || /(^|\/)qtune(\.js)?$/.test(w));
+          if (at < 0) {
+            const line = words.join(' ');
+            assert.ok(
+              Object.hasOwn(README_SKIPPED, line),
+              `README.md: "${line}" is neither run nor listed as skipped`,
+            );
+            skipped.push(`${line}: ${README_SKIPPED[line]!}`);
+            continue;
+          }
+          const argv = words.slice(at + 1);
+          const [name = '', ...rest] = argv;
+          const full = [...argv, ...(SHORTEN[name]?.(rest) ?? [])];
+          const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'qtune.js'), ...full], {
+            cwd: dir,
+            encoding: 'utf8',
+            env,
+            timeout: 300_000,
+            maxBuffer: 64 * 1024 * 1024,
+          });
+          assert.equal(r.status, 0, `README.md:${b.line}: qtune ${full.join(' ')}: ${r.stderr}`);
+          ran.push(`qtune ${full.join(' ')}`);
+        }
+      }
+    t.diagnostic(`ran: ${ran.join(' | ')}`);
+    t.diagnostic(`skipped: ${skipped.join(' | ')}`);
+    assert.ok(
+      ran.some((c) => c.startsWith('qtune train --config examples/quickstart.yaml')),
+      'step 2 ran verbatim',
+    );
+    assert.ok(existsSync(path.join(dir, 'out', 'quickstart', 'adapter_model.safetensors')));
   });
 
   it('fails a sample with a wrong import, a wrong flag, a wrong command or a wrong config key', async () => {

@@ -27,6 +27,10 @@ export const LOCK_FILE = '.qtune-lock';
 const RUN_FILES = [
   'metrics.jsonl',
   'loss.png',
+  'loss.svg',
+  'train.log',
+  'qtune_config.yaml',
+  'trainer_state.json',
   'adapter_model.safetensors',
   'adapter_config.json',
   'adapter.gguf',
@@ -34,6 +38,26 @@ const RUN_FILES = [
   'profile.json',
   'runs',
 ];
+/**
+ * Files with names a user's own files may have: removed only when qtune wrote them (its README.md
+ * is a model card that says so; the tokenizer files sit beside its adapter_config.json).
+ */
+const MARKED_FILES: Record<string, (dir: string) => boolean> = {
+  'README.md': (dir) => fileHas(path.join(dir, 'README.md'), 'trained with qtune'),
+  'tokenizer.json': (dir) => existsSync(path.join(dir, 'adapter_config.json')),
+  'tokenizer_config.json': (dir) => existsSync(path.join(dir, 'adapter_config.json')),
+  'special_tokens_map.json': (dir) => existsSync(path.join(dir, 'adapter_config.json')),
+  'tokenizer.model': (dir) => existsSync(path.join(dir, 'adapter_config.json')),
+};
+
+function fileHas(file: string, text: string): boolean {
+  try {
+    return readFileSync(file, 'utf8').slice(0, 4096).includes(text);
+  } catch {
+    return false;
+  }
+}
+
 /** The names that say a folder holds a run. */
 const RUN_SIGNS = ['metrics.jsonl', 'adapter_model.safetensors', 'adapter.gguf'];
 const CHECKPOINT = /^checkpoint-\d+(\.(tmp|old)-.*)?$/;
@@ -150,9 +174,11 @@ export function checkEarlierRun(dir: string, o: { overwrite: boolean; resume: bo
         hint: 'choose another output_dir, set overwrite_output_dir: true to replace it, or resume_from_checkpoint: latest to continue it',
       },
     );
-  for (const f of readdirSync(dir))
-    if (CHECKPOINT.test(f) || RUN_FILES.includes(f))
-      rmSync(path.join(dir, f), { recursive: true, force: true });
+  // (decided before anything is removed: the tokenizer files look at adapter_config.json)
+  const names = readdirSync(dir).filter(
+    (f) => CHECKPOINT.test(f) || RUN_FILES.includes(f) || MARKED_FILES[f]?.(dir) === true,
+  );
+  for (const f of names) rmSync(path.join(dir, f), { recursive: true, force: true });
 }
 
 /** The newest checkpoint-N folder in `dir`, or a one-line error when there is none (as HF Trainer does). */

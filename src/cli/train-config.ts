@@ -11,6 +11,7 @@ import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
+import { checkBestModel } from './run-outputs.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
@@ -201,6 +202,17 @@ export const TRAIN_OPTIONS = {
   num_cycles: { kind: 'int', default: null, min: 1, help: 'cosine_with_restarts: cycles' },
   eval_steps: { kind: 'int', default: 0, min: 0, help: 'evaluate every N steps (0: at the end only)' },
   save_steps: { kind: 'int', default: 0, min: 0, help: 'checkpoint every N steps (0: at the end only)' },
+  load_best_model_at_end: {
+    kind: 'boolean',
+    default: false,
+    help: 'end with the checkpoint of the best validation loss as the adapter/model (needs eval_steps; save_steps defaults to it)',
+  },
+  metric_for_best_model: {
+    kind: 'string',
+    default: 'eval_loss',
+    choices: ['eval_loss', 'loss'],
+    help: 'with load_best_model_at_end: the metric to keep the best of (lower is better)',
+  },
   logging_steps: {
     kind: 'int',
     default: 10,
@@ -533,6 +545,7 @@ export function resolveTrainConfig(
     throw new ConfigError(`profile_step: ${c.profile_step} is set without profile`, {
       hint: 'add --profile (or profile: true), or drop profile_step',
     });
+  if (c.load_best_model_at_end) checkBestModel(c);
   if (c.val_size >= 1 && !Number.isInteger(c.val_size))
     throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {
       hint: 'use e.g. 0.05 or 100',

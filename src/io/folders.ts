@@ -6,7 +6,8 @@
  */
 import { closeSync, existsSync, mkdirSync, openSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
-import { FileSystemError, fileSystemError } from '../errors.js';
+import { ConfigError, FileSystemError, fileSystemError } from '../errors.js';
+import { isHubId } from './hub.js';
 
 function what(field: string | undefined, p: string): string {
   return field === undefined ? p : `${field}: ${p}`;
@@ -125,4 +126,22 @@ export function makeFolder(dir: string, field?: string): void {
       throw missingFolderError(e, field, dir, parent);
     }
   }
+}
+
+/**
+ * `model` names a Hub id (`org/name`, not a local path) or a path, which must exist. Relative paths
+ * are taken from the current folder, as `dataset` and `output_dir` are; a missing one is one line,
+ * which names the config file's folder when the path exists relative to that instead.
+ */
+export function checkModelPath(model: string, configFile?: string): void {
+  if (existsSync(model) || isHubId(model)) return;
+  const besideConfig =
+    configFile === undefined || path.isAbsolute(model) ? null : path.join(path.dirname(configFile), model);
+  throw new ConfigError(`model: path ${model} does not exist`, {
+    hint:
+      besideConfig !== null && existsSync(besideConfig)
+        ? `relative paths are from the current folder, not the config file's: use ${besideConfig}`
+        : `relative paths are from the current folder, ${process.cwd()}; give a model folder, a .gguf file, or a Hub id such as org/name`,
+    details: { field: 'model', value: model },
+  });
 }

@@ -20,6 +20,7 @@ import {
   readdirSync,
   renameSync,
   rmSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -40,8 +41,22 @@ export interface HubOptions {
 
 const REPO_ID = /^[A-Za-z0-9][\w.-]*\/[\w.-]+$/;
 
+/**
+ * Whether a model or dataset value names a local path rather than a Hub id: it starts with `./`,
+ * `../`, `/`, `~` or a drive letter, holds a backslash, ends with `.gguf`/`.safetensors`, or its
+ * first part is a folder here (`out/base` when `out/` exists). Relative paths are taken from the
+ * current folder. A missing one is then "does not exist", not a Hub download.
+ */
+export function looksLikePath(s: string): boolean {
+  if (/^(\.{1,2}[\\/]|[\\/~]|[A-Za-z]:)/.test(s) || s.includes('\\')) return true;
+  if (/\.(gguf|safetensors)$/i.test(s)) return true;
+  const first = s.split('/')[0]!;
+  return s.includes('/') && existsSync(first) && statSync(first).isDirectory();
+}
+
+/** `org/name` that is not a local path (see {@link looksLikePath}). */
 export function isHubId(s: string): boolean {
-  return REPO_ID.test(s) && !existsSync(s);
+  return REPO_ID.test(s) && !existsSync(s) && !looksLikePath(s);
 }
 
 export function hubCacheDir(o: HubOptions = {}): string {

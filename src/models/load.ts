@@ -152,8 +152,11 @@ export async function loadModel(source: string, o: LoadOptions = {}): Promise<Lo
   let location = source;
   if (!existsSync(source)) {
     if (!isHubId(source)) {
-      throw new QtuneError('NOT_FOUND', `model ${source} does not exist`, {
-        hint: 'give a model folder, a .gguf file, or a Hub id such as org/name',
+      const from = path.isAbsolute(source)
+        ? ''
+        : `relative paths are from the current folder, ${process.cwd()}; `;
+      throw new QtuneError('NOT_FOUND', `model: path ${source} does not exist`, {
+        hint: `${from}give a model folder, a .gguf file, or a Hub id such as org/name`,
       });
     }
     location = await downloadModel(source, o);

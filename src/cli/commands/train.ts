@@ -11,10 +11,11 @@ import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
 import { describeDeviceMap } from '../../models/device-map.js';
 import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
-import { ConfigError, FileSystemError } from '../../errors.js';
-import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
+import { ConfigError, FileSystemError, fileSystemError } from '../../errors.js';
+import { checkFile, checkModelPath, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
+import { ConsoleProgress } from '../../report/console.js';
 import { createRunLoggers } from '../../report/logger.js';
 import type { FrozenCopies } from '../../train/frozen.js';
 import type { ComputeDTypeChoice } from '../../train/kernel-choice.js';
@@ -27,6 +28,8 @@ import { Trainer } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
+import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
+import { TrainLog } from '../train-log.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -87,7 +90,7 @@ export function readFlags(argv: string[]): {
         throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
     } else {
-      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) delete flags[k];
+      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) Reflect.deleteProperty(flags, k);
       flags[typed] = value;
     }
   }
@@ -185,6 +188,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     return 0;
   }
   const c = resolveTrainConfig(file === undefined ? {} : readConfigFile(file), flags);
+  checkModelPath(c.model!, file); // a missing local path is one line, not a Hub download
   // one rank of a data-parallel job when an MPI launcher started this process (src/dist)
   const comm = connect({ timeoutS: c.dist_timeout });
   let code: number;
@@ -238,7 +242,39 @@ async function trainLocked(
   c: TrainConfig,
   comm: Communicator,
   manager: BackendManager,
+  print: (s: string) => void,
+): Promise<number> {
+  const writer = comm.rank === 0;
+  // train.log: what the run prints, written once output_dir is made (train-log.ts)
+  const log = writer ? new TrainLog(c.output_dir, { append: c.resume_from_checkpoint !== null }) : null;
+  const out = (s: string): void => {
+    print(s);
+    log?.line(s);
+  };
+  try {
+    return await trainLogged(c, comm, manager, out, log);
+  } catch (e) {
+    log?.line(`qtune: error: ${errorLine(e)}`);
+    try {
+      log?.flush();
+    } catch {
+      // the error being reported (a full disk, say) may be why the log cannot be written either
+    }
+    throw e;
+  }
+}
+
+function errorLine(e: unknown): string {
+  const f = fileSystemError(e);
+  return f instanceof Error ? f.message : String(f);
+}
+
+async function trainLogged(
+  c: TrainConfig,
+  comm: Communicator,
+  manager: BackendManager,
   out: (s: string) => void,
+  log: TrainLog | null,
 ): Promise<number> {
   const devices = deviceRequest(c);
   const writer = comm.rank === 0;
@@ -306,6 +342,7 @@ async function trainLocked(
     trainer.allocate(); // a step the device cannot hold fails before anything is written
     for (const line of trainer.kernelChoiceLines()) out(line);
     if (writer) makeFolder(c.output_dir, 'output_dir');
+    log?.start();
     const logger = writer
       ? await createRunLoggers({
           outputDir: c.output_dir,
@@ -318,20 +355,59 @@ async function trainLocked(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
-    trainer.onLog = (r) => logger.log(r);
+    const best = new BestCheckpoint();
+    // the log's progress: plain lines, as a run without a terminal prints them
+    const progress =
+      log === null
+        ? null
+        : new ConsoleProgress({
+            totalSteps: trainer.totalSteps,
+            stream: log.sink,
+            tty: false,
+            everySteps: c.logging_steps,
+          });
+    trainer.onLog = (r) => {
+      logger.log(r);
+      progress?.log(r);
+      best.observe(r);
+      if (r.kind === 'checkpoint') log?.flush();
+    };
     let result;
     try {
       if (resumeDir !== null) {
         trainer.loadCheckpoint(resumeDir); // a changed setting: a `resume:` line and a metrics.jsonl row
         out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
+        if (writer) best.seed(c.output_dir, trainer.globalStep);
       }
       result = trainer.train();
     } catch (e) {
       await logger.close();
       throw e;
     }
+    progress?.close(result);
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
+    const chosen = c.load_best_model_at_end ? best.best : null;
+    if (c.load_best_model_at_end)
+      out(
+        chosen === null
+          ? 'load_best_model_at_end: no evaluated checkpoint; the outputs are the last step’s'
+          : `load_best_model_at_end: the outputs are ${chosen.path}'s (step ${chosen.step}, validation loss ${chosen.loss.toFixed(4)}, the lowest of ${best.evaluations} evaluations)`,
+      );
+    // the best checkpoint's weights into the model, then saved as the run's outputs (as HF's Trainer)
+    if (writer && chosen !== null && chosen.step !== trainer.globalStep) trainer.loadCheckpoint(chosen.path);
     const written = writer ? saveOutputs(trainer, c.output_dir) : [];
+    if (writer)
+      written.push(
+        ...writeRunFiles(c.output_dir, {
+          config: c,
+          result,
+          totalSteps: trainer.totalSteps,
+          best: chosen,
+          adapter: trainer.lora === null ? null : trainer.lora.options.dora ? 'dora' : 'lora',
+          quantization: prepared.trainType.quantization,
+          tokenizer: prepared.tokenizer,
+        }),
+      );
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
@@ -350,9 +426,11 @@ async function trainLocked(
       written.push(file);
       for (const line of formatProfile(profile)) out(line);
     }
+    const logged = log === null ? [] : [log.file];
     out(
-      `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png')].join(', ')}`,
+      `wrote ${[...written, path.join(c.output_dir, 'metrics.jsonl'), path.join(c.output_dir, 'loss.png'), ...logged].join(', ')}`,
     );
+    log?.flush();
     return 0;
   } finally {
     trainer.dispose();
