@@ -2,7 +2,7 @@
  * A full disk (ENOSPC) while qtune writes: one line naming the file, exit 2, and no temporary file
  * left behind. The full disk is a 64 KiB tmpfs, which needs root and a kernel that lets this
  * container mount one; elsewhere the test is skipped with the reason. A disk that fills while a run
- * saves its checkpoint (a larger tmpfs, filled up to a few pages) keeps the checkpoint it would
+ * saves its checkpoint (an 8 MiB tmpfs, room for the outputs and their tokenizer files, filled up to a few pages) keeps the checkpoint it would
  * replace byte for byte, and the run resumes from it once there is room; one that fills while the
  * adapter is written says that the last checkpoint holds the weights, and a resume writes them. A
  * read-only output_dir, or one under a read-only folder, is one line too: a read-only tmpfs mount,
@@ -144,7 +144,7 @@ after(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
 mkdirSync(disk);
-const mountDisk = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', disk], { encoding: 'utf8' });
+const mountDisk = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', disk], { encoding: 'utf8' });
 const skipDisk =
   mountDisk.status === 0
     ? false
