@@ -3,7 +3,8 @@
  * `qtune generate --chat`); without, a conversation read line by line from standard input.
  */
 import { createInterface } from 'node:readline';
-import { createAdapterHook, loadAdapter, type AdapterHook } from '../../peft/apply.js';
+import { createAdapterHook, type AdapterHook } from '../../peft/apply.js';
+import { readAdapter } from '../adapter.js';
 import type { ChatMessage } from '../../io/tokenizer.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
@@ -36,7 +37,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   let adapter: AdapterHook | null = null;
   try {
     if (typeof values['adapter'] === 'string')
-      adapter = createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config));
+      adapter = createAdapterHook(loaded.model, readAdapter(values['adapter'], loaded.config));
     const history: ChatMessage[] =
       typeof values['system'] === 'string' ? [{ role: 'system', content: values['system'] }] : [];
     const rl = createInterface({ input: process.stdin, terminal: false });

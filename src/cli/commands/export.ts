@@ -3,8 +3,6 @@
  * checkpoint in, a PEFT folder or a llama.cpp LoRA .gguf out.
  */
 import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { loadAdapter } from '../../peft/apply.js';
 import { saveGgufLoraAdapter } from '../../peft/gguf-lora.js';
 import type { LoraAdapterData } from '../../peft/lora-weights.js';
 import { savePeftAdapter } from '../../peft/peft.js';
@@ -12,7 +10,7 @@ import { readGguf } from '../../io/gguf.js';
 import type { LlamaConfig } from '../../models/config.js';
 import { ggufToConfig } from '../../models/llama-gguf.js';
 import { readConfig } from '../../models/load.js';
-import { Trainer } from '../../train/trainer.js';
+import { readAdapter } from '../adapter.js';
 import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
@@ -57,9 +55,7 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
   if (!existsSync(from)) throw new UsageError(`export: --from ${from} does not exist`);
   const config = baseConfig(model);
-  const data: LoraAdapterData = existsSync(path.join(from, 'trainer_state.json'))
-    ? Trainer.checkpointAdapter(from)
-    : loadAdapter(from, config);
+  const data: LoraAdapterData = readAdapter(from, config);
   if (format === 'gguf') {
     if (!dest.endsWith('.gguf'))
       throw new UsageError(`export: --out ${dest} must end with .gguf for --format gguf`);

@@ -1,6 +1,7 @@
 /** `qtune generate`: text from a model folder, GGUF file or Hub id. */
 import { isFloatDType, isDType } from '../../engine/dtype.js';
-import { createAdapterHook, loadAdapter, type AdapterHook } from '../../peft/apply.js';
+import { createAdapterHook, type AdapterHook } from '../../peft/apply.js';
+import { readAdapter } from '../adapter.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
 import {
@@ -35,7 +36,10 @@ export const spec: CommandSpec = {
     backend: { type: 'string', default: 'auto', help: 'device (QTUNE_BACKEND also works)' },
     dtype: { type: 'string', help: 'weight storage type: f32, f16 or bf16 (default: as stored in the file)' },
     quantize: { type: 'string', help: 'quantize the linear weights on load (q8_0, q4_0, q4_K, iq4_nl, ...)' },
-    adapter: { type: 'string', help: 'a LoRA/DoRA adapter: a PEFT folder or a LoRA .gguf file' },
+    adapter: {
+      type: 'string',
+      help: 'a LoRA/DoRA adapter: a PEFT folder, a LoRA .gguf file or a checkpoint-N folder of a run',
+    },
     ...DEVICE_FLAGS,
   },
 };
@@ -88,7 +92,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   let adapter: AdapterHook | null = null;
   try {
     if (typeof values['adapter'] === 'string')
-      adapter = createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config));
+      adapter = createAdapterHook(loaded.model, readAdapter(values['adapter'], loaded.config));
     const tok = loaded.tokenizer;
     const ids =
       values['chat'] === true
