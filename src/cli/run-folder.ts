@@ -18,10 +18,14 @@ import {
 } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { stringify } from 'yaml';
 import { ConfigError, fileSystemError } from '../errors.js';
+import { writeFileAtomic } from '../io/atomic.js';
 import { makeFolder } from '../io/folders.js';
 
 export const LOCK_FILE = '.qtune-lock';
+/** The resolved config `qtune train` writes into output_dir (every option, defaults included). */
+export const RUN_CONFIG_FILE = 'qtune_config.yaml';
 
 /** What qtune train writes into output_dir: what `overwrite_output_dir` removes. */
 const RUN_FILES = [
@@ -33,6 +37,7 @@ const RUN_FILES = [
   'model',
   'profile.json',
   'runs',
+  RUN_CONFIG_FILE,
 ];
 /** The names that say a folder holds a run. */
 const RUN_SIGNS = ['metrics.jsonl', 'adapter_model.safetensors', 'adapter.gguf'];
@@ -167,4 +172,17 @@ export function latestCheckpoint(dir: string): string {
       hint: 'train without resume_from_checkpoint first, or name a checkpoint folder',
     });
   return path.join(dir, found[found.length - 1]!);
+}
+
+/**
+ * Writes the run's resolved config (every option, defaults included) as output_dir/qtune_config.yaml:
+ * `qtune train --config` reads it back, and generate/chat take the prompt format from it.
+ */
+export function writeRunConfig(dir: string, config: Readonly<Record<string, unknown>>): string {
+  const file = path.join(dir, RUN_CONFIG_FILE);
+  writeFileAtomic(file, [
+    `# the resolved config of this run: every option of qtune train, defaults included\n`,
+    stringify(config),
+  ]);
+  return file;
 }

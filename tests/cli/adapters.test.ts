@@ -2,13 +2,16 @@
  * Adapters from a run, as the commands that take `--adapter` read them: a checkpoint-N folder of a
  * LoRA run is an adapter to generate, chat, eval, merge and export (the same tensors as the PEFT
  * folder the run saved at the same step); a full fine-tune checkpoint is refused with one line that
- * names the model folder to pass instead.
+ * names the model folder to pass instead. Without `--model`, generate and chat load the base the
+ * adapter names (a path relative to a folder above the adapter too); `--prompt-format` prompts as
+ * the run trained (alpaca), `auto` reads it from the run's qtune_config.yaml.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { alpacaPrompt } from '../../src/data/formats.js';
 import { createTinyModel } from '../../src/models/tiny.js';
 import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
@@ -108,5 +111,93 @@ describe('adapters of a run', () => {
         ),
       );
     assert.ok(!existsSync(path.join(tmp, 'never')));
+  });
+
+  const gen = (args: string[]) =>
+    qtune(['generate', '--prompt', 'Name the whale.', '--max-new-tokens', '6', '--backend', 'cpu', ...args]);
+
+  it('without --model, generate and chat load the base model the adapter names', () => {
+    const withModel = gen(['--model', tiny, '--adapter', lora]);
+    assert.equal(withModel.code, 0, withModel.stderr);
+    for (const adapter of [lora, path.join(lora, 'checkpoint-2')]) {
+      const r = gen(['--adapter', adapter]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, withModel.stdout);
+    }
+    const chat = qtune([
+      'chat',
+      '--adapter',
+      lora,
+      '--prompt',
+      'Hi',
+      '--max-new-tokens',
+      '3',
+      '--backend',
+      'cpu',
+    ]);
+    assert.equal(chat.code, 0, chat.stderr);
+    // a base saved as a relative path is found from a folder above the adapter (where the run started)
+    const moved = path.join(tmp, 'runs', 'moved');
+    mkdirSync(path.dirname(moved), { recursive: true });
+    cpSync(lora, moved, { recursive: true });
+    const cfgFile = path.join(moved, 'adapter_config.json');
+    const cfg = JSON.parse(readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+    writeFileSync(cfgFile, JSON.stringify({ ...cfg, base_model_name_or_path: 'tiny-model' }));
+    const relative = gen(['--adapter', moved]);
+    assert.equal(relative.code, 0, relative.stderr);
+    assert.equal(relative.stdout, withModel.stdout);
+    writeFileSync(cfgFile, JSON.stringify({ ...cfg, base_model_name_or_path: 'gone-model' }));
+    oneLineError(
+      gen(['--adapter', moved]),
+      /generate: the adapter's base model gone-model \(named in .*adapter_config\.json\) is not found \(pass --model/,
+    );
+  });
+
+  it('--prompt-format alpaca prompts as the run trained; auto reads it from the run; the default says so', () => {
+    const saved = readFileSync(path.join(lora, 'qtune_config.yaml'), 'utf8');
+    assert.match(saved, /^dataset_format: alpaca$/m);
+    assert.match(saved, /^lora_rank: 8$/m);
+    const none = gen(['--adapter', lora]);
+    assert.equal(none.code, 0, none.stderr);
+    assert.match(
+      none.stderr,
+      /notice: .*out-lora's run trained on alpaca prompts .*add --prompt-format alpaca \(or auto\)/,
+    );
+    const alpaca = gen(['--adapter', lora, '--prompt-format', 'alpaca']);
+    assert.equal(alpaca.code, 0, alpaca.stderr);
+    assert.equal(alpaca.stderr, '', 'no notice when the format is given');
+    const byHand = qtune([
+      'generate',
+      '--adapter',
+      lora,
+      '--prompt-format',
+      'none',
+      '--prompt',
+      alpacaPrompt('Name the whale.'),
+      '--max-new-tokens',
+      '6',
+      '--backend',
+      'cpu',
+    ]);
+    assert.equal(alpaca.stdout, byHand.stdout, 'the Stanford Alpaca prompt around the instruction');
+    assert.notEqual(alpaca.stdout, none.stdout);
+    for (const adapter of [lora, path.join(lora, 'checkpoint-1')])
+      assert.equal(gen(['--adapter', adapter, '--prompt-format', 'auto']).stdout.length > 0, true);
+    assert.equal(
+      gen(['--adapter', path.join(lora, 'checkpoint-2'), '--prompt-format', 'auto']).stdout,
+      alpaca.stdout,
+    );
+    oneLineError(
+      gen(['--adapter', lora, '--prompt-format', 'vicuna']),
+      /--prompt-format=vicuna is not a prompt format \(use alpaca, chat, none, auto\)/,
+    );
+    oneLineError(
+      gen(['--adapter', lora, '--prompt-format', 'alpaca', '--chat']),
+      /--chat and --prompt-format alpaca disagree/,
+    );
+    oneLineError(
+      gen(['--model', tiny, '--prompt-format', 'auto']),
+      /--prompt-format auto, but no --adapter is given/,
+    );
   });
 });

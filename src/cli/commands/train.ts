@@ -26,7 +26,7 @@ import { checkStepMemory, prepareModel } from '../../train/prepare.js';
 import { Trainer } from '../../train/trainer.js';
 import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
-import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
+import { checkEarlierRun, latestCheckpoint, lockOutputFolder, writeRunConfig } from '../run-folder.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -276,7 +276,10 @@ async function trainLocked(
     out(trainer.gradientCheckpointingLine());
     trainer.allocate(); // a step the device cannot hold fails before anything is written
     for (const line of trainer.kernelChoiceLines()) out(line);
-    if (writer) makeFolder(c.output_dir, 'output_dir');
+    if (writer) {
+      makeFolder(c.output_dir, 'output_dir');
+      writeRunConfig(c.output_dir, c);
+    }
     const logger = writer
       ? await createRunLoggers({
           outputDir: c.output_dir,
