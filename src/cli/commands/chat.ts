@@ -5,6 +5,7 @@
 import { createInterface } from 'node:readline';
 import { createAdapterHook, type AdapterHook } from '../../peft/apply.js';
 import { adapterBaseModel, readAdapter } from '../adapter.js';
+import { chatEndOfTurn } from '../../data/tokenize.js';
 import type { ChatMessage } from '../../io/tokenizer.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
@@ -58,8 +59,11 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
               addSpecialTokens: false,
             })
           : generateCommand.promptIds(tok, format, line, values);
+      const turn = format === 'chat' ? chatEndOfTurn(tok) : { ids: [], texts: [] };
       const r = generate(loaded.model, tok, ids, {
         maxNewTokens,
+        stopIds: turn.ids,
+        stopStrings: turn.texts,
         ...(adapter === null ? {} : { linear: adapter.hook }),
       });
       out(r.text);

@@ -1,5 +1,6 @@
 /** `qtune generate`: text from a model folder, GGUF file or Hub id. */
 import { alpacaPrompt } from '../../data/formats.js';
+import { chatEndOfTurn } from '../../data/tokenize.js';
 import { isFloatDType, isDType } from '../../engine/dtype.js';
 import type { Tokenizer } from '../../io/tokenizer.js';
 import { createAdapterHook, type AdapterHook } from '../../peft/apply.js';
@@ -204,8 +205,12 @@ export async function generateFromFlags(
     const tok = loaded.tokenizer;
     const ids = promptIds(tok, format, prompt, values);
     printNotice(notice);
+    // the chat format ends at the template's end-of-turn marker (as a token, or as text)
+    const turn = format === 'chat' ? chatEndOfTurn(tok) : { ids: [], texts: [] };
     const r = generate(loaded.model, tok, ids, {
       ...options,
+      stopIds: turn.ids,
+      stopStrings: turn.texts,
       ...(adapter === null ? {} : { linear: adapter.hook }),
     });
     out(r.text);
