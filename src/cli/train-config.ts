@@ -12,6 +12,7 @@ import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
+import { checkPatternKeys } from '../peft/lora-weights.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
@@ -19,7 +20,7 @@ import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
 
-type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
+type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
 
 interface OptionSpec {
   kind: Kind;
@@ -30,6 +31,8 @@ interface OptionSpec {
   max?: number;
   /** The value must be above `min` (not equal). */
   minExclusive?: boolean;
+  /** `map`: the values must be whole numbers. */
+  whole?: boolean;
 }
 
 /** Every option of `qtune train`, in the order `--help` lists them. */
@@ -79,6 +82,20 @@ export const TRAIN_OPTIONS = {
     kind: 'list',
     default: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
     help: 'modules to adapt: short names or globs over full names',
+  },
+  lora_rank_pattern: {
+    kind: 'map',
+    default: null,
+    min: 1,
+    whole: true,
+    help: "per-module ranks, PEFT's rank_pattern: Python regexes over module names (first match wins), e.g. {q_proj: 16, 'layers\\.0\\..*': 4}; flag: q_proj=16,v_proj=4 or JSON",
+  },
+  lora_alpha_pattern: {
+    kind: 'map',
+    default: null,
+    min: 0,
+    minExclusive: true,
+    help: "per-module alphas, PEFT's alpha_pattern, keyed as lora_rank_pattern",
   },
   use_rslora: { kind: 'boolean', default: false, help: 'scale by alpha/sqrt(r) (rsLoRA)' },
   dataset: {
@@ -240,7 +257,7 @@ type ValueOf<S extends OptionSpec> = S['kind'] extends 'list'
   ? string[]
   : S['kind'] extends 'numbers'
     ? number[]
-    : S['kind'] extends 'sizes'
+    : S['kind'] extends 'sizes' | 'map'
       ? Record<string, number>
       : S['kind'] extends 'boolean'
         ? boolean
@@ -411,6 +428,45 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
           `set ${key} to a list such as [3, 1] (or 3,1 on the command line)`,
         );
       return nums;
+    }
+    case 'map': {
+      let entries: [string, unknown][] | null = null;
+      if (typeof raw === 'string' && raw.trim().startsWith('{')) {
+        try {
+          const j = JSON.parse(raw) as unknown;
+          if (j !== null && typeof j === 'object' && !Array.isArray(j)) entries = Object.entries(j);
+        } catch {
+          entries = null;
+        }
+      } else if (typeof raw === 'string') {
+        // key=value pairs; a key may hold '=' ((?P=name)), the value never does
+        entries = raw
+          .split(',')
+          .filter((x) => x.trim() !== '')
+          .map((x) => {
+            const i = x.lastIndexOf('=');
+            return i < 0 ? [x.trim(), undefined] : [x.slice(0, i).trim(), x.slice(i + 1).trim()];
+          });
+      } else if (typeof raw === 'object' && !Array.isArray(raw)) entries = Object.entries(raw);
+      const out: Record<string, number> = {};
+      const low = spec.min ?? 0;
+      for (const [k, v] of entries ?? [['', undefined]]) {
+        const n = typeof v === 'number' ? v : typeof v === 'string' && v !== '' ? Number(v) : NaN;
+        if (
+          k === '' ||
+          !Number.isFinite(n) ||
+          n < low ||
+          (spec.minExclusive === true && n === low) ||
+          (spec.whole === true && !Number.isInteger(n))
+        )
+          return bad(
+            `is not a mapping of module patterns to ${spec.whole === true ? 'whole numbers' : 'numbers'} ${spec.minExclusive === true ? 'above' : 'of at least'} ${low}`,
+            `set ${key} to e.g. {q_proj: 16} (or q_proj=16,v_proj=4, or JSON, on the command line)`,
+          );
+        out[k] = n;
+      }
+      checkPatternKeys(key, out); // Python regexes: translated, or refused here
+      return out;
     }
     case 'sizes': {
       const entries: [string, unknown][] =

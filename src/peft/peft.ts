@@ -24,6 +24,7 @@ import { ConfigError, FormatError, QtuneError, fmtShape, errorText } from '../er
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import {
+  checkPatternKeys,
   mostCommon,
   patternKey,
   shortModuleName,
@@ -128,7 +129,7 @@ export function savePeftAdapter(dir: string, data: LoraAdapterData): void {
   ]);
 }
 
-/** PEFT's pattern lookup: a key matches a module when it is the module's name or a dotted suffix of it. */
+/** PEFT's pattern lookup ({@link patternKey}): the first key, a Python regex, matching the module's name or a dotted suffix. */
 function patternValue(patterns: Record<string, unknown>, module: string): number | undefined {
   const numeric = Object.keys(patterns).filter((k) => typeof patterns[k] === 'number');
   const key = patternKey(numeric, module);
@@ -203,6 +204,9 @@ export function loadPeftAdapter(dir: string): LoraAdapterData {
     throw field('lora_alpha', 'lora_alpha must be a number');
   const rankPattern = (cfg['rank_pattern'] ?? {}) as Record<string, unknown>;
   const alphaPattern = (cfg['alpha_pattern'] ?? {}) as Record<string, unknown>;
+  // Python regular expressions, translated or refused (a key taken literally would match nothing)
+  checkPatternKeys(`${configFile}: rank_pattern`, rankPattern);
+  checkPatternKeys(`${configFile}: alpha_pattern`, alphaPattern);
   const dora = cfg['use_dora'] === true;
 
   const st = SafetensorsFile.open(weightsFile);

@@ -200,4 +200,40 @@ describe('adapters of a run', () => {
       /--prompt-format auto, but no --adapter is given/,
     );
   });
+
+  it('lora_rank_pattern and lora_alpha_pattern (Python regex keys) shape the trained adapter', () => {
+    const out = path.join(tmp, 'out-patterns');
+    const r = qtune([
+      ...tinyTrainArgs(tiny, out),
+      ...QUICK,
+      '--save_steps',
+      '0',
+      '--lora_rank_pattern',
+      'v_proj=4',
+      '--lora_alpha_pattern',
+      '(?P<w>q)_proj\\Z=64',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const cfg = JSON.parse(readFileSync(path.join(out, 'adapter_config.json'), 'utf8')) as {
+      r: number;
+      lora_alpha: number;
+      rank_pattern: Record<string, number>;
+      alpha_pattern: Record<string, number>;
+    };
+    assert.equal(cfg.r, 8);
+    assert.equal(cfg.lora_alpha, 16);
+    const layers = [0, 1];
+    assert.deepEqual(
+      cfg.rank_pattern,
+      Object.fromEntries(layers.map((l) => [`model.layers.${l}.self_attn.v_proj`, 4])),
+    );
+    assert.deepEqual(
+      cfg.alpha_pattern,
+      Object.fromEntries(layers.map((l) => [`model.layers.${l}.self_attn.q_proj`, 64])),
+    );
+    oneLineError(
+      qtune([...tinyTrainArgs(tiny, path.join(tmp, 'never-2')), '--lora_alpha_pattern', '(?i:q)_proj=64']),
+      /lora_alpha_pattern: key "\(\?i:q\)_proj" cannot be run as Python's re runs it: scoped flags/,
+    );
+  });
 });

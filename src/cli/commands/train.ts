@@ -100,6 +100,8 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
       dropout: c.lora_dropout,
       targetModules: c.lora_target_modules,
       rsLora: c.use_rslora,
+      ...(c.lora_rank_pattern === null ? {} : { rankPattern: c.lora_rank_pattern }),
+      ...(c.lora_alpha_pattern === null ? {} : { alphaPattern: c.lora_alpha_pattern }),
     },
     precision: c.precision as TrainerOptions['precision'] & string,
     batchSize: c.batch_size,
