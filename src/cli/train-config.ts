@@ -12,7 +12,7 @@ import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
-import { checkPatternKeys } from '../peft/lora-weights.js';
+import { ADAPTER_DTYPES, checkPatternKeys } from '../peft/lora-weights.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
@@ -220,6 +220,12 @@ export const TRAIN_OPTIONS = {
     default: 10,
     min: 1,
     help: 'plain log line every N steps when not in a terminal',
+  },
+  adapter_dtype: {
+    kind: 'string',
+    default: 'f32',
+    choices: ADAPTER_DTYPES,
+    help: 'storage type of the saved adapter (adapter_model.safetensors and adapter.gguf); training is not affected',
   },
   output_dir: {
     kind: 'string',

@@ -18,6 +18,20 @@
 import { ConfigError, ShapeError, fmtShape, shownValue } from '../errors.js';
 import { peftPatternRegExp } from './pattern.js';
 
+/** The storage types an adapter is written in (`adapter_dtype`): its tensors are f32 in memory. */
+export const ADAPTER_DTYPES = ['f32', 'f16', 'bf16'] as const;
+export type AdapterDType = (typeof ADAPTER_DTYPES)[number];
+
+/** `dtype` if it is an adapter storage type, else a ConfigError naming adapter_dtype. */
+export function checkAdapterDType(dtype: unknown): AdapterDType {
+  if (!(ADAPTER_DTYPES as readonly unknown[]).includes(dtype))
+    throw new ConfigError(`adapter_dtype: ${JSON.stringify(dtype)} is not a type adapters are saved in`, {
+      hint: `use ${ADAPTER_DTYPES.join(', ')}`,
+      details: { field: 'adapter_dtype', value: dtype },
+    });
+  return dtype as AdapterDType;
+}
+
 /** One adapted linear layer. */
 export interface LoraModule {
   rank: number;

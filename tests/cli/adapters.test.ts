@@ -4,7 +4,9 @@
  * folder the run saved at the same step); a full fine-tune checkpoint is refused with one line that
  * names the model folder to pass instead. Without `--model`, generate and chat load the base the
  * adapter names (a path relative to a folder above the adapter too); `--prompt-format` prompts as
- * the run trained (alpaca), `auto` reads it from the run's qtune_config.yaml.
+ * the run trained (alpaca), `auto` reads it from the run's qtune_config.yaml. lora_rank_pattern /
+ * lora_alpha_pattern (Python regex keys) shape the trained adapter; adapter_dtype and export
+ * --adapter-dtype write it in bf16/f16.
  */
 import assert from 'node:assert/strict';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,7 +14,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { alpacaPrompt } from '../../src/data/formats.js';
+import { readGguf } from '../../src/io/gguf.js';
+import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { createTinyModel } from '../../src/models/tiny.js';
+import { loadPeftAdapter } from '../../src/peft/peft.js';
+import { Trainer } from '../../src/train/trainer.js';
 import { ROOT, qtune, tinyTrainArgs } from '../helpers/cli.js';
 
 const tmp = mkdtempSync(path.join(os.tmpdir(), 'qtune-adapters-cli-'));
@@ -234,6 +240,70 @@ describe('adapters of a run', () => {
     oneLineError(
       qtune([...tinyTrainArgs(tiny, path.join(tmp, 'never-2')), '--lora_alpha_pattern', '(?i:q)_proj=64']),
       /lora_alpha_pattern: key "\(\?i:q\)_proj" cannot be run as Python's re runs it: scoped flags/,
+    );
+  });
+
+  it('adapter_dtype bf16 writes the adapter in bf16 (the checkpoint stays f32); export --adapter-dtype f16', () => {
+    const out = path.join(tmp, 'out-bf16');
+    const r = qtune([...tinyTrainArgs(tiny, out), ...QUICK, '--adapter_dtype', 'bf16']);
+    assert.equal(r.code, 0, r.stderr);
+    const dtypes = (file: string) => {
+      const st = SafetensorsFile.open(file);
+      try {
+        return [...new Set(st.names().map((n) => st.entry(n).dtype))];
+      } finally {
+        st.close();
+      }
+    };
+    assert.deepEqual(dtypes(path.join(out, 'adapter_model.safetensors')), ['BF16']);
+    assert.deepEqual(dtypes(path.join(out, 'checkpoint-2', 'trainable.safetensors')), ['F32']);
+    assert.deepEqual(
+      [...new Set([...readGguf(path.join(out, 'adapter.gguf')).tensors.values()].map((t) => t.dtype))],
+      ['bf16'],
+    );
+    // the saved values are the trained f32 ones (the checkpoint's) rounded to bf16
+    const exact = Trainer.checkpointAdapter(path.join(out, 'checkpoint-2'));
+    const saved = loadPeftAdapter(out);
+    for (const [name, m] of exact.modules)
+      m.B.forEach((v, i) =>
+        assert.ok(Math.abs(saved.modules.get(name)!.B[i]! - v) <= Math.abs(v) * 2 ** -8, `${name}.B[${i}]`),
+      );
+    const f16 = path.join(tmp, 'export-f16');
+    const ex = qtune([
+      'export',
+      '--from',
+      path.join(out, 'checkpoint-2'),
+      '--model',
+      tiny,
+      '--format',
+      'peft',
+      '--out',
+      f16,
+      '--adapter-dtype',
+      'f16',
+    ]);
+    assert.equal(ex.code, 0, ex.stderr);
+    assert.match(ex.stdout, /as peft \(f16\)/);
+    assert.deepEqual(dtypes(path.join(f16, 'adapter_model.safetensors')), ['F16']);
+    oneLineError(
+      qtune([
+        'export',
+        '--from',
+        out,
+        '--model',
+        tiny,
+        '--format',
+        'gguf',
+        '--out',
+        path.join(tmp, 'x.gguf'),
+        '--adapter-dtype',
+        'q8_0',
+      ]),
+      /export: --adapter-dtype=q8_0 is not a type adapters are saved in \(use f32, f16, bf16\)/,
+    );
+    oneLineError(
+      qtune([...tinyTrainArgs(tiny, path.join(tmp, 'never-3')), '--adapter_dtype', 'fp16']),
+      /adapter_dtype: "fp16" is not allowed \(adapter_dtype must be one of f32, f16, bf16\)/,
     );
   });
 });

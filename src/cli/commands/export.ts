@@ -4,7 +4,7 @@
  */
 import { existsSync } from 'node:fs';
 import { saveGgufLoraAdapter } from '../../peft/gguf-lora.js';
-import type { LoraAdapterData } from '../../peft/lora-weights.js';
+import { ADAPTER_DTYPES, type AdapterDType, type LoraAdapterData } from '../../peft/lora-weights.js';
 import { savePeftAdapter } from '../../peft/peft.js';
 import { readGguf } from '../../io/gguf.js';
 import type { LlamaConfig } from '../../models/config.js';
@@ -17,12 +17,18 @@ export const spec: CommandSpec = {
   name: 'export',
   summary:
     'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder or a llama.cpp LoRA .gguf.',
-  usage: 'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH',
+  usage:
+    'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH [--adapter-dtype f32|f16|bf16]',
   flags: {
     from: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)' },
     model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
     format: { type: 'string', help: 'gguf or peft (required)' },
     out: { type: 'string', help: 'the .gguf file or folder to write (required)' },
+    'adapter-dtype': {
+      type: 'string',
+      default: 'f32',
+      help: 'storage type of the written tensors: f32, f16 or bf16',
+    },
   },
 };
 
@@ -53,16 +59,25 @@ export function run(argv: string[], out: (s: string) => void): number {
       'use --format gguf or --format peft',
     );
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
+  const dtype = values['adapter-dtype'];
+  if (!(ADAPTER_DTYPES as readonly unknown[]).includes(dtype))
+    throw new UsageError(
+      `export: --adapter-dtype=${String(dtype)} is not a type adapters are saved in`,
+      `use ${ADAPTER_DTYPES.join(', ')}`,
+    );
+  const adapterDType = dtype as AdapterDType;
   if (!existsSync(from)) throw new UsageError(`export: --from ${from} does not exist`);
   const config = baseConfig(model);
   const data: LoraAdapterData = readAdapter(from, config);
   if (format === 'gguf') {
     if (!dest.endsWith('.gguf'))
       throw new UsageError(`export: --out ${dest} must end with .gguf for --format gguf`);
-    saveGgufLoraAdapter(dest, data, config);
+    saveGgufLoraAdapter(dest, data, config, { dtype: adapterDType });
   } else {
-    savePeftAdapter(dest, data);
+    savePeftAdapter(dest, data, { dtype: adapterDType });
   }
-  out(`exported ${data.modules.size} adapted modules (${data.dora ? 'DoRA' : 'LoRA'}) as ${format}: ${dest}`);
+  out(
+    `exported ${data.modules.size} adapted modules (${data.dora ? 'DoRA' : 'LoRA'}) as ${format} (${adapterDType}): ${dest}`,
+  );
   return 0;
 }

@@ -14,6 +14,7 @@ import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError } from '../../errors.js';
 import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
+import type { AdapterDType } from '../../peft/lora-weights.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { createRunLoggers } from '../../report/logger.js';
 import type { FrozenCopies } from '../../train/frozen.js';
@@ -307,7 +308,8 @@ async function trainLocked(
       throw e;
     }
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
-    const written = writer ? trainer.saveOutputs(c.output_dir) : [];
+    const adapterDType = c.adapter_dtype as AdapterDType;
+    const written = writer ? trainer.saveOutputs(c.output_dir, { adapterDType }) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
