@@ -13,11 +13,12 @@ tests/fixtures/lora-parity/<case>/ (lora, rslora, dora, patterns; the llama_gqa 
   adapter.safetensors                         <module>.lora_A, .lora_B (and DoRA's .lora_magnitude)
   grads.safetensors                           d(loss)/d(each of them)
 
-The model is written here from the math of Hugging Face's modeling_llama / modeling_qwen2 (RMSNorm,
+The model is written here from the math of Hugging Face's modeling_llama / _qwen2 / _qwen3 / _mistral / _smollm3 (RMSNorm,
 rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
-softmax, SwiGLU), in float64 for the reference values, independently of qtune.
+softmax, SwiGLU, Qwen3's per-head q/k RMSNorm, sliding windows, SmolLM3's NoPE layers), in float64 for the reference values, independently of qtune.
 
 Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py && npx prettier --write tests/fixtures
+(or name the parity configurations to write only those: scripts/torch_reference.py qwen3_qk_norm)
 """
 import json
 import math
@@ -45,14 +46,53 @@ CONFIGS = {
                                 max_position_embeddings=128, tie_word_embeddings=True,
                                 rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                                   original_max_position_embeddings=16)),
+    # Qwen3: an RMSNorm over each query and key head before RoPE, no biases, head_dim twice
+    # hidden_size / num_attention_heads (as Qwen3-0.6B: 1024 / 16 heads, head_dim 128), tied
+    'qwen3_qk_norm': dict(model_type='qwen3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-6,
+                          rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
+                          rope_scaling=None, attention_bias=False),
+    # Mistral's sliding window, shorter than the sequence: query i sees keys i-4 .. i
+    'mistral_sliding_window': dict(model_type='mistral', vocab_size=256, hidden_size=64, intermediate_size=160,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5,
+                                   rope_theta=10000.0, max_position_embeddings=128, tie_word_embeddings=False,
+                                   rope_scaling=None, sliding_window=5),
+    # Qwen2 with use_sliding_window: layers from max_window_layers on use the window, layer 0 attends fully
+    'qwen2_window_layers': dict(model_type='qwen2', vocab_size=256, hidden_size=64, intermediate_size=128,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                                rope_theta=1000000.0, max_position_embeddings=128, tie_word_embeddings=True,
+                                rope_scaling=None, use_sliding_window=True, sliding_window=4, max_window_layers=1),
+    # SmolLM3: no RoPE in every fourth layer (HF's default no_rope_layers, written out), tied
+    'smollm3_nope': dict(model_type='smollm3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6, rope_theta=5000000.0,
+                         max_position_embeddings=128, tie_word_embeddings=True, rope_scaling=None,
+                         attention_bias=False, no_rope_layers=[1, 1, 1, 0]),
+    # Phi-3/4-mini: fused qkv_proj and gate_up_proj (the LoRA on the fused qkv_proj and o_proj), RoPE on
+    # half of each head (Phi-4-mini's partial_rotary_factor is 0.75), untied
+    'phi3_fused': dict(model_type='phi3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-5, rope_theta=10000.0,
+                       max_position_embeddings=128, tie_word_embeddings=False, rope_scaling=None,
+                       partial_rotary_factor=0.5, lora_targets=('qkv_proj', 'o_proj')),
+    # Phi-3.5-mini's LongRoPE: 12 tokens past an original context of 8, so the long factors apply, and
+    # cos/sin scaled by sqrt(1 + ln(128 / 8) / ln(8))
+    'phi3_longrope': dict(model_type='phi3', vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=4, rms_norm_eps=1e-5, rope_theta=10000.0,
+                          max_position_embeddings=128, original_max_position_embeddings=8, tie_word_embeddings=False,
+                          rope_scaling=dict(type='longrope', short_factor=[1.0 + 0.05 * i for i in range(8)],
+                                            long_factor=[1.0 + 0.9 * i for i in range(8)]),
+                          lora_targets=('qkv_proj', 'gate_up_proj')),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
 TARGETS = ('q_proj', 'v_proj')
 
 
+def head_dim(c):
+    return c.get('head_dim', c['hidden_size'] // c['num_attention_heads'])
+
+
 def weights(c, gen):
-    hd = c['hidden_size'] // c['num_attention_heads']
+    hd = head_dim(c)
     H, K, C, F = c['num_attention_heads'], c['num_key_value_heads'], c['hidden_size'], c['intermediate_size']
     w = {}
     rnd = lambda *s: torch.randn(*s, generator=gen) * 0.1
@@ -60,17 +100,26 @@ def weights(c, gen):
     for i in range(c['num_hidden_layers']):
         p = f'model.layers.{i}'
         w[f'{p}.input_layernorm.weight'] = 1 + rnd(C)
-        w[f'{p}.self_attn.q_proj.weight'] = rnd(H * hd, C)
-        w[f'{p}.self_attn.k_proj.weight'] = rnd(K * hd, C)
-        w[f'{p}.self_attn.v_proj.weight'] = rnd(K * hd, C)
+        if c['model_type'] == 'phi3':
+            w[f'{p}.self_attn.qkv_proj.weight'] = rnd((H + 2 * K) * hd, C)
+        else:
+            w[f'{p}.self_attn.q_proj.weight'] = rnd(H * hd, C)
+            w[f'{p}.self_attn.k_proj.weight'] = rnd(K * hd, C)
+            w[f'{p}.self_attn.v_proj.weight'] = rnd(K * hd, C)
         if c['model_type'] == 'qwen2':
             w[f'{p}.self_attn.q_proj.bias'] = rnd(H * hd)
             w[f'{p}.self_attn.k_proj.bias'] = rnd(K * hd)
             w[f'{p}.self_attn.v_proj.bias'] = rnd(K * hd)
+        if c['model_type'] == 'qwen3':
+            w[f'{p}.self_attn.q_norm.weight'] = 1 + rnd(hd)
+            w[f'{p}.self_attn.k_norm.weight'] = 1 + rnd(hd)
         w[f'{p}.self_attn.o_proj.weight'] = rnd(C, H * hd)
         w[f'{p}.post_attention_layernorm.weight'] = 1 + rnd(C)
-        w[f'{p}.mlp.gate_proj.weight'] = rnd(F, C)
-        w[f'{p}.mlp.up_proj.weight'] = rnd(F, C)
+        if c['model_type'] == 'phi3':
+            w[f'{p}.mlp.gate_up_proj.weight'] = rnd(2 * F, C)
+        else:
+            w[f'{p}.mlp.gate_proj.weight'] = rnd(F, C)
+            w[f'{p}.mlp.up_proj.weight'] = rnd(F, C)
         w[f'{p}.mlp.down_proj.weight'] = rnd(C, F)
     w['model.norm.weight'] = 1 + rnd(C)
     if not c['tie_word_embeddings']:
@@ -78,11 +127,18 @@ def weights(c, gen):
     return w
 
 
+def rotary_dims(c):
+    return int(head_dim(c) * c.get('partial_rotary_factor', 1.0))
+
+
 def inv_freq(c, hd):
     freq = 1.0 / (c['rope_theta'] ** (torch.arange(0, hd, 2) / hd))
     rs = c['rope_scaling']
     if rs is None:
         return freq
+    if rs.get('type') == 'longrope':  # HF's dynamic LongRoPE: long factors past the original context
+        ext = rs['long_factor'] if T > c['original_max_position_embeddings'] else rs['short_factor']
+        return freq / torch.tensor(ext)
     low_wavelen = rs['original_max_position_embeddings'] / rs['low_freq_factor']
     high_wavelen = rs['original_max_position_embeddings'] / rs['high_freq_factor']
     out = []
@@ -109,12 +165,26 @@ def rotate_half(x):
 
 def forward(c, w, lora, ids):
     H, K = c['num_attention_heads'], c['num_key_value_heads']
-    hd = c['hidden_size'] // H
+    hd = head_dim(c)
+    rd = rotary_dims(c)
     pos = torch.arange(T, dtype=torch.float64)
-    ang = torch.outer(pos, inv_freq(c, hd))
+    ang = torch.outer(pos, inv_freq(c, rd))
     emb = torch.cat((ang, ang), dim=-1)
     cos, sin = emb.cos(), emb.sin()
+    rs = c['rope_scaling']
+    if rs is not None and rs.get('type') == 'longrope':
+        s = c['max_position_embeddings'] / c['original_max_position_embeddings']
+        att = math.sqrt(1 + math.log(s) / math.log(c['original_max_position_embeddings'])) if s > 1 else 1.0
+        cos, sin = cos * att, sin * att
+
+    def rotate(x):  # RoPE on the first rd dims of each head, the rest passed through
+        xr, xp = x[..., :rd], x[..., rd:]
+        return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
     mask = torch.full((T, T), float('-inf')).triu(1)
+    # HF's sliding-window overlay: key j is seen by query i when j > i - sliding_window
+    window = c.get('sliding_window') if c['model_type'] == 'mistral' or c.get('use_sliding_window') else None
+    window_mask = mask if window is None else mask.masked_fill(torch.arange(T)[None, :] <= torch.arange(T)[:, None] - window, float('-inf'))
+    first_window_layer = c.get('max_window_layers', 0) if c['model_type'] != 'mistral' else 0
 
     def lin(x, name):
         y = x @ w[f'{name}.weight'].T
@@ -138,19 +208,30 @@ def forward(c, w, lora, ids):
     for i in range(c['num_hidden_layers']):
         p = f'model.layers.{i}'
         n = rms_norm(x, w[f'{p}.input_layernorm.weight'], c['rms_norm_eps'])
-        q = lin(n, f'{p}.self_attn.q_proj').view(B, T, H, hd).transpose(1, 2)
-        k = lin(n, f'{p}.self_attn.k_proj').view(B, T, K, hd).transpose(1, 2)
-        v = lin(n, f'{p}.self_attn.v_proj').view(B, T, K, hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        if c['model_type'] == 'phi3':  # one fused product, split into q, k, v
+            q, k, v = lin(n, f'{p}.self_attn.qkv_proj').split([H * hd, K * hd, K * hd], dim=-1)
+        else:
+            q, k, v = (lin(n, f'{p}.self_attn.{x}_proj') for x in 'qkv')
+        q = q.reshape(B, T, H, hd).transpose(1, 2)
+        k = k.reshape(B, T, K, hd).transpose(1, 2)
+        v = v.reshape(B, T, K, hd).transpose(1, 2)
+        if c['model_type'] == 'qwen3':  # Qwen3Attention: q_norm/k_norm over each head's hd values
+            q = rms_norm(q, w[f'{p}.self_attn.q_norm.weight'], c['rms_norm_eps'])
+            k = rms_norm(k, w[f'{p}.self_attn.k_norm.weight'], c['rms_norm_eps'])
+        if c.get('no_rope_layers', [1] * c['num_hidden_layers'])[i]:  # SmolLM3's NoPE layers skip it
+            q, k = rotate(q), rotate(k)
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + mask, dim=-1)
+        m = window_mask if i >= first_window_layer else mask
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(hd) + m, dim=-1)
         o = (att @ v).transpose(1, 2).reshape(B, T, H * hd)
         x = x + lin(o, f'{p}.self_attn.o_proj')
         n = rms_norm(x, w[f'{p}.post_attention_layernorm.weight'], c['rms_norm_eps'])
-        gate = lin(n, f'{p}.mlp.gate_proj')
-        x = x + lin(torch.nn.functional.silu(gate) * lin(n, f'{p}.mlp.up_proj'), f'{p}.mlp.down_proj')
+        if c['model_type'] == 'phi3':  # Phi3MLP: gate and up are the two halves of one product
+            gate, up = lin(n, f'{p}.mlp.gate_up_proj').chunk(2, dim=-1)
+        else:
+            gate, up = lin(n, f'{p}.mlp.gate_proj'), lin(n, f'{p}.mlp.up_proj')
+        x = x + lin(torch.nn.functional.silu(gate) * up, f'{p}.mlp.down_proj')
     x = rms_norm(x, w['model.norm.weight'], c['rms_norm_eps'])
     head = w['model.embed_tokens.weight'] if c['tie_word_embeddings'] else w['lm_head.weight']
     return x @ head.T
@@ -172,9 +253,11 @@ def write_safetensors(path, tensors):
             f.write(b)
 
 
-def main():
+def main(only):
     models = {}
     for k, (name, c) in enumerate(CONFIGS.items()):
+        if only and name not in only:
+            continue
         gen = torch.Generator().manual_seed(1234 + k)
         w = weights(c, gen)
         # the checkpoint holds f32 values: compute the reference from exactly those
@@ -184,8 +267,8 @@ def main():
         labels[0, :3] = -100  # a masked prompt
         lora = {}
         for i in range(c['num_hidden_layers']):
-            for t in TARGETS:
-                name_ = f'model.layers.{i}.self_attn.{t}'
+            for t in c.get('lora_targets', TARGETS):
+                name_ = f'model.layers.{i}.{"mlp" if "up" in t else "self_attn"}.{t}'
                 out_dim = w[f'{name_}.weight'].shape[0]
                 a = (torch.randn(RANK, c['hidden_size'], generator=gen) * 0.1).to(torch.float32).to(torch.float64)
                 b = (torch.randn(out_dim, RANK, generator=gen) * 0.1).to(torch.float32).to(torch.float64)
@@ -197,9 +280,10 @@ def main():
 
         d = os.path.join(OUT, name)
         os.makedirs(d, exist_ok=True)
-        cfg = dict(c, head_dim=c['hidden_size'] // c['num_attention_heads'], hidden_act='silu', torch_dtype='float32')
-        if c['model_type'] == 'qwen2':
-            cfg['use_sliding_window'] = False
+        cfg = dict(c, head_dim=head_dim(c), hidden_act='silu', torch_dtype='float32')
+        targets = list(cfg.pop('lora_targets', TARGETS))
+        if c['model_type'] in ('qwen2', 'qwen3', 'smollm3'):
+            cfg.setdefault('use_sliding_window', False)
         json.dump(cfg, open(os.path.join(d, 'config.json'), 'w'), indent=2)
         write_safetensors(os.path.join(d, 'model.safetensors'), w)
         lora_tensors, grad_tensors = {}, {}
@@ -213,11 +297,12 @@ def main():
         with open(os.path.join(d, 'logits.bin'), 'wb') as f:
             f.write(logits.detach().to(torch.float32).numpy().tobytes())
         json.dump(dict(batch=B, seq=T, ids=ids.tolist(), labels=labels.tolist(), lora_rank=RANK, lora_alpha=ALPHA,
-                       lora_targets=list(TARGETS), loss=loss.item(), torch=torch.__version__),
+                       lora_targets=targets, loss=loss.item(), torch=torch.__version__),
                   open(os.path.join(d, 'reference.json'), 'w'), indent=1)
         print(f'{name}: loss {loss.item():.6f}, logits {tuple(logits.shape)}')
         models[name] = w
-    trainer_lora_cases(models['llama_gqa'], CONFIGS['llama_gqa'])
+    if 'llama_gqa' in models:
+        trainer_lora_cases(models['llama_gqa'], CONFIGS['llama_gqa'])
 
 
 # ---- the trainer's own adapters (tests/train/lora-parity.test.ts)
@@ -290,4 +375,5 @@ def trainer_lora_cases(w, c):
 
 
 if __name__ == '__main__':
-    main()
+    import sys
+    main(set(sys.argv[1:]))

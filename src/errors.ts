@@ -105,6 +105,30 @@ export class ConfigError extends QtuneError {
   }
 }
 
+/**
+ * A checkpoint this run cannot resume: a setting its saved tensors or data depend on (the model, the
+ * train type, the LoRA rank or target modules, the optimizer, the training data) differs. Carries the
+ * setting and both values.
+ */
+export class ResumeError extends ConfigError {
+  override name = 'ResumeError';
+  readonly setting: string;
+  /** The setting's value in the checkpoint, and in this run (as the message shows them). */
+  readonly checkpointValue: string;
+  readonly runValue: string;
+  constructor(
+    setting: string,
+    values: { checkpoint: string; run: string },
+    message: string,
+    options: { hint?: string; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, { ...options, details: { setting, ...values, ...options.details } });
+    this.setting = setting;
+    this.checkpointValue = values.checkpoint;
+    this.runValue = values.run;
+  }
+}
+
 /** Training cannot go on: the loss or the gradients diverged (not finite), with no loss scale left. */
 export class TrainingError extends QtuneError {
   override name = 'TrainingError';

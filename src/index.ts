@@ -32,8 +32,10 @@ export {
   type TrainerOptions,
   type CreateOptions,
   type Settings,
+  type SettingChange,
   type TrainResult,
 } from './train/trainer.js';
+export { dataFingerprint, type DataFingerprint } from './data/fingerprint.js';
 export { Evaluator, type Evaluation } from './train/evaluate.js';
 export type { ForwardSetup } from './train/forward.js';
 export { Batches, type BatchOptions, type Collated } from './data/batches.js';

@@ -1,12 +1,18 @@
-/** Command-line parsing shared by the commands: strict flags, typed errors, generated help. */
-import { parseArgs } from 'node:util';
+/**
+ * Command-line parsing shared by the commands: strict flags, typed errors, generated help. One
+ * spelling rule for every command: `-` and `_` in a flag's name are the same (`--context-length`
+ * is `--context_length`), and a flag may have aliases, the name another command or Axolotl uses.
+ */
 import { QtuneError, type ErrorCode } from '../errors.js';
+import { closestName } from '../util/names.js';
 
 export interface FlagSpec {
   type: 'string' | 'boolean';
   default?: string | boolean;
   help: string;
   short?: string;
+  /** Other names for the flag: the one another command uses for the same thing (`--dataset-format`). */
+  aliases?: readonly string[];
 }
 
 export interface CommandSpec {
@@ -51,31 +57,91 @@ export function helpText(spec: CommandSpec): string {
   for (const [name, f] of Object.entries(all)) {
     const flag = `--${name}${f.type === 'string' ? ' VALUE' : ''}`;
     const def = f.default === undefined ? '' : ` (default: ${String(f.default)})`;
-    lines.push(`  ${flag.padEnd(26)} ${f.help}${def}`);
+    const also = f.aliases === undefined ? '' : ` (also ${f.aliases.map((a) => `--${a}`).join(', ')})`;
+    lines.push(`  ${flag.padEnd(26)} ${f.help}${also}${def}`);
   }
+  lines.push('', 'Flag names take - or _ alike (--max-samples, --max_samples).');
   return lines.join('\n');
 }
 
+/** A flag's name as compared: `_` and `-` are one character (`context_length` is `context-length`). */
+export function flagKey(name: string): string {
+  return name.replace(/_/g, '-');
+}
+
+/** `--name` as typed, for a message: printable and short, or quoted. */
+function shownFlag(arg: string): string {
+  return /^[\x21-\x7e]{1,60}$/.test(arg) ? arg : JSON.stringify(arg.slice(0, 60));
+}
+
+/** The UsageError for a flag no option has, naming the closest known one. */
+export function unknownFlagError(command: string, typed: string, known: Iterable<string>): UsageError {
+  const near = closestName(typed.replace(/^-+/, ''), known);
+  return new UsageError(
+    `${command}: ${shownFlag(typed)}: unknown option`,
+    near === undefined ? `see \`qtune ${command} --help\`` : `did you mean --${near}?`,
+  );
+}
+
+/** The UsageError for a flag that needs a value and was given none. */
+export function missingValueError(command: string, typed: string): UsageError {
+  return new UsageError(
+    `${command}: ${shownFlag(typed)} needs a value`,
+    `e.g. ${typed} VALUE, or ${typed}=VALUE`,
+  );
+}
+
+/**
+ * Reads `argv` against a command's flags: `--name value`, `--name=value`, `-s value` (a flag's short
+ * name), a bare `--name` for a boolean (or `--name=true|false`), positionals, and everything after
+ * `--` as positionals. Names follow {@link flagKey}, aliases count as their flag, the last of a
+ * flag given twice wins. A mistake is one UsageError naming the flag (and the closest known one).
+ */
 export function parse(
   spec: CommandSpec,
   argv: string[],
 ): { values: Record<string, string | boolean | undefined>; positionals: string[] } {
-  const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
-    help: { type: 'boolean' },
-  };
-  for (const [name, f] of Object.entries(spec.flags)) {
-    options[name] = f.short === undefined ? { type: f.type } : { type: f.type, short: f.short };
+  const all: Record<string, FlagSpec> = { ...spec.flags, help: { type: 'boolean', help: '', short: 'h' } };
+  const byKey = new Map<string, string>(); // flagKey of a name or alias -> the flag
+  const byShort = new Map<string, string>();
+  for (const [name, f] of Object.entries(all)) {
+    for (const n of [name, ...(f.aliases ?? [])]) byKey.set(flagKey(n), name);
+    if (f.short !== undefined) byShort.set(f.short, name);
   }
-  try {
-    const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
-    const out: Record<string, string | boolean | undefined> = {};
-    for (const [name, f] of Object.entries(spec.flags)) out[name] = values[name] ?? f.default;
-    out['help'] = values['help'];
-    return { values: out, positionals };
-  } catch (e) {
-    const msg = e instanceof Error ? e.message.split('\n')[0]! : String(e);
-    throw new UsageError(`${spec.name}: ${msg}`, `see \`qtune ${spec.name} --help\``);
+  const given: Record<string, string | boolean> = {};
+  const positionals: string[] = [];
+  const isFlag = (a: string) => a.startsWith('--') || (a.length === 2 && byShort.has(a.slice(1)));
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      positionals.push(...argv.slice(i + 1));
+      break;
+    }
+    // a plain word, `-`, or a negative number is a positional
+    if (!arg.startsWith('-') || arg === '-' || /^-[\d.]/.test(arg)) {
+      positionals.push(arg);
+      continue;
+    }
+    const eq = arg.indexOf('=');
+    const typed = eq < 0 ? arg : arg.slice(0, eq);
+    const name = typed.startsWith('--') ? byKey.get(flagKey(typed.slice(2))) : byShort.get(typed.slice(1));
+    if (name === undefined) throw unknownFlagError(spec.name, typed, Object.keys(spec.flags));
+    const inline = eq < 0 ? undefined : arg.slice(eq + 1);
+    if (all[name]!.type === 'boolean') {
+      if (inline !== undefined && inline !== 'true' && inline !== 'false')
+        throw new UsageError(
+          `${spec.name}: ${shownFlag(arg)}: ${typed} takes no value`,
+          `give ${typed} alone`,
+        );
+      given[name] = inline !== 'false';
+    } else if (inline !== undefined) given[name] = inline;
+    else if (i + 1 < argv.length && !isFlag(argv[i + 1]!)) given[name] = argv[++i]!;
+    else throw missingValueError(spec.name, typed);
   }
+  const values: Record<string, string | boolean | undefined> = {};
+  for (const [name, f] of Object.entries(spec.flags)) values[name] = given[name] ?? f.default;
+  values['help'] = given['help'];
+  return { values, positionals };
 }
 
 export function intFlag(name: string, value: string | boolean | undefined): number | undefined {

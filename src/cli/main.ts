@@ -2,9 +2,13 @@
  * qtune's command line. Every command parses strictly; a mistake prints one line naming the flag or
  * value and how to fix it, and exits with code 2. Failures at run time exit with code 1.
  */
+import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { COMPUTING_COMMANDS, ensureNativeEngine } from '../engine/auto-build.js';
 import { beforeEngineLoad } from '../engine/library.js';
 import { QtuneError, fileSystemError } from '../errors.js';
+import { closestName } from '../util/names.js';
 import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
@@ -47,6 +51,18 @@ const COMMANDS: Record<string, Command> = {
   bench,
 };
 
+/** qtune's version, from the package.json above this file (dist/src/cli/ when built, src/cli/ in the tree). */
+export function packageVersion(): string {
+  for (let dir = path.dirname(fileURLToPath(import.meta.url)); ; dir = path.dirname(dir)) {
+    const file = path.join(dir, 'package.json');
+    if (existsSync(file)) {
+      const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'qtune' && typeof pkg.version === 'string') return pkg.version;
+    }
+    if (path.dirname(dir) === dir) return 'unknown';
+  }
+}
+
 function usage(): string {
   const lines = [
     'qtune: fine-tune Llama-family models from Node.js',
@@ -56,6 +72,7 @@ function usage(): string {
     'commands:',
   ];
   for (const [name, c] of Object.entries(COMMANDS)) lines.push(`  ${name.padEnd(12)} ${c.spec.summary}`);
+  lines.push(`  ${'version'.padEnd(12)} Print qtune's version (also --version).`);
   lines.push('', 'Run `qtune <command> --help` for its options.');
   return lines.join('\n');
 }
@@ -69,10 +86,18 @@ export async function main(
     out(usage());
     return name === undefined ? 2 : 0;
   }
+  if (name === '--version' || name === '-v' || name === 'version') {
+    out(`qtune ${packageVersion()}`);
+    return 0;
+  }
   const command = COMMANDS[name];
   try {
     if (command === undefined) {
-      throw new UsageError(`unknown command "${name}"`, `commands: ${Object.keys(COMMANDS).join(', ')}`);
+      const near = closestName(name, [...Object.keys(COMMANDS), 'version']);
+      throw new UsageError(
+        `unknown command "${name}"`,
+        near === undefined ? `commands: ${Object.keys(COMMANDS).join(', ')}` : `did you mean ${near}?`,
+      );
     }
     // the first computing command on a machine builds the native engine (src/engine/auto-build.ts),
     // when it first needs the engine: after its flags parsed, so that a mistake fails at once

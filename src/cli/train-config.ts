@@ -12,13 +12,17 @@ import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
 import { checkFile } from '../io/folders.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
-import { ADAPTER_DTYPES, checkPatternKeys } from '../peft/lora-weights.js';
+import { ADAPTER_DTYPES } from '../peft/lora-weights.js';
+import { patternMap } from './pattern-option.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
 import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES } from '../train/train-type.js';
+import { closestName } from '../util/names.js';
+import { UsageError } from './args.js';
+import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
 
@@ -80,8 +84,8 @@ export const TRAIN_OPTIONS = {
   lora_dropout: { kind: 'number', default: 0, min: 0, max: 0.99, help: 'dropout on the adapter input' },
   lora_target_modules: {
     kind: 'list',
-    default: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-    help: 'modules to adapt: short names or globs over full names',
+    default: [],
+    help: "modules to adapt: short names or globs over full names (default, or all-linear: every linear layer of the model's blocks)",
   },
   lora_rank_pattern: {
     kind: 'map',
@@ -242,6 +246,11 @@ export const TRAIN_OPTIONS = {
     default: null,
     help: 'a checkpoint-N folder, or "latest" in output_dir',
   },
+  resume_ignore_data_change: {
+    kind: 'boolean',
+    default: false,
+    help: 'resume a checkpoint that was trained on other data (refused otherwise), going on with this data',
+  },
   seed: { kind: 'int', default: 42, min: 0, help: 'seed of data order, initialisation and dropout' },
   log_to: {
     kind: 'list',
@@ -339,26 +348,28 @@ export function parseSize(v: unknown): number {
   return n > 0 ? Math.round(n) : NaN;
 }
 
-function closest(key: string): string | undefined {
-  const dist = (a: string, b: string): number => {
-    const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
-    for (let j = 1; j <= b.length; j++) d[0]![j] = j;
-    for (let i = 1; i <= a.length; i++)
-      for (let j = 1; j <= b.length; j++)
-        d[i]![j] = Math.min(
-          d[i - 1]![j]! + 1,
-          d[i]![j - 1]! + 1,
-          d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
-        );
-    return d[a.length]![b.length]!;
-  };
-  let best: string | undefined;
-  let bestD = 4;
-  for (const k of Object.keys(SPECS)) {
-    const d = dist(key, k);
-    if (d < bestD) [best, bestD] = [k, d];
-  }
-  return best;
+/**
+ * The ConfigError for a key no option (or alias) has: the qtune way to say another trainer's name
+ * (`adapter: lora` is `train_type: lora`), or the closest known option.
+ */
+function unknownOption(k: string, typed: string, dash: string, given: unknown): ConfigError {
+  const shown = /^[\x21-\x7e]{1,60}$/.test(typed) ? `${dash}${typed}` : `${dash}${quote(typed)}`;
+  const near = closestName(k, [...Object.keys(SPECS), ...Object.keys(TRAIN_ALIASES)]);
+  const option = near === undefined ? undefined : (TRAIN_ALIASES[near] ?? near);
+  return new ConfigError(`${shown}: unknown option`, {
+    hint: Object.hasOwn(TRAIN_POINTERS, k)
+      ? pointerHint(TRAIN_POINTERS[k]!, dash !== '', given)
+      : option === undefined
+        ? 'see `qtune train --help` for the options'
+        : `did you mean ${dash}${option}?`,
+    details: { field: k },
+  });
+}
+
+/** A value to show in "needs a value": the default, or one of the choices, or a placeholder. */
+function exampleValue(spec: OptionSpec): string {
+  if (spec.default !== null && !Array.isArray(spec.default)) return String(spec.default);
+  return spec.choices?.[0] ?? (spec.kind === 'string' ? 'VALUE' : spec.kind === 'list' ? 'a,b' : '1');
 }
 
 /** Converts a value from YAML (typed) or from a flag (a string) and checks it against its spec. */
@@ -435,45 +446,8 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
         );
       return nums;
     }
-    case 'map': {
-      let entries: [string, unknown][] | null = null;
-      if (typeof raw === 'string' && raw.trim().startsWith('{')) {
-        try {
-          const j = JSON.parse(raw) as unknown;
-          if (j !== null && typeof j === 'object' && !Array.isArray(j)) entries = Object.entries(j);
-        } catch {
-          entries = null;
-        }
-      } else if (typeof raw === 'string') {
-        // key=value pairs; a key may hold '=' ((?P=name)), the value never does
-        entries = raw
-          .split(',')
-          .filter((x) => x.trim() !== '')
-          .map((x) => {
-            const i = x.lastIndexOf('=');
-            return i < 0 ? [x.trim(), undefined] : [x.slice(0, i).trim(), x.slice(i + 1).trim()];
-          });
-      } else if (typeof raw === 'object' && !Array.isArray(raw)) entries = Object.entries(raw);
-      const out: Record<string, number> = {};
-      const low = spec.min ?? 0;
-      for (const [k, v] of entries ?? [['', undefined]]) {
-        const n = typeof v === 'number' ? v : typeof v === 'string' && v !== '' ? Number(v) : NaN;
-        if (
-          k === '' ||
-          !Number.isFinite(n) ||
-          n < low ||
-          (spec.minExclusive === true && n === low) ||
-          (spec.whole === true && !Number.isInteger(n))
-        )
-          return bad(
-            `is not a mapping of module patterns to ${spec.whole === true ? 'whole numbers' : 'numbers'} ${spec.minExclusive === true ? 'above' : 'of at least'} ${low}`,
-            `set ${key} to e.g. {q_proj: 16} (or q_proj=16,v_proj=4, or JSON, on the command line)`,
-          );
-        out[k] = n;
-      }
-      checkPatternKeys(key, out); // Python regexes: translated, or refused here
-      return out;
-    }
+    case 'map':
+      return patternMap(key, raw, spec, bad);
     case 'sizes': {
       const entries: [string, unknown][] =
         typeof raw === 'string'
@@ -516,17 +490,31 @@ export function resolveTrainConfig(
     ['file', file],
     ['flag', flags],
   ] as const) {
-    for (const [k, v] of Object.entries(values)) {
-      const spec = Object.hasOwn(SPECS, k) ? SPECS[k] : undefined; // not inherited names (constructor)
-      if (spec === undefined) {
-        const near = closest(k);
-        const shown = /^[\x21-\x7e]{1,60}$/.test(k) ? k : quote(k);
-        throw new ConfigError(`${source === 'flag' ? `--${shown}` : shown}: unknown option`, {
-          hint: near === undefined ? 'see `qtune train --help` for the options' : `did you mean ${near}?`,
-          details: { field: k },
+    const named = new Map<string, string>(); // option -> the name it was given under, in this source
+    for (const [typed, v] of Object.entries(values)) {
+      const dash = source === 'flag' ? '--' : '';
+      // a flag's `-` is `_` (`--context-length`); messages show the flag as typed
+      const k = source === 'flag' ? typed.replace(/-/g, '_') : typed;
+      // not inherited names (constructor)
+      const name = Object.hasOwn(SPECS, k)
+        ? k
+        : Object.hasOwn(TRAIN_ALIASES, k)
+          ? TRAIN_ALIASES[k]
+          : undefined;
+      if (name === undefined) throw unknownOption(k, typed, dash, v);
+      const spec = SPECS[name]!;
+      const earlier = named.get(name);
+      if (earlier !== undefined)
+        throw new ConfigError(`${dash}${earlier} and ${dash}${typed} are both set: both name ${name}`, {
+          hint: 'give one of them',
+          details: { field: name },
         });
-      }
-      out[k] = coerce(
+      named.set(name, typed);
+      // a flag with no value (`--lr` at the end, or before another flag) is true: fine for a switch
+      if (source === 'flag' && v === true && spec.kind !== 'boolean')
+        throw new UsageError(`--${typed} needs a value`, `e.g. --${typed} ${exampleValue(spec)}`);
+      // a YAML true or false for a text or number option is read as its text (then checked)
+      out[name] = coerce(
         k,
         spec,
         typeof v === 'boolean' && spec.kind !== 'boolean' ? String(v) : v,
@@ -589,6 +577,8 @@ export function trainOptionsHelp(): string[] {
       s.choices !== undefined && s.kind !== 'list' && s.choices.length <= 8
         ? ` [${s.choices.join('|')}]`
         : '';
-    return `  --${k.padEnd(28)} ${s.help}${choices}${def}`;
+    const aliases = Object.keys(TRAIN_ALIASES).filter((a) => TRAIN_ALIASES[a] === k);
+    const also = aliases.length === 0 ? '' : ` (also ${aliases.join(', ')})`;
+    return `  --${k.padEnd(28)} ${s.help}${also}${choices}${def}`;
   });
 }

@@ -297,5 +297,6 @@ export async function loadDataset(
       { hint: 'raise context_length or shorten the prompts' },
     );
   const val = recordsToExamples(validation, c.format, tokenizer, contextLength, c.packing);
-  return val.length === 0 ? { train } : { train, validation: val };
+  const source = c.format === 'dummy' ? 'dummy' : c.path!;
+  return val.length === 0 ? { train, source } : { train, validation: val, source };
 }

@@ -23,4 +23,6 @@ export interface Example {
 export interface TrainData {
   train: readonly Example[];
   validation?: readonly Example[];
+  /** Where the examples came from (the dataset file or Hub id), for messages: `loadDataset` sets it. */
+  source?: string;
 }

@@ -1,12 +1,25 @@
 /**
  * The Llama-family configuration, with the field names of Hugging Face's `config.json`, read and
  * validated once. Llama 2/3/3.1/3.2, TinyLlama and SmolLM are `llama`; Mistral is `mistral`; Qwen2 and
- * Qwen2.5 are `qwen2` (biases on q, k and v). Anything qtune does not implement is refused by name.
+ * Qwen2.5 are `qwen2` (biases on q, k and v); Qwen3 is `qwen3` (an RMSNorm over each query and key
+ * head before RoPE, no biases); SmolLM3 is `smollm3` (layers without RoPE, `no_rope_layers`);
+ * Phi-3/3.5/4-mini are `phi3` (fused `qkv_proj` and `gate_up_proj`, longrope, partial rotary).
+ * Anything qtune does not implement is refused by name.
  */
 import { ConfigError } from '../errors.js';
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2';
-export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2'];
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
+export const MODEL_TYPES: readonly ModelType[] = ['llama', 'mistral', 'qwen2', 'qwen3', 'smollm3', 'phi3'];
+
+/** The Hugging Face class name of each model type (config.json's `architectures`). */
+export const ARCHITECTURES: Record<ModelType, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+  smollm3: 'SmolLM3ForCausalLM',
+  phi3: 'Phi3ForCausalLM',
+};
 
 export interface Llama3RopeScaling {
   rope_type: 'llama3';
@@ -21,7 +34,20 @@ export interface LinearRopeScaling {
   factor: number;
 }
 
-export type RopeScaling = Llama3RopeScaling | LinearRopeScaling;
+/**
+ * Phi-3's LongRoPE: per-frequency divisors, `short_factor` while a sequence stays within
+ * `original_max_position_embeddings` and `long_factor` beyond it (HF's dynamic choice), and cos/sin
+ * scaled by `attention_factor` (default `sqrt(1 + ln(s) / ln(original))`, s = max / original).
+ */
+export interface LongRopeScaling {
+  rope_type: 'longrope';
+  short_factor: number[];
+  long_factor: number[];
+  original_max_position_embeddings: number;
+  attention_factor: number;
+}
+
+export type RopeScaling = Llama3RopeScaling | LinearRopeScaling | LongRopeScaling;
 
 export interface LlamaConfig {
   model_type: ModelType;
@@ -37,10 +63,27 @@ export interface LlamaConfig {
   max_position_embeddings: number;
   tie_word_embeddings: boolean;
   rope_scaling: RopeScaling | null;
-  /** Biases on q_proj, k_proj and v_proj (Qwen2; Llama's `attention_bias`). */
+  /** Biases on q_proj, k_proj and v_proj (Qwen2; Llama's and Qwen3's `attention_bias`). */
   attention_bias: boolean;
-  /** Mistral's attention window; null when attention is full. */
+  /** An RMSNorm (weights `q_norm`, `k_norm` of `[head_dim]`) over each query and key head before RoPE (Qwen3). */
+  qk_norm: boolean;
+  /**
+   * The attention window: a query sees the `sliding_window` keys up to itself (HF's
+   * `kv_idx > q_idx - sliding_window`). Null when attention is full (Qwen2/3 unless
+   * `use_sliding_window`).
+   */
   sliding_window: number | null;
+  /** Layers below this one attend fully, the rest through the window (Qwen2/3; 0 for Mistral). */
+  max_window_layers: number;
+  /**
+   * SmolLM3's per-layer RoPE switch, HF's name and meaning: 1 where a layer applies RoPE, 0 where it
+   * does not (NoPE). Null: every layer applies it.
+   */
+  no_rope_layers: number[] | null;
+  /** Phi-3's fused projections: `qkv_proj` (q, k, v rows in that order) and `gate_up_proj` (gate, up). */
+  fused_projections: boolean;
+  /** How many of each head's dims RoPE rotates (`partial_rotary_factor` × head_dim; Phi-4-mini 0.75). */
+  rope_dims: number;
   bos_token_id: number | null;
   eos_token_id: number[];
   pad_token_id: number | null;
@@ -78,12 +121,63 @@ function tokenIds(v: unknown, key: string): number[] {
   return arr as number[];
 }
 
+/**
+ * SmolLM3's `no_rope_layers` (1 = RoPE, 0 = none), or, when absent, HF's default from
+ * `no_rope_layer_interval` (4): every fourth layer without RoPE.
+ */
+function noRopeLayers(j: Json, layers: number): number[] {
+  const v = j['no_rope_layers'];
+  if (v === undefined || v === null) {
+    const every = num(j, 'no_rope_layer_interval', { int: true, min: 1, def: 4 });
+    return Array.from({ length: layers }, (_, i) => ((i + 1) % every === 0 ? 0 : 1));
+  }
+  if (!Array.isArray(v) || v.length !== layers || !v.every((x) => x === 0 || x === 1))
+    throw new ConfigError(
+      `config.json: no_rope_layers = ${JSON.stringify(v).slice(0, 80)} is not a list of ${layers} zeros and ones`,
+      { hint: 'one entry per layer: 1 where the layer applies RoPE, 0 where it does not' },
+    );
+  return v as number[];
+}
+
+/** Phi-3's `rope_scaling` of type longrope, with `original_max_position_embeddings` where it is. */
+function longRope(j: Json, r: Json, half: number): LongRopeScaling {
+  const original = num(
+    r['original_max_position_embeddings'] === undefined ? j : r,
+    'original_max_position_embeddings',
+    {
+      int: true,
+      min: 1,
+    },
+  );
+  const factors = (key: string): number[] => {
+    const v = r[key];
+    if (!Array.isArray(v) || v.length !== half || !v.every((x) => typeof x === 'number' && x > 0))
+      throw new ConfigError(
+        `config.json: rope_scaling.${key} is not a list of ${half} positive numbers (one per rotated frequency)`,
+      );
+    return v as number[];
+  };
+  const max = num(j, 'max_position_embeddings', { int: true, min: 1, def: 2048 });
+  const s = max / original;
+  const def = s <= 1 ? 1 : Math.sqrt(1 + Math.log(s) / Math.log(original));
+  return {
+    rope_type: 'longrope',
+    short_factor: factors('short_factor'),
+    long_factor: factors('long_factor'),
+    original_max_position_embeddings: original,
+    attention_factor:
+      r['attention_factor'] === undefined || r['attention_factor'] === null
+        ? def
+        : num(r, 'attention_factor', { min: 0 }),
+  };
+}
+
 /** Parses and validates a `config.json` object. */
 export function parseLlamaConfig(j: Json): LlamaConfig {
   const modelType = j['model_type'];
   if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
-      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5)`,
+      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3, SmolLM3)`,
     });
   }
   const act = j['hidden_act'] ?? 'silu';
@@ -109,6 +203,12 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
       `config.json: head_dim = ${headDim} (hidden_size / num_attention_heads) must be an even integer`,
     );
   }
+  const rotary = num(j, 'partial_rotary_factor', { min: 0, max: 1, def: 1 });
+  const ropeDims = Math.round(headDim * rotary);
+  if (ropeDims < 2 || ropeDims % 2 !== 0)
+    throw new ConfigError(
+      `config.json: partial_rotary_factor = ${rotary} rotates ${ropeDims} of head_dim ${headDim}, not an even number >= 2`,
+    );
   let ropeScaling: RopeScaling | null = null;
   const rs = j['rope_scaling'];
   if (rs !== undefined && rs !== null) {
@@ -129,15 +229,20 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
       }
     } else if (type === 'linear') {
       ropeScaling = { rope_type: 'linear', factor: num(r, 'factor', { min: 1 }) };
+    } else if (type === 'longrope') {
+      ropeScaling = longRope(j, r, Math.round(headDim * rotary) / 2);
     } else if (type !== 'default') {
       throw new ConfigError(`config.json: rope_scaling type "${String(type)}" is not supported`, {
-        hint: 'qtune implements llama3 and linear rope scaling',
+        hint: 'qtune implements llama3, linear and longrope rope scaling',
       });
     }
   }
-  const qwen = modelType === 'qwen2';
+  const qwen = modelType === 'qwen2' || modelType === 'qwen3' || modelType === 'smollm3';
+  const layers = num(j, 'num_hidden_layers', { int: true, min: 1 });
   const window =
-    modelType === 'mistral' || (qwen && j['use_sliding_window'] === true) ? j['sliding_window'] : null;
+    modelType === 'mistral' || modelType === 'phi3' || (qwen && j['use_sliding_window'] === true)
+      ? j['sliding_window']
+      : null;
   const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
   const bos = tokenIds(j['bos_token_id'], 'bos_token_id');
   const pad = tokenIds(j['pad_token_id'], 'pad_token_id');
@@ -147,7 +252,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     vocab_size: num(j, 'vocab_size', { int: true, min: 1, max: 2 ** 31 - 1 }),
     hidden_size: hidden,
     intermediate_size: num(j, 'intermediate_size', { int: true, min: 1 }),
-    num_hidden_layers: num(j, 'num_hidden_layers', { int: true, min: 1 }),
+    num_hidden_layers: layers,
     num_attention_heads: heads,
     num_key_value_heads: kvHeads,
     head_dim: headDim,
@@ -156,8 +261,14 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     max_position_embeddings: num(j, 'max_position_embeddings', { int: true, min: 1, def: 2048 }),
     tie_word_embeddings: j['tie_word_embeddings'] === true,
     rope_scaling: ropeScaling,
-    attention_bias: qwen || j['attention_bias'] === true,
-    sliding_window: typeof window === 'number' ? window : null,
+    attention_bias: modelType === 'qwen2' || j['attention_bias'] === true,
+    qk_norm: modelType === 'qwen3',
+    sliding_window:
+      window === undefined || window === null ? null : num(j, 'sliding_window', { int: true, min: 1 }),
+    max_window_layers: qwen ? num(j, 'max_window_layers', { int: true, min: 0, def: 28 }) : 0,
+    no_rope_layers: modelType === 'smollm3' ? noRopeLayers(j, layers) : null,
+    fused_projections: modelType === 'phi3',
+    rope_dims: ropeDims,
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
     pad_token_id: pad[0] ?? null,
@@ -168,13 +279,7 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
 /** The `config.json` object for a config (what `createTinyModel` and GGUF import write). */
 export function configToJson(c: LlamaConfig): Json {
   const j: Json = {
-    architectures: [
-      c.model_type === 'qwen2'
-        ? 'Qwen2ForCausalLM'
-        : c.model_type === 'mistral'
-          ? 'MistralForCausalLM'
-          : 'LlamaForCausalLM',
-    ],
+    architectures: [ARCHITECTURES[c.model_type]],
     model_type: c.model_type,
     vocab_size: c.vocab_size,
     hidden_size: c.hidden_size,
@@ -191,9 +296,15 @@ export function configToJson(c: LlamaConfig): Json {
     rope_scaling: c.rope_scaling,
     torch_dtype: c.torch_dtype ?? 'float32',
   };
-  if (c.model_type === 'llama') j['attention_bias'] = c.attention_bias;
+  if (c.model_type === 'llama' || c.model_type === 'qwen3' || c.model_type === 'smollm3')
+    j['attention_bias'] = c.attention_bias;
+  if (c.no_rope_layers !== null) j['no_rope_layers'] = c.no_rope_layers;
+  if (c.rope_dims !== c.head_dim) j['partial_rotary_factor'] = c.rope_dims / c.head_dim;
+  if (c.rope_scaling?.rope_type === 'longrope')
+    j['original_max_position_embeddings'] = c.rope_scaling.original_max_position_embeddings;
   if (c.sliding_window !== null) j['sliding_window'] = c.sliding_window;
-  if (c.model_type === 'qwen2') j['use_sliding_window'] = c.sliding_window !== null;
+  if (c.model_type === 'qwen2' || c.model_type === 'qwen3')
+    j['use_sliding_window'] = c.sliding_window !== null;
   if (c.bos_token_id !== null) j['bos_token_id'] = c.bos_token_id;
   if (c.eos_token_id.length > 0)
     j['eos_token_id'] = c.eos_token_id.length === 1 ? c.eos_token_id[0] : c.eos_token_id;

@@ -6,7 +6,8 @@
  * - llama.cpp's `llama` architecture stores q_proj and k_proj rows reordered for its RoPE layout:
  *   HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (DESIGN.md §5). qtune computes in the HF layout,
  *   so it reorders on the way in and out; rows are whole (quantized blocks run along them), so this
- *   moves bytes without touching values. `qwen2` is not reordered.
+ *   moves bytes without touching values. `qwen2` and `qwen3` (neox RoPE in llama.cpp) are not.
+ * - Architectures: `llama` (also Mistral, as llama.cpp's converter writes it), `qwen2`, `qwen3`.
  * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
  *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it uses a
  *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (src/io/gguf-tokenizer.ts).
@@ -34,6 +35,8 @@ const LAYER_NAMES: [string, string][] = [
   ['self_attn.q_proj.bias', 'attn_q.bias'],
   ['self_attn.k_proj.bias', 'attn_k.bias'],
   ['self_attn.v_proj.bias', 'attn_v.bias'],
+  ['self_attn.q_norm.weight', 'attn_q_norm.weight'],
+  ['self_attn.k_norm.weight', 'attn_k_norm.weight'],
   ['self_attn.o_proj.weight', 'attn_output.weight'],
   ['post_attention_layernorm.weight', 'ffn_norm.weight'],
   ['mlp.gate_proj.weight', 'ffn_gate.weight'],
@@ -46,19 +49,34 @@ const GLOBAL_NAMES: [string, string][] = [
   ['lm_head.weight', 'output.weight'],
 ];
 
+/** Phi-3's fused layers: llama.cpp's `attn_qkv`, and `ffn_up` holding gate and up (gate first). */
+const FUSED_LAYER_NAMES: [string, string][] = [
+  ['self_attn.qkv_proj.weight', 'attn_qkv.weight'],
+  ['mlp.gate_up_proj.weight', 'ffn_up.weight'],
+];
+
+/** The per-layer name pairs of a config: Phi-3's fused layers replace their separate ones. */
+function layerNames(fused: boolean): [string, string][] {
+  return fused ? [...FUSED_LAYER_NAMES, ...LAYER_NAMES] : LAYER_NAMES;
+}
+
 /** The GGUF name of a Hugging Face checkpoint name. */
 export function hfToGgufName(name: string): string {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === hf) return gg;
   const m = /^model\.layers\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
+  if (m !== null) for (const [hf, gg] of layerNames(true)) if (m[2] === hf) return `blk.${m[1]}.${gg}`;
   throw new QtuneError('INVALID_ARGUMENT', `no GGUF name for tensor ${name}`);
 }
 
-/** The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs). */
-export function ggufToHfName(name: string): string | null {
+/**
+ * The Hugging Face name of a GGUF tensor name, or null for tensors qtune does not use (rope_freqs).
+ * `fused`: the file is Phi-3's (its `ffn_up` is the fused gate_up_proj).
+ */
+export function ggufToHfName(name: string, fused = false): string | null {
   for (const [hf, gg] of GLOBAL_NAMES) if (name === gg) return hf;
   const m = /^blk\.(\d+)\.(.+)$/.exec(name);
-  if (m !== null) for (const [hf, gg] of LAYER_NAMES) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
+  if (m !== null)
+    for (const [hf, gg] of layerNames(fused)) if (m[2] === gg) return `model.layers.${m[1]}.${hf}`;
   return null;
 }
 
@@ -84,9 +102,25 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
   return out;
 }
 
-/** The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama`), or null. */
+/** The GGUF architectures qtune reads and writes. */
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3'];
+
+/** llama.cpp's SmolLM3 leaves RoPE out of every layer `i` with `(i + 1) % 4 == 0`, and stores no list. */
+const SMOLLM3_NO_ROPE_STEP = 4;
+
+/** llama.cpp's architecture name for a config (Mistral is `llama`, as llama.cpp's converter writes it). */
+export function ggufArch(c: LlamaConfig): GgufArch {
+  return c.model_type === 'mistral' ? 'llama' : c.model_type;
+}
+
+/**
+ * The head count whose rows llama.cpp reorders in this tensor (q_proj, k_proj of `llama` and
+ * `smollm3`, whose RoPE is llama.cpp's normal one), or null.
+ */
 export function ropeHeads(c: LlamaConfig, hfName: string): number | null {
-  if (c.model_type === 'qwen2') return null;
+  const arch = ggufArch(c);
+  if (arch !== 'llama' && arch !== 'smollm3') return null;
   if (/\.self_attn\.q_proj\.(weight|bias)$/.test(hfName)) return c.num_attention_heads;
   if (/\.self_attn\.k_proj\.(weight|bias)$/.test(hfName)) return c.num_key_value_heads;
   return null;
@@ -117,12 +151,12 @@ const GGUF_CONFIG_KEYS: Record<string, string> = {
   max_position_embeddings: 'context_length',
 };
 
-/** The config of a GGUF model (architectures `llama` and `qwen2`). */
+/** The config of a GGUF model (the architectures of {@link GgufArch}). */
 export function ggufToConfig(g: GgufFile): LlamaConfig {
   const arch = ggufGet(g, 'general.architecture', 'string');
-  if (arch !== 'llama' && arch !== 'qwen2') {
+  if (!(GGUF_ARCHS as readonly unknown[]).includes(arch)) {
     throw new ConfigError(`${g.path}: general.architecture "${String(arch)}" is not supported`, {
-      hint: 'qtune reads llama and qwen2 GGUF models',
+      hint: `qtune reads ${GGUF_ARCHS.join(', ')} GGUF models`,
     });
   }
   const n = (key: string, def?: number): number | undefined => ggufGet(g, `${arch}.${key}`, 'number') ?? def;
@@ -151,14 +185,21 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     eos_token_id: ggufGet(g, 'tokenizer.ggml.eos_token_id', 'number'),
     pad_token_id: ggufGet(g, 'tokenizer.ggml.padding_token_id', 'number'),
   };
+  const ropeDims = n('rope.dimension_count');
+  if (ropeDims !== undefined && typeof j['head_dim'] === 'number' && ropeDims !== j['head_dim'])
+    j['partial_rotary_factor'] = ropeDims / j['head_dim'];
+  const window = n('attention.sliding_window');
+  if (window !== undefined) j['sliding_window'] = window;
   const hfConfig = ggufGet(g, 'qtune.hf_config', 'string');
   if (hfConfig !== undefined) {
     // rope scaling and the sliding window as the HF config had them
     const extra = jsonObject(g, 'qtune.hf_config', hfConfig);
     for (const k of [
+      'no_rope_layers',
       'rope_scaling',
       'sliding_window',
       'use_sliding_window',
+      'max_window_layers',
       'model_type',
       'eos_token_id',
       'torch_dtype',
@@ -169,10 +210,13 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     const scaling = ggufGet(g, `${arch}.rope.scaling.type`, 'string');
     if (scaling === 'linear')
       j['rope_scaling'] = { rope_type: 'linear', factor: n('rope.scaling.factor', 1) };
-    else if (g.tensors.has('rope_freqs.weight')) {
-      throw new ConfigError(`${g.path}: llama3 rope scaling stored only as rope_freqs is not read yet`, {
-        hint: 'convert from the Hugging Face folder, or put its config.json beside the GGUF file',
-      });
+    else if (g.tensors.has('rope_freqs.weight') || g.tensors.has('rope_factors_long.weight')) {
+      throw new ConfigError(
+        `${g.path}: rope scaling stored only as rope_freqs/rope_factors is not read yet`,
+        {
+          hint: 'convert from the Hugging Face folder, or put its config.json beside the GGUF file',
+        },
+      );
     }
   }
   try {
@@ -286,7 +330,9 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
     out.set('tokenizer.ggml.scores', kv.f32s(scores));
   } else {
     out.set('tokenizer.ggml.model', kv.str('gpt2'));
-    out.set('tokenizer.ggml.pre', kv.str(c.model_type === 'qwen2' ? 'qwen2' : 'llama-bpe'));
+    // Qwen3 has Qwen2's pre-tokenizer, and llama.cpp's converter names it so; SmolLM3 has Llama 3's
+    const arch = ggufArch(c);
+    out.set('tokenizer.ggml.pre', kv.str(arch === 'qwen2' || arch === 'qwen3' ? 'qwen2' : 'llama-bpe'));
     out.set('tokenizer.ggml.merges', kv.strings(merges));
   }
   out.set('tokenizer.ggml.tokens', kv.strings(tokens));
@@ -306,7 +352,7 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
 }
 
 /**
- * Writes a model as GGUF (architecture `llama` or `qwen2`), each tensor in its stored type, or
+ * Writes a model as GGUF (architecture {@link ggufArch}), each tensor in its stored type, or
  * converted to `dtype` when given (norms stay f32).
  */
 export function writeLlamaGguf(
@@ -316,7 +362,13 @@ export function writeLlamaGguf(
   o: { dtype?: DType; name?: string } = {},
 ): void {
   const c = model.config;
-  const arch = c.model_type === 'qwen2' ? 'qwen2' : 'llama';
+  const arch = ggufArch(c);
+  const nope = c.no_rope_layers;
+  if (nope !== null && nope.some((r, i) => r !== ((i + 1) % SMOLLM3_NO_ROPE_STEP === 0 ? 0 : 1)))
+    throw new ConfigError(
+      `${file}: no_rope_layers ${JSON.stringify(nope)} is not llama.cpp's pattern (no RoPE in every ${SMOLLM3_NO_ROPE_STEP}th layer)`,
+      { hint: 'llama.cpp would run another model; save a Hugging Face folder instead' },
+    );
   const meta = new Map<string, GgufKv>([
     ['general.architecture', kv.str(arch)],
     ['general.name', kv.str(o.name ?? 'qtune model')],
@@ -329,7 +381,7 @@ export function writeLlamaGguf(
     [`${arch}.attention.head_count_kv`, kv.u32(c.num_key_value_heads)],
     [`${arch}.attention.key_length`, kv.u32(c.head_dim)],
     [`${arch}.attention.value_length`, kv.u32(c.head_dim)],
-    [`${arch}.rope.dimension_count`, kv.u32(c.head_dim)],
+    [`${arch}.rope.dimension_count`, kv.u32(c.rope_dims)],
     [`${arch}.attention.layer_norm_rms_epsilon`, kv.f32(c.rms_norm_eps)],
     [`${arch}.rope.freq_base`, kv.f32(c.rope_theta)],
     [
@@ -340,6 +392,8 @@ export function writeLlamaGguf(
           rope_scaling: c.rope_scaling,
           sliding_window: c.sliding_window,
           use_sliding_window: c.sliding_window !== null,
+          max_window_layers: c.max_window_layers,
+          no_rope_layers: c.no_rope_layers,
           eos_token_id: c.eos_token_id,
           torch_dtype: c.torch_dtype,
         }),
@@ -350,9 +404,23 @@ export function writeLlamaGguf(
     meta.set(`${arch}.rope.scaling.type`, kv.str('linear'));
     meta.set(`${arch}.rope.scaling.factor`, kv.f32(c.rope_scaling.factor));
   }
+  if (c.sliding_window !== null) meta.set(`${arch}.attention.sliding_window`, kv.u32(c.sliding_window));
   for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
 
   const tensors: GgufTensorToWrite[] = [];
+  if (c.rope_scaling?.rope_type === 'longrope') {
+    // llama.cpp's LongRoPE: both factor lists as tensors, the attention factor and the original context
+    const rs = c.rope_scaling;
+    meta.set(`${arch}.rope.scaling.attn_factor`, kv.f32(rs.attention_factor));
+    meta.set(`${arch}.rope.scaling.original_context_length`, kv.u32(rs.original_max_position_embeddings));
+    for (const [name, f] of [
+      ['rope_factors_long.weight', rs.long_factor],
+      ['rope_factors_short.weight', rs.short_factor],
+    ] as const) {
+      const data = Float32Array.from(f);
+      tensors.push({ name, shape: [f.length], dtype: 'f32', data: new Uint8Array(data.buffer) });
+    }
+  }
   for (const t of model.tensors()) {
     let bytes = t.store!.readBytes(t);
     let dtype = t.dtype;

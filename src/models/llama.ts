@@ -1,8 +1,11 @@
 /**
- * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral and Qwen2/2.5.
+ * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3 and
+ * SmolLM3 (whose `no_rope_layers` leave RoPE out of some layers), and Phi-3/3.5/4-mini (q, k, v from
+ * one fused `qkv_proj`, gate and up from one `gate_up_proj`; LongRoPE; RoPE on part of each head).
  *
  *   x = embed_tokens[ids]
  *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
+ *               (Qwen3: q and k normed per head first, rope(rms(q_h)·q_norm), rope(rms(k_h)·k_norm))
  *               x += down_proj(silu(gate_proj(n)) · up_proj(n))                          n = rms(x)·post_attention_layernorm
  *   logits = lm_head(rms(x)·norm)          (lm_head = embed_tokens when tie_word_embeddings)
  *
@@ -12,11 +15,11 @@
  */
 import type { Backend } from '../engine/device.js';
 import type { DType } from '../engine/dtype.js';
-import { ConfigError, QtuneError } from '../errors.js';
+import { QtuneError } from '../errors.js';
 import { checkpoint } from '../tensor/checkpoint.js';
 import type { Graph } from '../tensor/graph.js';
 import { add, mul } from '../tensor/ops/elementwise.js';
-import { cast, concat, permute, reshape, slice } from '../tensor/ops/layout.js';
+import { cast, concat, contiguous, permute, reshape, slice } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
 import { embedding, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
 import { StoreGroup } from '../tensor/store-group.js';
@@ -42,25 +45,26 @@ export function llamaWeights(c: LlamaConfig): WeightSpec[] {
   for (let i = 0; i < c.num_hidden_layers; i++) {
     const p = `model.layers.${i}`;
     w.push({ name: `${p}.input_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
-    w.push({
-      name: `${p}.self_attn.q_proj.weight`,
-      shape: [c.num_attention_heads * hd, c.hidden_size],
-      role: 'linear',
-    });
-    w.push({
-      name: `${p}.self_attn.k_proj.weight`,
-      shape: [c.num_key_value_heads * hd, c.hidden_size],
-      role: 'linear',
-    });
-    w.push({
-      name: `${p}.self_attn.v_proj.weight`,
-      shape: [c.num_key_value_heads * hd, c.hidden_size],
-      role: 'linear',
-    });
+    const qkv: [string, number][] = [
+      ['q', c.num_attention_heads * hd],
+      ['k', c.num_key_value_heads * hd],
+      ['v', c.num_key_value_heads * hd],
+    ];
+    if (c.fused_projections) {
+      const rows = qkv.reduce((n, [, r]) => n + r, 0);
+      w.push({ name: `${p}.self_attn.qkv_proj.weight`, shape: [rows, c.hidden_size], role: 'linear' });
+    } else {
+      for (const [x, rows] of qkv)
+        w.push({ name: `${p}.self_attn.${x}_proj.weight`, shape: [rows, c.hidden_size], role: 'linear' });
+    }
     if (c.attention_bias) {
       w.push({ name: `${p}.self_attn.q_proj.bias`, shape: [c.num_attention_heads * hd], role: 'bias' });
       w.push({ name: `${p}.self_attn.k_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
       w.push({ name: `${p}.self_attn.v_proj.bias`, shape: [c.num_key_value_heads * hd], role: 'bias' });
+    }
+    if (c.qk_norm) {
+      w.push({ name: `${p}.self_attn.q_norm.weight`, shape: [hd], role: 'norm' });
+      w.push({ name: `${p}.self_attn.k_norm.weight`, shape: [hd], role: 'norm' });
     }
     w.push({
       name: `${p}.self_attn.o_proj.weight`,
@@ -68,12 +72,13 @@ export function llamaWeights(c: LlamaConfig): WeightSpec[] {
       role: 'linear',
     });
     w.push({ name: `${p}.post_attention_layernorm.weight`, shape: [c.hidden_size], role: 'norm' });
-    w.push({
-      name: `${p}.mlp.gate_proj.weight`,
-      shape: [c.intermediate_size, c.hidden_size],
-      role: 'linear',
-    });
-    w.push({ name: `${p}.mlp.up_proj.weight`, shape: [c.intermediate_size, c.hidden_size], role: 'linear' });
+    const F = c.intermediate_size;
+    if (c.fused_projections)
+      w.push({ name: `${p}.mlp.gate_up_proj.weight`, shape: [2 * F, c.hidden_size], role: 'linear' });
+    else {
+      w.push({ name: `${p}.mlp.gate_proj.weight`, shape: [F, c.hidden_size], role: 'linear' });
+      w.push({ name: `${p}.mlp.up_proj.weight`, shape: [F, c.hidden_size], role: 'linear' });
+    }
     w.push({
       name: `${p}.mlp.down_proj.weight`,
       shape: [c.hidden_size, c.intermediate_size],
@@ -156,6 +161,20 @@ export interface ForwardOptions {
    * persistent copy of it (in the matmul type, with its transposed copy). Wins over `headDType`.
    */
   headWeight?: Tensor;
+}
+
+/**
+ * The sliding window's additive mask `[T, start + T]`: query `start + t` sees key `k` when
+ * `start + t - W < k` (the causal part is the softmax's own), else -Infinity.
+ */
+export function slidingWindowMask(start: number, T: number, W: number): Float32Array {
+  const total = start + T;
+  const m = new Float32Array(T * total);
+  for (let t = 0; t < T; t++) {
+    const first = start + t - W + 1; // the first key the query sees
+    for (let k = 0; k < first && k < total; k++) m[t * total + k] = -Infinity;
+  }
+  return m;
 }
 
 /** The storage group of a weight: `layer.N` for decoder block N, else `model`. */
@@ -351,14 +370,6 @@ export class LlamaModel {
     const [B, T] = ids.shape as [number, number];
     const start = o.start ?? o.cache?.length ?? 0;
     const total = start + T;
-    if (c.sliding_window !== null && total > c.sliding_window) {
-      throw new ConfigError(
-        `${total} tokens exceed the model's sliding_window of ${c.sliding_window}; qtune does not implement windowed attention`,
-        {
-          hint: `keep prompt and generation under ${c.sliding_window} tokens`,
-        },
-      );
-    }
     if (o.checkpoint === true && o.cache !== undefined)
       throw new QtuneError(
         'INVALID_ARGUMENT',
@@ -388,27 +399,45 @@ export class LlamaModel {
         [T],
         'positions',
       );
-      const freqFactors =
-        c.rope_scaling?.rope_type === 'llama3'
-          ? g.constant(
-              llama3FreqFactors({
-                dims: c.head_dim,
-                base: c.rope_theta,
-                factor: c.rope_scaling.factor,
-                lowFreqFactor: c.rope_scaling.low_freq_factor,
-                highFreqFactor: c.rope_scaling.high_freq_factor,
-                originalMaxPositionEmbeddings: c.rope_scaling.original_max_position_embeddings,
-              }),
-              [c.head_dim / 2],
-              'rope_freqs',
-            )
+      const rs = c.rope_scaling;
+      // LongRoPE (Phi-3): the long factors once the sequence is past the original context, as HF
+      const longrope =
+        rs?.rope_type === 'longrope'
+          ? total > rs.original_max_position_embeddings
+            ? rs.long_factor
+            : rs.short_factor
           : null;
+      const factors =
+        rs?.rope_type === 'llama3'
+          ? llama3FreqFactors({
+              dims: c.rope_dims,
+              base: c.rope_theta,
+              factor: rs.factor,
+              lowFreqFactor: rs.low_freq_factor,
+              highFreqFactor: rs.high_freq_factor,
+              originalMaxPositionEmbeddings: rs.original_max_position_embeddings,
+            })
+          : longrope === null
+            ? null
+            : Float32Array.from(longrope);
+      const freqFactors = factors === null ? null : g.constant(factors, [c.rope_dims / 2], 'rope_freqs');
+      // the sliding window as an additive mask, on the layers it applies to, when a query would
+      // otherwise see keys beyond it
+      const W = c.sliding_window;
+      const windowed =
+        W !== null && total > W
+          ? g.constant(slidingWindowMask(start, T, W), [T, total], 'sliding_window_mask')
+          : null;
+      const windowMask =
+        windowed === null ? undefined : o.mask === undefined ? windowed : add(o.mask, windowed);
       const ropeOpts = {
         mode: 'neox' as const,
+        dims: c.rope_dims,
         base: c.rope_theta,
-        freqScale: c.rope_scaling?.rope_type === 'linear' ? 1 / c.rope_scaling.factor : 1,
+        freqScale: rs?.rope_type === 'linear' ? 1 / rs.factor : 1,
         freqFactors,
         nCtxOrig: c.max_position_embeddings,
+        attnFactor: rs?.rope_type === 'longrope' ? rs.attention_factor : 1,
       };
 
       let x = embedding(this.weight('model.embed_tokens.weight'), ids); // (B, T, C)
@@ -426,18 +455,11 @@ export class LlamaModel {
               ropeOpts,
               cache: o.cache,
               hook: o.linear,
-              mask: o.mask,
+              mask: i >= c.max_window_layers && windowMask !== undefined ? windowMask : o.mask,
             }),
           );
           const n2 = mul(rmsNorm(h, c.rms_norm_eps), this.weight(`${p}.post_attention_layernorm.weight`));
-          const mlp = this.project(
-            `${p}.mlp.down_proj`,
-            swiglu(
-              this.project(`${p}.mlp.gate_proj`, n2, o.linear),
-              this.project(`${p}.mlp.up_proj`, n2, o.linear),
-            ),
-            o.linear,
-          );
+          const mlp = this.project(`${p}.mlp.down_proj`, this.gatedUp(p, n2, o.linear), o.linear);
           return add(h, mlp);
         };
         x = g.scope(`layers.${i}`, () => (o.checkpoint === true ? checkpoint([x], block) : block(x)));
@@ -451,6 +473,15 @@ export class LlamaModel {
         o.headWeight ?? (o.headDType !== undefined && head.dtype === 'f32' ? cast(head, o.headDType) : head);
       return { hidden: h, head: headIn };
     });
+  }
+
+  /** silu(gate) · up of a block's MLP, from gate_proj and up_proj or from Phi-3's fused gate_up_proj. */
+  private gatedUp(p: string, n: Tensor, hook: LinearHook | undefined): Tensor {
+    if (!this.config.fused_projections)
+      return swiglu(this.project(`${p}.mlp.gate_proj`, n, hook), this.project(`${p}.mlp.up_proj`, n, hook));
+    const F = this.config.intermediate_size;
+    const gu = this.project(`${p}.mlp.gate_up_proj`, n, hook); // (B, T, 2F): gate, then up
+    return swiglu(slice(gu, -1, 0, F), slice(gu, -1, F, 2 * F));
   }
 
   /** A module's linear layer: `x @ Wᵀ (+ bias)`, or what the hook makes of it. */
@@ -481,10 +512,25 @@ export class LlamaModel {
     const H = c.num_attention_heads;
     const Hkv = c.num_key_value_heads;
     const hd = c.head_dim;
-    const proj = (name: 'q' | 'k' | 'v', heads: number) =>
-      reshape(this.project(`${p}.${name}_proj`, n, a.hook), [B, T, heads, hd]);
-    const q = permute(rope(proj('q', H), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, H, T, hd)
-    let k = permute(rope(proj('k', Hkv), a.positions, a.ropeOpts), [0, 2, 1, 3]); // (B, Hkv, T, hd)
+    // Phi-3: one product for q, k and v, cut into its q, k and v columns
+    const fused = c.fused_projections ? this.project(`${p}.qkv_proj`, n, a.hook) : null;
+    const offsets = { q: 0, k: H * hd, v: (H + Hkv) * hd };
+    const proj = (name: 'q' | 'k' | 'v', heads: number): Tensor => {
+      const flat =
+        fused === null
+          ? this.project(`${p}.${name}_proj`, n, a.hook)
+          : contiguous(slice(fused, -1, offsets[name], offsets[name] + heads * hd));
+      const x = reshape(flat, [B, T, heads, hd]);
+      // Qwen3: an RMSNorm over each head's hd values (ggml normalises the innermost axis)
+      return c.qk_norm && name !== 'v'
+        ? mul(rmsNorm(x, c.rms_norm_eps), this.weight(`${p}.${name}_norm.weight`))
+        : x;
+    };
+    // SmolLM3's NoPE layers attend without positions
+    const withRope = (x: Tensor): Tensor =>
+      c.no_rope_layers?.[layer] === 0 ? x : rope(x, a.positions, a.ropeOpts);
+    const q = permute(withRope(proj('q', H)), [0, 2, 1, 3]); // (B, H, T, hd)
+    let k = permute(withRope(proj('k', Hkv)), [0, 2, 1, 3]); // (B, Hkv, T, hd)
     let v = permute(proj('v', Hkv), [0, 2, 1, 3]); // (B, Hkv, T, hd)
     if (a.cache !== undefined) {
       const kc = a.cache.store.get(`k${layer}`);

@@ -270,7 +270,7 @@ export function loadGgufWeights(
   const config = ggufToConfig(g);
   const hfNames = new Map<string, string>();
   for (const name of g.tensors.keys()) {
-    const hf = ggufToHfName(name);
+    const hf = ggufToHfName(name, config.fused_projections);
     if (hf !== null) hfNames.set(hf, name);
   }
   const src: Source = {

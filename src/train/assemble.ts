@@ -10,6 +10,7 @@ import { createSchedule, type Schedule } from '../optim/schedule.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { Batches } from '../data/batches.js';
 import type { TrainData } from '../data/example.js';
+import { dataFingerprint, type DataFingerprint } from '../data/fingerprint.js';
 import { runIdentity, type RunSetup } from './checkpoint.js';
 import { LoraLayers } from '../peft/lora.js';
 import type { StepShape } from './memory.js';
@@ -41,6 +42,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
   const comm = o.comm ?? null;
   let lora: LoraLayers | null = null;
   let optimizer: Optimizer | null = null;
+  let fingerprint: DataFingerprint | undefined;
   try {
     const s = resolveSettings(prepared, o);
     const scaler = GradScaler.create(s.precision === 'fp16' || s.precision === 'fp16_autocast', o.lossScale);
@@ -105,6 +107,14 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
       optimizer,
       schedule,
       totalSteps: total,
+      scaler,
+      settings: {
+        max_grad_norm: s.maxGradNorm,
+        context_length: batches.seqLen,
+        padding: s.padding,
+        group_by_length: s.groupByLength,
+      },
+      data: () => (fingerprint ??= dataFingerprint(data.train, data.source)),
     };
     const allReduce = new GradientAllReduce(comm, graphs.grads);
     return {

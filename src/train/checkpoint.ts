@@ -4,7 +4,8 @@
  * `trainer_state.json`: everything else a run needs to go on exactly where it stopped, against one
  * typed schema ({@link CheckpointState}). A checkpoint is written into `checkpoint-N.tmp-PID` and
  * renamed into place, so a crash leaves the last one whole; {@link cleanCheckpointLeftovers} tidies
- * what killed runs leave behind.
+ * what killed runs leave behind. A resumed run is compared with what the checkpoint recorded
+ * (resume.ts): impossible resumes are refused, changed settings reported, other data refused.
  *
  * @example
  * saveCheckpoint('out/checkpoint-10', run, progress);
@@ -14,15 +15,26 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { validateAdapter, type LoraAdapterData, type LoraModule } from '../peft/lora-weights.js';
-import { ConfigError, FormatError, QtuneError, errorText, shownValue } from '../errors.js';
+import {
+  ConfigError,
+  FileSystemError,
+  FormatError,
+  QtuneError,
+  errorText,
+  isSystemError,
+  shownValue,
+} from '../errors.js';
+import type { DataFingerprint } from '../data/fingerprint.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import { configToJson, type LlamaConfig } from '../models/config.js';
+import type { GradScaler } from '../optim/grad-scaler.js';
 import type { Optimizer, OptimizerState } from '../optim/optimizer.js';
 import type { Schedule, ScheduleName } from '../optim/schedule.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { LoraLayers } from '../peft/lora.js';
 import type { Precision } from './prepare.js';
+import { compareWithCheckpoint, type SettingChange } from './resume.js';
 import type { ResolvedTrainType } from './train-type.js';
 
 const STATE_FILE = 'trainer_state.json';
@@ -75,6 +87,10 @@ export interface CheckpointState {
   gradient_accumulation_steps: number;
   precision: Precision;
   adapter: CheckpointAdapter | null;
+  /** More settings a resumed run is compared with (absent in checkpoints of earlier versions). */
+  settings?: Record<string, string | number | boolean>;
+  /** The training data's fingerprint (data/fingerprint.ts; absent in checkpoints of earlier versions). */
+  data?: DataFingerprint;
 }
 
 /** Where a run stands: what a checkpoint restores, and rank 0 broadcasts to the others. */
@@ -98,6 +114,12 @@ export interface RunSetup {
   optimizer: Optimizer;
   schedule: Schedule;
   totalSteps: number;
+  /** The fp16 loss scaler (a resume in another precision starts from its scale, not the checkpoint's). */
+  scaler: GradScaler;
+  /** Settings recorded for a resume's comparison: max_grad_norm, context_length, padding, ... */
+  settings: Record<string, string | number | boolean>;
+  /** The training data's fingerprint (computed on first use). */
+  data: () => DataFingerprint;
 }
 
 /** A run's identity: its model's config, train type and trainable tensors. */
@@ -148,14 +170,10 @@ export function cleanCheckpointLeftovers(dir: string): string[] {
   return done;
 }
 
-/**
- * Writes a checkpoint of `run` at `progress` into `dir`: the trainable weights, the optimizer's state
- * tensors and trainer_state.json (a temporary folder renamed into place: a crash leaves the last one
- * whole). Returns `dir`.
- */
-export function saveCheckpoint(dir: string, run: RunSetup, progress: Progress): string {
+/** The trainer_state.json of `run` at `progress`. */
+function checkpointState(run: RunSetup, progress: Progress): CheckpointState {
   const { lora, optimizer, schedule } = run;
-  const state: CheckpointState = {
+  return {
     format: CHECKPOINT_FORMAT,
     identity: run.identity,
     step: progress.step,
@@ -191,11 +209,29 @@ export function saveCheckpoint(dir: string, run: RunSetup, progress: Progress): 
               out_features: m.outFeatures,
             })),
           },
+    settings: run.settings,
+    data: run.data(),
   };
+}
+
+/**
+ * Writes a checkpoint of `run` at `progress` into `dir`: the trainable weights, the optimizer's state
+ * tensors and trainer_state.json (a temporary folder renamed into place: a crash leaves the last one
+ * whole). A failure (a full disk) removes the temporary folder and is one FileSystemError naming the
+ * checkpoint and `lastGood`, the checkpoint still whole. Returns `dir`.
+ */
+export function saveCheckpoint(
+  dir: string,
+  run: RunSetup,
+  progress: Progress,
+  lastGood?: string | null,
+): string {
+  const { optimizer } = run;
+  const state = checkpointState(run, progress);
   const tmp = `${dir}.tmp-${process.pid}`;
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
   try {
+    rmSync(tmp, { recursive: true, force: true });
+    mkdirSync(tmp, { recursive: true });
     writeSafetensors(
       path.join(tmp, 'trainable.safetensors'),
       run.params.map((p) => ({
@@ -218,45 +254,40 @@ export function saveCheckpoint(dir: string, run: RunSetup, progress: Progress): 
     rmSync(old, { recursive: true, force: true });
   } catch (e) {
     rmSync(tmp, { recursive: true, force: true });
-    throw e;
+    throw saveError(e, dir, lastGood ?? null);
   }
   return dir;
 }
 
+/** A failed checkpoint write as one line naming the checkpoint (not its temporary folder) and the last good one. */
+function saveError(e: unknown, dir: string, lastGood: string | null): unknown {
+  const code = e instanceof FileSystemError ? e.sysCode : isSystemError(e) ? e.code : null;
+  if (code === null) return e;
+  const problem = e instanceof FileSystemError ? e.problem : errorText(e);
+  const full = code === 'ENOSPC' || code === 'EDQUOT';
+  const why = full ? 'the disk is full' : problem.replaceAll(`${dir}.tmp-${process.pid}`, dir);
+  const kept = lastGood === null ? '' : `; the last good checkpoint ${lastGood} is kept`;
+  return new FileSystemError(dir, code, `checkpoint ${dir} cannot be written: ${why}${kept}`, {
+    hint: `${full ? 'free disk space or choose an output_dir on another disk' : 'choose an output_dir you may write to'}${lastGood === null ? '' : ', then resume_from_checkpoint: latest'}`,
+  });
+}
+
 /**
- * Reads a checkpoint of the same run setup back: the trainable weights and the optimizer's state
- * are written into `run`'s, and the progress is returned for the trainer to go on from. A checkpoint
- * of another model, train type, set of trainable tensors, seed or batch setup is refused with a
- * ConfigError; a damaged one with a FormatError.
+ * Reads a checkpoint of the same model, train type and trainable tensors back: the trainable weights
+ * and the optimizer's state are written into `run`'s, and the progress is returned for the trainer
+ * to go on from, with the settings that changed since (resume.ts). A checkpoint this run cannot
+ * resume (another model, train type, LoRA rank, target modules, optimizer; other data unless
+ * `ignoreDataChange`) is refused with a ResumeError; a damaged one with a FormatError.
  */
-export function loadCheckpoint(dir: string, run: RunSetup): Progress {
+export function loadCheckpoint(
+  dir: string,
+  run: RunSetup,
+  o: { ignoreDataChange?: boolean | undefined } = {},
+): { progress: Progress; changes: SettingChange[] } {
   const file = stateFile(dir, 'point resume at a checkpoint-N folder of an output directory');
   const state = readState(file) as unknown as CheckpointState;
-  const id = state.identity as RunIdentity | undefined;
-  const mine = run.identity;
-  const over = (q: string | null) => (q === null ? '' : ` over ${q}`);
-  const mismatch =
-    id?.model !== mine.model
-      ? `another model (config ${String(id?.model)}, this one is ${mine.model})`
-      : id.trainType !== mine.trainType || id.quantization !== mine.quantization
-        ? `train type ${id.trainType}${over(id.quantization)}, this run is ${mine.trainType}${over(mine.quantization)}`
-        : JSON.stringify(id.params) !== JSON.stringify(mine.params)
-          ? 'other trainable tensors (LoRA rank or target modules differ)'
-          : null;
-  if (mismatch !== null)
-    throw new ConfigError(`checkpoint ${dir} was written for ${mismatch}`, {
-      hint: 'resume with the model and settings that wrote it, or start a new run',
-    });
-  const { seed, batchSize, accumulation } = run;
-  if (
-    state.seed !== seed ||
-    state.batch_size !== batchSize ||
-    state.gradient_accumulation_steps !== accumulation
-  )
-    throw new ConfigError(
-      `checkpoint ${dir} was written with seed ${state.seed}, batch_size ${state.batch_size}, gradient_accumulation_steps ${state.gradient_accumulation_steps}; this run has ${seed}, ${batchSize}, ${accumulation}`,
-      { hint: 'use the same seed and batch settings to resume exactly' },
-    );
+  const mine = checkpointState(run, state);
+  const changes = compareWithCheckpoint(dir, state, mine, o);
   for (const k of ['step', 'epoch', 'cursor', 'micro_step', 'good_steps'] as const) {
     if (!(Number.isSafeInteger(state[k]) && state[k] >= 0))
       throw corrupt(file, `${k} is ${shownValue(state[k])}, not a whole number ≥ 0`);
@@ -278,7 +309,11 @@ export function loadCheckpoint(dir: string, run: RunSetup): Progress {
     weights.close();
     opt.close();
   }
-  return state;
+  const progress: Progress = { ...state };
+  // another precision: the loss scale of this run's (an fp32 run's is 1, an fp16 run's its initial)
+  if (state.precision !== run.precision)
+    [progress.loss_scale, progress.good_steps] = [run.scaler.scale, run.scaler.goodSteps];
+  return { progress, changes };
 }
 
 /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */

@@ -3,7 +3,8 @@
  * defaults once by {@link resolveSettings}; the {@link LogRecord}s of a run, and the results of a
  * step and of a whole run.
  */
-import { ConfigError } from '../errors.js';
+import { ConfigError, TrainingError } from '../errors.js';
+import { closestName, nameKey } from '../util/names.js';
 import { PADDINGS, type Padding } from '../data/batches.js';
 import type { Example } from '../data/example.js';
 import type { GradScaler, GradScalerOptions } from '../optim/grad-scaler.js';
@@ -18,6 +19,8 @@ import { splitGlobalBatch, type Collectives } from './parallel.js';
 import { checkPrecision, type PreparedModel, type Precision, type PrepareOptions } from './prepare.js';
 import type { ProfileOptions, StepGraph } from './profile.js';
 import { defaultGradientCheckpointing, resolveTrainType } from './train-type.js';
+
+export type { SettingChange } from './resume.js';
 
 export interface TrainerOptions {
   /**
@@ -81,6 +84,12 @@ export interface TrainerOptions {
   saveEvery?: number;
   outputDir?: string;
   seed?: number;
+  /**
+   * {@link Trainer.loadCheckpoint} of a checkpoint trained on other data (its recorded fingerprint,
+   * data/fingerprint.ts, differs): refused by default; true goes on with this data, and the change is
+   * logged (`kind: 'resume'`). The CLI's `resume_ignore_data_change`.
+   */
+  resumeIgnoreDataChange?: boolean;
   /** fp16 loss scaling: initial scale and how many good steps double it. */
   lossScale?: GradScalerOptions;
   /** Called with every log record (steps, evaluations, skipped steps). */
@@ -102,7 +111,8 @@ export interface TrainerOptions {
 }
 
 export interface LogRecord {
-  kind: 'step' | 'eval' | 'skip' | 'checkpoint';
+  /** `resume`: a setting that changed since the checkpoint a run resumed from (in `message`). */
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume';
   step: number;
   epoch: number;
   loss?: number;
@@ -147,17 +157,126 @@ export interface StepResult {
   allreduceBytes: number;
 }
 
+/** What {@link Trainer.train} and {@link Trainer.trainAsync} are told for one run. */
+export interface RunOptions {
+  /** Stops the run at the next step boundary once aborted (AbortController's signal). */
+  signal?: AbortSignal;
+}
+
 export interface TrainResult {
+  /** The optimizer step reached (the run's last, unless it was aborted). */
   steps: number;
   losses: number[];
   evals: { step: number; loss: number; perplexity: number }[];
   memory: MemoryReport;
   tokensPerS: number;
   seconds: number;
+  /** A signal stopped the run before its last step. */
+  aborted: boolean;
 }
 
 /** Trainer.create's options: the model's preparation and the trainer's, given once. */
 export type CreateOptions = TrainerOptions & Omit<PrepareOptions, 'trainType'>;
+
+/** Every key of {@link CreateOptions} (the constructor takes them too: create passes its options on). */
+const OPTION_NAMES: Record<keyof CreateOptions, true> = {
+  trainType: true,
+  quantization: true,
+  precision: true,
+  backend: true,
+  devices: true,
+  lora: true,
+  batchSize: true,
+  gradientAccumulationSteps: true,
+  epochs: true,
+  maxSteps: true,
+  gradientCheckpointing: true,
+  frozenWeightCopies: true,
+  quantComputeDType: true,
+  crossEntropyChunk: true,
+  padding: true,
+  groupByLength: true,
+  maxGradNorm: true,
+  optimizer: true,
+  schedule: true,
+  evalEvery: true,
+  evalExamples: true,
+  saveEvery: true,
+  outputDir: true,
+  resumeIgnoreDataChange: true,
+  seed: true,
+  lossScale: true,
+  onLog: true,
+  profile: true,
+  comm: true,
+};
+const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
+  rank: true,
+  alpha: true,
+  dropout: true,
+  targetModules: true,
+  rankPattern: true,
+  alphaPattern: true,
+  rsLora: true,
+};
+const LOSS_SCALE_NAMES: Record<keyof GradScalerOptions, true> = { initial: true, growthInterval: true };
+const PROFILE_NAMES: Record<keyof ProfileOptions, true> = { step: true };
+
+/** Names from PEFT, TRL and Axolotl configs that are a nested option here (by {@link nameKey}). */
+const NESTED_HOMES: Record<string, string> = {
+  lr: 'optimizer: { lr }',
+  learningrate: 'optimizer: { lr }',
+  weightdecay: 'optimizer: { weight_decay }',
+  warmupsteps: 'schedule: { warmup_steps }',
+  warmupratio: 'schedule: { warmup_ratio }',
+  lrscheduler: 'schedule: { name }',
+  lrschedulertype: 'schedule: { name }',
+  numepochs: 'epochs',
+  numtrainepochs: 'epochs',
+  microbatchsize: 'batchSize',
+  perdevicetrainbatchsize: 'batchSize',
+  lorar: 'lora: { rank }',
+  lorarank: 'lora: { rank }',
+  loraalpha: 'lora: { alpha }',
+  loradropout: 'lora: { dropout }',
+  loratargetmodules: 'lora: { targetModules }',
+};
+
+/**
+ * Refuses a key the options do not have, at the top or in `lora`, `lossScale` or `profile` (the
+ * optimizer's and schedule's are checked by their builders), naming the key and the closest known
+ * one: a misspelt `maxStep` would otherwise train a whole epoch.
+ */
+export function checkOptionNames(o: object): void {
+  checkNames('', o, OPTION_NAMES);
+  const nested = o as TrainerOptions;
+  if (isRecord(nested.lora)) checkNames('lora.', nested.lora, LORA_NAMES);
+  if (isRecord(nested.lossScale)) checkNames('lossScale.', nested.lossScale, LOSS_SCALE_NAMES);
+  if (isRecord(nested.profile)) checkNames('profile.', nested.profile, PROFILE_NAMES);
+}
+
+function isRecord(v: unknown): v is object {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function checkNames(where: string, o: object, known: Record<string, true>): void {
+  for (const [key, value] of Object.entries(o)) {
+    if (value === undefined || Object.hasOwn(known, key)) continue;
+    const near = closestName(key, Object.keys(known));
+    const home = where === '' ? NESTED_HOMES[nameKey(key)] : undefined;
+    // a PEFT/Axolotl name that lives in a nested option beats a near miss (`lr` is not `lora`)
+    const hint =
+      home !== undefined
+        ? `give it as ${home}`
+        : near !== undefined
+          ? `did you mean ${where}${near}?`
+          : `${where === '' ? 'the options are' : `${where.slice(0, -1)} takes`} ${Object.keys(known).join(', ')}`;
+    throw new ConfigError(`${where}${key}: unknown trainer option`, {
+      hint,
+      details: { field: `${where}${key}`, value },
+    });
+  }
+}
 
 /** A step's micro-batches: lists of examples, each at most the micro-batch size. */
 export type MicroBatches = readonly (readonly Example[])[];
@@ -213,6 +332,7 @@ export interface Settings {
 
 /** Checks the options against the prepared model and each other, and fills in the defaults. */
 export function resolveSettings(prepared: PreparedModel, o: TrainerOptions): Settings {
+  checkOptionNames(o);
   const given = prepared.trainType;
   if (o.trainType !== undefined) {
     // the quantization is compared when it is given (a train type's default one may have been changed)
@@ -274,6 +394,54 @@ export function totalSteps(o: TrainerOptions, s: Settings, examples: number): nu
     throw new ConfigError(`num_epochs: ${epochs} must be positive`, { hint: 'use 1 or more' });
   const stepsPerEpoch = Math.max(1, Math.floor(examples / (s.batchSize * s.accumulation)));
   return Math.max(1, Math.ceil(epochs * stepsPerEpoch));
+}
+
+/**
+ * Refuses `what` in a data-parallel job: a signal (a rank that stopped alone would leave the others
+ * waiting in the next all-reduce), gradients() (each rank holds only its share).
+ */
+export function oneProcessOnly(comm: Collectives | null, what: string, hint: string): void {
+  if (comm !== null && comm.size > 1)
+    throw new ConfigError(`${what}: not available in a data-parallel job`, { hint });
+}
+
+/** Trainer.create's train type, which it must be given (to prepare the model for it). */
+export function requiredTrainType(o: CreateOptions): string {
+  if (o.trainType === undefined)
+    throw new ConfigError('train_type: missing', { hint: 'give a train type, such as lora or qlora' });
+  return o.trainType;
+}
+
+/** A micro-batch given to step() or gradients() that is larger than the graphs were built for. */
+export function microBatchError(examples: number, max: number, batchSize: number): ConfigError {
+  const what = max === batchSize ? 'batch_size' : "this rank's micro-batch size";
+  return new ConfigError(`a micro-batch of ${examples} examples exceeds ${what} ${max}`);
+}
+
+/** The error that stops a diverged run at `step`, naming the last good checkpoint. */
+export function divergedError(step: number, what: string, lastCheckpoint: string | null): TrainingError {
+  const last = lastCheckpoint === null ? '' : `; the last good checkpoint is ${lastCheckpoint}`;
+  return new TrainingError(`training stopped at step ${step}: ${what}${last}`, {
+    hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32',
+  });
+}
+
+/** Runs a loop that yields after every step to its end, without a pause. */
+export function runToEnd<T>(loop: Generator<void, T>): T {
+  for (;;) {
+    const r = loop.next();
+    if (r.done === true) return r.value;
+  }
+}
+
+/** Runs a loop that yields after every step to its end, letting the event loop run between steps. */
+export async function runYielding<T>(loop: Generator<void, T>): Promise<T> {
+  for (;;) {
+    const r = loop.next();
+    if (r.done === true) return r.value;
+    // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }
 
 function over(quantization: string | null): string {

@@ -159,6 +159,18 @@ export class TrainStep {
     return this.bucket(c.seqLen).ev.lossSum(c);
   }
 
+  /** Every trainable tensor's gradient × `factor` on the host, by tensor name. */
+  readGradients(factor: number): Map<string, Float32Array> {
+    const out = new Map<string, Float32Array>();
+    this.s.params.forEach((p, i) =>
+      out.set(
+        p.name,
+        this.grads.read(this.grads.get(`grad${i}`)).map((x) => x * factor),
+      ),
+    );
+    return out;
+  }
+
   /** Σ grad² over every gradient buffer. */
   gradNormSquared(): number {
     this.run(this.norm!.g, 'norm');

@@ -14,7 +14,6 @@
  * trainer.dispose();
  */
 import path from 'node:path';
-import { ConfigError, TrainingError } from '../errors.js';
 import type { AdapterDType, LoraAdapterData } from '../peft/lora-weights.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { GradScaler } from '../optim/grad-scaler.js';
@@ -22,14 +21,16 @@ import type { Optimizer } from '../optim/optimizer.js';
 import type { Schedule } from '../optim/schedule.js';
 import type { GraphNode } from '../tensor/graph.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { Batches } from '../data/batches.js';
+import type { Batches, Collated } from '../data/batches.js';
 import type { Example, TrainData } from '../data/example.js';
 import { assembleTrainer } from './assemble.js';
 import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
-import { stepRecord, type LogRecord, type Settings, type StepResult } from './options.js';
+import { checkOptionNames, divergedError, microBatchError, oneProcessOnly } from './options.js';
+import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
+import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
@@ -97,9 +98,8 @@ export class Trainer {
 
   /** Loads `source` for the options' train type and precision and returns a trainer over it. */
   static async create(source: string, data: TrainData, o: CreateOptions): Promise<Trainer> {
-    if (o.trainType === undefined)
-      throw new ConfigError('train_type: missing', { hint: 'give a train type, such as lora or qlora' });
-    return new Trainer(await prepareModel(source, { ...o, trainType: o.trainType }), data, o);
+    checkOptionNames(o); // a misspelt option fails before the model is loaded
+    return new Trainer(await prepareModel(source, { ...o, trainType: requiredTrainType(o) }), data, o);
   }
 
   /** Optimizer steps taken so far (updates, and fp16 steps skipped for overflow). */
@@ -111,35 +111,58 @@ export class Trainer {
     return this.scaler.scale;
   }
 
-  /** Trains to the last step: steps, periodic evaluation and checkpoints, a final evaluation and checkpoint. */
-  train(): TrainResult {
-    const { outputDir, evalEvery = 0, saveEvery = 0 } = this.o;
-    if (outputDir !== undefined) ckpt.cleanCheckpointLeftovers(outputDir);
-    const losses: number[] = [];
-    const evals: TrainResult['evals'] = [];
+  /**
+   * Trains to the last step: steps, periodic evaluation and checkpoints, a final evaluation and
+   * checkpoint. An aborted `signal` stops it at the next step boundary (see {@link trainAsync}).
+   */
+  train(o: RunOptions = {}): TrainResult {
+    return runToEnd(this.loop(o.signal));
+  }
+
+  /**
+   * {@link train}, yielding to the event loop after every step, so that a timer, a request or a
+   * SIGINT handler can abort `signal`: the run stops at the next step boundary, writes a checkpoint
+   * of that step into outputDir (to resume from), and its result says `aborted`.
+   */
+  trainAsync(o: RunOptions = {}): Promise<TrainResult> {
+    return runYielding(this.loop(o.signal));
+  }
+
+  /** The training loop, yielding after every step. */
+  private *loop(signal: AbortSignal | undefined): Generator<void, TrainResult> {
+    if (signal !== undefined) oneProcessOnly(this.comm, 'signal', 'stop a job with its launcher');
+    const { outputDir: dir, evalEvery = 0, saveEvery = 0 } = this.o;
+    if (dir !== undefined) ckpt.cleanCheckpointLeftovers(dir);
+    const [losses, evals]: [number[], TrainResult['evals']] = [[], []];
     const hasVal = (this.data.validation?.length ?? 0) > 0;
-    const t0 = performance.now();
+    const [t0, end] = [performance.now(), this.totalSteps];
+    const due = (every: number) => (every > 0 && this.stepCount % every === 0) || this.stepCount === end;
     let tokens = 0;
-    while (this.stepCount < this.totalSteps) {
+    while (this.stepCount < this.totalSteps && signal?.aborted !== true) {
       const r = this.step();
       tokens += r.tokens;
       losses.push(r.loss);
       this.logStep(r);
-      const last = this.stepCount === this.totalSteps;
-      if (hasVal && ((evalEvery > 0 && this.stepCount % evalEvery === 0) || last)) {
+      if (hasVal && due(evalEvery)) {
         const e = this.evaluate();
         evals.push({ step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
         this.log({ kind: 'eval', step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
       }
-      if (outputDir !== undefined && ((saveEvery > 0 && this.stepCount % saveEvery === 0) || last)) {
-        const dir = path.join(outputDir, `checkpoint-${this.stepCount}`);
-        // data parallelism: the ranks hold the same state; rank 0 writes it
-        if ((this.comm?.rank ?? 0) !== 0) this.lastCheckpoint = dir;
-        else this.log({ kind: 'checkpoint', step: this.stepCount, path: this.saveCheckpoint(dir) });
-      }
+      if (dir !== undefined && due(saveEvery)) this.checkpointInto(dir);
+      yield;
     }
+    const aborted = this.stepCount < end;
+    // stopped by the signal: the step reached is kept (unless just saved), to resume from
+    if (aborted && dir !== undefined && losses.length > 0 && !due(saveEvery)) this.checkpointInto(dir);
     const [seconds, memory] = [(performance.now() - t0) / 1000, this.memory()];
-    return { steps: this.stepCount, losses, evals, memory, tokensPerS: tokens / seconds, seconds };
+    return { steps: this.stepCount, losses, evals, memory, tokensPerS: tokens / seconds, seconds, aborted };
+  }
+
+  /** Writes checkpoint-N of the step reached into `outputDir` (data parallelism: rank 0 writes it). */
+  private checkpointInto(outputDir: string): void {
+    const dir = path.join(outputDir, `checkpoint-${this.stepCount}`);
+    if ((this.comm?.rank ?? 0) !== 0) this.lastCheckpoint = dir;
+    else this.log({ kind: 'checkpoint', step: this.stepCount, path: this.saveCheckpoint(dir) });
   }
 
   /**
@@ -190,10 +213,7 @@ export class Trainer {
     const { microBatchSize: max, batchSize } = this.settings;
     let [tokens, lossSum, inputTokens] = [0, 0, 0];
     batches.forEach((batch, k) => {
-      if (batch.length > max)
-        throw new ConfigError(
-          `a micro-batch of ${batch.length} examples exceeds ${max === batchSize ? 'batch_size' : "this rank's micro-batch size"} ${max}`,
-        );
+      if (batch.length > max) throw microBatchError(batch.length, max, batchSize);
       const c = this.batches.collate(batch);
       if (c.tokens === 0) return; // nothing to learn from: no gradient, no count
       // dropout masks: one seed per (global micro-batch slot, rank)
@@ -215,35 +235,21 @@ export class Trainer {
    * grads.get('model.layers.0.self_attn.q_proj.lora_A'); // Float32Array [r * in]
    */
   gradients(microBatches?: MicroBatches): { loss: number; tokens: number; grads: Map<string, Float32Array> } {
-    if (this.comm !== null && this.comm.size > 1)
-      throw new ConfigError('gradients(): not available in a data-parallel job', {
-        hint: 'call it in a job of one process',
-      });
+    oneProcessOnly(this.comm, 'gradients()', 'call it in a job of one process');
     this.ensureGraphs();
-    const { grads } = this.graphs;
-    grads.zero();
+    this.graphs.grads.zero();
     const { tokens, lossSum } = this.accumulate(microBatches ?? this.batches.next(), this.microStep);
-    const k = 1 / (tokens * this.scaler.scale);
-    const out = new Map<string, Float32Array>();
-    for (const [i, p] of this.params.entries())
-      out.set(
-        p.name,
-        grads.read(grads.get(`grad${i}`)).map((x) => x * k),
-      );
-    grads.zero();
-    return { loss: lossSum / tokens, tokens, grads: out };
+    const grads = this.graphs.readGradients(1 / (tokens * this.scaler.scale));
+    this.graphs.grads.zero();
+    return { loss: lossSum / tokens, tokens, grads };
   }
 
   /** Mean loss and perplexity over the validation data (or its first `evalExamples`). */
   evaluate(examples: readonly Example[] = this.data.validation ?? []): Evaluation {
     if (examples.length > 0) this.ensureGraphs(); // (none: the error, with nothing built)
     const o = { batch: this.settings.microBatchSize, limit: this.o.evalExamples, comm: this.comm };
-    return evaluateExamples(
-      examples,
-      (b) => this.batches.collate(b),
-      (c) => this.graphs.evalLoss(c),
-      o,
-    );
+    const loss = (c: Collated) => this.graphs.evalLoss(c);
+    return evaluateExamples(examples, (b) => this.batches.collate(b), loss, o);
   }
 
   /**
@@ -291,10 +297,7 @@ export class Trainer {
     return { ...this.graphs.memoryReport(), peakRssBytes: peakRss(), devices: this.memoryByDevice() };
   }
 
-  /**
-   * What the run holds on each device: the blocks, weights, adapters, gradients, optimizer state and
-   * compute buffers (of the graphs built so far). One entry unless the model is split.
-   */
+  /** What each device holds: weights, adapters, gradients, optimizer state, compute buffers. */
   memoryByDevice(): DeviceMemory[] {
     return this.graphs.memoryByDevice();
   }
@@ -344,11 +347,7 @@ export class Trainer {
   }
 
   private diverged(value: number, what = 'loss'): never {
-    const last = this.lastCheckpoint;
-    throw new TrainingError(
-      `training stopped at step ${this.stepCount + 1}: the ${what} is ${value}${last === null ? '' : `; the last good checkpoint is ${last}`}`,
-      { hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32' },
-    );
+    throw divergedError(this.stepCount + 1, `the ${what} is ${value}`, this.lastCheckpoint);
   }
 
   /**
@@ -356,18 +355,21 @@ export class Trainer {
    * position into `dir` (a temporary folder renamed into place: a crash leaves the last one whole).
    */
   saveCheckpoint(dir: string): string {
-    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress());
+    this.lastCheckpoint = ckpt.saveCheckpoint(dir, this.run, this.progress(), this.lastCheckpoint);
     return dir;
   }
 
   /**
-   * Continues from a checkpoint of this same run setup: afterwards the trainer computes exactly the
-   * steps the interrupted run would have.
+   * Continues from a checkpoint of this model, train type and trainable tensors (exactly, with the
+   * same settings); each changed setting is returned and logged (`kind: 'resume'`): train/resume.ts.
    */
-  loadCheckpoint(dir: string): void {
-    this.restore(ckpt.loadCheckpoint(dir, this.run));
-    this.lastCheckpoint = dir;
-    this.synced = false;
+  loadCheckpoint(dir: string): SettingChange[] {
+    const o = { ignoreDataChange: this.o.resumeIgnoreDataChange };
+    const { progress, changes } = ckpt.loadCheckpoint(dir, this.run, o);
+    this.restore(progress);
+    [this.lastCheckpoint, this.synced] = [dir, false];
+    for (const c of changes) this.log({ kind: 'resume', step: this.stepCount, message: c.line });
+    return changes;
   }
 
   /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */

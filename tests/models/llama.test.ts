@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
-import { ConfigError, QtuneError } from '../../src/errors.js';
+import { ConfigError } from '../../src/errors.js';
 import { DEFAULT_CHAT_TEMPLATE, Tokenizer } from '../../src/io/tokenizer.js';
 import { parseLlamaConfig } from '../../src/models/config.js';
 import { generate, sampleToken } from '../../src/models/generate.js';
@@ -288,21 +288,37 @@ describe('tiny Llama-family models', () => {
     );
   });
 
-  it("Mistral's sliding window: a sequence longer than the window is refused", () => {
+  it("Mistral's sliding window: past the window the logits change, and cached generation equals recomputing", () => {
     const c = { ...llama.config, model_type: 'mistral' as const, sliding_window: 4 };
-    const m = Object.assign(
+    const windowed = Object.assign(
       Object.create(Object.getPrototypeOf(llama.model) as object) as LlamaModel,
       llama.model,
       { config: c },
     );
+    const ids = [llama.tokenizer.encode('It is a truth universally acknowledged, that a single man')];
+    const full = logits(llama.model, ids);
+    const win = logits(windowed, ids);
+    const V = c.vocab_size;
+    // the first 4 positions see no more than the window: identical; later ones see less
+    assert.deepEqual(win.subarray(0, 4 * V), full.subarray(0, 4 * V));
+    assert.notDeepEqual(win.subarray(5 * V, 6 * V), full.subarray(5 * V, 6 * V));
+    // with a per-sequence mask (packing's), the window still applies: an all-zero mask changes nothing
+    const T = ids[0]!.length;
     const g = new Graph(cpuBackend());
     try {
-      assert.throws(
-        () => m.forward(g, g.input([1, 6], 'i32')),
-        (e: unknown) => e instanceof QtuneError && e.message.includes('sliding_window of 4'),
-      );
+      const input = g.input([1, T], 'i32');
+      const mask = g.input([1, 1, T, T], 'f32');
+      const out = g.output(windowed.forward(g, input, { mask }));
+      g.compile();
+      g.set(input, Int32Array.from(ids[0]!));
+      g.set(mask, new Float32Array(T * T));
+      g.run();
+      assert.deepEqual(g.read(out), win);
     } finally {
       g.dispose();
     }
+    const prompt = ids[0]!.slice(0, 3);
+    const r = generate(windowed, llama.tokenizer, prompt, { maxNewTokens: 8, stopAtEos: false });
+    assert.deepEqual(r.ids, greedyNoCache(windowed, prompt, 8));
   });
 });

@@ -1,13 +1,13 @@
 /**
- * Random adapters for the adapter tests: every linear layer of a Llama config (q, k, v, o, gate, up,
- * down), with B far from zero (a freshly initialized LoRA has B = 0, which would hide every bug), a
+ * Random adapters for the adapter tests: every linear layer of a config (Llama's q, k, v, o, gate, up,
+ * down; Phi-3's fused qkv and gate_up), with B far from zero (a freshly initialized LoRA has B = 0, which would hide every bug), a
  * smaller rank on down_proj and a larger alpha on v_proj (so rank_pattern, alpha_pattern and GGUF
  * scale folding are exercised).
  */
 import path from 'node:path';
 import type { LoraAdapterData, LoraModule } from '../../src/peft/lora-weights.js';
 import type { LlamaConfig } from '../../src/models/config.js';
-import type { LlamaModel } from '../../src/models/llama.js';
+import { llamaWeights, type LlamaModel } from '../../src/models/llama.js';
 import { gaussian, seededUniform } from '../../src/util/random.js';
 import { ROOT } from '../helpers/cli.js';
 
@@ -15,24 +15,6 @@ export const GQA_FIXTURE = path.join(ROOT, 'tests', 'fixtures', 'parity', 'llama
 export const TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 
 export type Variant = 'lora' | 'rslora' | 'dora';
-
-function shapeOf(c: LlamaConfig, short: string): [number, number] {
-  const hd = c.head_dim;
-  switch (short) {
-    case 'q_proj':
-      return [c.num_attention_heads * hd, c.hidden_size];
-    case 'k_proj':
-    case 'v_proj':
-      return [c.num_key_value_heads * hd, c.hidden_size];
-    case 'o_proj':
-      return [c.hidden_size, c.num_attention_heads * hd];
-    case 'gate_proj':
-    case 'up_proj':
-      return [c.intermediate_size, c.hidden_size];
-    default:
-      return [c.hidden_size, c.intermediate_size];
-  }
-}
 
 /**
  * An adapter on every linear layer. DoRA magnitudes start from the row norms of the model's W (as
@@ -47,39 +29,38 @@ export function randomAdapter(
 ): LoraAdapterData {
   const uniform = seededUniform(seed);
   const modules = new Map<string, LoraModule>();
-  for (let l = 0; l < c.num_hidden_layers; l++) {
-    for (const short of TARGETS) {
-      const prefix = ['gate_proj', 'up_proj', 'down_proj'].includes(short) ? 'mlp' : 'self_attn';
-      const name = `model.layers.${l}.${prefix}.${short}`;
-      const [out, inF] = shapeOf(c, short);
-      const rank = short === 'down_proj' ? 4 : 8;
-      const alpha = short === 'v_proj' ? 32 : 16;
-      const m: LoraModule = {
-        rank,
-        alpha,
-        inFeatures: inF,
-        outFeatures: out,
-        A: gaussian(uniform, rank * inF, 1 / Math.sqrt(inF)), // (r, in)
-        B: gaussian(uniform, out * rank, bStd), // (out, r)
-      };
-      if (variant === 'dora') {
-        const w = model?.weight(`${name}.weight`).read();
-        m.magnitude = new Float32Array(out);
-        for (let o = 0; o < out; o++) {
-          let ss = 0;
-          for (let i = 0; i < inF; i++) ss += w === undefined ? 1 / inF : w[o * inF + i]! ** 2;
-          m.magnitude[o] = Math.sqrt(ss) * (0.8 + 0.4 * uniform());
-        }
+  for (const w of llamaWeights(c)) {
+    if (w.role !== 'linear') continue;
+    const name = w.name.slice(0, -'.weight'.length);
+    const short = name.slice(name.lastIndexOf('.') + 1);
+    const [out, inF] = w.shape as [number, number];
+    const rank = short === 'down_proj' ? 4 : 8;
+    const alpha = short === 'v_proj' ? 32 : 16;
+    const m: LoraModule = {
+      rank,
+      alpha,
+      inFeatures: inF,
+      outFeatures: out,
+      A: gaussian(uniform, rank * inF, 1 / Math.sqrt(inF)), // (r, in)
+      B: gaussian(uniform, out * rank, bStd), // (out, r)
+    };
+    if (variant === 'dora') {
+      const wv = model?.weight(`${name}.weight`).read();
+      m.magnitude = new Float32Array(out);
+      for (let o = 0; o < out; o++) {
+        let ss = 0;
+        for (let i = 0; i < inF; i++) ss += wv === undefined ? 1 / inF : wv[o * inF + i]! ** 2;
+        m.magnitude[o] = Math.sqrt(ss) * (0.8 + 0.4 * uniform());
       }
-      modules.set(name, m);
     }
+    modules.set(name, m);
   }
   return {
     baseModel: 'tests/fixtures/parity/llama_gqa',
     rsLora: variant === 'rslora',
     dora: variant === 'dora',
     dropout: 0.05,
-    targetModules: [...TARGETS],
+    targetModules: [...new Set([...modules.keys()].map((n) => n.slice(n.lastIndexOf('.') + 1)))],
     modules,
   };
 }

@@ -63,5 +63,6 @@ export function resultOf(records: readonly LogRecord[]): TrainResult {
     },
     tokensPerS: 1000,
     seconds: 12,
+    aborted: false,
   };
 }

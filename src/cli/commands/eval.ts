@@ -26,8 +26,18 @@ export const spec: CommandSpec = {
     model: { type: 'string', help: 'model folder, .gguf file or Hub id (required)' },
     adapter: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder' },
     dataset: { type: 'string', help: 'a .json/.jsonl file or a Hub dataset id (required)' },
-    format: { type: 'string', default: 'alpaca', help: `record layout: ${DATASET_FORMATS.join(', ')}` },
-    'context-length': { type: 'string', default: '512', help: 'tokens per sequence' },
+    format: {
+      type: 'string',
+      default: 'alpaca',
+      help: `record layout: ${DATASET_FORMATS.join(', ')}`,
+      aliases: ['dataset-format'], // qtune train's name
+    },
+    'context-length': {
+      type: 'string',
+      default: '512',
+      help: 'tokens per sequence',
+      aliases: ['sequence-len'], // Axolotl's name, as qtune train takes it
+    },
     'max-samples': { type: 'string', help: 'evaluate at most this many records' },
     backend: { type: 'string', default: 'auto', help: 'device' },
     json: { type: 'boolean', default: false, help: 'print JSON' },

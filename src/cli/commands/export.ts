@@ -20,7 +20,11 @@ export const spec: CommandSpec = {
   usage:
     'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH [--adapter-dtype f32|f16|bf16]',
   flags: {
-    from: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)' },
+    from: {
+      type: 'string',
+      help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder (required)',
+      aliases: ['adapter'], // the name eval, generate and merge give it
+    },
     model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
     format: { type: 'string', help: 'gguf or peft (required)' },
     out: { type: 'string', help: 'the .gguf file or folder to write (required)' },

@@ -1,20 +1,30 @@
 /** `qtune init-tiny DIR`: write a tiny random Llama-family model folder (no download). */
-import { createTinyModel, TINY_TOKENIZERS, type TinyTokenizer } from '../../models/tiny.js';
+import {
+  createTinyModel,
+  TINY_FAMILIES,
+  TINY_TOKENIZERS,
+  type TinyFamily,
+  type TinyTokenizer,
+} from '../../models/tiny.js';
 import { helpText, intFlag, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'init-tiny',
-  summary: 'Write a tiny random Llama/Qwen2 model as a Hugging Face folder, with a real tokenizer.',
-  usage: 'qtune init-tiny DIR [--family llama|qwen2] [--tokenizer llama2|llama3|qwen2_5] [--seed N]',
+  summary: 'Write a tiny random Llama/Qwen2/Qwen3 model as a Hugging Face folder, with a real tokenizer.',
+  usage: `qtune init-tiny DIR [--family ${Object.keys(TINY_FAMILIES).join('|')}] [--tokenizer ${TINY_TOKENIZERS.join('|')}] [--seed N]`,
   flags: {
     family: {
       type: 'string',
       default: 'llama',
-      help: 'architecture: llama (untied) or qwen2 (q/k/v biases, tied embeddings)',
+      help: `architecture: ${Object.entries(TINY_FAMILIES)
+        .map(([f, d]) => `${f} (${d.about})`)
+        .join('; ')}`,
     },
     tokenizer: {
       type: 'string',
-      help: `tokenizer: ${TINY_TOKENIZERS.join(', ')} (default: llama2 for llama, qwen2_5 for qwen2)`,
+      help: `tokenizer: ${TINY_TOKENIZERS.join(', ')} (default: the family's, ${Object.entries(TINY_FAMILIES)
+        .map(([f, d]) => `${d.tokenizer} for ${f}`)
+        .join(', ')})`,
     },
     hidden: { type: 'string', default: '256', help: 'hidden_size' },
     intermediate: { type: 'string', default: '688', help: 'intermediate_size' },
@@ -35,8 +45,11 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (dir === undefined)
     throw new UsageError('init-tiny: give the folder to write, e.g. `qtune init-tiny tiny-model`');
   const family = String(values['family']);
-  if (family !== 'llama' && family !== 'qwen2')
-    throw new UsageError(`--family=${family} is not supported`, 'use llama or qwen2');
+  if (!Object.hasOwn(TINY_FAMILIES, family))
+    throw new UsageError(
+      `--family=${family} is not supported`,
+      `use ${Object.keys(TINY_FAMILIES).join(', ')}`,
+    );
   const tok = values['tokenizer'];
   if (tok !== undefined && !(TINY_TOKENIZERS as readonly string[]).includes(String(tok))) {
     throw new UsageError(`--tokenizer=${String(tok)} is not available`, `use ${TINY_TOKENIZERS.join(', ')}`);
@@ -46,7 +59,7 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (!Number.isInteger(seed) || seed < 0)
     throw new UsageError(`--seed=${seedRaw} is not a whole number >= 0`);
   const config = createTinyModel(dir, {
-    family,
+    family: family as TinyFamily,
     ...(tok === undefined ? {} : { tokenizer: tok as TinyTokenizer }),
     hiddenSize: intFlag('hidden', values['hidden'])!,
     intermediateSize: intFlag('intermediate', values['intermediate'])!,

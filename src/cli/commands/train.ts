@@ -11,7 +11,7 @@ import { formatBytes, setMemoryLimit } from '../../engine/memory.js';
 import { describeDeviceMap } from '../../models/device-map.js';
 import type { DeviceRequest } from '../../models/load.js';
 import type { DeviceMemory } from '../../train/memory.js';
-import { ConfigError } from '../../errors.js';
+import { ConfigError, FileSystemError } from '../../errors.js';
 import { checkFile, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
 import type { AdapterDType } from '../../peft/lora-weights.js';
@@ -44,6 +44,8 @@ function help(): string {
     `usage: ${spec.usage}`,
     '',
     'Every option can be set in the YAML file (option: value) or as a flag (--option value); flags win.',
+    'Flag names take - or _ alike (--context-length, --context_length); the Axolotl and Hugging Face',
+    'names after "also" are the same option (docs/cli.md lists them).',
     '',
     'options:',
     `  --${'config'.padEnd(28)} the YAML config file`,
@@ -54,7 +56,8 @@ function help(): string {
 
 /**
  * Splits argv into --config, --help and the option flags: `--name value`, `--name=value`, or a bare
- * `--name` (true) before another flag or at the end.
+ * `--name` (true) before another flag or at the end. A flag keeps the name as typed (for messages);
+ * resolveTrainConfig takes `-` for `_`. Of one flag given twice, in either spelling, the last wins.
  */
 export function readFlags(argv: string[]): {
   config?: string;
@@ -66,10 +69,15 @@ export function readFlags(argv: string[]): {
   let helpWanted = false;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
+    if (arg === '-h') {
+      helpWanted = true; // as every command takes it
+      continue;
+    }
     if (!arg.startsWith('--') || arg === '--')
       throw new UsageError(`train: unexpected argument "${arg}"`, 'options are --name value');
     const eq = arg.indexOf('=');
-    const name = (eq < 0 ? arg.slice(2) : arg.slice(2, eq)).replace(/-/g, '_');
+    const typed = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const name = typed.replace(/-/g, '_');
     let value: string | boolean;
     if (eq >= 0) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) value = argv[++i]!;
@@ -79,7 +87,10 @@ export function readFlags(argv: string[]): {
       if (typeof value !== 'string')
         throw new UsageError('train: --config needs a file', 'e.g. --config run.yaml');
       config = value;
-    } else flags[name] = value;
+    } else {
+      for (const k of Object.keys(flags)) if (k.replace(/-/g, '_') === name) delete flags[k];
+      flags[typed] = value;
+    }
   }
   return { ...(config === undefined ? {} : { config }), help: helpWanted, flags };
 }
@@ -99,7 +110,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
       rank: c.lora_rank,
       alpha: c.lora_alpha,
       dropout: c.lora_dropout,
-      targetModules: c.lora_target_modules,
+      ...(c.lora_target_modules.length === 0 ? {} : { targetModules: c.lora_target_modules }),
       rsLora: c.use_rslora,
       ...(c.lora_rank_pattern === null ? {} : { rankPattern: c.lora_rank_pattern }),
       ...(c.lora_alpha_pattern === null ? {} : { alphaPattern: c.lora_alpha_pattern }),
@@ -124,6 +135,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     saveEvery: c.save_steps,
     outputDir: c.output_dir,
     seed: c.seed,
+    resumeIgnoreDataChange: c.resume_ignore_data_change,
   };
 }
 
@@ -150,6 +162,23 @@ function deviceMemoryLine(d: DeviceMemory): string {
     .filter(([, n]) => n > 0)
     .map(([k, n]) => `${k} ${formatBytes(n)}`)
     .join(', ')} (total ${formatBytes(d.total)})`;
+}
+
+/**
+ * The trained adapter or model, written into `dir`. A failure (a full disk) is one line that says the
+ * last checkpoint holds the trained weights and how to write them from it.
+ */
+function saveOutputs(trainer: Trainer, dir: string, adapterDType: AdapterDType): string[] {
+  try {
+    return trainer.saveOutputs(dir, { adapterDType });
+  } catch (e) {
+    const last = path.join(dir, `checkpoint-${trainer.globalStep}`);
+    if (!(e instanceof FileSystemError) || !existsSync(last)) throw e;
+    const what = trainer.lora === null ? 'model' : 'adapter';
+    throw new FileSystemError(e.path, e.sysCode, `the trained ${what} could not be written: ${e.problem}`, {
+      hint: `${e.hint ?? 'check the path'}; ${last} holds the trained weights: then run again with resume_from_checkpoint: latest to write the ${what} from it`,
+    });
+  }
 }
 
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
@@ -295,21 +324,20 @@ async function trainLocked(
         })
       : { log: () => undefined, close: () => undefined };
     if (writer) cleanCheckpointLeftovers(c.output_dir); // what a killed run left half-written
-    if (resumeDir !== null) {
-      trainer.loadCheckpoint(resumeDir);
-      out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
-    }
     trainer.onLog = (r) => logger.log(r);
     let result;
     try {
+      if (resumeDir !== null) {
+        trainer.loadCheckpoint(resumeDir); // a changed setting: a `resume:` line and a metrics.jsonl row
+        out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
+      }
       result = trainer.train();
     } catch (e) {
       await logger.close();
       throw e;
     }
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
-    const adapterDType = c.adapter_dtype as AdapterDType;
-    const written = writer ? trainer.saveOutputs(c.output_dir, { adapterDType }) : [];
+    const written = writer ? saveOutputs(trainer, c.output_dir, c.adapter_dtype as AdapterDType) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);

@@ -63,6 +63,8 @@ export interface RopeOptions {
   freqFactors?: Tensor | null;
   /** Original context length (used by YaRN only; kept for ggml). */
   nCtxOrig?: number;
+  /** Scales cos and sin (LongRoPE's attention factor; 1 = none). */
+  attnFactor?: number;
 }
 
 const ROPE_MODE = { normal: 0, neox: 2 } as const;
@@ -89,7 +91,17 @@ export function rope(x: Tensor, positions: Tensor, o: RopeOptions): Tensor {
   if (ff !== null && (ff.dtype !== 'f32' || ff.numel !== dims / 2)) {
     throw new ShapeError(`rope: freqFactors must be f32 [${dims / 2}], got ${ff.toString()}`);
   }
-  const params = [dims, ROPE_MODE[o.mode], o.nCtxOrig ?? 0, o.base, o.freqScale ?? 1, 0, 1, 0, 0] as const;
+  const params = [
+    dims,
+    ROPE_MODE[o.mode],
+    o.nCtxOrig ?? 0,
+    o.base,
+    o.freqScale ?? 1,
+    0,
+    o.attnFactor ?? 1,
+    0,
+    0,
+  ] as const;
   const src = contiguous(x);
   const api = ggml();
   const y = g.node(
