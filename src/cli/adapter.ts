@@ -4,7 +4,8 @@
  * - an adapter is a PEFT folder, a llama.cpp LoRA .gguf, or a training checkpoint-N folder (its
  *   trainable tensors and trainer_state.json are read as the adapter they hold);
  * - its base model, when `--model` is not given, is the one the adapter names
- *   (`base_model_name_or_path`, a checkpoint's `adapter.base_model`): a local path as it was saved
+ *   (`base_model_name_or_path`, a checkpoint's `adapter.base_model`, the `qtune.adapter.base_model`
+ *   of a LoRA .gguf qtune wrote): a local path as it was saved
  *   (relative to the working directory, or to a folder above the adapter, where the run was started),
  *   or a Hub id;
  * - the prompt format the run trained on, from the run's resolved config ({@link RUN_CONFIG_FILE}).
@@ -13,6 +14,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { QtuneError } from '../errors.js';
+import { readGguf } from '../io/gguf.js';
 import { isHubId } from '../io/hub.js';
 import { loadAdapter } from '../peft/apply.js';
 import type { LoraAdapterData } from '../peft/lora-weights.js';
@@ -59,7 +61,13 @@ function jsonField(file: string, read: (o: Record<string, unknown>) => unknown):
 
 /** The base model an adapter names, and the file that names it; null when it names none. */
 export function adapterBaseName(location: string): { base: string; file: string } | null {
-  if (!existsSync(location) || !statSync(location).isDirectory()) return null; // a .gguf names no base
+  if (!existsSync(location)) return null;
+  if (!statSync(location).isDirectory()) {
+    // a LoRA .gguf qtune wrote names its base; llama.cpp's converter's do not
+    if (!location.endsWith('.gguf')) return null;
+    const base = readGguf(location).kv.get('qtune.adapter.base_model')?.value;
+    return typeof base === 'string' && base !== '' ? { base, file: location } : null;
+  }
   const peft = path.join(location, PEFT_CONFIG_FILE);
   const state = path.join(location, 'trainer_state.json');
   const [file, base] = existsSync(peft)

@@ -125,7 +125,7 @@ describe('adapters of a run', () => {
   it('without --model, generate and chat load the base model the adapter names', () => {
     const withModel = gen(['--model', tiny, '--adapter', lora]);
     assert.equal(withModel.code, 0, withModel.stderr);
-    for (const adapter of [lora, path.join(lora, 'checkpoint-2')]) {
+    for (const adapter of [lora, path.join(lora, 'checkpoint-2'), path.join(lora, 'adapter.gguf')]) {
       const r = gen(['--adapter', adapter]);
       assert.equal(r.code, 0, r.stderr);
       assert.equal(r.stdout, withModel.stdout);
