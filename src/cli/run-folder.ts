@@ -22,6 +22,8 @@ import { ConfigError, fileSystemError } from '../errors.js';
 import { makeFolder } from '../io/folders.js';
 
 export const LOCK_FILE = '.qtune-lock';
+/** The resolved config `qtune train` writes into output_dir (every option, defaults included). */
+export const RUN_CONFIG_FILE = 'qtune_config.yaml';
 
 /** What qtune train writes into output_dir: what `overwrite_output_dir` removes. */
 const RUN_FILES = [
@@ -37,6 +39,7 @@ const RUN_FILES = [
   'model',
   'profile.json',
   'runs',
+  RUN_CONFIG_FILE,
 ];
 /**
  * Files with names a user's own files may have: removed only when qtune wrote them (its README.md

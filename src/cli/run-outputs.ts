@@ -18,10 +18,11 @@ import { METRICS_FILE } from '../report/jsonl.js';
 import type { LogRecord, TrainResult } from '../train/trainer.js';
 import { modelCard } from './model-card.js';
 import { ConfigError } from '../errors.js';
+import { RUN_CONFIG_FILE } from './run-folder.js';
 import type { TrainConfig } from './train-config.js';
 
 /** The resolved config's file name: `qtune train --config output_dir/qtune_config.yaml` trains it again. */
-export const CONFIG_FILE = 'qtune_config.yaml';
+export const CONFIG_FILE = RUN_CONFIG_FILE;
 /** A tokenizer file that a base folder may hold and qtune does not write from its Tokenizer. */
 const EXTRA_TOKENIZER_FILES = ['special_tokens_map.json', 'tokenizer.model'];
 

@@ -13,6 +13,8 @@ import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue
 import { checkFile } from '../io/folders.js';
 import { checkBestModel } from './run-outputs.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
+import { ADAPTER_DTYPES } from '../peft/lora-weights.js';
+import { patternMap } from './pattern-option.js';
 import { SCHEDULE_NAMES } from '../optim/schedule.js';
 import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
@@ -23,7 +25,7 @@ import { closestName } from '../util/names.js';
 import { UsageError } from './args.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
-type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes';
+type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
 
 interface OptionSpec {
   kind: Kind;
@@ -34,6 +36,8 @@ interface OptionSpec {
   max?: number;
   /** The value must be above `min` (not equal). */
   minExclusive?: boolean;
+  /** `map`: the values must be whole numbers. */
+  whole?: boolean;
 }
 
 /** Every option of `qtune train`, in the order `--help` lists them. */
@@ -83,6 +87,20 @@ export const TRAIN_OPTIONS = {
     kind: 'list',
     default: [],
     help: "modules to adapt: short names or globs over full names (default, or all-linear: every linear layer of the model's blocks)",
+  },
+  lora_rank_pattern: {
+    kind: 'map',
+    default: null,
+    min: 1,
+    whole: true,
+    help: "per-module ranks, PEFT's rank_pattern: Python regexes over module names (first match wins), e.g. {q_proj: 16, 'layers\\.0\\..*': 4}; flag: q_proj=16,v_proj=4 or JSON",
+  },
+  lora_alpha_pattern: {
+    kind: 'map',
+    default: null,
+    min: 0,
+    minExclusive: true,
+    help: "per-module alphas, PEFT's alpha_pattern, keyed as lora_rank_pattern",
   },
   use_rslora: { kind: 'boolean', default: false, help: 'scale by alpha/sqrt(r) (rsLoRA)' },
   dataset: {
@@ -219,6 +237,12 @@ export const TRAIN_OPTIONS = {
     min: 1,
     help: 'plain log line every N steps when not in a terminal',
   },
+  adapter_dtype: {
+    kind: 'string',
+    default: 'f32',
+    choices: ADAPTER_DTYPES,
+    help: 'storage type of the saved adapter (adapter_model.safetensors and adapter.gguf); training is not affected',
+  },
   output_dir: {
     kind: 'string',
     default: 'out',
@@ -260,7 +284,7 @@ type ValueOf<S extends OptionSpec> = S['kind'] extends 'list'
   ? string[]
   : S['kind'] extends 'numbers'
     ? number[]
-    : S['kind'] extends 'sizes'
+    : S['kind'] extends 'sizes' | 'map'
       ? Record<string, number>
       : S['kind'] extends 'boolean'
         ? boolean
@@ -434,6 +458,8 @@ function coerce(key: string, spec: OptionSpec, raw: unknown, fromFlag: boolean):
         );
       return nums;
     }
+    case 'map':
+      return patternMap(key, raw, spec, bad);
     case 'sizes': {
       const entries: [string, unknown][] =
         typeof raw === 'string'

@@ -16,7 +16,7 @@ import type { Example, TrainData } from './example.js';
 import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
 import { loadRecords, type DataRecord } from './records.js';
-import { eosId, padId, padNotice, toExample, type Sample } from './tokenize.js';
+import { checkChatTemplateTokens, eosId, padId, padNotice, toExample, type Sample } from './tokenize.js';
 
 /**
  * Most characters of text in one record. The tokenizer slows down badly on long records (a 1 MiB
@@ -260,6 +260,7 @@ export async function loadDataset(
       hint: 'e.g. 512',
     });
   eosId(tokenizer);
+  if (c.format === 'chat') checkChatTemplateTokens(tokenizer, 'dataset_format chat');
   const note = padNotice(tokenizer);
   if (note !== null) (o.notice ?? ((m: string) => process.stderr.write(`qtune: ${m}\n`)))(note);
   const hub = {

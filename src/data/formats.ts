@@ -49,6 +49,17 @@ function fill(template: string, fields: Record<string, string>): string {
   return template.replace(/\{(\w+)\}/g, (_, k: string) => fields[k] ?? '');
 }
 
+/**
+ * The Stanford Alpaca prompt of an instruction (and an input): the text an `alpaca` record's output
+ * follows in training, so a model tuned on alpaca is prompted with it (`qtune generate`).
+ *
+ * @example
+ * alpacaPrompt('Name the whale.'); // 'Below is an instruction ... ### Instruction:\nName the whale.\n\n### Response:\n'
+ */
+export function alpacaPrompt(instruction: string, input = ''): string {
+  return fill(input.trim() === '' ? ALPACA_PROMPT_NO_INPUT : ALPACA_PROMPT_INPUT, { instruction, input });
+}
+
 function bad(r: DataRecord, format: DatasetFormat, what: string): FormatError {
   return new FormatError(r.file, `line ${r.line}: ${what}`, {
     hint: `format ${format} reads ${FORMAT_FIELDS[format]}; fix the record or choose another format`,
@@ -136,11 +147,7 @@ export function recordSample(tok: Tokenizer, format: DatasetFormat, r: DataRecor
       const instruction = nonEmpty(r, format, 'instruction');
       const input = field(r, format, 'input', true);
       const output = nonEmpty(r, format, 'output');
-      const prompt = fill(input.trim() === '' ? ALPACA_PROMPT_NO_INPUT : ALPACA_PROMPT_INPUT, {
-        instruction,
-        input,
-      });
-      return pc(prompt, output);
+      return pc(alpacaPrompt(instruction, input), output);
     }
     case 'chat':
       return tokenizeChat(tok, chatMessages(r));

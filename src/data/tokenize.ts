@@ -102,6 +102,47 @@ const END_OF_TURN = [
 ];
 
 /**
+ * The end-of-turn markers a chat template writes (those of the common templates found in its text):
+ * `ids` where the tokenizer has the marker as one token, `texts` where it does not (the marker is
+ * then several plain tokens). Generation in the chat format stops at either, as at EOS.
+ *
+ * @example
+ * chatEndOfTurn(llama3Tokenizer); // { ids: [128009], texts: [] } (<|eot_id|>)
+ */
+export function chatEndOfTurn(tok: Tokenizer): { ids: number[]; texts: string[] } {
+  const ids: number[] = [];
+  const texts: string[] = [];
+  for (const marker of END_OF_TURN) {
+    if (!tok.chatTemplate.includes(marker)) continue;
+    const id = tok.tokenId(marker);
+    if (id === undefined) texts.push(marker);
+    else ids.push(id);
+  }
+  return { ids, texts };
+}
+
+/** ChatML's turn markers, which a model learns as tokens (TRL's setup_chat_format adds them). */
+const CHATML_MARKERS = ['<|im_start|>', '<|im_end|>'];
+
+/**
+ * Refuses to train on a chat template that writes ChatML's `<|im_start|>`/`<|im_end|>` when the
+ * tokenizer does not have them as tokens: each would be several plain tokens, and the turn's end
+ * never one token the model can learn to emit. Throws a ConfigError naming `where` and the way out.
+ */
+export function checkChatTemplateTokens(tok: Tokenizer, where: string): void {
+  const missing = CHATML_MARKERS.filter((m) => tok.chatTemplate.includes(m) && tok.tokenId(m) === undefined);
+  if (missing.length === 0) return;
+  const pieces = tok.encode(missing[0]!, { addSpecialTokens: false }).length;
+  throw new ConfigError(
+    `${where}: the chat template writes ${missing.join(' and ')}, which this tokenizer does not have as tokens (${quote(missing[0]!)} would be ${pieces} plain tokens)`,
+    {
+      hint: 'use a model whose tokenizer has them or a chat template of its own (an Instruct/Chat release), set a chat_template its tokens can write in tokenizer_config.json, or train with dataset_format alpaca',
+      details: { field: 'chat_template', value: missing },
+    },
+  );
+}
+
+/**
  * Tokenizes a conversation rendered with the model's chat template, with loss only on the assistant
  * turns. Each assistant turn's span is found by rendering prefixes of the conversation:
  *   start: the render of the messages before it with the generation prompt (`…assistant\n`)

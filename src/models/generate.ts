@@ -20,6 +20,13 @@ export interface GenerateOptions {
   seed?: number;
   /** Stop at an end-of-sequence token (default true). */
   stopAtEos?: boolean;
+  /** More tokens to stop at, not included in the result: a chat template's end of turn (`<|eot_id|>`). */
+  stopIds?: readonly number[];
+  /**
+   * Texts to stop at: generation ends once the text holds one, and the result is cut before it (an
+   * end-of-turn marker the tokenizer writes as several plain tokens).
+   */
+  stopStrings?: readonly string[];
   onToken?: (id: number) => void;
   /** Applies an adapter (LoRA/DoRA) to the linear layers, as in training. */
   linear?: LinearHook;
@@ -29,10 +36,13 @@ export interface GenerateResult {
   /** The new token ids (without the prompt). */
   ids: number[];
   text: string;
-  stoppedBy: 'eos' | 'length';
+  /** eos: an EOS token; stop: a `stopIds` token or a `stopStrings` text; length: maxNewTokens. */
+  stoppedBy: 'eos' | 'stop' | 'length';
 }
 
-function validate(o: GenerateOptions): Required<Omit<GenerateOptions, 'onToken' | 'linear'>> {
+function validate(
+  o: GenerateOptions,
+): Required<Omit<GenerateOptions, 'onToken' | 'linear' | 'stopIds' | 'stopStrings'>> {
   const r = {
     maxNewTokens: o.maxNewTokens ?? 64,
     temperature: o.temperature ?? 0,
@@ -132,8 +142,11 @@ export function generate(
   const cache = new KVCache((layer) => map.blocks[layer]!, model.config, prompt.length + o.maxNewTokens);
   const rand = seededUniform(o.seed);
   const eos = new Set(tokenizer.eosIds);
+  const stopIds = new Set(options.stopIds ?? []);
+  const stopStrings = (options.stopStrings ?? []).filter((t) => t !== '');
   const out: number[] = [];
   let stoppedBy: GenerateResult['stoppedBy'] = 'length';
+  let cut: number | null = null; // where a stop string begins in the decoded text
   try {
     let logits = step(model, cache, prompt, options.linear);
     for (let i = 0; i < o.maxNewTokens; i++) {
@@ -142,12 +155,31 @@ export function generate(
         stoppedBy = 'eos';
         break;
       }
+      if (stopIds.has(next)) {
+        stoppedBy = 'stop';
+        break;
+      }
       out.push(next);
       options.onToken?.(next);
+      if (stopStrings.length > 0) {
+        const text = tokenizer.decode(out, { skipSpecialTokens: true });
+        const at = Math.min(...stopStrings.map((t) => text.indexOf(t)).filter((k) => k >= 0));
+        if (Number.isFinite(at)) {
+          cut = at;
+          stoppedBy = 'stop';
+          break;
+        }
+      }
       if (i + 1 < o.maxNewTokens) logits = step(model, cache, [next], options.linear);
     }
   } finally {
     cache.dispose();
+  }
+  if (cut !== null) {
+    // the tokens before the stop string, the text cut where it begins
+    const text = tokenizer.decode(out, { skipSpecialTokens: true }).slice(0, cut);
+    while (out.length > 0 && tokenizer.decode(out, { skipSpecialTokens: true }).length > cut) out.pop();
+    return { ids: out, text, stoppedBy };
   }
   return { ids: out, text: tokenizer.decode(out, { skipSpecialTokens: true }), stoppedBy };
 }

@@ -23,6 +23,7 @@
  * // llama-cli -m model.gguf --lora adapter.gguf
  */
 import { ConfigError, FormatError } from '../errors.js';
+import { f32ToHalfBytes } from '../io/half.js';
 import { decode } from '../tensor/host.js';
 import {
   ggufGet,
@@ -36,10 +37,12 @@ import {
 import type { LlamaConfig } from '../models/config.js';
 import { ggufArch, ggufToHfName, hfToGgufName, reorderRopeRows, ropeHeads } from '../models/llama-gguf.js';
 import {
+  checkAdapterDType,
   loraScale,
   mostCommon,
   shortModuleName,
   validateAdapter,
+  type AdapterDType,
   type LoraAdapterData,
   type LoraModule,
 } from './lora-weights.js';
@@ -58,7 +61,12 @@ function bytesOf(a: Float32Array): Uint8Array {
  * @example
  * saveGgufLoraAdapter('lora.gguf', loadPeftAdapter('runs/lora-1'), readConfig('TinyLlama'));
  */
-export function saveGgufLoraAdapter(file: string, data: LoraAdapterData, modelConfig: LlamaConfig): void {
+export function saveGgufLoraAdapter(
+  file: string,
+  data: LoraAdapterData,
+  modelConfig: LlamaConfig,
+  o: { dtype?: AdapterDType } = {},
+): void {
   if (data.dora)
     throw new ConfigError(
       'a DoRA adapter cannot be written as a llama.cpp LoRA GGUF (no magnitude vectors)',
@@ -68,6 +76,9 @@ export function saveGgufLoraAdapter(file: string, data: LoraAdapterData, modelCo
       },
     );
   validateAdapter(data);
+  const dtype = checkAdapterDType(o.dtype ?? 'f32');
+  // f16/bf16 round to nearest even, as llama.cpp's convert_lora_to_gguf.py --outtype does
+  const stored = (a: Float32Array): Uint8Array => (dtype === 'f32' ? bytesOf(a) : f32ToHalfBytes(a, dtype));
   const modules = [...data.modules.entries()];
   const alpha = mostCommon(modules.map(([, m]) => m.alpha));
   let folded = false;
@@ -90,11 +101,11 @@ export function saveGgufLoraAdapter(file: string, data: LoraAdapterData, modelCo
       folded = true;
       b = Float32Array.from(m.B, (v) => v * factor);
     }
-    let bBytes = bytesOf(b);
+    let bBytes = stored(b);
     const heads = ropeHeads(modelConfig, `${name}.weight`);
     if (heads !== null) bBytes = reorderRopeRows(bBytes, m.outFeatures, heads, true);
-    tensors.push({ name: `${base}.lora_a`, shape: [m.rank, m.inFeatures], dtype: 'f32', data: bytesOf(m.A) }); // (r, in)
-    tensors.push({ name: `${base}.lora_b`, shape: [m.outFeatures, m.rank], dtype: 'f32', data: bBytes }); // (out, r)
+    tensors.push({ name: `${base}.lora_a`, shape: [m.rank, m.inFeatures], dtype, data: stored(m.A) }); // (r, in)
+    tensors.push({ name: `${base}.lora_b`, shape: [m.outFeatures, m.rank], dtype, data: bBytes }); // (out, r)
   }
   const meta = new Map<string, GgufKv>([
     ['general.architecture', kv.str(ggufArch(modelConfig))],

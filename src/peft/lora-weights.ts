@@ -16,6 +16,21 @@
  * loraScale(data.modules.get('model.layers.0.self_attn.q_proj')!, data.rsLora); // 2
  */
 import { ConfigError, ShapeError, fmtShape, shownValue } from '../errors.js';
+import { peftPatternRegExp } from './pattern.js';
+
+/** The storage types an adapter is written in (`adapter_dtype`): its tensors are f32 in memory. */
+export const ADAPTER_DTYPES = ['f32', 'f16', 'bf16'] as const;
+export type AdapterDType = (typeof ADAPTER_DTYPES)[number];
+
+/** `dtype` if it is an adapter storage type, else a ConfigError naming adapter_dtype. */
+export function checkAdapterDType(dtype: unknown): AdapterDType {
+  if (!(ADAPTER_DTYPES as readonly unknown[]).includes(dtype))
+    throw new ConfigError(`adapter_dtype: ${JSON.stringify(dtype)} is not a type adapters are saved in`, {
+      hint: `use ${ADAPTER_DTYPES.join(', ')}`,
+      details: { field: 'adapter_dtype', value: dtype },
+    });
+  return dtype as AdapterDType;
+}
 
 /** One adapted linear layer. */
 export interface LoraModule {
@@ -126,40 +141,20 @@ export function validateAdapter(data: LoraAdapterData): void {
 
 /**
  * PEFT's choice among `rank_pattern` / `alpha_pattern` keys (peft.utils.other.get_pattern_key): each
- * key is a regular expression that must match the end of the full module name right after a dot, or
- * the whole name (`^` anchors it to the whole name); the first key in the record's order that matches
- * wins, however specific a later one is. Returns that key, or undefined when none matches. A key that
- * is not a valid regular expression matches only literally (PEFT would raise on it; callers that
- * validate options reject it first, see {@link checkPatternKeys}).
+ * key is a Python regular expression ({@link peftPatternRegExp} translates it) that must match the
+ * end of the full module name right after a dot, or the whole name (`^` anchors it to the whole
+ * name); the first key in the record's order that matches wins, however specific a later one is.
+ * Returns that key, or undefined when none matches. A key that cannot be run is a ConfigError.
  *
  * @example
  * patternKey(['q_proj', '^model.layers.1.self_attn.q_proj'], 'model.layers.1.self_attn.q_proj'); // 'q_proj'
  */
-export function patternKey(keys: Iterable<string>, module: string): string | undefined {
-  for (const key of keys) {
-    let re: RegExp | null = null;
-    try {
-      re = new RegExp(`^(.*\\.)?(${key})$`);
-    } catch {
-      re = null;
-    }
-    if (re === null ? module === key || module.endsWith(`.${key}`) : re.test(module)) return key;
-  }
+export function patternKey(keys: Iterable<string>, module: string, field = 'pattern'): string | undefined {
+  for (const key of keys) if (peftPatternRegExp(key, field).test(module)) return key;
   return undefined;
 }
 
-/** Rejects pattern keys that are not regular expressions, naming the field and the key. */
+/** Rejects pattern keys that cannot be run as PEFT runs them, naming the field and the key. */
 export function checkPatternKeys(field: string, patterns: Readonly<Record<string, unknown>>): void {
-  for (const key of Object.keys(patterns)) {
-    try {
-      new RegExp(`^(.*\\.)?(${key})$`);
-    } catch (e) {
-      throw new ConfigError(
-        `${field}: key ${JSON.stringify(key)} is not a regular expression (${(e as Error).message})`,
-        {
-          hint: 'keys are PEFT regular expressions over module names, e.g. "q_proj" or "layers\\.0\\..*"',
-        },
-      );
-    }
-  }
+  for (const key of Object.keys(patterns)) peftPatternRegExp(key, field);
 }

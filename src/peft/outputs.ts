@@ -8,7 +8,7 @@
  */
 import path from 'node:path';
 import { saveGgufLoraAdapter } from './gguf-lora.js';
-import type { LoraAdapterData } from './lora-weights.js';
+import { checkAdapterDType, type AdapterDType, type LoraAdapterData } from './lora-weights.js';
 import { savePeftAdapter } from './peft.js';
 import { ConfigError } from '../errors.js';
 import { makeFolder } from '../io/folders.js';
@@ -29,19 +29,23 @@ export function adapterData(lora: LoraLayers | null, baseModel: string, trainTyp
   return lora.adapterData(baseModel);
 }
 
-/** Writes what a run trained into `dir` (see the file's comment). Returns the paths written. */
+/**
+ * Writes what a run trained into `dir` (see the file's comment): a full model in `o.dtype`, an
+ * adapter (PEFT and GGUF) in `o.adapterDType` (default f32 both). Returns the paths written.
+ */
 export function saveTrainedOutputs(
   dir: string,
   run: { model: LlamaModel; tokenizer: Tokenizer | null; lora: LoraLayers | null; source: string },
-  o: { dtype?: 'f32' | 'f16' | 'bf16' } = {},
+  o: { dtype?: 'f32' | 'f16' | 'bf16'; adapterDType?: AdapterDType } = {},
 ): string[] {
+  const adapterDType = checkAdapterDType(o.adapterDType ?? 'f32');
   makeFolder(dir, 'output_dir');
   if (run.lora !== null) {
     const data = adapterData(run.lora, run.source);
-    savePeftAdapter(dir, data);
+    savePeftAdapter(dir, data, { dtype: adapterDType });
     const written = [path.join(dir, 'adapter_model.safetensors'), path.join(dir, 'adapter_config.json')];
     if (!data.dora) {
-      saveGgufLoraAdapter(path.join(dir, 'adapter.gguf'), data, run.model.config);
+      saveGgufLoraAdapter(path.join(dir, 'adapter.gguf'), data, run.model.config, { dtype: adapterDType });
       written.push(path.join(dir, 'adapter.gguf'));
     }
     return written;

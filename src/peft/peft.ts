@@ -24,10 +24,13 @@ import { ConfigError, FormatError, QtuneError, fmtShape, errorText } from '../er
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from '../io/safetensors.js';
 import {
+  checkAdapterDType,
+  checkPatternKeys,
   mostCommon,
   patternKey,
   shortModuleName,
   validateAdapter,
+  type AdapterDType,
   type LoraAdapterData,
   type LoraModule,
 } from './lora-weights.js';
@@ -105,22 +108,24 @@ export function peftAdapterConfig(data: LoraAdapterData): Record<string, unknown
 }
 
 /**
- * Writes `dir/adapter_model.safetensors` (f32) and `dir/adapter_config.json`, as PEFT's
- * `save_pretrained` does, each atomically. Creates `dir`.
+ * Writes `dir/adapter_model.safetensors` and `dir/adapter_config.json`, as PEFT's `save_pretrained`
+ * does, each atomically. Creates `dir`. The tensors are stored in `o.dtype` (default f32; f16 and
+ * bf16 round each value to nearest even, as torch's `.to(dtype)`).
  *
  * @example
- * savePeftAdapter('runs/lora-1', data);
+ * savePeftAdapter('runs/lora-1', data, { dtype: 'bf16' });
  * // Python: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), 'runs/lora-1')
  */
-export function savePeftAdapter(dir: string, data: LoraAdapterData): void {
+export function savePeftAdapter(dir: string, data: LoraAdapterData, o: { dtype?: AdapterDType } = {}): void {
   validateAdapter(data);
+  const dtype = checkAdapterDType(o.dtype ?? 'f32');
+  const st = ({ f32: 'F32', f16: 'F16', bf16: 'BF16' } as const)[dtype];
   const tensors: TensorToWrite[] = [];
   for (const [name, m] of data.modules) {
     const k = peftKeys(name);
-    tensors.push({ name: k.A, shape: [m.rank, m.inFeatures], data: m.A, dtype: 'F32' }); // (r, in)
-    tensors.push({ name: k.B, shape: [m.outFeatures, m.rank], data: m.B, dtype: 'F32' }); // (out, r)
-    if (data.dora)
-      tensors.push({ name: k.magnitude, shape: [m.outFeatures], data: m.magnitude!, dtype: 'F32' });
+    tensors.push({ name: k.A, shape: [m.rank, m.inFeatures], data: m.A, dtype: st }); // (r, in)
+    tensors.push({ name: k.B, shape: [m.outFeatures, m.rank], data: m.B, dtype: st }); // (out, r)
+    if (data.dora) tensors.push({ name: k.magnitude, shape: [m.outFeatures], data: m.magnitude!, dtype: st });
   }
   writeSafetensors(path.join(dir, PEFT_WEIGHTS_FILE), tensors, { format: 'pt' });
   writeFileAtomic(path.join(dir, PEFT_CONFIG_FILE), [
@@ -128,7 +133,7 @@ export function savePeftAdapter(dir: string, data: LoraAdapterData): void {
   ]);
 }
 
-/** PEFT's pattern lookup: a key matches a module when it is the module's name or a dotted suffix of it. */
+/** PEFT's pattern lookup ({@link patternKey}): the first key, a Python regex, matching the module's name or a dotted suffix. */
 function patternValue(patterns: Record<string, unknown>, module: string): number | undefined {
   const numeric = Object.keys(patterns).filter((k) => typeof patterns[k] === 'number');
   const key = patternKey(numeric, module);
@@ -203,6 +208,9 @@ export function loadPeftAdapter(dir: string): LoraAdapterData {
     throw field('lora_alpha', 'lora_alpha must be a number');
   const rankPattern = (cfg['rank_pattern'] ?? {}) as Record<string, unknown>;
   const alphaPattern = (cfg['alpha_pattern'] ?? {}) as Record<string, unknown>;
+  // Python regular expressions, translated or refused (a key taken literally would match nothing)
+  checkPatternKeys(`${configFile}: rank_pattern`, rankPattern);
+  checkPatternKeys(`${configFile}: alpha_pattern`, alphaPattern);
   const dora = cfg['use_dora'] === true;
 
   const st = SafetensorsFile.open(weightsFile);

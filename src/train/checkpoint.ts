@@ -319,11 +319,21 @@ export function loadCheckpoint(
 /** The LoRA/DoRA adapter saved in a checkpoint folder (for `qtune export`). */
 export function checkpointAdapter(dir: string): LoraAdapterData {
   const file = stateFile(dir, 'give a checkpoint-N folder of an output directory');
-  const a = readState(file)['adapter'] as Record<string, unknown> | null | undefined;
-  if (a === undefined || a === null)
-    throw new ConfigError(`checkpoint ${dir} holds no adapter (full or llama_pro training)`, {
-      hint: 'export adapters from lora/qlora/dora runs',
-    });
+  const state = readState(file);
+  const a = state['adapter'] as Record<string, unknown> | null | undefined;
+  if (a === undefined || a === null) {
+    const type = (state['identity'] as { trainType?: unknown } | undefined)?.trainType;
+    const saved = path.join(path.dirname(dir), 'model');
+    throw new ConfigError(
+      `checkpoint ${dir} is a ${typeof type === 'string' ? type : 'full'} fine-tune: it holds the model's own weights, not an adapter`,
+      {
+        hint: existsSync(path.join(saved, 'config.json'))
+          ? `the run saved its model: pass --model ${saved} without --adapter`
+          : `finish the run (qtune train ... --resume_from_checkpoint ${dir}), then pass its <output_dir>/model as --model without --adapter`,
+        details: { field: 'adapter', value: dir },
+      },
+    );
+  }
   const list = typeof a === 'object' ? a['modules'] : undefined;
   if (!Array.isArray(list) || list.some((m) => m === null || typeof m !== 'object'))
     throw corrupt(file, 'adapter.modules is not a list of modules');

@@ -14,7 +14,7 @@
  * trainer.dispose();
  */
 import path from 'node:path';
-import type { LoraAdapterData } from '../peft/lora-weights.js';
+import type { AdapterDType, LoraAdapterData } from '../peft/lora-weights.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { GradScaler } from '../optim/grad-scaler.js';
 import type { Optimizer } from '../optim/optimizer.js';
@@ -384,9 +384,9 @@ export class Trainer {
 
   /**
    * Writes what the run trained into `dir` (outputs.ts): LoRA as a PEFT and a GGUF adapter, DoRA as
-   * a PEFT adapter, full and llama_pro as a model folder (dir/model). Returns the paths written.
+   * a PEFT adapter (in adapterDType), full and llama_pro as a model folder (dir/model). Returns the paths.
    */
-  saveOutputs(dir: string, o: { dtype?: 'f32' | 'f16' | 'bf16' } = {}): string[] {
+  saveOutputs(dir: string, o: { dtype?: AdapterDType; adapterDType?: AdapterDType } = {}): string[] {
     return saveTrainedOutputs(dir, { ...this.prepared, lora: this.lora }, o);
   }
 

@@ -3,7 +3,9 @@
  * `qtune generate --chat`); without, a conversation read line by line from standard input.
  */
 import { createInterface } from 'node:readline';
-import { createAdapterHook, loadAdapter, type AdapterHook } from '../../peft/apply.js';
+import { createAdapterHook, type AdapterHook } from '../../peft/apply.js';
+import { adapterBaseModel, readAdapter } from '../adapter.js';
+import { chatEndOfTurn } from '../../data/tokenize.js';
 import type { ChatMessage } from '../../io/tokenizer.js';
 import { generate } from '../../models/generate.js';
 import { loadModel } from '../../models/load.js';
@@ -13,7 +15,8 @@ import * as generateCommand from './generate.js';
 export const spec: CommandSpec = {
   name: 'chat',
   summary: 'Chat with a model (and a LoRA/DoRA adapter) using its chat template.',
-  usage: 'qtune chat --model PATH|ORG/NAME [--adapter DIR|FILE.gguf] [--system TEXT] [--prompt TEXT]',
+  usage:
+    'qtune chat [--model PATH|ORG/NAME] [--adapter DIR|FILE.gguf] [--prompt-format chat|alpaca|none|auto] [--system TEXT] [--prompt TEXT]',
   flags: {
     ...generateCommand.spec.flags,
     prompt: { type: 'string', help: 'one message to answer; without it, read messages from standard input' },
@@ -26,34 +29,45 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     out(helpText(spec));
     return 0;
   }
+  const { format, notice } = generateCommand.promptFormat('chat', values, 'chat');
   if (typeof values['prompt'] === 'string')
-    return generateCommand.run([...argv.filter((a) => a !== '--chat'), '--chat'], out);
-  const model = values['model'];
-  if (typeof model !== 'string')
+    return generateCommand.generateFromFlags(values, { format, notice }, out, 'chat');
+  const adapterPath = values['adapter'];
+  if (typeof values['model'] !== 'string' && typeof adapterPath !== 'string')
     throw new UsageError('chat: --model is required', 'a model folder, a .gguf file or a Hub id');
+  const model =
+    typeof values['model'] === 'string' ? values['model'] : adapterBaseModel('chat', String(adapterPath));
   const maxNewTokens = intFlag('max-new-tokens', values['max-new-tokens'])!;
   const loaded = await loadModel(model, { backend: String(values['backend']) });
   let adapter: AdapterHook | null = null;
   try {
-    if (typeof values['adapter'] === 'string')
-      adapter = createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config));
+    if (typeof adapterPath === 'string')
+      adapter = createAdapterHook(loaded.model, readAdapter(adapterPath, loaded.config));
     const history: ChatMessage[] =
       typeof values['system'] === 'string' ? [{ role: 'system', content: values['system'] }] : [];
+    generateCommand.printNotice(notice);
     const rl = createInterface({ input: process.stdin, terminal: false });
     if (process.stdin.isTTY) process.stdout.write('> ');
     for await (const line of rl) {
       if (line.trim() === '') continue;
-      history.push({ role: 'user', content: line });
       const tok = loaded.tokenizer;
-      const ids = tok.encode(tok.applyChatTemplate(history, { addGenerationPrompt: true }), {
-        addSpecialTokens: false,
-      });
+      // alpaca and plain prompts have no turns: each message is answered on its own
+      if (format === 'chat') history.push({ role: 'user', content: line });
+      const ids =
+        format === 'chat'
+          ? tok.encode(tok.applyChatTemplate(history, { addGenerationPrompt: true }), {
+              addSpecialTokens: false,
+            })
+          : generateCommand.promptIds(tok, format, line, values);
+      const turn = format === 'chat' ? chatEndOfTurn(tok) : { ids: [], texts: [] };
       const r = generate(loaded.model, tok, ids, {
         maxNewTokens,
+        stopIds: turn.ids,
+        stopStrings: turn.texts,
         ...(adapter === null ? {} : { linear: adapter.hook }),
       });
       out(r.text);
-      history.push({ role: 'assistant', content: r.text });
+      if (format === 'chat') history.push({ role: 'assistant', content: r.text });
       if (process.stdin.isTTY) process.stdout.write('> ');
     }
     return 0;

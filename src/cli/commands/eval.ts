@@ -1,5 +1,6 @@
 /** `qtune eval`: loss and perplexity of a model (and an adapter) on a dataset. */
-import { createAdapterHook, loadAdapter } from '../../peft/apply.js';
+import { createAdapterHook } from '../../peft/apply.js';
+import { readAdapter } from '../adapter.js';
 import { DATASET_FORMATS } from '../../data/formats.js';
 import { loadDataset } from '../../data/dataset.js';
 import { loadModel } from '../../models/load.js';
@@ -23,7 +24,7 @@ export const spec: CommandSpec = {
     'qtune eval --model PATH --dataset FILE [--format alpaca] [--adapter DIR|FILE.gguf] [--context-length N]',
   flags: {
     model: { type: 'string', help: 'model folder, .gguf file or Hub id (required)' },
-    adapter: { type: 'string', help: 'a PEFT adapter folder or a LoRA .gguf' },
+    adapter: { type: 'string', help: 'a PEFT adapter folder, a LoRA .gguf or a checkpoint-N folder' },
     dataset: { type: 'string', help: 'a .json/.jsonl file or a Hub dataset id (required)' },
     format: {
       type: 'string',
@@ -64,7 +65,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   );
   const adapter =
     typeof values['adapter'] === 'string'
-      ? createAdapterHook(loaded.model, loadAdapter(values['adapter'], loaded.config))
+      ? createAdapterHook(loaded.model, readAdapter(values['adapter'], loaded.config))
       : null;
   try {
     // every record is evaluated: none is split off for validation

@@ -3,23 +3,22 @@
  * checkpoint in, a PEFT folder or a llama.cpp LoRA .gguf out.
  */
 import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { loadAdapter } from '../../peft/apply.js';
 import { saveGgufLoraAdapter } from '../../peft/gguf-lora.js';
-import type { LoraAdapterData } from '../../peft/lora-weights.js';
+import { ADAPTER_DTYPES, type AdapterDType, type LoraAdapterData } from '../../peft/lora-weights.js';
 import { savePeftAdapter } from '../../peft/peft.js';
 import { readGguf } from '../../io/gguf.js';
 import type { LlamaConfig } from '../../models/config.js';
 import { ggufToConfig } from '../../models/llama-gguf.js';
 import { readConfig } from '../../models/load.js';
-import { Trainer } from '../../train/trainer.js';
+import { readAdapter } from '../adapter.js';
 import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
 
 export const spec: CommandSpec = {
   name: 'export',
   summary:
     'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder or a llama.cpp LoRA .gguf.',
-  usage: 'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH',
+  usage:
+    'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH [--adapter-dtype f32|f16|bf16]',
   flags: {
     from: {
       type: 'string',
@@ -29,6 +28,11 @@ export const spec: CommandSpec = {
     model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
     format: { type: 'string', help: 'gguf or peft (required)' },
     out: { type: 'string', help: 'the .gguf file or folder to write (required)' },
+    'adapter-dtype': {
+      type: 'string',
+      default: 'f32',
+      help: 'storage type of the written tensors: f32, f16 or bf16',
+    },
   },
 };
 
@@ -59,19 +63,25 @@ export function run(argv: string[], out: (s: string) => void): number {
       'use --format gguf or --format peft',
     );
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
+  const dtype = values['adapter-dtype'];
+  if (!(ADAPTER_DTYPES as readonly unknown[]).includes(dtype))
+    throw new UsageError(
+      `export: --adapter-dtype=${String(dtype)} is not a type adapters are saved in`,
+      `use ${ADAPTER_DTYPES.join(', ')}`,
+    );
+  const adapterDType = dtype as AdapterDType;
   if (!existsSync(from)) throw new UsageError(`export: --from ${from} does not exist`);
   const config = baseConfig(model);
-  // a checkpoint-N folder (output_dir's own trainer_state.json is the run's summary, beside its adapter)
-  const data: LoraAdapterData = existsSync(path.join(from, 'trainable.safetensors'))
-    ? Trainer.checkpointAdapter(from)
-    : loadAdapter(from, config);
+  const data: LoraAdapterData = readAdapter(from, config);
   if (format === 'gguf') {
     if (!dest.endsWith('.gguf'))
       throw new UsageError(`export: --out ${dest} must end with .gguf for --format gguf`);
-    saveGgufLoraAdapter(dest, data, config);
+    saveGgufLoraAdapter(dest, data, config, { dtype: adapterDType });
   } else {
-    savePeftAdapter(dest, data);
+    savePeftAdapter(dest, data, { dtype: adapterDType });
   }
-  out(`exported ${data.modules.size} adapted modules (${data.dora ? 'DoRA' : 'LoRA'}) as ${format}: ${dest}`);
+  out(
+    `exported ${data.modules.size} adapted modules (${data.dora ? 'DoRA' : 'LoRA'}) as ${format} (${adapterDType}): ${dest}`,
+  );
   return 0;
 }

@@ -1,6 +1,6 @@
 /** `qtune merge`: fuse a LoRA/DoRA adapter into its base model and save the result. */
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { loadAdapter } from '../../peft/apply.js';
+import { readAdapter } from '../adapter.js';
 import { mergeAdapter } from '../../peft/merge.js';
 import { saveModel, type SaveDType, type SaveFormat } from '../../models/save.js';
 import { QtuneError } from '../../errors.js';
@@ -16,7 +16,7 @@ export const spec: CommandSpec = {
     model: { type: 'string', help: 'base model: Hugging Face folder, .gguf file or Hub id (required)' },
     adapter: {
       type: 'string',
-      help: 'PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or LoRA .gguf (required)',
+      help: 'PEFT adapter folder (adapter_config.json + adapter_model.safetensors), LoRA .gguf or checkpoint-N folder (required)',
     },
     out: { type: 'string', help: 'output folder (safetensors) or .gguf file; must not exist (required)' },
     dtype: {
@@ -79,13 +79,13 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     );
   if (!existsSync(adapterPath))
     throw new QtuneError('NOT_FOUND', `adapter ${adapterPath} does not exist`, {
-      hint: 'give a PEFT adapter folder or a LoRA .gguf file',
+      hint: 'give a PEFT adapter folder, a LoRA .gguf file or a checkpoint-N folder',
     });
 
   // the base is loaded in f32 so the merge is exact (a quantized GGUF base is dequantized)
   const loaded = await loadModel(modelPath, { backend: String(values['backend']), dtype: 'f32' });
   try {
-    const adapter = loadAdapter(adapterPath, loaded.config);
+    const adapter = readAdapter(adapterPath, loaded.config);
     const report = mergeAdapter(loaded.model, adapter);
     const dtype: SaveDType =
       (dtypeFlag as SaveDType | undefined) ?? TORCH_TO_DTYPE[loaded.config.torch_dtype ?? ''] ?? 'f32';

@@ -14,6 +14,7 @@ import type { DeviceMemory } from '../../train/memory.js';
 import { ConfigError, FileSystemError, fileSystemError } from '../../errors.js';
 import { checkFile, checkModelPath, checkOutputFolder, makeFolder } from '../../io/folders.js';
 import type { OptimizerConfig } from '../../optim/optimizer.js';
+import type { AdapterDType } from '../../peft/lora-weights.js';
 import type { ScheduleConfig } from '../../optim/schedule.js';
 import { ConsoleProgress } from '../../report/console.js';
 import { createRunLoggers } from '../../report/logger.js';
@@ -114,6 +115,8 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
       dropout: c.lora_dropout,
       ...(c.lora_target_modules.length === 0 ? {} : { targetModules: c.lora_target_modules }),
       rsLora: c.use_rslora,
+      ...(c.lora_rank_pattern === null ? {} : { rankPattern: c.lora_rank_pattern }),
+      ...(c.lora_alpha_pattern === null ? {} : { alphaPattern: c.lora_alpha_pattern }),
     },
     precision: c.precision as TrainerOptions['precision'] & string,
     batchSize: c.batch_size,
@@ -168,9 +171,9 @@ function deviceMemoryLine(d: DeviceMemory): string {
  * The trained adapter or model, written into `dir`. A failure (a full disk) is one line that says the
  * last checkpoint holds the trained weights and how to write them from it.
  */
-function saveOutputs(trainer: Trainer, dir: string): string[] {
+function saveOutputs(trainer: Trainer, dir: string, adapterDType: AdapterDType): string[] {
   try {
-    return trainer.saveOutputs(dir);
+    return trainer.saveOutputs(dir, { adapterDType });
   } catch (e) {
     const last = path.join(dir, `checkpoint-${trainer.globalStep}`);
     if (!(e instanceof FileSystemError) || !existsSync(last)) throw e;
@@ -395,7 +398,7 @@ async function trainLogged(
       );
     // the best checkpoint's weights into the model, then saved as the run's outputs (as HF's Trainer)
     if (writer && chosen !== null && chosen.step !== trainer.globalStep) trainer.loadCheckpoint(chosen.path);
-    const written = writer ? saveOutputs(trainer, c.output_dir) : [];
+    const written = writer ? saveOutputs(trainer, c.output_dir, c.adapter_dtype as AdapterDType) : [];
     if (writer)
       written.push(
         ...writeRunFiles(c.output_dir, {
