@@ -165,9 +165,9 @@ function deviceMemoryLine(d: DeviceMemory): string {
  * The trained adapter or model, written into `dir`. A failure (a full disk) is one line that says the
  * last checkpoint holds the trained weights and how to write them from it.
  */
-function saveOutputs(trainer: Trainer, dir: string): string[] {
+function saveOutputs(trainer: Trainer, dir: string, mlx: boolean): string[] {
   try {
-    return trainer.saveOutputs(dir);
+    return trainer.saveOutputs(dir, { mlx });
   } catch (e) {
     const last = path.join(dir, `checkpoint-${trainer.globalStep}`);
     if (!(e instanceof FileSystemError) || !existsSync(last)) throw e;
@@ -331,7 +331,7 @@ async function trainLocked(
       throw e;
     }
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
-    const written = writer ? saveOutputs(trainer, c.output_dir) : [];
+    const written = writer ? saveOutputs(trainer, c.output_dir, c.mlx_adapter) : [];
     await logger.close(result);
     const first = result.losses.find(Number.isFinite);
     const last = result.losses.filter(Number.isFinite).at(-1);
