@@ -272,7 +272,7 @@ describe('qtune export --format mlx and train --mlx_adapter', () => {
     const peft = path.join(tmp, 'export-peft-2');
     savePeftAdapter(peft, randomAdapter(readConfig(GQA_FIXTURE), 'lora', 15));
     const cases: [string[], RegExp][] = [
-      [['--format', 'mlx-lm', '--out', path.join(tmp, 'x')], /--format=mlx-lm is not gguf, peft or mlx/],
+      [['--format', 'mlx-lm', '--out', path.join(tmp, 'x')], /--format=mlx-lm is not gguf or peft or mlx/],
       [['--format', 'mlx', '--out', peft], /holds a PEFT adapter/],
     ];
     for (const [args, pattern] of cases) {

@@ -59,7 +59,7 @@ export function run(argv: string[], out: (s: string) => void): number {
   if (typeof model !== 'string') throw new UsageError('export: --model is required', 'the base model');
   if (format !== 'gguf' && format !== 'peft' && format !== 'mlx')
     throw new UsageError(
-      `export: --format=${String(format)} is not gguf, peft or mlx`,
+      `export: --format=${String(format)} is not gguf or peft or mlx`,
       'use --format gguf, --format peft or --format mlx',
     );
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
