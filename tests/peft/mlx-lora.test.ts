@@ -313,12 +313,22 @@ describe('qtune export --format mlx and train --mlx_adapter', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.ok(existsSync(path.join(out, 'mlx', 'adapters.safetensors')));
     const peft = loadPeftAdapter(out);
-    // one step from B = 0 moves B only a little, but it does move it
     for (const [name, m] of peft.modules)
       assert.ok(
         m.B.some((v) => v !== 0),
         `${name}: B was trained`,
       );
-    checkSameProducts(path.join(out, 'mlx'), peft, tiny, false);
+    checkSameProducts(path.join(out, 'mlx'), peft, tiny);
+    // overwrite_output_dir removes the earlier run's mlx folder: no stale adapter beside the new one
+    const again = qtune([
+      ...tinyTrainArgs(tiny, out),
+      ...quick,
+      '--max_samples',
+      '16',
+      '--overwrite_output_dir',
+    ]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.ok(existsSync(path.join(out, 'adapter_model.safetensors')));
+    assert.ok(!existsSync(path.join(out, 'mlx')), 'the earlier mlx adapter is gone');
   });
 });
