@@ -58,6 +58,7 @@ export {
 } from './train/profile.js';
 export { savePeftAdapter, loadPeftAdapter } from './peft/peft.js';
 export { saveGgufLoraAdapter, loadGgufLoraAdapter } from './peft/gguf-lora.js';
+export { saveMlxAdapter, mlxAdapterConfig, MLX_LM_VERSION } from './peft/mlx-lora.js';
 export { mergeAdapter } from './peft/merge.js';
 export { saveModel } from './models/save.js';
 export { loadAdapter, createAdapterHook, type AdapterHook } from './peft/apply.js';

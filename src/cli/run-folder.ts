@@ -36,6 +36,7 @@ const RUN_FILES = [
   'adapter_model.safetensors',
   'adapter_config.json',
   'adapter.gguf',
+  'mlx', // mlx_adapter's adapters.safetensors + adapter_config.json
   'model',
   'profile.json',
   'runs',

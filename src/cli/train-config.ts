@@ -20,7 +20,7 @@ import { QUANT_METHODS } from '../quant/methods.js';
 import { FROZEN_COPIES } from '../train/frozen.js';
 import { COMPUTE_DTYPES } from '../train/kernel-choice.js';
 import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
-import { TRAIN_TYPES } from '../train/train-type.js';
+import { TRAIN_TYPES, resolveTrainType } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
 import { UsageError } from './args.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
@@ -247,6 +247,11 @@ export const TRAIN_OPTIONS = {
     kind: 'string',
     default: 'out',
     help: 'where checkpoints, the adapter, metrics and plots go',
+  },
+  mlx_adapter: {
+    kind: 'boolean',
+    default: false,
+    help: 'also write the adapter for mlx-lm into output_dir/mlx (adapters.safetensors, adapter_config.json)',
   },
   overwrite_output_dir: {
     kind: 'boolean',
@@ -575,6 +580,12 @@ export function resolveTrainConfig(
   if (c.val_size >= 1 && !Number.isInteger(c.val_size))
     throw new ConfigError(`val_size: ${c.val_size} is neither a fraction below 1 nor a whole count`, {
       hint: 'use e.g. 0.05 or 100',
+    });
+  const adapter = TRAIN_TYPES.includes(c.train_type) ? resolveTrainType(c.train_type).adapter : null;
+  if (c.mlx_adapter && (adapter === 'full' || adapter === 'llama_pro'))
+    throw new ConfigError(`mlx_adapter: train_type ${c.train_type} trains no adapter to write for mlx-lm`, {
+      hint: 'drop mlx_adapter, or train with lora, qlora or dora',
+      details: { field: 'mlx_adapter', value: true },
     });
   return c;
 }

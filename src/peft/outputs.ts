@@ -1,7 +1,8 @@
 /**
  * What a run leaves behind: LoRA as a PEFT adapter (adapter_model.safetensors, adapter_config.json)
  * and a llama.cpp GGUF adapter (adapter.gguf); DoRA as a PEFT adapter (llama.cpp has no DoRA: merge
- * it with `qtune merge`); full and llama_pro as a model folder (dir/model).
+ * it with `qtune merge`); full and llama_pro as a model folder (dir/model). With `mlx: true`, LoRA and
+ * DoRA also as an mlx-lm adapter in dir/mlx (adapters.safetensors, adapter_config.json).
  *
  * @example
  * saveTrainedOutputs('out', { model, tokenizer, lora, source: 'tiny-model' });
@@ -9,6 +10,7 @@
 import path from 'node:path';
 import { saveGgufLoraAdapter } from './gguf-lora.js';
 import { checkAdapterDType, type AdapterDType, type LoraAdapterData } from './lora-weights.js';
+import { MLX_CONFIG_FILE, MLX_WEIGHTS_FILE, saveMlxAdapter } from './mlx-lora.js';
 import { savePeftAdapter } from './peft.js';
 import { ConfigError } from '../errors.js';
 import { makeFolder } from '../io/folders.js';
@@ -30,15 +32,28 @@ export function adapterData(lora: LoraLayers | null, baseModel: string, trainTyp
 }
 
 /**
- * Writes what a run trained into `dir` (see the file's comment): a full model in `o.dtype`, an
- * adapter (PEFT and GGUF) in `o.adapterDType` (default f32 both). Returns the paths written.
+ * How {@link saveTrainedOutputs} writes: the dtype of a saved model, of a saved adapter (PEFT and
+ * GGUF; default f32 both), and whether to add the mlx-lm adapter.
  */
+export interface SaveOutputsOptions {
+  dtype?: 'f32' | 'f16' | 'bf16';
+  adapterDType?: AdapterDType;
+  /** Also write the adapter for mlx-lm into `dir/mlx` (LoRA and DoRA only). */
+  mlx?: boolean;
+}
+
+/** Writes what a run trained into `dir` (see the file's comment). Returns the paths written. */
 export function saveTrainedOutputs(
   dir: string,
   run: { model: LlamaModel; tokenizer: Tokenizer | null; lora: LoraLayers | null; source: string },
-  o: { dtype?: 'f32' | 'f16' | 'bf16'; adapterDType?: AdapterDType } = {},
+  o: SaveOutputsOptions = {},
 ): string[] {
   const adapterDType = checkAdapterDType(o.adapterDType ?? 'f32');
+  if (o.mlx === true && run.lora === null)
+    throw new ConfigError('mlx_adapter: this run trains no adapter, so there is no mlx-lm adapter to write', {
+      hint: 'drop mlx_adapter for train_type full and llama_pro (they save the model itself)',
+      details: { field: 'mlx_adapter', value: true },
+    });
   makeFolder(dir, 'output_dir');
   if (run.lora !== null) {
     const data = adapterData(run.lora, run.source);
@@ -47,6 +62,11 @@ export function saveTrainedOutputs(
     if (!data.dora) {
       saveGgufLoraAdapter(path.join(dir, 'adapter.gguf'), data, run.model.config, { dtype: adapterDType });
       written.push(path.join(dir, 'adapter.gguf'));
+    }
+    if (o.mlx === true) {
+      const mlxDir = path.join(dir, 'mlx');
+      saveMlxAdapter(mlxDir, data, run.model.config);
+      written.push(path.join(mlxDir, MLX_WEIGHTS_FILE), path.join(mlxDir, MLX_CONFIG_FILE));
     }
     return written;
   }

@@ -14,7 +14,7 @@
  * trainer.dispose();
  */
 import path from 'node:path';
-import type { AdapterDType, LoraAdapterData } from '../peft/lora-weights.js';
+import type { LoraAdapterData } from '../peft/lora-weights.js';
 import type { LlamaModel } from '../models/llama.js';
 import type { GradScaler } from '../optim/grad-scaler.js';
 import type { Optimizer } from '../optim/optimizer.js';
@@ -32,7 +32,7 @@ import { checkOptionNames, divergedError, microBatchError, oneProcessOnly } from
 import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
 import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
-import { adapterData, saveTrainedOutputs } from '../peft/outputs.js';
+import { adapterData, saveTrainedOutputs, type SaveOutputsOptions } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
 import type { StepProfile, StepProfiler } from './profile.js';
@@ -384,9 +384,10 @@ export class Trainer {
 
   /**
    * Writes what the run trained into `dir` (outputs.ts): LoRA as a PEFT and a GGUF adapter, DoRA as
-   * a PEFT adapter (in adapterDType), full and llama_pro as a model folder (dir/model). Returns the paths.
+   * a PEFT adapter (in adapterDType), full and llama_pro as a model folder (dir/model); `mlx: true`
+   * adds dir/mlx. Returns the paths.
    */
-  saveOutputs(dir: string, o: { dtype?: AdapterDType; adapterDType?: AdapterDType } = {}): string[] {
+  saveOutputs(dir: string, o: SaveOutputsOptions = {}): string[] {
     return saveTrainedOutputs(dir, { ...this.prepared, lora: this.lora }, o);
   }
 

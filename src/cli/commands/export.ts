@@ -1,10 +1,11 @@
 /**
  * `qtune export`: an adapter in another format — a PEFT folder, a LoRA .gguf or a training
- * checkpoint in, a PEFT folder or a llama.cpp LoRA .gguf out.
+ * checkpoint in, a PEFT folder, a llama.cpp LoRA .gguf or an mlx-lm adapter folder out.
  */
 import { existsSync } from 'node:fs';
 import { saveGgufLoraAdapter } from '../../peft/gguf-lora.js';
 import { ADAPTER_DTYPES, type AdapterDType, type LoraAdapterData } from '../../peft/lora-weights.js';
+import { saveMlxAdapter } from '../../peft/mlx-lora.js';
 import { savePeftAdapter } from '../../peft/peft.js';
 import { readGguf } from '../../io/gguf.js';
 import type { LlamaConfig } from '../../models/config.js';
@@ -16,9 +17,9 @@ import { helpText, parse, UsageError, type CommandSpec } from '../args.js';
 export const spec: CommandSpec = {
   name: 'export',
   summary:
-    'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder or a llama.cpp LoRA .gguf.',
+    'Export an adapter (PEFT folder, LoRA .gguf or checkpoint) as a PEFT folder, a llama.cpp LoRA .gguf or an mlx-lm adapter folder.',
   usage:
-    'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft --out PATH [--adapter-dtype f32|f16|bf16]',
+    'qtune export --from DIR|FILE.gguf --model BASE --format gguf|peft|mlx --out PATH [--adapter-dtype f32|f16|bf16]',
   flags: {
     from: {
       type: 'string',
@@ -26,7 +27,10 @@ export const spec: CommandSpec = {
       aliases: ['adapter'], // the name eval, generate and merge give it
     },
     model: { type: 'string', help: 'the base model folder or .gguf (required: its shapes and heads)' },
-    format: { type: 'string', help: 'gguf or peft (required)' },
+    format: {
+      type: 'string',
+      help: 'gguf, peft or mlx (mlx-lm: adapters.safetensors + adapter_config.json) (required)',
+    },
     out: { type: 'string', help: 'the .gguf file or folder to write (required)' },
     'adapter-dtype': {
       type: 'string',
@@ -57,10 +61,10 @@ export function run(argv: string[], out: (s: string) => void): number {
   const dest = values['out'];
   if (typeof from !== 'string') throw new UsageError('export: --from is required');
   if (typeof model !== 'string') throw new UsageError('export: --model is required', 'the base model');
-  if (format !== 'gguf' && format !== 'peft')
+  if (format !== 'gguf' && format !== 'peft' && format !== 'mlx')
     throw new UsageError(
-      `export: --format=${String(format)} is not gguf or peft`,
-      'use --format gguf or --format peft',
+      `export: --format=${String(format)} is not gguf or peft or mlx`,
+      'use --format gguf, --format peft or --format mlx',
     );
   if (typeof dest !== 'string') throw new UsageError('export: --out is required');
   const dtype = values['adapter-dtype'];
@@ -77,6 +81,8 @@ export function run(argv: string[], out: (s: string) => void): number {
     if (!dest.endsWith('.gguf'))
       throw new UsageError(`export: --out ${dest} must end with .gguf for --format gguf`);
     saveGgufLoraAdapter(dest, data, config, { dtype: adapterDType });
+  } else if (format === 'mlx') {
+    saveMlxAdapter(dest, data, config);
   } else {
     savePeftAdapter(dest, data, { dtype: adapterDType });
   }

@@ -171,9 +171,13 @@ function deviceMemoryLine(d: DeviceMemory): string {
  * The trained adapter or model, written into `dir`. A failure (a full disk) is one line that says the
  * last checkpoint holds the trained weights and how to write them from it.
  */
-function saveOutputs(trainer: Trainer, dir: string, adapterDType: AdapterDType): string[] {
+function saveOutputs(
+  trainer: Trainer,
+  dir: string,
+  o: { adapterDType: AdapterDType; mlx: boolean },
+): string[] {
   try {
-    return trainer.saveOutputs(dir, { adapterDType });
+    return trainer.saveOutputs(dir, o);
   } catch (e) {
     const last = path.join(dir, `checkpoint-${trainer.globalStep}`);
     if (!(e instanceof FileSystemError) || !existsSync(last)) throw e;
@@ -398,7 +402,12 @@ async function trainLogged(
       );
     // the best checkpoint's weights into the model, then saved as the run's outputs (as HF's Trainer)
     if (writer && chosen !== null && chosen.step !== trainer.globalStep) trainer.loadCheckpoint(chosen.path);
-    const written = writer ? saveOutputs(trainer, c.output_dir, c.adapter_dtype as AdapterDType) : [];
+    const written = writer
+      ? saveOutputs(trainer, c.output_dir, {
+          adapterDType: c.adapter_dtype as AdapterDType,
+          mlx: c.mlx_adapter,
+        })
+      : [];
     if (writer)
       written.push(
         ...writeRunFiles(c.output_dir, {
