@@ -61,7 +61,7 @@ describe('MPI outside a launcher', () => {
   it('a missing MPI library is one line naming the package, exit code 2', () => {
     const config = [
       '--model',
-      'nowhere',
+      'org/never-loaded', // a Hub id: the MPI library is loaded before any model
       '--dataset',
       path.join(ROOT, 'data', 'style.jsonl'),
       '--batch_size',
