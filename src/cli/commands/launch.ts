@@ -98,7 +98,17 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   // the ranks never build the native engine themselves (src/engine/auto-build.ts): build it here
   ensureNativeEngine((line) => console.error(line));
   const child = spawn(plan.command, plan.args, { stdio: 'inherit', env: { ...process.env, ...plan.env } });
-  const forward = (signal: NodeJS.Signals) => () => child.kill(signal);
+  // mpirun ends every rank on SIGINT or SIGTERM; the ranks keep no checkpoint of the step reached
+  // (one that stopped alone would leave the others waiting), so the line says what stays
+  let told = false;
+  const forward = (signal: NodeJS.Signals) => () => {
+    if (!told)
+      console.error(
+        `qtune launch: ${signal}: ending the job; a data-parallel job writes no checkpoint when stopped: resume_from_checkpoint: latest continues from its last checkpoint-N (save_steps)`,
+      );
+    told = true;
+    child.kill(signal);
+  };
   const onTerm = forward('SIGTERM');
   const onInt = forward('SIGINT');
   process.on('SIGTERM', onTerm);
