@@ -129,6 +129,7 @@ describe('qtune train: SIGINT and SIGTERM', { timeout: 4 * WAIT_MS }, () => {
     const [, command] = /^resume with: (.*)$/m.exec(run.stdout) ?? [];
     assert.ok(command !== undefined, run.output);
     const words = shellWords(command);
+    assert.match(readFileSync(path.join(out, 'train.log'), 'utf8'), /^resume with: qtune train /m);
     assert.deepEqual(words.slice(0, 2), ['qtune', 'train']);
     assert.deepEqual(words.slice(-2), ['--resume_from_checkpoint', checkpoint]);
 
