@@ -439,7 +439,9 @@ export async function runYielding<T>(loop: Generator<void, T>): Promise<T> {
   for (;;) {
     const r = loop.next();
     if (r.done === true) return r.value;
-    // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step
+    // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step; twice,
+    // so that what a handler (a SIGINT's, in the poll phase) defers with setImmediate runs first too
+    await new Promise((resolve) => setImmediate(resolve));
     await new Promise((resolve) => setImmediate(resolve));
   }
 }

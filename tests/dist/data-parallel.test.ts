@@ -8,6 +8,8 @@
  *   the all-reduce's bytes (4 bytes per trainable parameter plus 3 float64 totals);
  * - a rank killed mid-run ends the job within seconds, naming it; the last checkpoint resumes on 2
  *   ranks to the adapter an uninterrupted run reaches;
+ * - SIGINT to the launcher ends the job with one line (no checkpoint of the step reached), exit 130,
+ *   and the last checkpoint resumes;
  * - a stopped (hung) rank ends the job after dist_timeout, with exit code 124 and a message naming it.
  * Every rank uses one thread (the machine has 2 cores).
  */
@@ -209,6 +211,37 @@ describe('data-parallel training over MPI', { skip }, () => {
     assert.equal(alone.code, 0, alone.stderr);
     const d = maxDiff(adapter(dir), adapter(ref));
     assert.ok(d <= 1e-5, `resumed at step ${last}: the adapter differs from an uninterrupted run by ${d}`);
+  });
+
+  it('SIGINT to qtune launch ends the job with one line saying what stays, exit 130; latest resumes', async () => {
+    const dir = path.join(tmp, 'interrupted');
+    const job = startQtune([
+      ...['launch', '-n', '2', '--', 'train'],
+      ...args(dir, ['--max_steps', '1000', '--save_steps', '1', '--dist_timeout', '120']),
+    ]);
+    try {
+      await waitFor('checkpoint-2', 120_000, () => checkpoints(dir).includes(2));
+      job.child.kill('SIGINT');
+      const r = await job.done;
+      assert.equal(r.code, 130, r.stderr);
+      assert.match(
+        r.stderr,
+        /^qtune launch: SIGINT: ending the job; a data-parallel job writes no checkpoint when stopped: resume_from_checkpoint: latest continues/m,
+      );
+    } finally {
+      job.child.kill('SIGKILL');
+    }
+    const last = checkpoints(dir).at(-1)!;
+    const resumed = qtune(
+      [
+        ...['launch', '-n', '2', '--', 'train'],
+        ...args(dir, ['--max_steps', String(last + 1), '--resume_from_checkpoint', 'latest']),
+      ],
+      {},
+      300_000,
+    );
+    assert.equal(resumed.code, 0, resumed.stdout + resumed.stderr);
+    assert.match(resumed.stdout, new RegExp(`resumed from .*checkpoint-${last} at step ${last}`));
   });
 
   it('a hung rank ends the job after dist_timeout, naming it', async () => {

@@ -16,6 +16,7 @@ import { physicalCores } from '../../engine/paths.js';
 import { splitGlobalBatch } from '../../train/parallel.js';
 import { UsageError, helpText, intFlag, parse, type CommandSpec } from '../args.js';
 import { readConfigFile, resolveTrainConfig } from '../train-config.js';
+import { signalExitCode, type StopSignal } from '../stop-on-signal.js';
 import { readFlags } from './train.js';
 
 export const spec: CommandSpec = {
@@ -98,7 +99,18 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   // the ranks never build the native engine themselves (src/engine/auto-build.ts): build it here
   ensureNativeEngine((line) => console.error(line));
   const child = spawn(plan.command, plan.args, { stdio: 'inherit', env: { ...process.env, ...plan.env } });
-  const forward = (signal: NodeJS.Signals) => () => child.kill(signal);
+  // mpirun ends every rank on SIGINT or SIGTERM; the ranks keep no checkpoint of the step reached
+  // (one that stopped alone would leave the others waiting), so the line says what stays
+  // (and the launcher exits with 130 or 143, as `qtune train` does, whatever mpirun's own code)
+  let received: StopSignal | null = null;
+  const forward = (signal: StopSignal) => () => {
+    if (received === null)
+      console.error(
+        `qtune launch: ${signal}: ending the job; a data-parallel job writes no checkpoint when stopped: resume_from_checkpoint: latest continues from its last checkpoint-N (save_steps)`,
+      );
+    received ??= signal;
+    child.kill(signal);
+  };
   const onTerm = forward('SIGTERM');
   const onInt = forward('SIGINT');
   process.on('SIGTERM', onTerm);
@@ -107,7 +119,8 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
     return await new Promise<number>((resolve, reject) => {
       child.on('error', reject);
       child.on('exit', (code, signal) => {
-        resolve(code ?? 128 + (signal === null ? 0 : os.constants.signals[signal]));
+        if (received !== null) resolve(signalExitCode(received));
+        else resolve(code ?? 128 + (signal === null ? 0 : os.constants.signals[signal]));
       });
     });
   } finally {

@@ -2,7 +2,7 @@
  * `qtune train --config run.yaml [--key value ...]`: data file to fine-tuned adapter in one command.
  * Every option of the config (see `qtune train --help`) can also be given as a flag, which wins.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { BackendManager } from '../../backends/manager.js';
 import { loadDataset } from '../../data/dataset.js';
@@ -31,6 +31,7 @@ import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
 import { TrainLog } from '../train-log.js';
+import { resumeCommand, signalExitCode, stopOnSignal } from '../stop-on-signal.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -188,6 +189,19 @@ function saveOutputs(
   }
 }
 
+/** What `qtune train` prints on stderr at a first and at a second SIGINT or SIGTERM. */
+function signalLines(trainer: Trainer, dir: string): Parameters<typeof stopOnSignal>[0] {
+  return {
+    notice: (s) =>
+      `qtune: ${s}: stopping after step ${trainer.globalStep} with a checkpoint; ${s === 'SIGINT' ? 'press Ctrl-C' : 'send it'} again to quit at once`,
+    early: (s) => {
+      const last = existsSync(dir) ? readdirSync(dir).filter((d) => /^checkpoint-\d+$/.test(d)) : [];
+      const n = last.map((d) => Number(d.slice(11))).sort((a, b) => b - a)[0];
+      return `qtune: ${s} again: quit at once; ${n === undefined ? 'no checkpoint was written' : `the last checkpoint is ${path.join(dir, `checkpoint-${n}`)}`}`;
+    },
+  };
+}
+
 export async function run(argv: string[], out: (s: string) => void): Promise<number> {
   const { config: file, help: wantsHelp, flags } = readFlags(argv);
   if (wantsHelp) {
@@ -200,7 +214,7 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   const comm = connect({ timeoutS: c.dist_timeout });
   let code: number;
   try {
-    code = await train(c, comm, comm.rank === 0 ? out : () => undefined);
+    code = await train(c, comm, comm.rank === 0 ? out : () => undefined, argv);
   } catch (e) {
     if (comm.size > 1) failJob(comm, e);
     comm.finalize();
@@ -210,7 +224,12 @@ export async function run(argv: string[], out: (s: string) => void): Promise<num
   return code;
 }
 
-async function train(c: TrainConfig, comm: Communicator, out: (s: string) => void): Promise<number> {
+async function train(
+  c: TrainConfig,
+  comm: Communicator,
+  out: (s: string) => void,
+  argv: readonly string[],
+): Promise<number> {
   const manager = new BackendManager();
   const threads = rankThreads(c.threads, comm);
   if (threads !== null) manager.setThreads(threads);
@@ -220,7 +239,7 @@ async function train(c: TrainConfig, comm: Communicator, out: (s: string) => voi
     return device;
   });
   try {
-    return await trainOn(c, comm, manager, out);
+    return await trainOn(c, comm, manager, out, argv);
   } finally {
     for (const device of capped) setMemoryLimit(device, null);
   }
@@ -231,6 +250,7 @@ async function trainOn(
   comm: Communicator,
   manager: BackendManager,
   out: (s: string) => void,
+  argv: readonly string[],
 ): Promise<number> {
   // rank 0 writes every file of the run; the others only train
   const writer = comm.rank === 0;
@@ -239,7 +259,7 @@ async function trainOn(
   // one run per folder: the lock is taken, and an earlier run refused, before anything is loaded
   const unlock = writer ? lockOutputFolder(c.output_dir) : () => undefined;
   try {
-    return await trainLocked(c, comm, manager, out);
+    return await trainLocked(c, comm, manager, out, argv);
   } finally {
     unlock();
   }
@@ -250,6 +270,7 @@ async function trainLocked(
   comm: Communicator,
   manager: BackendManager,
   print: (s: string) => void,
+  argv: readonly string[],
 ): Promise<number> {
   const writer = comm.rank === 0;
   // train.log: what the run prints, written once output_dir is made (train-log.ts)
@@ -259,7 +280,7 @@ async function trainLocked(
     log?.line(s);
   };
   try {
-    return await trainLogged(c, comm, manager, out, log);
+    return await trainLogged(c, comm, manager, out, log, argv);
   } catch (e) {
     log?.line(`qtune: error: ${errorLine(e)}`);
     try {
@@ -282,6 +303,7 @@ async function trainLogged(
   manager: BackendManager,
   out: (s: string) => void,
   log: TrainLog | null,
+  argv: readonly string[],
 ): Promise<number> {
   const devices = deviceRequest(c);
   const writer = comm.rank === 0;
@@ -380,16 +402,32 @@ async function trainLogged(
       if (r.kind === 'checkpoint') log?.flush();
     };
     let result;
+    // one process: SIGINT/SIGTERM stop at the step boundary with a checkpoint (cli/stop-on-signal.ts);
+    // a data-parallel job's ranks keep the default action (`qtune launch` says what stays)
+    const stop = comm.size === 1 ? stopOnSignal(signalLines(trainer, c.output_dir)) : null;
     try {
       if (resumeDir !== null) {
         trainer.loadCheckpoint(resumeDir); // a changed setting: a `resume:` line and a metrics.jsonl row
         out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
         if (writer) best.seed(c.output_dir, trainer.globalStep);
       }
-      result = trainer.train();
+      result = await trainer.trainAsync(stop === null ? {} : { signal: stop.signal });
     } catch (e) {
       await logger.close();
       throw e;
+    } finally {
+      stop?.dispose();
+    }
+    if (result.aborted && stop?.received != null) {
+      progress?.close(result);
+      await logger.close(result);
+      const kept = path.join(c.output_dir, `checkpoint-${trainer.globalStep}`);
+      out(
+        `stopped by ${stop.received} at step ${trainer.globalStep} of ${trainer.totalSteps}; ${kept} holds it`,
+      );
+      out(`resume with: ${resumeCommand(argv, kept)}`);
+      log?.flush();
+      return signalExitCode(stop.received);
     }
     progress?.close(result);
     if (prepared.model.isSplit) for (const d of result.memory.devices) out(deviceMemoryLine(d));
