@@ -23,7 +23,7 @@ export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3' | 'gemma3'
 /** The tokenizer packages; `gemma3` (242 MB installed) is a development dependency, installed on demand. */
 export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3', 'gemma3'];
 
-export type TinyFamily = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
+export type TinyFamily = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
 
 /**
  * What each family's tiny model is like by default, as the real models of the family are: its
@@ -35,6 +35,12 @@ export const TINY_FAMILIES: Record<
   { tokenizer: TinyTokenizer; tied: boolean; headDimFactor: number; about: string }
 > = {
   llama: { tokenizer: 'llama2', tied: false, headDimFactor: 1, about: 'untied embeddings, as TinyLlama' },
+  mistral: {
+    tokenizer: 'llama2', // Mistral-7B v0.1's vocabulary is Llama 2's
+    tied: false,
+    headDimFactor: 1,
+    about: "a 4096-token sliding window, untied, as Mistral-7B v0.1; Llama 2's tokenizer",
+  },
   qwen2: {
     tokenizer: 'qwen2_5',
     tied: true,
@@ -133,7 +139,11 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     rms_norm_eps: 1e-6,
     rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : family === 'gemma3_text' ? 1e6 : 10000),
     // Gemma 3 1B's window (its layers slide but each 6th, HF's default pattern)
-    ...(family === 'gemma3_text' ? { sliding_window: 512 } : {}),
+    ...(family === 'gemma3_text'
+      ? { sliding_window: 512 }
+      : family === 'mistral'
+        ? { sliding_window: 4096 }
+        : {}),
     max_position_embeddings: o.maxPositionEmbeddings ?? 2048,
     tie_word_embeddings: o.tieWordEmbeddings ?? fam.tied,
     rope_scaling: o.ropeScaling ?? null,

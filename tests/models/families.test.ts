@@ -63,6 +63,14 @@ const LLAMA_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_
 
 const FAMILIES: FamilyCase[] = [
   {
+    family: 'mistral',
+    arch: 'llama', // as llama.cpp's converter writes Mistral
+    fixture: 'mistral_sliding_window', // training runs 32 tokens through a window of 5
+    targets: LLAMA_TARGETS,
+    extraGgufTensors: [],
+    chat: "Llama 2's tokenizer has no chat template or chat tokens (Mistral's [INST] is plain text)",
+  },
+  {
     family: 'qwen3',
     arch: 'qwen3',
     fixture: 'qwen3_qk_norm',
