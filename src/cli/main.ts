@@ -12,6 +12,7 @@ import { closestName } from '../util/names.js';
 import { UsageError, exitCodeOf, type CommandSpec } from './args.js';
 import * as backends from './commands/backends.js';
 import * as chat from './commands/chat.js';
+import * as dashboard from './commands/dashboard.js';
 import * as bench from './commands/bench.js';
 import * as demo from './commands/demo.js';
 import * as engine from './commands/engine.js';
@@ -36,6 +37,7 @@ const COMMANDS: Record<string, Command> = {
   train,
   launch,
   eval: evalCommand,
+  dashboard,
   quickstart,
   demo,
   generate,

@@ -273,6 +273,18 @@ export const TRAIN_OPTIONS = {
     choices: ['tensorboard', 'wandb'],
     help: 'also log to tensorboard and/or wandb',
   },
+  dashboard: {
+    kind: 'boolean',
+    default: false,
+    help: 'serve a live page of the run on 127.0.0.1 (charts, config, checkpoints, samples); see docs/dashboard.md',
+  },
+  dashboard_port: {
+    kind: 'int',
+    default: 0,
+    min: 0,
+    max: 65535,
+    help: "the dashboard's port on 127.0.0.1 (0: any free port; the address is printed on stderr)",
+  },
   dist_timeout: {
     kind: 'number',
     default: 600,

@@ -72,6 +72,25 @@ describe('the npm package', () => {
     assert.ok(![...files].some((f) => f.startsWith('dist/tests/')), 'the tests are not shipped');
   });
 
+  it("the tarball ships the dashboard's page, server and worker, and its chart library is a dependency", () => {
+    const r = npm(['pack', '--dry-run', '--json', '--ignore-scripts'], ROOT, 60_000);
+    assert.equal(r.code, 0, r.out);
+    const json = r.out.slice(r.out.indexOf('['), r.out.lastIndexOf(']') + 1);
+    const files = new Set((JSON.parse(json) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path));
+    for (const f of ['page', 'server', 'worker', 'start', 'run-reader'])
+      assert.ok(
+        files.has(`dist/src/report/dashboard/${f}.js`),
+        `dist/src/report/dashboard/${f}.js is not in the tarball`,
+      );
+    // the server reads uplot's files with require.resolve, which the import scan above does not see
+    assert.ok(Object.hasOwn(PACKAGE.dependencies, 'uplot'), 'uplot is not a dependency');
+    const server = readFileSync(path.join(ROOT, 'dist', 'src', 'report', 'dashboard', 'server.js'), 'utf8');
+    const require = createRequire(path.join(ROOT, 'dist', 'src', 'report', 'dashboard', 'server.js'));
+    for (const name of server.matchAll(/uPlot\.[\w.]+\.(?:js|css)/g))
+      assert.ok(existsSync(require.resolve(`uplot/dist/${name[0]}`)), name[0]);
+    assert.ok(/uPlot\.iife\.min\.js/.test(server) && /uPlot\.min\.css/.test(server));
+  });
+
   it('dist/src imports only node built-ins and the dependencies of package.json', () => {
     const allowed = new Set([
       ...Object.keys(PACKAGE.dependencies),

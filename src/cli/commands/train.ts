@@ -30,6 +30,8 @@ import { UsageError, type CommandSpec } from '../args.js';
 import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
+import { startTrainDashboard } from '../train-dashboard.js';
+import type { DashboardHandle } from '../../report/dashboard/start.js';
 import { TrainLog } from '../train-log.js';
 import { resumeCommand, signalExitCode, stopOnSignal } from '../stop-on-signal.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
@@ -305,13 +307,32 @@ async function trainLogged(
   log: TrainLog | null,
   argv: readonly string[],
 ): Promise<number> {
-  const devices = deviceRequest(c);
   const writer = comm.rank === 0;
   if (writer)
     checkEarlierRun(c.output_dir, {
       overwrite: c.overwrite_output_dir,
       resume: c.resume_from_checkpoint !== null,
     });
+  // the live page (report/dashboard) on a worker thread: it answers while a step holds this one
+  const dash = writer && c.dashboard ? await startTrainDashboard(c, log) : null;
+  try {
+    return await trainWatched(c, comm, manager, out, log, argv, dash);
+  } finally {
+    await dash?.close();
+  }
+}
+
+async function trainWatched(
+  c: TrainConfig,
+  comm: Communicator,
+  manager: BackendManager,
+  out: (s: string) => void,
+  log: TrainLog | null,
+  argv: readonly string[],
+  dash: DashboardHandle | null,
+): Promise<number> {
+  const devices = deviceRequest(c);
+  const writer = comm.rank === 0;
   // "latest" with no checkpoint fails here, before a logger starts metrics.jsonl
   const resumeDir =
     c.resume_from_checkpoint === 'latest' ? latestCheckpoint(c.output_dir) : c.resume_from_checkpoint;
@@ -330,6 +351,11 @@ async function trainLogged(
   const where = prepared.model.backends.map((b) => b.name).join('+');
   if (prepared.model.isSplit)
     for (const line of describeDeviceMap(prepared.model.deviceMap)) out(`placement: ${line}`);
+  dash?.setOverride({
+    placement: prepared.model.isSplit
+      ? describeDeviceMap(prepared.model.deviceMap)
+      : [`${where}: the whole model`],
+  });
   let trainer: Trainer;
   try {
     if (prepared.tokenizer === null) throw new ConfigError(`model: ${c.model!} has no tokenizer`);
