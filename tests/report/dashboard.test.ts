@@ -330,7 +330,7 @@ const chromium = findChromium();
 
 describe('the page in headless Chromium', () => {
   it(
-    'after two steps every chart holds ≥ 2 points, an appended sample shows, and a screenshot is kept',
+    'after two steps every chart holds ≥ 2 points, an appended sample shows, a screenshot is kept, and a restarted server is picked up',
     {
       skip:
         chromium === null
@@ -389,12 +389,27 @@ describe('the page in headless Chromium', () => {
         assert.match(samples, /Name a colour of the sea\./);
         assert.match(samples, /Blue, and grey under clouds\./);
         assert.match(samples, /reward: 0\.5/);
-        mkdirSync(ARTIFACTS, { recursive: true });
         const png = await browser.screenshot();
         assert.deepEqual([...png.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+        mkdirSync(ARTIFACTS, { recursive: true });
         const file = path.join(ARTIFACTS, 'dashboard.png');
         writeFileSync(file, png);
         t.diagnostic(`screenshot: ${file}`);
+        // the server stops (the page is told: ended) and another starts on the same port: the page
+        // loads the run again by itself, with a row written meanwhile
+        const port = server.port;
+        await server.close();
+        await browser.waitFor("document.body.getAttribute('data-connection') === 'ended'", 30_000);
+        appendFileSync(path.join(dir, 'metrics.jsonl'), JSON.stringify(sampleRow(3)) + '\n');
+        const again = await DashboardServer.start({ outputDir: dir, port, portField: '--port', pollMs: 100 });
+        try {
+          await browser.waitFor(
+            "document.getElementById('samples').getAttribute('data-samples') === '2' && document.body.getAttribute('data-connection') === 'live'",
+            30_000,
+          );
+        } finally {
+          await again.close();
+        }
       } finally {
         await browser.close();
         await server.close();

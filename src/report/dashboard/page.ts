@@ -2,7 +2,7 @@
  * The dashboard's page: one HTML file with its script inline and uPlot (`/uplot.js`, served from the
  * uplot package) for the charts, so it works with no network. It reads `/api/run`, then follows
  * `/api/events`; when the stream drops it reconnects (the browser's EventSource, with Last-Event-ID),
- * and when the server restarts it loads the run again. Each chart's figure carries the number of
+ * and when the server stops or restarts it tries `/api/run` every 3 s and loads the run again. Each chart's figure carries the number of
  * points it draws (`data-points`, its first series; `data-total`, all), and the body the number of
  * records and the connection state, so a test (or a script) can read the page from its DOM.
  */
@@ -194,6 +194,10 @@ const SCRIPT = String.raw`
     if (!pending) { pending = true; setTimeout(render, 50); }
   }
 
+  function showEnded() {
+    setConnection('ended', 'the dashboard stopped with its run; qtune dashboard OUTPUT_DIR shows it again');
+  }
+
   function connect(from) {
     if (source !== null) source.close();
     var es = source = new EventSource('/api/events?from=' + from);
@@ -210,7 +214,9 @@ const SCRIPT = String.raw`
     es.addEventListener('end', function () {
       ended = true;
       es.close();
-      setConnection('ended', 'the dashboard stopped with its run; qtune dashboard OUTPUT_DIR shows it again');
+      showEnded();
+      // a qtune dashboard started later on the same port is picked up
+      setTimeout(load, 3000);
     });
     es.onerror = function () {
       if (ended) return;
@@ -225,12 +231,14 @@ const SCRIPT = String.raw`
       if (!res.ok) throw new Error('HTTP ' + res.status);
       return res.json();
     }).then(function (run) {
+      ended = false;
       records = run.records;
       setInfo(run);
       render();
       connect(records.length);
     }).catch(function () {
-      setConnection('reconnecting', 'no server, retrying');
+      if (ended) showEnded();
+      else setConnection('reconnecting', 'no server, retrying');
       setTimeout(load, 3000);
     });
   }
