@@ -71,6 +71,22 @@ const FAMILIES: FamilyCase[] = [
     chat: "Llama 2's tokenizer has no chat template or chat tokens (Mistral's [INST] is plain text)",
   },
   {
+    family: 'qwen2',
+    arch: 'qwen2',
+    fixture: 'qwen2_bias_tied',
+    targets: LLAMA_TARGETS,
+    extraGgufTensors: ['blk.0.attn_q.bias', 'blk.0.attn_k.bias', 'blk.1.attn_v.bias'],
+    chat: {
+      messages: CONVERSATION,
+      // Qwen2.5's template: ChatML turns
+      text:
+        '<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nWhat is a whale?<|im_end|>\n' +
+        '<|im_start|>assistant\nA large sea mammal.<|im_end|>\n',
+      trained: 'A large sea mammal.<|im_end|>',
+      marker: '<|im_start|>',
+    },
+  },
+  {
     family: 'qwen3',
     arch: 'qwen3',
     fixture: 'qwen3_qk_norm',
