@@ -127,7 +127,15 @@ const FAMILIES: FamilyCase[] = [
     fixture: 'phi3_fused',
     targets: ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],
     extraGgufTensors: ['blk.0.attn_qkv.weight', 'blk.1.ffn_up.weight'],
-    chat: "the stand-in Llama 2 tokenizer lacks Phi-3's chat tokens (<|user|>, <|end|>)",
+    chat: {
+      messages: CONVERSATION,
+      // Phi-3-mini's template, its chat tokens added to the stand-in Llama 2 tokenizer by init-tiny
+      text:
+        '<|system|>\nYou answer briefly.<|end|>\n<|user|>\nWhat is a whale?<|end|>\n' +
+        '<|assistant|>\nA large sea mammal.<|end|>\n<|endoftext|>',
+      trained: 'A large sea mammal.<|end|>',
+      marker: '<|user|>',
+    },
   },
   {
     family: 'gemma3_text',
