@@ -26,7 +26,7 @@ import {
   LIB_PREFIX,
   NODE_LLAMA_CPP_VERSION,
   cpuIdentity,
-  findPrebuiltPackages,
+  enginePackages,
   gpuBackendFiles,
   prebuiltFiles,
   releaseOf,
@@ -164,6 +164,8 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       { hint: 'unset one of them: a native build has no variants' },
     );
   }
+  const packagesDir = process.env['QTUNE_ENGINE_PACKAGES']; // checked by enginePackages()
+  const wantsPackages = packagesDir !== undefined && packagesDir !== '';
   const nativeDir = nativeEngineDir();
   const nativeRegistry = `${LIB_PREFIX}ggml${LIB_EXT}`;
   const hasNative =
@@ -177,8 +179,8 @@ function choosePrimary(packages: PrebuiltPackage[]): Primary {
       },
     );
   }
-  // a chosen prebuilt variant (QTUNE_CPU_VARIANT) implies the prebuilt engine
-  if (hasNative && want !== 'prebuilt' && !wantsVariant) {
+  // a chosen prebuilt variant (QTUNE_CPU_VARIANT) or package folder (QTUNE_ENGINE_PACKAGES) implies the prebuilt engine
+  if (hasNative && want !== 'prebuilt' && !wantsVariant && !wantsPackages) {
     const cudaFile = path.join(nativeDir, `${LIB_PREFIX}ggml-cuda${LIB_EXT}`);
     const linked = ['ggml-cpu', 'ggml-blas', 'ggml-metal']
       .map((n) => path.join(nativeDir, `${LIB_PREFIX}${n}${LIB_EXT}`))
@@ -267,7 +269,7 @@ function chooseCpuVariant(files: PrebuiltFiles): CpuVariant | null {
 }
 
 function loadEngine(): Engine {
-  const packages = findPrebuiltPackages();
+  const packages = enginePackages();
   const primary = choosePrimary(packages);
   const basePath = path.join(primary.dir, `${LIB_PREFIX}ggml-base${LIB_EXT}`);
   let api: GgmlApi;

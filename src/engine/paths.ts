@@ -138,6 +138,43 @@ export function findPrebuiltPackages(
   return found;
 }
 
+/**
+ * The prebuilt packages the engine loads: those in QTUNE_ENGINE_PACKAGES, a folder where npm installed
+ * `@node-llama-cpp/*` packages (`npm install --prefix DIR ...`), when it is set — how CI runs a subset
+ * of the suite on 3.21.1 beside the installed 3.22.1 — else those installed with qtune. A folder that
+ * holds none of a known release is an error naming it. It implies the prebuilt engine.
+ */
+export function enginePackages(): PrebuiltPackage[] {
+  const dir = process.env['QTUNE_ENGINE_PACKAGES'];
+  if (dir === undefined || dir === '') return findPrebuiltPackages();
+  if (process.env['QTUNE_ENGINE'] === 'native') {
+    throw new QtuneError(
+      'INVALID_ARGUMENT',
+      `QTUNE_ENGINE_PACKAGES=${dir} names prebuilt packages, but QTUNE_ENGINE=native`,
+      { hint: 'unset one of them: a native build loads no packages' },
+    );
+  }
+  const root = path.resolve(dir);
+  const names = prebuiltPackageNames().map((p) => p.name);
+  // only the folder's own node_modules (maybe links): resolving from it would also look in its parents
+  const packages = findPrebuiltPackages(
+    process.platform,
+    process.arch,
+    path.join(root, 'package.json'),
+  ).filter((p) => existsSync(path.join(root, 'node_modules', p.name)));
+  if (packages.length === 0) {
+    const known = ENGINE_RELEASES.map((r) => r.nodeLlamaCpp).join(' or ');
+    throw new QtuneError(
+      'INVALID_ARGUMENT',
+      `QTUNE_ENGINE_PACKAGES=${dir} holds none of ${names.join(', ')} at release ${known}`,
+      {
+        hint: `install one there: npm install --no-save --prefix ${dir} ${names[0]!}@${pinnedRelease().nodeLlamaCpp}`,
+      },
+    );
+  }
+  return packages;
+}
+
 /** The GPU backend library (`libggml-vulkan.so`, `libggml-metal.so`, `ggml-cuda.dll`) of each GPU package that has one. */
 export function gpuBackendFiles(
   packages: PrebuiltPackage[],

@@ -60,10 +60,11 @@ export const TINY_FAMILIES: Record<
     about: 'no RoPE in every 4th layer, tied, as SmolLM3-3B; Llama 3 tokenizer stands in',
   },
   phi3: {
-    tokenizer: 'llama2', // Phi-3's vocabulary is Llama 2's plus its chat tokens, which this one lacks
+    tokenizer: 'llama2', // Phi-3's vocabulary is Llama 2's plus its chat tokens, which init-tiny adds
     tied: false,
     headDimFactor: 1,
-    about: 'fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer stands in',
+    about:
+      "fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer with Phi-3's chat tokens and template",
   },
   gemma3_text: {
     tokenizer: 'gemma3',
@@ -95,11 +96,13 @@ export interface TinyModelOptions {
   initStd?: number;
 }
 
-/** The tokenizer files of an npm tokenizer package. */
-export function tinyTokenizerFiles(name: TinyTokenizer): {
+interface TokenizerFiles {
   tokenizerJson: string;
   tokenizerConfigJson: string;
-} {
+}
+
+/** The tokenizer files of an npm tokenizer package. */
+export function tinyTokenizerFiles(name: TinyTokenizer): TokenizerFiles {
   const require = createRequire(import.meta.url);
   let dir: string;
   try {
@@ -116,12 +119,62 @@ export function tinyTokenizerFiles(name: TinyTokenizer): {
   };
 }
 
+/**
+ * Phi-3-mini's tokenizer: Llama 2's vocabulary, the special tokens Phi-3 adds at ids 32000–32010
+ * (`<|endoftext|>`, its EOS, and the chat tokens `<|assistant|>`, `<|system|>`, `<|end|>`, `<|user|>`,
+ * with placeholders between them, as its tokenizer.json lists them) and its chat template. No npm
+ * package has Phi-3's tokenizer; with these the stand-in renders and masks Phi-3's real chat format.
+ */
+const PHI3_ADDED = [
+  '<|endoftext|>',
+  '<|assistant|>',
+  '<|placeholder1|>',
+  '<|placeholder2|>',
+  '<|placeholder3|>',
+  '<|placeholder4|>',
+  '<|system|>',
+  '<|end|>',
+  '<|placeholder5|>',
+  '<|placeholder6|>',
+  '<|user|>',
+];
+const PHI3_CHAT_TEMPLATE =
+  "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\n' + message['content'] + '<|end|>\n'}}" +
+  "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}" +
+  "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}" +
+  "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}";
+
+function phi3TokenizerFiles(llama2: TokenizerFiles): TokenizerFiles {
+  const json = JSON.parse(llama2.tokenizerJson) as { added_tokens: Record<string, unknown>[] };
+  const config = JSON.parse(llama2.tokenizerConfigJson) as Record<string, unknown>;
+  const decoder = config['added_tokens_decoder'] as Record<string, unknown>;
+  PHI3_ADDED.forEach((content, i) => {
+    const token = {
+      content,
+      lstrip: false,
+      normalized: false,
+      rstrip: false,
+      single_word: false,
+      special: true,
+    };
+    json.added_tokens.push({ id: 32000 + i, ...token });
+    decoder[String(32000 + i)] = token;
+  });
+  config['eos_token'] = '<|endoftext|>';
+  config['pad_token'] = '<|endoftext|>';
+  config['chat_template'] = PHI3_CHAT_TEMPLATE;
+  return { tokenizerJson: JSON.stringify(json), tokenizerConfigJson: JSON.stringify(config) };
+}
+
 /** Writes a tiny model folder and returns its config. */
 export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaConfig {
   const family = o.family ?? 'llama';
   const fam = TINY_FAMILIES[family];
   const tokName = o.tokenizer ?? fam.tokenizer;
-  const files = tinyTokenizerFiles(tokName);
+  const files =
+    family === 'phi3' && tokName === 'llama2'
+      ? phi3TokenizerFiles(tinyTokenizerFiles(tokName))
+      : tinyTokenizerFiles(tokName);
   const tokConfig = JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>;
   if (typeof tokConfig['chat_template'] !== 'string') tokConfig['chat_template'] = DEFAULT_CHAT_TEMPLATE;
   const tokenizer = new Tokenizer(JSON.parse(files.tokenizerJson) as Record<string, unknown>, tokConfig);

@@ -71,6 +71,22 @@ const FAMILIES: FamilyCase[] = [
     chat: "Llama 2's tokenizer has no chat template or chat tokens (Mistral's [INST] is plain text)",
   },
   {
+    family: 'qwen2',
+    arch: 'qwen2',
+    fixture: 'qwen2_bias_tied',
+    targets: LLAMA_TARGETS,
+    extraGgufTensors: ['blk.0.attn_q.bias', 'blk.0.attn_k.bias', 'blk.1.attn_v.bias'],
+    chat: {
+      messages: CONVERSATION,
+      // Qwen2.5's template: ChatML turns
+      text:
+        '<|im_start|>system\nYou answer briefly.<|im_end|>\n<|im_start|>user\nWhat is a whale?<|im_end|>\n' +
+        '<|im_start|>assistant\nA large sea mammal.<|im_end|>\n',
+      trained: 'A large sea mammal.<|im_end|>',
+      marker: '<|im_start|>',
+    },
+  },
+  {
     family: 'qwen3',
     arch: 'qwen3',
     fixture: 'qwen3_qk_norm',
@@ -111,7 +127,15 @@ const FAMILIES: FamilyCase[] = [
     fixture: 'phi3_fused',
     targets: ['qkv_proj', 'o_proj', 'gate_up_proj', 'down_proj'],
     extraGgufTensors: ['blk.0.attn_qkv.weight', 'blk.1.ffn_up.weight'],
-    chat: "the stand-in Llama 2 tokenizer lacks Phi-3's chat tokens (<|user|>, <|end|>)",
+    chat: {
+      messages: CONVERSATION,
+      // Phi-3-mini's template, its chat tokens added to the stand-in Llama 2 tokenizer by init-tiny
+      text:
+        '<|system|>\nYou answer briefly.<|end|>\n<|user|>\nWhat is a whale?<|end|>\n' +
+        '<|assistant|>\nA large sea mammal.<|end|>\n<|endoftext|>',
+      trained: 'A large sea mammal.<|end|>',
+      marker: '<|user|>',
+    },
   },
   {
     family: 'gemma3_text',

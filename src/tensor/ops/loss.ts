@@ -139,7 +139,7 @@ export function linearCrossEntropy(
   const V = w.shape[0]!;
   const N = h.numel / C;
   const rows = Math.min(chunk, N);
-  const { target, flatIndex, weight } = labelInputs(g, op, labels, N, V, o, rows);
+  const { target, targetStride, flatIndex, weight } = labelInputs(g, op, labels, N, V, o, rows);
   const x = contiguous(reshape(h, [N, C])); // ne [C, N]
   const grad = g.isRecording && (x.requiresGrad || w.requiresGrad);
   const wantDh = grad && x.requiresGrad;
@@ -183,7 +183,7 @@ export function linearCrossEntropy(
     const wc = rowsOf(weight, r0, n);
     const gs = o.gradScale;
     const gwc = gs === undefined ? wc : f32((ctx) => api.mul(ctx, wc.ptr, gs.ptr), [n, 1]); // wᵢ·scale
-    const tc = rowsOf(target, r0, n);
+    const tc = rowsOf(target, (r0 / rows) * targetStride, n);
     const part = g.label('xent', () => rowsLoss(g, logits, tc, wc, grad));
     const lc = part.loss;
     const sofar: Tensor | null = loss;
@@ -318,10 +318,26 @@ function rowsGrad(g: Graph, probs: Tensor, gw: Tensor, target: Tensor, flatIndex
   );
 }
 
+/**
+ * Index rows per chunk in {@link LabelInputs.target} are a multiple of this, so that every chunk's
+ * view starts 256 bytes apart: the largest `minStorageBufferOffsetAlignment` Vulkan allows. The
+ * Vulkan backend of node-llama-cpp 3.21.1 (macOS and Windows' release) aborts on a `get_rows` whose
+ * index is a view at an offset that is not a multiple of the device's alignment (3.22.1 handles it).
+ */
+export const TARGET_ALIGN_ROWS = 64;
+
 /** The per-token inputs derived from the labels on the host (see {@link labelInputs}). */
 export interface LabelInputs {
-  /** `[N, 1]` i32: the label, with ignored positions replaced by 0. */
+  /**
+   * i32: the label, with ignored positions replaced by 0; chunk k's `rowsPerChunk` labels start at
+   * row k·targetStride (`[N, 1]` when there is one chunk). `get_rows` reads a chunk's view as its index.
+   */
   target: Tensor;
+  /**
+   * Rows from one chunk's labels to the next's in `target`: rowsPerChunk, rounded up to a multiple of
+   * {@link TARGET_ALIGN_ROWS} when there are several chunks (the default 256 rows stays as it is).
+   */
+  targetStride: number;
   /** `[N]` i32: the label's index in its chunk's flattened `[rows, V]` logits. */
   flatIndex: Tensor;
   /** `[N, 1]` f32: 1/count (mean) or 1 (sum) for counted tokens, 0 for ignored ones. */
@@ -350,11 +366,15 @@ export function labelInputs(
       { hint: 'use linearCrossEntropy with a smaller chunkTokens' },
     );
   }
-  const target = g.input([N, 1], 'i32', 'ce_target');
+  const chunks = Math.ceil(N / rowsPerChunk);
+  const stride =
+    chunks === 1 ? rowsPerChunk : Math.ceil(rowsPerChunk / TARGET_ALIGN_ROWS) * TARGET_ALIGN_ROWS;
+  const at = (i: number) => Math.floor(i / rowsPerChunk) * stride + (i % rowsPerChunk); // token i's row
+  const target = g.input([chunks === 1 ? N : chunks * stride, 1], 'i32', 'ce_target');
   const flatIndex = g.input([N], 'i32', 'ce_flat_index');
   const weight = g.input([N, 1], 'f32', 'ce_weight');
   g.onSet(labels, (data) => {
-    const t = new Int32Array(N);
+    const t = new Int32Array(target.numel); // padding rows stay 0: no chunk reads them
     const f = new Int32Array(N);
     const w = new Float32Array(N);
     let count = 0;
@@ -369,7 +389,7 @@ export function labelInputs(
           hint: `use token ids below the vocabulary size, or ${ignore} to ignore a position`,
         });
       }
-      t[i] = l;
+      t[at(i)] = l;
       f[i] = (i % rowsPerChunk) * V + l;
       count++;
     }
@@ -379,5 +399,5 @@ export function labelInputs(
     g.set(flatIndex, f);
     g.set(weight, w);
   });
-  return { target, flatIndex, weight };
+  return { target, targetStride: stride, flatIndex, weight };
 }
