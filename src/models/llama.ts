@@ -311,8 +311,9 @@ export class LlamaModel {
   /**
    * The forward pass up to the output layer: the final normed hidden state `[B, T, hidden]` and the
    * output layer's weight `[vocab, hidden]` as the forward would use it (cast to `headDType`), so
-   * `linear(hidden, head)` are the logits. For a loss that never holds all the logits at once
-   * (`linearCrossEntropy`, the trainer's default).
+   * {@link logits}`(hidden, head)` are the logits (`linear(hidden, head)`, then Gemma 2's soft-cap). For
+   * a loss that never holds all the logits at once (`linearCrossEntropy` with the config's
+   * `final_logit_softcapping` as its `softcap`, the trainer's default).
    */
   forwardHidden(g: Graph, ids: Tensor, o: ForwardOptions = {}): { hidden: Tensor; head: Tensor } {
     const c = this.config;
