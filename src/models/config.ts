@@ -235,8 +235,46 @@ function longRope(j: Json, r: Json, half: number): LongRopeScaling {
   };
 }
 
+/**
+ * Gemma3TextConfig's defaults (transformers): a multimodal checkpoint's `text_config` holds only the
+ * keys that differ from them.
+ */
+const GEMMA3_TEXT_DEFAULTS: Json = {
+  vocab_size: 262208,
+  hidden_size: 2304,
+  intermediate_size: 9216,
+  num_hidden_layers: 26,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000,
+  rope_local_base_freq: 10000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 4096,
+  max_position_embeddings: 131072,
+};
+
+/**
+ * The text model of a Gemma 3 multimodal config (`model_type: gemma3`, Gemma 3 4B and up): its
+ * `text_config` over Gemma3TextConfig's defaults, with the token ids and dtype of the outer config
+ * where the inner one lacks them. The vision tower's `vision_config` is not read.
+ */
+function gemma3TextConfig(j: Json): Json {
+  const t = j['text_config'];
+  if (t === null || typeof t !== 'object' || Array.isArray(t))
+    throw new ConfigError('config.json: model_type "gemma3" has no text_config object', {
+      hint: "a Gemma 3 multimodal config.json holds its text model's settings in text_config",
+    });
+  const outer: Json = {};
+  for (const k of ['bos_token_id', 'eos_token_id', 'pad_token_id', 'torch_dtype', 'tie_word_embeddings'])
+    if (j[k] !== undefined) outer[k] = j[k];
+  return { ...GEMMA3_TEXT_DEFAULTS, ...outer, ...(t as Json), model_type: 'gemma3_text' };
+}
+
 /** Parses and validates a `config.json` object. */
 export function parseLlamaConfig(j: Json): LlamaConfig {
+  if (j['model_type'] === 'gemma3') return parseLlamaConfig(gemma3TextConfig(j));
   const modelType = j['model_type'];
   if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
