@@ -13,9 +13,10 @@ tests/fixtures/lora-parity/<case>/ (lora, rslora, dora, patterns; the llama_gqa 
   adapter.safetensors                         <module>.lora_A, .lora_B (and DoRA's .lora_magnitude)
   grads.safetensors                           d(loss)/d(each of them)
 
-The model is written here from the math of Hugging Face's modeling_llama / _qwen2 / _qwen3 / _mistral / _smollm3 (RMSNorm,
-rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave, causal
-softmax, SwiGLU, Qwen3's per-head q/k RMSNorm, sliding windows, SmolLM3's NoPE layers), in float64 for the reference values, independently of qtune.
+The model is written here from the math of Hugging Face's modeling_llama / _qwen2 / _qwen3 / _mistral / _smollm3 / _phi3 /
+_gemma2 / _gemma3 (RMSNorm, rotate-half RoPE with llama3 frequency scaling, grouped-query attention by repeat_interleave,
+causal softmax, SwiGLU, Qwen3's per-head q/k RMSNorm, sliding windows, SmolLM3's NoPE layers, Gemma's GeGLU and
+sandwich norms, Gemma 2's soft-capping), in float64 for the reference values, independently of qtune.
 
 Run with Debian's PyTorch:   /usr/bin/python3 scripts/torch_reference.py && npx prettier --write tests/fixtures
 (or name the parity configurations to write only those: scripts/torch_reference.py qwen3_qk_norm)
@@ -91,6 +92,15 @@ CONFIGS = {
                                 max_position_embeddings=128, tie_word_embeddings=True,
                                 rope_scaling=dict(rope_type='linear', factor=8.0), sliding_window=5,
                                 sliding_window_pattern=2, query_pre_attn_scalar=24, hidden_activation='gelu_pytorch_tanh'),
+    # Gemma 2: Gemma 3's block without q/k norms and with one RoPE base, layer 0 local (window 5) and
+    # layer 1 global (HF's alternation), and both soft-caps small enough that tanh is far from linear:
+    # the scaled attention scores (|s| 0.6 on average, up to 2.7) capped at 0.5, the logits (|z| 0.6, up to 3.9) at 0.8
+    'gemma2_softcap': dict(model_type='gemma2', vocab_size=256, hidden_size=64, intermediate_size=128,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                           rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=128,
+                           tie_word_embeddings=True, rope_scaling=None, sliding_window=5,
+                           query_pre_attn_scalar=24, attn_logit_softcapping=0.5, final_logit_softcapping=0.8,
+                           hidden_activation='gelu_pytorch_tanh'),
 }
 B, T = 2, 12
 RANK, ALPHA = 8, 16
@@ -106,7 +116,7 @@ def weights(c, gen):
     H, K, C, F = c['num_attention_heads'], c['num_key_value_heads'], c['hidden_size'], c['intermediate_size']
     w = {}
     rnd = lambda *s: torch.randn(*s, generator=gen) * 0.1
-    gemma = c['model_type'] == 'gemma3_text'
+    gemma = c['model_type'] in ('gemma3_text', 'gemma2')
     one = 0 if gemma else 1  # Gemma stores a norm's weight as its offset from 1
     w['model.embed_tokens.weight'] = rnd(c['vocab_size'], C)
     for i in range(c['num_hidden_layers']):
@@ -198,7 +208,7 @@ def forward(c, w, lora, ids):
         s = c['max_position_embeddings'] / c['original_max_position_embeddings']
         att = math.sqrt(1 + math.log(s) / math.log(c['original_max_position_embeddings'])) if s > 1 else 1.0
         cos, sin = cos * att, sin * att
-    gemma = c['model_type'] == 'gemma3_text'
+    gemma = c['model_type'] in ('gemma3_text', 'gemma2')
 
     def norm(x, name):  # Gemma3RMSNorm scales by (1 + w)
         return rms_norm(x, (1 + w[name]) if gemma else w[name], c['rms_norm_eps'])
@@ -208,7 +218,7 @@ def forward(c, w, lora, ids):
         return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
     mask = torch.full((T, T), float('-inf')).triu(1)
     # HF's sliding-window overlay: key j is seen by query i when j > i - sliding_window
-    window = c.get('sliding_window') if c['model_type'] in ('mistral', 'gemma3_text') or c.get('use_sliding_window') else None
+    window = c.get('sliding_window') if c['model_type'] in ('mistral', 'gemma3_text', 'gemma2') or c.get('use_sliding_window') else None
     window_mask = mask if window is None else mask.masked_fill(torch.arange(T)[None, :] <= torch.arange(T)[:, None] - window, float('-inf'))
     first_window_layer = c.get('max_window_layers', 0) if c['model_type'] != 'mistral' else 0
 
@@ -235,8 +245,9 @@ def forward(c, w, lora, ids):
         x = x * math.sqrt(c['hidden_size'])
     for i in range(c['num_hidden_layers']):
         p = f'model.layers.{i}'
-        # Gemma 3: every pattern-th layer global, the others local (window, own RoPE base)
-        local = gemma and (i + 1) % c['sliding_window_pattern'] != 0
+        # Gemma 3: every pattern-th layer global, the others local (window, own RoPE base); Gemma 2:
+        # every other one (HF's layer_types default: sliding where (i + 1) % 2 != 0)
+        local = gemma and (i + 1) % c.get('sliding_window_pattern', 2) != 0
         n = norm(x, f'{p}.input_layernorm.weight')
         if c['model_type'] == 'phi3':  # one fused product, split into q, k, v
             q, k, v = lin(n, f'{p}.self_attn.qkv_proj').split([H * hd, K * hd, K * hd], dim=-1)
@@ -254,7 +265,11 @@ def forward(c, w, lora, ids):
         k = k.repeat_interleave(H // K, dim=1)
         v = v.repeat_interleave(H // K, dim=1)
         m = window_mask if (local if gemma else i >= first_window_layer) else mask
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(c.get('query_pre_attn_scalar', hd)) + m, dim=-1)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(c.get('query_pre_attn_scalar', hd))
+        if c.get('attn_logit_softcapping') is not None:  # Gemma 2: cap the scaled scores, then mask
+            cap = c['attn_logit_softcapping']
+            scores = cap * torch.tanh(scores / cap)
+        att = torch.softmax(scores + m, dim=-1)
         o = lin((att @ v).transpose(1, 2).reshape(B, T, H * hd), f'{p}.self_attn.o_proj')
         if gemma:  # Gemma's sandwich: norm the attention's output, and the MLP's input and output
             x = x + norm(o, f'{p}.post_attention_layernorm.weight')
@@ -273,7 +288,11 @@ def forward(c, w, lora, ids):
             x = x + lin(torch.nn.functional.silu(gate) * up, f'{p}.mlp.down_proj')
     x = norm(x, 'model.norm.weight')
     head = w['model.embed_tokens.weight'] if c['tie_word_embeddings'] else w['lm_head.weight']
-    return x @ head.T
+    logits = x @ head.T
+    if c.get('final_logit_softcapping') is not None:  # Gemma 2's capped logits
+        cap = c['final_logit_softcapping']
+        logits = cap * torch.tanh(logits / cap)
+    return logits
 
 
 def write_safetensors(path, tensors):

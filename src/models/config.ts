@@ -5,12 +5,15 @@
  * head before RoPE, no biases); SmolLM3 is `smollm3` (layers without RoPE, `no_rope_layers`);
  * Phi-3/3.5/4-mini are `phi3` (fused `qkv_proj` and `gate_up_proj`, longrope, partial rotary); Gemma 3
  * (text) is `gemma3_text` (GeGLU, (1 + w) norms around attention and MLP, scaled embeddings, q/k norms,
- * local layers with their own RoPE base and window beside global ones).
+ * local layers with their own RoPE base and window beside global ones); Gemma 2 is `gemma2` (Gemma 3's
+ * block without q/k norms, local and global layers alternating, attention scores and logits
+ * soft-capped).
  * Anything qtune does not implement is refused by name.
  */
 import { ConfigError } from '../errors.js';
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
+export type ModelType =
+  'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma2' | 'gemma3_text';
 export const MODEL_TYPES: readonly ModelType[] = [
   'llama',
   'mistral',
@@ -18,6 +21,7 @@ export const MODEL_TYPES: readonly ModelType[] = [
   'qwen3',
   'smollm3',
   'phi3',
+  'gemma2',
   'gemma3_text',
 ];
 
@@ -29,6 +33,7 @@ export const ARCHITECTURES: Record<ModelType, string> = {
   qwen3: 'Qwen3ForCausalLM',
   smollm3: 'SmolLM3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
+  gemma2: 'Gemma2ForCausalLM',
   gemma3_text: 'Gemma3ForCausalLM',
 };
 
@@ -105,10 +110,20 @@ export interface LlamaConfig {
   embedding_scale: number;
   /** The attention scores are scaled by its -½ power: Gemma's `query_pre_attn_scalar`, else head_dim. */
   query_pre_attn_scalar: number;
-  /** Gemma 3: which layers use the sliding window (`layer_types`, or every layer but each `sliding_window_pattern`th); null: from max_window_layers. */
+  /**
+   * Gemma: which layers use the sliding window (`layer_types`; else Gemma 3 slides on every layer but
+   * each `sliding_window_pattern`th, Gemma 2 on every other one from layer 0); null: from max_window_layers.
+   */
   layer_types: ('sliding_attention' | 'full_attention')[] | null;
   /** Gemma 3: the sliding layers' RoPE base (no scaling on them); null: every layer uses rope_theta. */
   rope_local_base_freq: number | null;
+  /**
+   * Gemma 2: the attention scores, already scaled, become cap·tanh(scores/cap) before the mask and
+   * the softmax (HF default 50); null: not capped.
+   */
+  attn_logit_softcapping: number | null;
+  /** Gemma 2: the logits become cap·tanh(logits/cap) (HF default 30); null: not capped. */
+  final_logit_softcapping: number | null;
   bos_token_id: number | null;
   eos_token_id: number[];
   pad_token_id: number | null;
@@ -165,15 +180,15 @@ function noRopeLayers(j: Json, layers: number): number[] {
 }
 
 /**
- * Gemma 3's `layer_types`, or, when absent, HF's rule from `sliding_window_pattern` (6): every
- * layer slides but each pattern-th, which attends globally.
+ * Gemma's `layer_types`, or, when absent, HF's rule from `sliding_window_pattern` (Gemma 3: 6; Gemma 2
+ * alternates, `every` 2): every layer slides but each pattern-th, which attends globally.
  */
-function layerTypes(j: Json, layers: number): ('sliding_attention' | 'full_attention')[] {
+function layerTypes(j: Json, layers: number, every: number): ('sliding_attention' | 'full_attention')[] {
   const v = j['layer_types'];
   if (v === undefined || v === null) {
-    const every = num(j, 'sliding_window_pattern', { int: true, min: 1, def: 6 });
+    const pattern = num(j, 'sliding_window_pattern', { int: true, min: 1, def: every });
     return Array.from({ length: layers }, (_, i) =>
-      (i + 1) % every === 0 ? 'full_attention' : 'sliding_attention',
+      (i + 1) % pattern === 0 ? 'full_attention' : 'sliding_attention',
     );
   }
   if (
@@ -220,25 +235,76 @@ function longRope(j: Json, r: Json, half: number): LongRopeScaling {
   };
 }
 
+/**
+ * Gemma3TextConfig's defaults (transformers): a multimodal checkpoint's `text_config` holds only the
+ * keys that differ from them.
+ */
+const GEMMA3_TEXT_DEFAULTS: Json = {
+  vocab_size: 262208,
+  hidden_size: 2304,
+  intermediate_size: 9216,
+  num_hidden_layers: 26,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  head_dim: 256,
+  rms_norm_eps: 1e-6,
+  rope_theta: 1000000,
+  rope_local_base_freq: 10000,
+  query_pre_attn_scalar: 256,
+  sliding_window: 4096,
+  max_position_embeddings: 131072,
+};
+
+/**
+ * The text model of a Gemma 3 multimodal config (`model_type: gemma3`, Gemma 3 4B and up): its
+ * `text_config` over Gemma3TextConfig's defaults, with the token ids and dtype of the outer config
+ * where the inner one lacks them. The vision tower's `vision_config` is not read.
+ */
+function gemma3TextConfig(j: Json): Json {
+  const t = j['text_config'];
+  if (t === null || typeof t !== 'object' || Array.isArray(t))
+    throw new ConfigError('config.json: model_type "gemma3" has no text_config object', {
+      hint: "a Gemma 3 multimodal config.json holds its text model's settings in text_config",
+    });
+  const outer: Json = {};
+  for (const k of ['bos_token_id', 'eos_token_id', 'pad_token_id', 'torch_dtype', 'tie_word_embeddings'])
+    if (j[k] !== undefined) outer[k] = j[k];
+  return { ...GEMMA3_TEXT_DEFAULTS, ...outer, ...(t as Json), model_type: 'gemma3_text' };
+}
+
 /** Parses and validates a `config.json` object. */
 export function parseLlamaConfig(j: Json): LlamaConfig {
+  if (j['model_type'] === 'gemma3') return parseLlamaConfig(gemma3TextConfig(j));
   const modelType = j['model_type'];
   if (typeof modelType !== 'string' || !(MODEL_TYPES as readonly string[]).includes(modelType)) {
     throw new ConfigError(`config.json: model_type "${String(modelType)}" is not supported`, {
-      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3, SmolLM3)`,
+      hint: `qtune supports ${MODEL_TYPES.join(', ')} (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3, SmolLM3, Phi-3/4-mini, Gemma 2, Gemma 3 text)`,
     });
   }
-  const gemma = modelType === 'gemma3_text';
+  const gemma2 = modelType === 'gemma2';
+  const gemma = modelType === 'gemma3_text' || gemma2;
   const act = j['hidden_activation'] ?? j['hidden_act'] ?? (gemma ? 'gelu_pytorch_tanh' : 'silu');
   if (act !== (gemma ? 'gelu_pytorch_tanh' : 'silu'))
     throw new ConfigError(`config.json: hidden_act ${JSON.stringify(act)} is not supported`, {
       hint: gemma ? 'Gemma uses gelu_pytorch_tanh' : 'Llama-family models use silu',
     });
-  for (const key of ['attn_logit_softcapping', 'final_logit_softcapping'])
-    if (j[key] !== undefined && j[key] !== null)
-      throw new ConfigError(`config.json: ${key} = ${JSON.stringify(j[key])} is not supported`, {
-        hint: 'qtune implements Gemma 3 (no soft-capping); Gemma 2 is not supported yet',
+  if (!gemma2)
+    for (const key of ['attn_logit_softcapping', 'final_logit_softcapping'])
+      if (j[key] !== undefined && j[key] !== null)
+        throw new ConfigError(`config.json: ${key} = ${JSON.stringify(j[key])} is not supported`, {
+          hint: `qtune soft-caps Gemma 2 (model_type gemma2) only; set ${key} to null for ${modelType}`,
+        });
+  // Gemma 2's caps: HF's defaults when absent, none when null
+  const cap = (key: string, def: number): number | null => {
+    if (!gemma2 || j[key] === null) return null;
+    const v = num(j, key, { def });
+    if (v <= 0)
+      throw new ConfigError(`config.json: ${key} = ${v} is not a positive number`, {
+        hint: `a soft-cap is cap·tanh(x/cap) with cap > 0 (Gemma 2: 50 for attention, 30 for logits); null turns it off`,
+        details: { field: key, value: v },
       });
+    return v;
+  };
   if (j['mlp_bias'] === true)
     throw new ConfigError('config.json: mlp_bias = true is not supported', {
       hint: 'Llama-family MLPs have no biases',
@@ -295,7 +361,8 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
   const layers = num(j, 'num_hidden_layers', { int: true, min: 1 });
   const window =
     modelType === 'mistral' || modelType === 'phi3' || gemma || (qwen && j['use_sliding_window'] === true)
-      ? j['sliding_window']
+      ? // Gemma 2's window unless told (HF's default; its config.json always has one)
+        (j['sliding_window'] ?? (gemma2 ? 4096 : null))
       : null;
   const eos = tokenIds(j['eos_token_id'], 'eos_token_id');
   const bos = tokenIds(j['bos_token_id'], 'bos_token_id');
@@ -316,9 +383,11 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     tie_word_embeddings: (j['tie_word_embeddings'] ?? gemma) === true,
     rope_scaling: ropeScaling,
     attention_bias: modelType === 'qwen2' || j['attention_bias'] === true,
-    qk_norm: modelType === 'qwen3' || gemma,
+    qk_norm: modelType === 'qwen3' || modelType === 'gemma3_text',
     sliding_window:
-      window === undefined || window === null ? null : num(j, 'sliding_window', { int: true, min: 1 }),
+      window === undefined || window === null
+        ? null
+        : num({ sliding_window: window }, 'sliding_window', { int: true, min: 1 }),
     max_window_layers: qwen ? num(j, 'max_window_layers', { int: true, min: 0, def: 28 }) : 0,
     no_rope_layers: modelType === 'smollm3' ? noRopeLayers(j, layers) : null,
     fused_projections: modelType === 'phi3',
@@ -328,8 +397,11 @@ export function parseLlamaConfig(j: Json): LlamaConfig {
     sandwich_norms: gemma,
     embedding_scale: gemma ? Math.sqrt(hidden) : 1,
     query_pre_attn_scalar: gemma ? num(j, 'query_pre_attn_scalar', { min: 1, def: headDim }) : headDim,
-    layer_types: gemma ? layerTypes(j, layers) : null,
-    rope_local_base_freq: gemma ? num(j, 'rope_local_base_freq', { min: 1, def: 10000 }) : null,
+    layer_types: gemma ? layerTypes(j, layers, gemma2 ? 2 : 6) : null,
+    rope_local_base_freq:
+      modelType === 'gemma3_text' ? num(j, 'rope_local_base_freq', { min: 1, def: 10000 }) : null,
+    attn_logit_softcapping: cap('attn_logit_softcapping', 50),
+    final_logit_softcapping: cap('final_logit_softcapping', 30),
     bos_token_id: bos[0] ?? null,
     eos_token_id: eos,
     pad_token_id: pad[0] ?? null,
@@ -360,10 +432,14 @@ export function configToJson(c: LlamaConfig): Json {
   if (c.model_type === 'llama' || c.model_type === 'qwen3' || c.model_type === 'smollm3')
     j['attention_bias'] = c.attention_bias;
   if (c.no_rope_layers !== null) j['no_rope_layers'] = c.no_rope_layers;
-  if (c.model_type === 'gemma3_text') {
+  if (c.model_type === 'gemma3_text' || c.model_type === 'gemma2') {
     j['query_pre_attn_scalar'] = c.query_pre_attn_scalar;
     j['layer_types'] = c.layer_types;
-    j['rope_local_base_freq'] = c.rope_local_base_freq;
+  }
+  if (c.model_type === 'gemma3_text') j['rope_local_base_freq'] = c.rope_local_base_freq;
+  if (c.model_type === 'gemma2') {
+    j['attn_logit_softcapping'] = c.attn_logit_softcapping;
+    j['final_logit_softcapping'] = c.final_logit_softcapping;
   }
   if (c.rope_dims !== c.head_dim) j['partial_rotary_factor'] = c.rope_dims / c.head_dim;
   if (c.rope_scaling?.rope_type === 'longrope')

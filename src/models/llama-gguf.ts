@@ -7,7 +7,8 @@
  *   HF row h·d + j·d/2 + i is GGUF row h·d + 2i + j (DESIGN.md §5). qtune computes in the HF layout,
  *   so it reorders on the way in and out; rows are whole (quantized blocks run along them), so this
  *   moves bytes without touching values. `qwen2` and `qwen3` (neox RoPE in llama.cpp) are not.
- * - Architectures: `llama` (also Mistral, as llama.cpp's converter writes it), `qwen2`, `qwen3`.
+ * - Architectures: `llama` (also Mistral, as llama.cpp's converter writes it), `qwen2`, `qwen3`,
+ *   `smollm3`, `phi3`, `gemma2` (with its soft-caps) and `gemma3`.
  * - Tokenizer: qtune writes llama.cpp's own tokenizer metadata and also the complete HF
  *   `tokenizer.json` as `tokenizer.huggingface.json`, and reads that back; for other files it uses a
  *   `tokenizer.json` beside the file, or rebuilds one from `tokenizer.ggml.*` (src/io/gguf-tokenizer.ts).
@@ -116,8 +117,8 @@ export function reorderRopeRows(bytes: Uint8Array, rows: number, heads: number, 
 }
 
 /** The GGUF architectures qtune reads and writes. */
-export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3';
-const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3', 'gemma3'];
+export type GgufArch = 'llama' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma2' | 'gemma3';
+const GGUF_ARCHS: readonly GgufArch[] = ['llama', 'qwen2', 'qwen3', 'smollm3', 'phi3', 'gemma2', 'gemma3'];
 
 /** llama.cpp's SmolLM3 leaves RoPE out of every layer `i` with `(i + 1) % 4 == 0`, and stores no list. */
 const SMOLLM3_NO_ROPE_STEP = 4;
@@ -215,6 +216,14 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
     j['partial_rotary_factor'] = ropeDims / j['head_dim'];
   const window = n('attention.sliding_window');
   if (window !== undefined) j['sliding_window'] = window;
+  if (arch === 'gemma2') {
+    // llama.cpp's Gemma 2: caps 50 and 30 unless stored, scores scaled by head_dim^-½ (by
+    // (hidden/heads)^-½ for the 46-layer 27B)
+    j['attn_logit_softcapping'] = n('attn_logit_softcapping', 50);
+    j['final_logit_softcapping'] = n('final_logit_softcapping', 30);
+    if (typeof j['head_dim'] === 'number' && hidden !== undefined && heads !== undefined)
+      j['query_pre_attn_scalar'] = j['num_hidden_layers'] === 46 ? hidden / heads : j['head_dim'];
+  }
   const hfConfig = ggufGet(g, 'qtune.hf_config', 'string');
   if (hfConfig !== undefined) {
     // rope scaling and the sliding window as the HF config had them
@@ -224,6 +233,8 @@ export function ggufToConfig(g: GgufFile): LlamaConfig {
       'layer_types',
       'rope_local_base_freq',
       'query_pre_attn_scalar',
+      'attn_logit_softcapping',
+      'final_logit_softcapping',
       'rope_scaling',
       'sliding_window',
       'use_sliding_window',
@@ -380,6 +391,33 @@ function tokenizerKv(tok: Tokenizer, c: LlamaConfig): Map<string, GgufKv> {
 }
 
 /**
+ * llama.cpp's Gemma 2 metadata: both soft-caps. What llama.cpp cannot express is refused, as it would
+ * run another model: a missing cap (it always caps), local and global layers other than alternating
+ * from a local layer 0, and a `query_pre_attn_scalar` other than the one it derives.
+ */
+function gemma2Kv(file: string, c: LlamaConfig): [string, GgufKv][] {
+  const refuse = (what: string): never => {
+    throw new ConfigError(`${file}: ${what}, which llama.cpp's gemma2 cannot express`, {
+      hint: 'llama.cpp would run another model; save a Hugging Face folder instead',
+    });
+  };
+  const attn = c.attn_logit_softcapping;
+  const final = c.final_logit_softcapping;
+  if (attn === null || final === null) return refuse('a soft-cap is off (null)');
+  if (c.layer_types?.some((t, i) => (t === 'sliding_attention') !== (i % 2 === 0)) === true)
+    refuse(`layer_types ${JSON.stringify(c.layer_types)} do not alternate from a sliding layer 0`);
+  const derived = c.num_hidden_layers === 46 ? c.hidden_size / c.num_attention_heads : c.head_dim;
+  if (c.query_pre_attn_scalar !== derived)
+    refuse(
+      `query_pre_attn_scalar = ${c.query_pre_attn_scalar} differs from ${derived} (head_dim, or hidden/heads at 46 layers)`,
+    );
+  return [
+    ['gemma2.attn_logit_softcapping', kv.f32(attn)],
+    ['gemma2.final_logit_softcapping', kv.f32(final)],
+  ];
+}
+
+/**
  * Writes a model as GGUF (architecture {@link ggufArch}), each tensor in its stored type, or
  * converted to `dtype` when given (norms stay f32).
  */
@@ -429,6 +467,14 @@ export function writeLlamaGguf(
                 query_pre_attn_scalar: c.query_pre_attn_scalar,
               }
             : {}),
+          ...(c.model_type === 'gemma2'
+            ? {
+                layer_types: c.layer_types,
+                query_pre_attn_scalar: c.query_pre_attn_scalar,
+                attn_logit_softcapping: c.attn_logit_softcapping,
+                final_logit_softcapping: c.final_logit_softcapping,
+              }
+            : {}),
           eos_token_id: c.eos_token_id,
           torch_dtype: c.torch_dtype,
         }),
@@ -441,6 +487,7 @@ export function writeLlamaGguf(
   }
   if (c.sliding_window !== null) meta.set(`${arch}.attention.sliding_window`, kv.u32(c.sliding_window));
   if (c.rope_local_base_freq !== null) meta.set(`${arch}.rope.freq_base_swa`, kv.f32(c.rope_local_base_freq));
+  if (c.model_type === 'gemma2') for (const [k, v] of gemma2Kv(file, c)) meta.set(k, v);
   for (const [k, v] of tokenizerKv(tokenizer, c)) meta.set(k, v);
 
   const tensors: GgufTensorToWrite[] = [];

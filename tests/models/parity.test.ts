@@ -3,7 +3,8 @@
  * Llama with grouped-query attention, Qwen2 with q/k/v biases and tied embeddings, Llama 3.1 rope
  * scaling — and computes in float64 their logits, and the loss and gradients of a rank-8 LoRA on
  * q_proj and v_proj. qtune loads the same checkpoints and must match: logits within 1e-4 relative on
- * the CPU in f32; loss and LoRA gradients within 1e-3.
+ * the CPU in f32; loss and LoRA gradients within 1e-3, through the whole logits and crossEntropy and
+ * through the trainer's fused output layer and loss (linearCrossEntropy).
  */
 import assert from 'node:assert/strict';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -11,7 +12,15 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { SafetensorsFile } from '../../src/io/safetensors.js';
 import { loadWeights, readConfig } from '../../src/models/load.js';
-import { Graph, TensorStore, add, crossEntropy, linear, scale } from '../../src/tensor/index.js';
+import {
+  Graph,
+  TensorStore,
+  add,
+  crossEntropy,
+  linear,
+  linearCrossEntropy,
+  scale,
+} from '../../src/tensor/index.js';
 import { testDevices } from '../helpers/devices.js';
 import { relErr } from '../helpers/ref.js';
 import { ROOT } from '../helpers/cli.js';
@@ -97,6 +106,72 @@ for (const name of readdirSync(FIXTURES).sort()) {
                 : null,
           });
           const loss = crossEntropy(logits, labels);
+          const grads = g.backward(loss, lora.tensors);
+          const lossOut = g.output(loss);
+          const gradOut = new Map(lora.tensors.map((t) => [t.name, g.output(grads.get(t)!)]));
+          g.compile();
+          g.set(ids, Int32Array.from(ref.ids.flat()));
+          g.set(labels, Int32Array.from(ref.labels.flat()));
+          g.run();
+          const loss0 = g.read(lossOut)[0]!;
+          assert.ok(Math.abs(loss0 - ref.loss) / ref.loss <= gradTol, `loss ${loss0} vs PyTorch ${ref.loss}`);
+          for (const [n, t] of gradOut) {
+            const err = relErr(g.read(t), gradFile.readF32(n));
+            assert.ok(err <= gradTol, `gradient of ${n} differs from PyTorch by ${err.toExponential(2)}`);
+          }
+        } finally {
+          g.dispose();
+          lora.dispose();
+          model.dispose();
+          loraFile.close();
+          gradFile.close();
+        }
+      });
+
+      it(`the fused output layer and loss (linearCrossEntropy, chunks of 5 tokens) give the same loss and gradients on ${device.name}`, () => {
+        const config = readConfig(dir);
+        const { model } = loadWeights(dir, config, device.backend);
+        const loraFile = SafetensorsFile.open(path.join(dir, 'lora.safetensors'));
+        const gradFile = SafetensorsFile.open(path.join(dir, 'lora_grads.safetensors'));
+        const lora = TensorStore.create(
+          device.backend,
+          loraFile.names().map((n) => ({
+            name: n,
+            shape: loraFile.entry(n).shape,
+            dtype: 'f32' as const,
+            requiresGrad: true,
+          })),
+        );
+        for (const n of loraFile.names()) lora.write(lora.get(n), loraFile.readF32(n));
+        const g = new Graph(device.backend);
+        try {
+          const ids = g.input([ref.batch, ref.seq], 'i32', 'ids');
+          const labels = g.input([ref.batch, ref.seq], 'i32', 'labels');
+          const s = ref.lora_alpha / ref.lora_rank;
+          const { hidden, head } = model.forwardHidden(g, ids, {
+            linear: (module, x, w) =>
+              lora.has(`${module}.lora_A.weight`)
+                ? add(
+                    linear(x, w),
+                    scale(
+                      linear(
+                        linear(x, lora.get(`${module}.lora_A.weight`)),
+                        lora.get(`${module}.lora_B.weight`),
+                      ),
+                      s,
+                    ),
+                  )
+                : null,
+          });
+          // (and the logits' soft-cap, Gemma 2's final_logit_softcapping, inside the chunks)
+          const loss = scale(
+            linearCrossEntropy(hidden, head, labels, {
+              chunkTokens: 5,
+              reduction: 'sum',
+              softcap: config.final_logit_softcapping,
+            }),
+            1 / ref.labels.flat().filter((l) => l !== -100).length,
+          );
           const grads = g.backward(loss, lora.tensors);
           const lossOut = g.output(loss);
           const gradOut = new Map(lora.tensors.map((t) => [t.name, g.output(grads.get(t)!)]));

@@ -10,6 +10,7 @@ import { isFloatDType, isQuantDType } from '../../engine/dtype.js';
 import { ggml, graphOf, requireF32, strides, zeroAfter } from './common.js';
 import { dequantize } from './matmul.js';
 import { contiguous, reshape } from './layout.js';
+import { softcapSlope } from './nn.js';
 
 export interface CrossEntropyOptions {
   /** Label value that contributes nothing (default -100, as PyTorch and Hugging Face). */
@@ -72,6 +73,11 @@ export interface LinearCrossEntropyOptions extends CrossEntropyOptions {
    * by it, so a low-precision head matmul sees them at the scale the unfused path's would.
    */
   gradScale?: Tensor;
+  /**
+   * Soft-caps the logits before the loss, cap·tanh(logits/cap) (Gemma 2's `final_logit_softcapping`);
+   * each chunk's dlogits is then multiplied by 1 − (capped/cap)².
+   */
+  softcap?: number | null;
 }
 
 /** Token rows per chunk of {@link linearCrossEntropy} unless told. */
@@ -130,6 +136,9 @@ export function linearCrossEntropy(
       `${op}: gradScale must be an f32 tensor of one element, got ${o.gradScale.toString()}`,
     );
   }
+  const cap = o.softcap ?? null;
+  if (cap !== null && !(cap > 0 && Number.isFinite(cap)))
+    throw new QtuneError('INVALID_ARGUMENT', `${op}: softcap ${cap} is not a positive number`);
   const chunk = o.chunkTokens ?? DEFAULT_CHUNK_TOKENS;
   if (!Number.isInteger(chunk) || chunk < 1) {
     throw new QtuneError('INVALID_ARGUMENT', `${op}: chunkTokens ${chunk} is not a positive integer`, {
@@ -177,9 +186,17 @@ export function linearCrossEntropy(
     const view = rowsOf(x, r0, n);
     const dz = dep;
     const xc = dz === null ? view : f32((ctx) => api.add(ctx, view.ptr, dz.ptr), [n, C]);
-    const logits = g.label('linear.fwd', () =>
+    const product = g.label('linear.fwd', () =>
       f32((ctx) => api.mul_mat(ctx, w.ptr, xc.ptr), [n, V], 'linear'),
     );
+    const logits =
+      cap === null
+        ? product
+        : f32(
+            (ctx) => api.scale(ctx, api.tanh(ctx, api.scale(ctx, product.ptr, 1 / cap)), cap),
+            [n, V],
+            'softcap',
+          );
     const wc = rowsOf(weight, r0, n);
     const gs = o.gradScale;
     const gwc = gs === undefined ? wc : f32((ctx) => api.mul(ctx, wc.ptr, gs.ptr), [n, 1]); // wᵢ·scale
@@ -201,7 +218,13 @@ export function linearCrossEntropy(
         false,
       );
       // (n, V), from the forward's softmax
-      const dl = g.label('xent.bwd', () => rowsGrad(g, part.probs, gwc, tc, fi));
+      const dl = g.label('xent.bwd', () => {
+        const d = rowsGrad(g, part.probs, gwc, tc, fi);
+        // through the cap: dlogits·(1 − (capped/cap)²)
+        return cap === null
+          ? d
+          : f32((ctx) => api.mul(ctx, d.ptr, softcapSlope(ctx, logits.ptr, cap)), [n, V]);
+      });
       if (wantDh) {
         const wT = transposedW();
         const dh = g.label('linear.dX', () =>

@@ -1,9 +1,10 @@
 /**
  * The neural-network ops of a Llama-family block: embedding lookup, RMS norm, rotary embeddings,
- * softmax with scale and causal mask, SiLU / SwiGLU / GELU, dropout. Each forward sits beside its
+ * softmax with scale and causal mask, soft-capping, SiLU / SwiGLU / GELU, dropout. Each forward sits beside its
  * gradient rule; where ggml has a backward op (rms_norm_back, rope_ext_back, soft_max_ext_back,
  * silu_back, get_rows_back) the rule uses it, otherwise it is composed from forward ops.
  */
+import type { CtxPtr, TensorPtr } from '../../engine/ggml.js';
 import { DTypeError, QtuneError, ShapeError, fmtShape } from '../../errors.js';
 import { numel } from '../shape.js';
 import type { Tensor } from '../tensor.js';
@@ -198,6 +199,39 @@ export function softmax(x: Tensor, o: SoftmaxOptions = {}): Tensor {
   return g.record('softmax', [x], y, (dy) => [
     g.node((ctx) => api.soft_max_ext_back(ctx, contiguous(dy).ptr, y.ptr, s, 0), x.shape, 'f32', false),
   ]);
+}
+
+/**
+ * Soft-capping, cap·tanh(x / cap): x squashed into (−cap, cap), near x where |x| ≪ cap (Gemma 2's
+ * attention scores before the mask, and its logits). The gradient is dy·(1 − tanh²) = dy·(1 − (y/cap)²),
+ * from the forward's y.
+ *
+ * @example
+ * const capped = softcap(scores, 50); // every score now within (−50, 50)
+ */
+export function softcap(x: Tensor, cap: number): Tensor {
+  const g = graphOf('softcap', x);
+  requireF32('softcap', x);
+  if (!(cap > 0) || !Number.isFinite(cap))
+    throw new QtuneError('INVALID_ARGUMENT', `softcap: cap ${cap} is not a positive number`);
+  const src = contiguous(x);
+  const api = ggml();
+  const y = g.node(
+    (ctx) => api.scale(ctx, api.tanh(ctx, api.scale(ctx, src.ptr, 1 / cap)), cap),
+    x.shape,
+    'f32',
+    src.requiresGrad,
+    'softcap',
+  );
+  return g.record('softcap', [src], y, (dy) => [
+    g.node((ctx) => api.mul(ctx, contiguous(dy).ptr, softcapSlope(ctx, y.ptr, cap)), x.shape, 'f32', false),
+  ]);
+}
+
+/** d softcap / dx from the forward's output y, as a ggml node of `ctx`: 1 − (y/cap)². */
+export function softcapSlope(ctx: CtxPtr, y: TensorPtr, cap: number): TensorPtr {
+  const api = ggml();
+  return api.scale_bias(ctx, api.sqr(ctx, y), -1 / (cap * cap), 1);
 }
 
 /** x·sigmoid(x) */

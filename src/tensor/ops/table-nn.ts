@@ -1,6 +1,6 @@
 /**
  * The op table's entries for the neural-network ops and the losses (src/tensor/ops/nn.ts and
- * loss.ts): embedding, rmsNorm, rope, softmax, silu, swiglu, gelu, dropout, crossEntropy and
+ * loss.ts): embedding, rmsNorm, rope, softmax, softcap, silu, swiglu, gelu, dropout, crossEntropy and
  * linearCrossEntropy.
  */
 import { simple, type GradCheck, type OpEntry } from './check.js';
@@ -14,6 +14,7 @@ import {
   rmsNorm,
   rope,
   silu,
+  softcap,
   softmax,
   swiglu,
 } from './nn.js';
@@ -141,6 +142,28 @@ export const NN_OPS: readonly OpEntry[] = [
     ],
   },
   {
+    name: 'softcap',
+    forward: softcap,
+    gradient: 'dX = dY·(1 − (Y/cap)²), the tanh derivative from the forward',
+    checks: [
+      // inputs N(0, 1) against caps of 0.7 and 3: tanh well away from linear, and near it
+      simple(
+        'softcap (cap 0.7)',
+        1080,
+        [[3, 7]],
+        ([x]) => softcap(x!, 0.7),
+        (R, [x]) => R.map(x!, (v) => 0.7 * Math.tanh(v / 0.7)),
+      ),
+      simple(
+        'softcap (cap 3)',
+        1081,
+        [[2, 3, 5]],
+        ([x]) => softcap(x!, 3),
+        (R, [x]) => R.map(x!, (v) => 3 * Math.tanh(v / 3)),
+      ),
+    ],
+  },
+  {
     name: 'swiglu',
     forward: swiglu,
     gradient: "dGate = silu'(Gate)·dY·Up, dUp = dY·silu(Gate)",
@@ -224,21 +247,48 @@ export const NN_OPS: readonly OpEntry[] = [
     forward: linearCrossEntropy,
     gradient:
       "per chunk of tokens, dLogits as crossEntropy's, then dH = dLogits·W and dW += dLogitsᵀ·H, all scaled by dY",
-    checks: [1, 3, 7].map((chunkTokens, i): GradCheck => ({
-      name: `linearCrossEntropy (chunks of ${chunkTokens}, ignore -100)`,
-      seed: 1068 + i,
-      inputs: [
-        [1, 7, 5],
-        [9, 5],
-      ],
-      build: ([x, w], c) => {
-        const lab = c.g.input([1, 7], 'i32', 'labels');
-        return {
-          out: linearCrossEntropy(x!, w!, lab, { chunkTokens }),
-          feed: (g) => g.set(lab, Int32Array.from(LABELS)),
-        };
-      },
-      ref: (R, [x, w]) => R.crossEntropy(R.reshape(R.linear(x!, w!), [7, 9]), LABELS),
-    })),
+    checks: [1, 3, 7]
+      .map((chunkTokens, i): GradCheck => ({
+        name: `linearCrossEntropy (chunks of ${chunkTokens}, ignore -100)`,
+        seed: 1068 + i,
+        inputs: [
+          [1, 7, 5],
+          [9, 5],
+        ],
+        build: ([x, w], c) => {
+          const lab = c.g.input([1, 7], 'i32', 'labels');
+          return {
+            out: linearCrossEntropy(x!, w!, lab, { chunkTokens }),
+            feed: (g) => g.set(lab, Int32Array.from(LABELS)),
+          };
+        },
+        ref: (R, [x, w]) => R.crossEntropy(R.reshape(R.linear(x!, w!), [7, 9]), LABELS),
+      }))
+      .concat(
+        // Gemma 2's final soft-capping inside the fused loss: cap 0.8 on logits of about ±2
+        [1, 3].map((chunkTokens, i): GradCheck => ({
+          name: `linearCrossEntropy (chunks of ${chunkTokens}, logits soft-capped at 0.8)`,
+          seed: 1082 + i,
+          inputs: [
+            [1, 7, 5],
+            [9, 5],
+          ],
+          build: ([x, w], c) => {
+            const lab = c.g.input([1, 7], 'i32', 'labels');
+            return {
+              out: linearCrossEntropy(x!, w!, lab, { chunkTokens, softcap: 0.8 }),
+              feed: (g) => g.set(lab, Int32Array.from(LABELS)),
+            };
+          },
+          ref: (R, [x, w]) =>
+            R.crossEntropy(
+              R.reshape(
+                R.map(R.linear(x!, w!), (v) => 0.8 * Math.tanh(v / 0.8)),
+                [7, 9],
+              ),
+              LABELS,
+            ),
+        })),
+      ),
   },
 ];
