@@ -6,12 +6,10 @@
  * @example
  * const config = resolveTrainConfig(readConfigFile('run.yaml'), { lr: '1e-4' });
  */
-import { readFileSync } from 'node:fs';
-import { parseDocument } from 'yaml';
 import { DATASET_FORMATS } from '../data/formats.js';
-import { ConfigError, FormatError, errorText, fileSystemError, quote, shownValue } from '../errors.js';
-import { checkFile } from '../io/folders.js';
+import { ConfigError, quote, shownValue } from '../errors.js';
 import { checkBestModel } from './run-outputs.js';
+import { EVAL_PROMPT_OPTIONS } from './eval-prompts.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { ADAPTER_DTYPES } from '../peft/lora-weights.js';
 import { patternMap } from './pattern-option.js';
@@ -269,6 +267,7 @@ export const TRAIN_OPTIONS = {
     help: 'resume a checkpoint that was trained on other data (refused otherwise), going on with this data',
   },
   seed: { kind: 'int', default: 42, min: 0, help: 'seed of data order, initialisation and dropout' },
+  ...EVAL_PROMPT_OPTIONS,
   log_to: {
     kind: 'list',
     default: [],
@@ -306,37 +305,7 @@ export type TrainConfig = {
 
 const SPECS: Record<string, OptionSpec> = TRAIN_OPTIONS;
 
-/** Reads a YAML config file; a syntax error names the file and line. */
-export function readConfigFile(file: string): Record<string, unknown> {
-  checkFile('config', file, 'give the path of a YAML config file');
-  let text: string;
-  try {
-    text = readFileSync(file, 'utf8');
-  } catch (e) {
-    throw fileSystemError(e, 'config', file);
-  }
-  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0]!;
-    const line = text.slice(0, e.pos[0]).split('\n').length;
-    throw new FormatError(file, `line ${line}: ${e.message.split('\n')[0]!}`, {
-      hint: 'fix the YAML syntax',
-    });
-  }
-  let value: unknown;
-  try {
-    // aliases are resolved here: one that names no anchor, or too many (an alias bomb), fails
-    value = doc.toJS({ maxAliasCount: 100 });
-  } catch (e) {
-    throw new FormatError(file, errorText(e), {
-      hint: 'fix the YAML anchors (&name) and aliases (*name)',
-    });
-  }
-  if (value === null || value === undefined) return {};
-  if (typeof value !== 'object' || Array.isArray(value))
-    throw new FormatError(file, 'must be a mapping of option: value', { hint: 'see `qtune train --help`' });
-  return value as Record<string, unknown>;
-}
+export { readConfigFile } from './config-file.js';
 
 const UNITS: Record<string, number> = {
   b: 1,
