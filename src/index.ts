@@ -35,6 +35,8 @@ export {
   type SettingChange,
   type TrainResult,
 } from './train/trainer.js';
+export type { SampleRecord, StopOptions, TrainerEvents } from './train/control.js';
+export type { EvalGeneration, EvalPrompt, EvalPromptFormat } from './train/samples.js';
 export { dataFingerprint, type DataFingerprint } from './data/fingerprint.js';
 export { Evaluator, type Evaluation } from './train/evaluate.js';
 export type { ForwardSetup } from './train/forward.js';

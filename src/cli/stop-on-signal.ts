@@ -5,8 +5,9 @@
  * Once the trainer has seen the abort, the handlers are removed, so a second signal ends the process
  * at once (the default action), even in the middle of writing the checkpoint: checkpoints are written
  * into a temporary folder and renamed, so the last whole one stays and the next run removes the
- * half-written one. A second signal that arrives before the first was handled (both within one
- * step) exits as soon as the step ends, without the checkpoint.
+ * half-written one. trainAsync computes a step's graphs on a worker thread, so a signal is handled
+ * as soon as it arrives, even in the middle of a step (which then finishes before the checkpoint); a
+ * second signal queued before the first was handled exits at once, without the checkpoint.
  */
 import os from 'node:os';
 

@@ -10,6 +10,7 @@ import { DATASET_FORMATS } from '../data/formats.js';
 import { ConfigError, quote, shownValue } from '../errors.js';
 import { parseSize } from './config-file.js';
 import { checkBestModel } from './run-outputs.js';
+import { EVAL_PROMPT_OPTIONS } from './eval-prompts.js';
 import { OPTIMIZER_NAMES } from '../optim/optimizer.js';
 import { ADAPTER_DTYPES } from '../peft/lora-weights.js';
 import { patternMap } from './pattern-option.js';
@@ -267,6 +268,7 @@ export const TRAIN_OPTIONS = {
     help: 'resume a checkpoint that was trained on other data (refused otherwise), going on with this data',
   },
   seed: { kind: 'int', default: 42, min: 0, help: 'seed of data order, initialisation and dropout' },
+  ...EVAL_PROMPT_OPTIONS,
   log_to: {
     kind: 'list',
     default: [],

@@ -5,7 +5,7 @@
  * Handles are opaque koffi pointers with distinct types, so passing a tensor where a context is
  * expected fails in koffi, not in C. Nothing outside `src/engine` imports koffi.
  */
-import koffi, { type LibraryHandle, type TypeObject } from 'koffi';
+import koffi, { type KoffiFunc, type LibraryHandle, type TypeObject } from 'koffi';
 
 /** Opaque native handles. The brand keeps them apart in TypeScript as koffi keeps them apart at run time. */
 export type Handle<Tag extends string> = { readonly __handle: Tag };
@@ -564,6 +564,26 @@ export function bindGgml(base: LibraryHandle, registry: LibraryHandle): GgmlApi 
     api[key] = lib.func(decl);
   }
   return api as unknown as GgmlApi;
+}
+
+/**
+ * Calls a bound function on one of koffi's worker threads (its `.async`): the event loop runs on
+ * while it computes. The caller must not touch what the call uses until the promise settles.
+ */
+export function callAsync<K extends keyof GgmlApi>(
+  api: GgmlApi,
+  name: K,
+  ...args: Parameters<GgmlApi[K]>
+): Promise<ReturnType<GgmlApi[K]>> {
+  type Fn = (...a: Parameters<GgmlApi[K]>) => ReturnType<GgmlApi[K]>;
+  // a koffi function object: it uses no `this`, and its `.async` runs it on a worker thread
+  const f = api[name] as unknown as KoffiFunc<Fn>;
+  return new Promise((resolve, reject) => {
+    f.async(...args, (err: unknown, result: ReturnType<GgmlApi[K]>) => {
+      if (err === null || err === undefined) resolve(result);
+      else reject(err instanceof Error ? err : new Error(JSON.stringify(err)));
+    });
+  });
 }
 
 /** Calls a function pointer obtained with `ggml_backend_reg_get_proc_address`. */

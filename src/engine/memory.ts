@@ -10,6 +10,7 @@ import { OutOfMemoryError, QtuneError } from '../errors.js';
 import type { Backend } from './device.js';
 import {
   BUFFER_USAGE_WEIGHTS,
+  callAsync,
   koffi,
   type BufferPtr,
   type BufferTypePtr,
@@ -357,6 +358,11 @@ export class Scheduler {
 
   compute(graph: GraphPtr): number {
     return getEngine().api.backend_sched_graph_compute(this.ptr, graph);
+  }
+
+  /** {@link compute} on a worker thread (koffi's async call): the event loop runs meanwhile. */
+  computeAsync(graph: GraphPtr): Promise<number> {
+    return callAsync(getEngine().api, 'backend_sched_graph_compute', this.ptr, graph);
   }
 
   free(): void {

@@ -169,6 +169,11 @@ export class LoraLayers {
     };
   }
 
+  /** The hook without dropout: the adapters as inference applies them (samples during training). */
+  inferenceHook(): LinearHook {
+    return (module, x, w) => this.modules.get(module)?.apply(x, w) ?? null;
+  }
+
   /** One dropout mask per module and graph (a recomputed checkpoint segment reuses it). */
   private mask(g: Graph, module: string, shape: readonly number[]): Tensor {
     let perGraph = this.masks.get(g);

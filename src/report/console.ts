@@ -110,6 +110,8 @@ export class ConsoleProgress implements RunLogger {
         return `saved step ${r.step}  ${r.path ?? ''}`.trimEnd();
       case 'resume':
         return `resume: ${r.message ?? ''}`;
+      case 'sample':
+        return `sample step ${r.step}  ${JSON.stringify(r.prompt ?? '')} -> ${JSON.stringify(r.completion ?? '')}`;
       case 'step':
         return `step ${r.step}`;
     }

@@ -29,6 +29,9 @@ export interface MetricsRow {
   perplexity?: number | null;
   path?: string;
   message?: string;
+  /** Samples: the prompt as given, and the generated text. */
+  prompt?: string;
+  completion?: string;
   memory?: { engine_bytes: number; rss_bytes: number; peak_rss_bytes: number };
   /** Data-parallel runs: ranks, and each step's gradient all-reduce time and bytes. */
   world_size?: number;
@@ -39,6 +42,16 @@ export interface MetricsRow {
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);
 
 export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
+  // a sample: { kind: 'sample', step, epoch, prompt, completion, time }
+  if (r.kind === 'sample')
+    return {
+      kind: r.kind,
+      step: r.step,
+      epoch: r.epoch,
+      prompt: r.prompt ?? '',
+      completion: r.completion ?? '',
+      time,
+    };
   const row: MetricsRow = { kind: r.kind, step: r.step, epoch: r.epoch, time };
   if (r.loss !== undefined) row.loss = num(r.loss);
   if (r.lr !== undefined) row.lr = num(r.lr);

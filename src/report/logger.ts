@@ -49,16 +49,26 @@ export interface RunLoggersConfig {
   wandbFlushIntervalMs?: number;
 }
 
-/** TensorBoard event files in a folder (default `<outputDir>/runs`). */
+/**
+ * TensorBoard event files in a folder (default `<outputDir>/runs`): the scalars, and each sample
+ * as a text under `samples/K` (K: the prompt's place among the step's samples, from 0).
+ */
 export class TensorBoardLogger implements RunLogger {
   readonly writer: TensorBoardWriter;
+  private samples = { step: -1, count: 0 };
 
   constructor(logDir: string) {
     this.writer = new TensorBoardWriter(logDir);
   }
 
   log(r: LogRecord): void {
-    this.writer.addScalars(r.step, recordScalars(r));
+    if (r.kind !== 'sample') {
+      this.writer.addScalars(r.step, recordScalars(r));
+      return;
+    }
+    if (this.samples.step !== r.step) this.samples = { step: r.step, count: 0 };
+    const text = `**prompt:** ${r.prompt ?? ''}\n\n**completion:** ${r.completion ?? ''}`;
+    this.writer.addText(r.step, `samples/${this.samples.count++}`, text);
   }
 
   close(): void {

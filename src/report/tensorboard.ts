@@ -7,7 +7,12 @@
  * and each record's data is a protobuf `tensorflow.Event`:
  *   1 wall_time double   2 step int64   3 file_version string   5 summary Summary
  *   Summary: 1 repeated Value;  Value: 1 tag string, 2 simple_value float
- * The first event carries file_version "brain.Event:2"; every later one a summary of scalars.
+ * The first event carries file_version "brain.Event:2"; every later one a summary of scalars, or a
+ * text for TensorBoard's text plugin (tensorboard/compat/proto/summary.proto and tensor.proto):
+ *   Value: 1 tag, 9 metadata SummaryMetadata, 8 tensor TensorProto
+ *   SummaryMetadata: 1 plugin_data { 1 plugin_name "text", 2 content: TextPluginData{version 0},
+ *   which serializes to no bytes }, 4 data_class DATA_CLASS_TENSOR (2)
+ *   TensorProto: 1 dtype DT_STRING (7), 2 tensor_shape {} (rank 0), 8 string_val the text
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs';
 import os from 'node:os';
@@ -122,6 +127,16 @@ export function scalarsEvent(
   return new ProtoWriter().double(1, wallTime).int64(2, step).bytesField(5, summary.finish()).finish();
 }
 
+/** A `tensorflow.Event` with one text summary (markdown), as TensorBoard's text plugin reads it. */
+export function textEvent(wallTime: number, step: number, tag: string, text: string): Uint8Array {
+  const plugin = new ProtoWriter().string(1, 'text').finish();
+  const metadata = new ProtoWriter().bytesField(1, plugin).int64(4, 2).finish();
+  const tensor = new ProtoWriter().int64(1, 7).bytesField(2, new Uint8Array(0)).string(8, text).finish();
+  const value = new ProtoWriter().string(1, tag).bytesField(9, metadata).bytesField(8, tensor).finish();
+  const summary = new ProtoWriter().bytesField(1, value).finish();
+  return new ProtoWriter().double(1, wallTime).int64(2, step).bytesField(5, summary).finish();
+}
+
 // ------------------------------------------------------------------------------ the writer
 
 /** Appends events to one event file; every record is written whole as it comes. */
@@ -142,6 +157,11 @@ export class TensorBoardWriter {
     const finite = scalars.filter((s) => Number.isFinite(s.value));
     if (finite.length === 0) return;
     this.write(scalarsEvent(wallTime ?? Date.now() / 1000, step, finite));
+  }
+
+  /** A text (markdown) under `tag` at `step`, for the text plugin. */
+  addText(step: number, tag: string, text: string, wallTime?: number): void {
+    this.write(textEvent(wallTime ?? Date.now() / 1000, step, tag, text));
   }
 
   private write(event: Uint8Array): void {

@@ -7,7 +7,7 @@
  */
 import { cpuBackend, type Backend } from '../engine/device.js';
 import { dtypeFromId, type DType } from '../engine/dtype.js';
-import type { GraphPtr, TensorPtr } from '../engine/ggml.js';
+import { callAsync, type GraphPtr, type TensorPtr } from '../engine/ggml.js';
 import { getEngine } from '../engine/library.js';
 import { graphCounts, graphNodes, nodeBufferDevice } from '../engine/nodes.js';
 import {
@@ -320,6 +320,19 @@ export class GraphExecutor {
       this.scheduler !== null
         ? this.scheduler.compute(cgraph)
         : getEngine().api.backend_graph_compute(this.backend.ptr, cgraph),
+    );
+  }
+
+  /**
+   * {@link run} on a worker thread (koffi's async call): the event loop runs while the graph
+   * computes. Nothing may touch the graph's tensors until the promise settles.
+   */
+  async runAsync(): Promise<void> {
+    const cgraph = this.cgraph!;
+    this.finish(
+      this.scheduler !== null
+        ? await this.scheduler.computeAsync(cgraph)
+        : await callAsync(getEngine().api, 'backend_graph_compute', this.backend.ptr, cgraph),
     );
   }
 

@@ -492,6 +492,16 @@ export class Graph {
   }
 
   /**
+   * {@link run} on a worker thread (koffi's async call), so the event loop goes on while the graph
+   * computes: a server in the same process answers meanwhile. The graph and the tensors it reads or
+   * writes must not be used until the promise settles.
+   */
+  runAsync(): Promise<void> {
+    this.beginRun();
+    return this.exec.runAsync();
+  }
+
+  /**
    * Computes the graph once as {@link run} does (the before-run hooks, the status check, the run
    * count), through `compute` given the compiled ggml graph and the graph's backend: the profiler's
    * node-by-node run (src/tensor/profile.ts). `compute` returns a ggml status.

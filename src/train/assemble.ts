@@ -18,6 +18,7 @@ import { resolveSettings, totalSteps, type Settings, type TrainerOptions } from 
 import { GradientAllReduce } from './parallel.js';
 import { checkStepMemory, computeDType, type PreparedModel } from './prepare.js';
 import { createStepProfiler, type StepProfiler } from './profile.js';
+import { EvalSamples } from './samples.js';
 import { TrainStep } from './step.js';
 
 export interface TrainerParts {
@@ -34,6 +35,8 @@ export interface TrainerParts {
   allReduce: GradientAllReduce;
   /** What checkpoints are written from and checked against. */
   run: RunSetup;
+  /** The evalPrompts' generations, or null. */
+  samples: EvalSamples | null;
 }
 
 /** Builds a trainer's parts over `prepared`; on an error, frees what was made and the model. */
@@ -53,6 +56,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
       size: comm?.size ?? 1,
     });
     const total = totalSteps(o, s, data.train.length);
+    const samples = EvalSamples.create(model, prepared.tokenizer, { ...o, seed: s.seed });
     const profiler =
       o.profile === undefined || o.profile === false ? null : createStepProfiler(o.profile, total);
     const shape: StepShape = {
@@ -130,6 +134,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
       graphs,
       allReduce,
       run,
+      samples,
     };
   } catch (e) {
     optimizer?.dispose();

@@ -24,6 +24,7 @@ import {
   isSystemError,
   shownValue,
 } from '../errors.js';
+import type { Batches } from '../data/batches.js';
 import type { DataFingerprint } from '../data/fingerprint.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -99,6 +100,19 @@ export type Progress = Pick<
   'step' | 'epoch' | 'cursor' | 'micro_step' | 'loss_scale' | 'good_steps'
 >;
 export const PROGRESS_KEYS = ['step', 'epoch', 'cursor', 'micro_step', 'loss_scale', 'good_steps'] as const;
+
+/** The progress of a run at `step` (with `microStep` micro-batches run), its scaler and data position. */
+export function progressOf(step: number, microStep: number, scaler: GradScaler, batches: Batches): Progress {
+  const { epoch, cursor } = batches.position;
+  const [loss_scale, good_steps] = [scaler.scale, scaler.goodSteps];
+  return { step, epoch, cursor, micro_step: microStep, loss_scale, good_steps };
+}
+
+/** Puts the loss scaler and the data position back where `p` says (the trainer its step counts). */
+export function restoreProgress(p: Progress, scaler: GradScaler, batches: Batches): void {
+  [scaler.scale, scaler.goodSteps] = [p.loss_scale, p.good_steps];
+  batches.position = { epoch: p.epoch, cursor: p.cursor };
+}
 
 /** What a checkpoint is written from, and what a resumed run must share with the one that wrote it. */
 export interface RunSetup {

@@ -18,6 +18,7 @@ import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
 import { checkPrecision, type PreparedModel, type Precision, type PrepareOptions } from './prepare.js';
 import type { ProfileOptions, StepGraph } from './profile.js';
+import type { EvalGeneration, EvalPrompt, EvalPromptFormat } from './samples.js';
 import { defaultGradientCheckpointing, resolveTrainType } from './train-type.js';
 
 export type { SettingChange } from './resume.js';
@@ -80,6 +81,15 @@ export interface TrainerOptions {
   evalEvery?: number;
   /** Validation sequences per evaluation (default all). */
   evalExamples?: number;
+  /**
+   * Prompts generated at each evaluation and at the end, with or without validation data
+   * (samples.ts): logged as `kind: 'sample'` records and emitted as `sample` events.
+   */
+  evalPrompts?: readonly EvalPrompt[];
+  /** How a text prompt is put to the model: `none` (default), `alpaca` or `chat`. */
+  evalPromptFormat?: EvalPromptFormat;
+  /** Greedy with 64 new tokens by default; or temperature, topK, topP and a seed. */
+  evalGeneration?: EvalGeneration;
   /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
   saveEvery?: number;
   outputDir?: string;
@@ -111,8 +121,11 @@ export interface TrainerOptions {
 }
 
 export interface LogRecord {
-  /** `resume`: a setting that changed since the checkpoint a run resumed from (in `message`). */
-  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume';
+  /**
+   * `resume`: a setting that changed since the checkpoint a run resumed from (in `message`);
+   * `sample`: a generation of one of the evalPrompts (`prompt`, `completion`).
+   */
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume' | 'sample';
   step: number;
   epoch: number;
   loss?: number;
@@ -127,6 +140,8 @@ export interface LogRecord {
   perplexity?: number;
   path?: string;
   message?: string;
+  prompt?: string;
+  completion?: string;
   memory?: { engineBytes: number; rssBytes: number; peakRssBytes: number };
   /** Data-parallel runs: ranks in the job. */
   worldSize?: number;
@@ -201,6 +216,9 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   schedule: true,
   evalEvery: true,
   evalExamples: true,
+  evalPrompts: true,
+  evalPromptFormat: true,
+  evalGeneration: true,
   saveEvery: true,
   outputDir: true,
   resumeIgnoreDataChange: true,
@@ -221,6 +239,13 @@ const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
 };
 const LOSS_SCALE_NAMES: Record<keyof GradScalerOptions, true> = { initial: true, growthInterval: true };
 const PROFILE_NAMES: Record<keyof ProfileOptions, true> = { step: true };
+const GENERATION_NAMES: Record<keyof EvalGeneration, true> = {
+  maxNewTokens: true,
+  temperature: true,
+  topK: true,
+  topP: true,
+  seed: true,
+};
 
 /** Names from PEFT, TRL and Axolotl configs that are a nested option here (by {@link nameKey}). */
 const NESTED_HOMES: Record<string, string> = {
@@ -253,6 +278,7 @@ export function checkOptionNames(o: object): void {
   if (isRecord(nested.lora)) checkNames('lora.', nested.lora, LORA_NAMES);
   if (isRecord(nested.lossScale)) checkNames('lossScale.', nested.lossScale, LOSS_SCALE_NAMES);
   if (isRecord(nested.profile)) checkNames('profile.', nested.profile, PROFILE_NAMES);
+  if (isRecord(nested.evalGeneration)) checkNames('evalGeneration.', nested.evalGeneration, GENERATION_NAMES);
 }
 
 function isRecord(v: unknown): v is object {
@@ -424,26 +450,6 @@ export function divergedError(step: number, what: string, lastCheckpoint: string
   return new TrainingError(`training stopped at step ${step}: ${what}${last}`, {
     hint: 'lower the learning rate, keep gradient clipping on (max_grad_norm), or train in fp32',
   });
-}
-
-/** Runs a loop that yields after every step to its end, without a pause. */
-export function runToEnd<T>(loop: Generator<void, T>): T {
-  for (;;) {
-    const r = loop.next();
-    if (r.done === true) return r.value;
-  }
-}
-
-/** Runs a loop that yields after every step to its end, letting the event loop run between steps. */
-export async function runYielding<T>(loop: Generator<void, T>): Promise<T> {
-  for (;;) {
-    const r = loop.next();
-    if (r.done === true) return r.value;
-    // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step; twice,
-    // so that what a handler (a SIGINT's, in the poll phase) defers with setImmediate runs first too
-    await new Promise((resolve) => setImmediate(resolve));
-    await new Promise((resolve) => setImmediate(resolve));
-  }
 }
 
 function over(quantization: string | null): string {

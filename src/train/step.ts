@@ -74,6 +74,16 @@ export interface KernelChoices {
   quantComputeDType: GradTypeChoice | null;
 }
 
+/**
+ * A graph the step runs next, yielded by the step's generators (`accumulateRuns`...) to the driver:
+ * {@link TrainStep.execute} computes it at once, {@link TrainStep.executeAsync} on a worker thread.
+ * The same step code serves the blocking `train()` and the non-blocking `trainAsync()`.
+ */
+export interface GraphRun {
+  graph: Graph;
+  which: StepGraph;
+}
+
 /** The accumulate graph of one sequence length, with its inputs and the summed loss. */
 interface AccumulateGraph {
   g: Graph;
@@ -144,12 +154,17 @@ export class TrainStep {
    * are added into {@link grads}. Returns the loss sum (not finite: fp16 overflowed).
    */
   accumulate(c: Collated, lossScale: number): number {
+    return this.runNow(this.accumulateRuns(c, lossScale));
+  }
+
+  /** {@link accumulate}, yielding its graph run to the caller's driver ({@link GraphRun}). */
+  *accumulateRuns(c: Collated, lossScale: number): Generator<GraphRun, number> {
     const { acc } = this.bucket(c.seqLen);
     acc.g.set(acc.ids, c.ids);
     acc.g.set(acc.labels, c.labels);
     acc.g.set(acc.scale, Float32Array.of(lossScale));
     if (acc.mask !== null) acc.g.set(acc.mask, c.mask!); // packing
-    this.run(acc.g, 'accumulate');
+    yield { graph: acc.g, which: 'accumulate' };
     if (this.report !== null && this.report.backward.rssBytes === 0) this.report.backward.rssBytes = rss();
     return acc.g.read(acc.loss)[0]!;
   }
@@ -173,19 +188,60 @@ export class TrainStep {
 
   /** Σ grad² over every gradient buffer. */
   gradNormSquared(): number {
-    this.run(this.norm!.g, 'norm');
+    return this.runNow(this.gradNormRuns());
+  }
+
+  /** {@link gradNormSquared}, yielding its graph run. */
+  *gradNormRuns(): Generator<GraphRun, number> {
+    yield { graph: this.norm!.g, which: 'norm' };
     return this.norm!.g.read(this.norm!.sumsq)[0]!;
   }
 
   /** The optimizer's update from the gradients × `factor` (at the optimizer's current lr). */
   update(factor: number): void {
+    this.runNow(this.updateRuns(factor));
+  }
+
+  /** {@link update}, yielding its graph run. */
+  *updateRuns(factor: number): Generator<GraphRun, void> {
     const up = this.upd!;
     up.g.set(up.factor, Float32Array.of(factor));
-    this.run(up.g, 'update');
+    yield { graph: up.g, which: 'update' };
     if (this.report !== null && this.report.optimizer.rssBytes === 0) {
       this.report.optimizer = this.phase();
       this.report.backward.rssBytes ||= rss();
     }
+  }
+
+  /** Drives a generator of graph runs to its end, computing each run here and now. */
+  runNow<T>(runs: Generator<GraphRun, T>): T {
+    for (;;) {
+      const r = runs.next();
+      if (r.done === true) return r.value;
+      this.execute(r.value);
+    }
+  }
+
+  /** Computes a graph run: plainly, or through the profiler; timed either way. */
+  execute(r: GraphRun): void {
+    const t0 = performance.now();
+    if (this.s.profiler === null) r.graph.run();
+    else this.s.profiler.run(r.graph, r.which, this.stepNumber);
+    this.seconds[r.which] += (performance.now() - t0) / 1000;
+  }
+
+  /**
+   * {@link execute} on a worker thread (koffi's async call), the event loop running meanwhile; the
+   * profiled step runs here, node by node, as in {@link execute}.
+   */
+  async executeAsync(r: GraphRun): Promise<void> {
+    if (this.s.profiler !== null) {
+      this.execute(r);
+      return;
+    }
+    const t0 = performance.now();
+    await r.graph.runAsync();
+    this.seconds[r.which] += (performance.now() - t0) / 1000;
   }
 
   /** Starts optimizer step `n` (1-based, the profiler's clock): the timings start from 0. */
@@ -294,14 +350,6 @@ export class TrainStep {
         throw stepMemoryError({ ...this.s.shape, seqLen }, this.s.model.backend.name, needed, free, true);
       throw e;
     }
-  }
-
-  /** Runs a graph: plainly, or through the profiler; timed either way. */
-  private run(g: Graph, which: StepGraph): void {
-    const t0 = performance.now();
-    if (this.s.profiler === null) g.run();
-    else this.s.profiler.run(g, which, this.stepNumber);
-    this.seconds[which] += (performance.now() - t0) / 1000;
   }
 
   private buildGraphs(probe: Collated): void {

@@ -5,7 +5,8 @@
  * per micro-batch) makes 4 micro-batches of 1 equal one batch of 4, and data parallelism exact. Its
  * parts: prepare.ts (the model), assemble.ts and options.ts (the options, checked once),
  * data/batches.ts (order, micro-batches, collation), step.ts (the step's graphs and memory),
- * evaluate.ts, optim/grad-scaler.ts, parallel.ts, checkpoint.ts, peft/outputs.ts.
+ * evaluate.ts, optim/grad-scaler.ts, parallel.ts, checkpoint.ts, peft/outputs.ts; events, pause and
+ * stop: control.ts (the Trainer's base class); samples of evalPrompts: samples.ts.
  *
  * @example
  * const trainer = await Trainer.create('tiny-model', data, { trainType: 'lora', maxSteps: 100 });
@@ -23,20 +24,21 @@ import type { GraphNode } from '../tensor/graph.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Batches, Collated } from '../data/batches.js';
 import type { Example, TrainData } from '../data/example.js';
-import { assembleTrainer } from './assemble.js';
+import { assembleTrainer, type TrainerParts } from './assemble.js';
+import { SteerableRun, type LoopItem } from './control.js';
 import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
-import { checkOptionNames, divergedError, microBatchError, oneProcessOnly } from './options.js';
-import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
+import { checkOptionNames, divergedError, oneProcessOnly, requiredTrainType } from './options.js';
+import { accumulateMicroBatches } from './micro-batches.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
-import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
+import type { CreateOptions, MicroBatches, SettingChange, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs, type SaveOutputsOptions } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
 import type { StepProfile, StepProfiler } from './profile.js';
-import { kernelChoiceLines, type KernelChoices, type TrainStep } from './step.js';
+import { kernelChoiceLines, type GraphRun, type KernelChoices, type TrainStep } from './step.js';
 import { gradientCheckpointingLine, type ResolvedTrainType } from './train-type.js';
 
 export { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
@@ -44,7 +46,7 @@ export { TrainingError } from '../errors.js';
 export * from './options.js';
 export * from './prepare.js';
 
-export class Trainer {
+export class Trainer extends SteerableRun {
   readonly model: LlamaModel;
   readonly tokenizer: PreparedModel['tokenizer'];
   readonly trainType: ResolvedTrainType;
@@ -59,8 +61,6 @@ export class Trainer {
   readonly gradientCheckpointing: boolean;
   /** The option was not given: {@link gradientCheckpointing} is the train type's default. */
   readonly gradientCheckpointingByDefault: boolean;
-  /** Receives every log record (initially the options' onLog; set it to attach loggers later). */
-  onLog: ((record: LogRecord) => void) | undefined;
   private readonly o: TrainerOptions;
   private readonly prepared: PreparedModel;
   private readonly data: TrainData;
@@ -73,6 +73,7 @@ export class Trainer {
   private readonly comm: Collectives | null;
   private readonly allReduce: GradientAllReduce;
   private readonly profiler: StepProfiler | null;
+  private readonly samples: TrainerParts['samples'];
   /** Rank 0's state has reached every rank since the last construction or checkpoint load. */
   private synced = false;
   private stepCount = 0;
@@ -85,11 +86,12 @@ export class Trainer {
    * and frees it in {@link dispose}.
    */
   constructor(prepared: PreparedModel, data: TrainData, o: TrainerOptions) {
+    super(o.outputDir);
     [this.prepared, this.data, this.o, this.onLog, this.comm] = [prepared, data, o, o.onLog, o.comm ?? null];
     [this.model, this.tokenizer, this.trainType] = [prepared.model, prepared.tokenizer, prepared.trainType];
     const p = assembleTrainer(prepared, data, o);
     [this.settings, this.scaler, this.batches] = [p.settings, p.scaler, p.batches];
-    this.totalSteps = p.totalSteps;
+    [this.totalSteps, this.samples] = [p.totalSteps, p.samples];
     [this.profiler, this.lora, this.params, this.optimizer] = [p.profiler, p.lora, p.params, p.optimizer];
     [this.schedule, this.graphs, this.allReduce, this.run] = [p.schedule, p.graphs, p.allReduce, p.run];
     this.gradientCheckpointing = p.settings.gradientCheckpointing;
@@ -116,46 +118,53 @@ export class Trainer {
    * checkpoint. An aborted `signal` stops it at the next step boundary (see {@link trainAsync}).
    */
   train(o: RunOptions = {}): TrainResult {
-    return runToEnd(this.loop(o.signal));
+    return this.runBlocking(this.loop(o.signal), this.graphs);
   }
 
   /**
-   * {@link train}, yielding to the event loop after every step, so that a timer, a request or a
-   * SIGINT handler can abort `signal`: the run stops at the next step boundary, writes a checkpoint
-   * of that step into outputDir (to resume from), and its result says `aborted`.
+   * {@link train} without blocking the event loop (graphs compute on a worker thread: control.ts), so
+   * it can pause and stop; an aborted `signal` or stop() ends it at the next step boundary with a
+   * checkpoint of that step in outputDir (to resume from), and its result says `aborted`.
    */
   trainAsync(o: RunOptions = {}): Promise<TrainResult> {
-    return runYielding(this.loop(o.signal));
+    return this.runAsync(this.loop(o.signal), this.graphs);
   }
 
-  /** The training loop, yielding after every step. */
-  private *loop(signal: AbortSignal | undefined): Generator<void, TrainResult> {
+  /** The training loop: yields each graph to compute, and undefined after every step. */
+  private *loop(signal: AbortSignal | undefined): Generator<LoopItem, TrainResult> {
     if (signal !== undefined) oneProcessOnly(this.comm, 'signal', 'stop a job with its launcher');
     const { outputDir: dir, evalEvery = 0, saveEvery = 0 } = this.o;
     if (dir !== undefined) ckpt.cleanCheckpointLeftovers(dir);
     const [losses, evals]: [number[], TrainResult['evals']] = [[], []];
-    const hasVal = (this.data.validation?.length ?? 0) > 0;
     const [t0, end] = [performance.now(), this.totalSteps];
     const due = (every: number) => (every > 0 && this.stepCount % every === 0) || this.stepCount === end;
     let tokens = 0;
-    while (this.stepCount < this.totalSteps && signal?.aborted !== true) {
-      const r = this.step();
+    while (this.stepCount < this.totalSteps && signal?.aborted !== true && this.control.stopping === null) {
+      const r = yield* this.stepRuns();
       tokens += r.tokens;
       losses.push(r.loss);
       this.logStep(r);
-      if (hasVal && due(evalEvery)) {
-        const e = this.evaluate();
-        evals.push({ step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
-        this.log({ kind: 'eval', step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
-      }
+      if (due(evalEvery)) this.evaluation(evals);
       if (dir !== undefined && due(saveEvery)) this.checkpointInto(dir);
       yield;
     }
     const aborted = this.stepCount < end;
-    // stopped by the signal: the step reached is kept (unless just saved), to resume from
-    if (aborted && dir !== undefined && losses.length > 0 && !due(saveEvery)) this.checkpointInto(dir);
+    const keep = aborted && (this.control.stopping?.save ?? true) && losses.length > 0;
+    // stopped by the signal or stop(): the step reached is kept (unless just saved), to resume from
+    if (keep && dir !== undefined && !due(saveEvery)) this.checkpointInto(dir);
     const [seconds, memory] = [(performance.now() - t0) / 1000, this.memory()];
     return { steps: this.stepCount, losses, evals, memory, tokensPerS: tokens / seconds, seconds, aborted };
+  }
+
+  /** At each evaluation: the validation loss (given validation data), and the evalPrompts' samples. */
+  private evaluation(evals: TrainResult['evals']): void {
+    const step = this.stepCount;
+    if ((this.data.validation?.length ?? 0) > 0) {
+      const { loss, perplexity } = this.evaluate();
+      evals.push({ step, loss, perplexity });
+      this.log({ kind: 'eval', step, loss, perplexity });
+    }
+    for (const s of this.samples?.generate(this.lora) ?? []) this.log({ kind: 'sample', step, ...s });
   }
 
   /** Writes checkpoint-N of the step reached into `outputDir` (data parallelism: rank 0 writes it). */
@@ -171,12 +180,17 @@ export class Trainer {
    * {@link microBatchSize} examples each). Every rank of a job calls it together.
    */
   step(microBatches?: MicroBatches): StepResult {
+    return this.graphs.runNow(this.stepRuns(microBatches));
+  }
+
+  /** {@link step}, yielding each graph to compute to the loop's driver. */
+  private *stepRuns(microBatches?: MicroBatches): Generator<GraphRun, StepResult> {
     this.ensureGraphs();
     if (!this.synced) this.syncFromRank0();
     const t0 = performance.now();
     this.graphs.startStep(this.stepCount + 1);
     const batches = microBatches ?? this.batches.next();
-    const mine = this.accumulate(batches, this.microStep);
+    const mine = yield* this.accumulate(batches, this.microStep);
     this.microStep += microBatches === undefined ? this.settings.accumulation : batches.length;
     const sums = this.allReduce.sumStep(mine); // data parallelism: the whole global batch's
     const { tokens, lossSum, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
@@ -186,14 +200,14 @@ export class Trainer {
     let gradNorm = 0;
     if (tokens > 0) {
       const scale = this.scaler.scale;
-      gradNorm = Math.sqrt(this.graphs.gradNormSquared()) / (tokens * scale);
+      gradNorm = Math.sqrt(yield* this.graphs.gradNormRuns()) / (tokens * scale);
       overflow ||= !Number.isFinite(gradNorm);
       if (overflow && !this.scaler.enabled) this.diverged(gradNorm, 'gradient norm');
       if (!overflow) {
         const max = this.settings.maxGradNorm;
         const clip = max > 0 && gradNorm > max ? max / (gradNorm + 1e-6) : 1;
         this.optimizer.lr = lr;
-        this.graphs.update(clip / (tokens * scale));
+        yield* this.graphs.updateRuns(clip / (tokens * scale));
       }
       // fp16: an overflow skips the update and halves the scale, as PyTorch's GradScaler
       if (this.scaler.enabled && this.scaler.update(overflow).exhausted)
@@ -208,20 +222,10 @@ export class Trainer {
   }
 
   /** Runs the accumulate graph over `batches`: their gradients are added into the gradient buffers. */
-  private accumulate(batches: MicroBatches, firstMicroStep: number): StepCounts {
-    const [rank, size] = [this.comm?.rank ?? 0, this.comm?.size ?? 1];
-    const { microBatchSize: max, batchSize } = this.settings;
-    let [tokens, lossSum, inputTokens] = [0, 0, 0];
-    batches.forEach((batch, k) => {
-      if (batch.length > max) throw microBatchError(batch.length, max, batchSize);
-      const c = this.batches.collate(batch);
-      if (c.tokens === 0) return; // nothing to learn from: no gradient, no count
-      // dropout masks: one seed per (global micro-batch slot, rank)
-      if (this.lora !== null) this.lora.step = (firstMicroStep + k + 1) * size + rank;
-      lossSum += this.graphs.accumulate(c, this.scaler.scale);
-      [tokens, inputTokens] = [tokens + c.tokens, inputTokens + c.inputTokens];
-    });
-    return { tokens, lossSum, inputTokens };
+  private accumulate(batches: MicroBatches, firstMicroStep: number) {
+    const [rank, size, lossScale] = [this.comm?.rank ?? 0, this.comm?.size ?? 1, this.scaler.scale];
+    const p = { graphs: this.graphs, batches: this.batches, lora: this.lora, settings: this.settings };
+    return accumulateMicroBatches({ ...p, rank, size, lossScale }, batches, firstMicroStep);
   }
 
   /**
@@ -238,7 +242,8 @@ export class Trainer {
     oneProcessOnly(this.comm, 'gradients()', 'call it in a job of one process');
     this.ensureGraphs();
     this.graphs.grads.zero();
-    const { tokens, lossSum } = this.accumulate(microBatches ?? this.batches.next(), this.microStep);
+    const run = this.accumulate(microBatches ?? this.batches.next(), this.microStep);
+    const { tokens, lossSum } = this.graphs.runNow(run);
     const grads = this.graphs.readGradients(1 / (tokens * this.scaler.scale));
     this.graphs.grads.zero();
     return { loss: lossSum / tokens, tokens, grads };
@@ -268,8 +273,7 @@ export class Trainer {
 
   /**
    * The nodes of the step's compiled graphs (built on first use): `accumulate` (forward, backward,
-   * gradient sums) and `update` (the optimizer). What the precision modes compute in which type can
-   * be read off them: every `MUL_MAT` node with its sources' types.
+   * gradient sums) and `update` (the optimizer), each `MUL_MAT` with its sources' types.
    */
   graphNodes(): { accumulate: GraphNode[]; update: GraphNode[] } {
     this.ensureGraphs();
@@ -324,15 +328,12 @@ export class Trainer {
 
   /** Where the run stands (what a checkpoint keeps). */
   private progress(): ckpt.Progress {
-    const { epoch, cursor } = this.batches.position;
-    const [loss_scale, good_steps] = [this.scaler.scale, this.scaler.goodSteps];
-    return { step: this.stepCount, epoch, cursor, micro_step: this.microStep, loss_scale, good_steps };
+    return ckpt.progressOf(this.stepCount, this.microStep, this.scaler, this.batches);
   }
 
   private restore(p: ckpt.Progress): void {
     [this.stepCount, this.microStep] = [p.step, p.micro_step];
-    [this.scaler.scale, this.scaler.goodSteps] = [p.loss_scale, p.good_steps];
-    this.batches.position = { epoch: p.epoch, cursor: p.cursor };
+    ckpt.restoreProgress(p, this.scaler, this.batches);
   }
 
   private logStep(r: StepResult): void {
@@ -340,10 +341,9 @@ export class Trainer {
     this.log(stepRecord(r, { scaler: this.scaler, memory, worldSize: this.comm?.size ?? null }));
   }
 
-  /** Sends a record (stamped with the epoch) to {@link onLog}. */
+  /** Sends a record, stamped with the epoch, to onLog and the listeners. */
   private log(r: Omit<LogRecord, 'epoch'>): void {
-    const { kind, step, ...rest } = r;
-    this.onLog?.({ kind, step, epoch: this.batches.epochFloat, ...rest });
+    this.emitRecord(r, this.batches.epochFloat);
   }
 
   private diverged(value: number, what = 'loss'): never {

@@ -140,3 +140,49 @@ export function decodePng(buf: Uint8Array): DecodedPng {
   }
   return { width, height, pixels };
 }
+
+export interface DecodedText {
+  tag: string;
+  pluginName: string;
+  dataClass: number;
+  /** TensorProto: dtype (7 = DT_STRING), the number of shape dims, and string_val. */
+  dtype: number;
+  dims: number;
+  strings: string[];
+}
+
+/**
+ * The text summaries of a tensorflow.Event, read by tensorboard/compat/proto/summary.proto and
+ * tensor.proto: Value { 1 tag, 9 metadata { 1 plugin_data { 1 plugin_name }, 4 data_class },
+ * 8 tensor { 1 dtype, 2 tensor_shape { 2 dim }, 8 string_val } }.
+ */
+export function decodeTextSummaries(buf: Uint8Array): DecodedText[] {
+  const out: DecodedText[] = [];
+  const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
+  for (const f of protoFields(buf)) {
+    if (!(f.field === 5 && f.wire === 2)) continue;
+    for (const v of protoFields(f.bytes!)) {
+      const d: DecodedText = { tag: '', pluginName: '', dataClass: 0, dtype: 0, dims: 0, strings: [] };
+      let tensor = false;
+      for (const x of protoFields(v.bytes!)) {
+        if (x.field === 1) d.tag = text(x.bytes);
+        if (x.field === 9)
+          for (const m of protoFields(x.bytes!)) {
+            if (m.field === 1)
+              for (const p of protoFields(m.bytes!)) if (p.field === 1) d.pluginName = text(p.bytes);
+            if (m.field === 4) d.dataClass = Number(m.varint);
+          }
+        if (x.field === 8) {
+          tensor = true;
+          for (const t of protoFields(x.bytes!)) {
+            if (t.field === 1) d.dtype = Number(t.varint);
+            if (t.field === 2) d.dims = protoFields(t.bytes!).filter((s) => s.field === 2).length;
+            if (t.field === 8) d.strings.push(text(t.bytes));
+          }
+        }
+      }
+      if (tensor) out.push(d);
+    }
+  }
+  return out;
+}

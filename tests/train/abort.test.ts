@@ -1,8 +1,8 @@
 /**
- * A run stops when its AbortSignal is aborted (src/train/trainer.ts): trainAsync yields to the event
- * loop between steps, so a real timer can fire mid-run; the run stops at the next step boundary,
- * writes a checkpoint of that step, says `aborted`, and the checkpoint resumes to the losses of an
- * uninterrupted run. train() (synchronous) stops on a signal aborted from its own onLog.
+ * A run stops when its AbortSignal is aborted (src/train/trainer.ts): trainAsync leaves the event
+ * loop free (between steps, and while a step's graphs compute), so a real timer can fire mid-run; the
+ * run stops at the next step boundary, writes a checkpoint of that step, says `aborted`, and the
+ * checkpoint resumes to the losses of an uninterrupted run. train() (synchronous) stops on a signal aborted from its own onLog.
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -50,9 +50,10 @@ describe('aborting a run', () => {
       const seconds = (performance.now() - t0) / 1000;
       assert.equal(result.aborted, true);
       assert.ok(firedAt >= 1, 'the timer never fired during the run');
-      // the timer fired between two steps: the run stopped before the next one
-      assert.equal(result.steps, firedAt);
-      assert.equal(t.globalStep, firedAt);
+      // the timer fired between two steps (the run stopped before the next one) or during one (its
+      // graphs compute on a worker thread: that step finished, and the run stopped after it)
+      assert.ok(result.steps === firedAt || result.steps === firedAt + 1, `${result.steps} vs ${firedAt}`);
+      assert.equal(t.globalStep, result.steps);
       assert.ok(result.steps < t.totalSteps, `ran ${result.steps} of ${t.totalSteps} steps`);
       assert.equal(result.losses.length, result.steps);
       assert.ok(seconds < 60, `the run went on for ${seconds} s after the abort`);

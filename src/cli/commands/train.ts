@@ -34,6 +34,7 @@ import { startTrainDashboard } from '../train-dashboard.js';
 import type { DashboardHandle } from '../../report/dashboard/start.js';
 import { TrainLog } from '../train-log.js';
 import { resumeCommand, signalExitCode, stopOnSignal } from '../stop-on-signal.js';
+import { trainerEvalOptions } from '../eval-prompts.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
 export const spec: CommandSpec = {
@@ -142,6 +143,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
     outputDir: c.output_dir,
     seed: c.seed,
     resumeIgnoreDataChange: c.resume_ignore_data_change,
+    ...trainerEvalOptions(c),
   };
 }
 
@@ -195,7 +197,7 @@ function saveOutputs(
 function signalLines(trainer: Trainer, dir: string): Parameters<typeof stopOnSignal>[0] {
   return {
     notice: (s) =>
-      `qtune: ${s}: stopping after step ${trainer.globalStep} with a checkpoint; ${s === 'SIGINT' ? 'press Ctrl-C' : 'send it'} again to quit at once`,
+      `qtune: ${s}: stopping after step ${trainer.globalStep + (trainer.stepInProgress ? 1 : 0)} with a checkpoint; ${s === 'SIGINT' ? 'press Ctrl-C' : 'send it'} again to quit at once`,
     early: (s) => {
       const last = existsSync(dir) ? readdirSync(dir).filter((d) => /^checkpoint-\d+$/.test(d)) : [];
       const n = last.map((d) => Number(d.slice(11))).sort((a, b) => b - a)[0];

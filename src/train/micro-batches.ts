@@ -1,0 +1,40 @@
+/**
+ * A step's micro-batches through the accumulate graph: each one collated, given its dropout seed and
+ * run, its gradients added into the gradient buffers; the counts summed for the step.
+ */
+import type { Batches } from '../data/batches.js';
+import type { LoraLayers } from '../peft/lora.js';
+import { microBatchError, type MicroBatches, type Settings, type StepCounts } from './options.js';
+import type { GraphRun, TrainStep } from './step.js';
+
+/** What accumulating needs of a trainer. */
+export interface AccumulateParts {
+  graphs: TrainStep;
+  batches: Batches;
+  lora: LoraLayers | null;
+  settings: Settings;
+  /** This rank and the job's size (0 and 1 alone). */
+  rank: number;
+  size: number;
+  lossScale: number;
+}
+
+/** Runs the accumulate graph over `batches` (yielding each run to the driver); returns the counts. */
+export function* accumulateMicroBatches(
+  p: AccumulateParts,
+  batches: MicroBatches,
+  firstMicroStep: number,
+): Generator<GraphRun, StepCounts> {
+  const { microBatchSize: max, batchSize } = p.settings;
+  let [tokens, lossSum, inputTokens] = [0, 0, 0];
+  for (const [k, batch] of batches.entries()) {
+    if (batch.length > max) throw microBatchError(batch.length, max, batchSize);
+    const c = p.batches.collate(batch);
+    if (c.tokens === 0) continue; // nothing to learn from: no gradient, no count
+    // dropout masks: one seed per (global micro-batch slot, rank)
+    if (p.lora !== null) p.lora.step = (firstMicroStep + k + 1) * p.size + p.rank;
+    lossSum += yield* p.graphs.accumulateRuns(c, p.lossScale);
+    [tokens, inputTokens] = [tokens + c.tokens, inputTokens + c.inputTokens];
+  }
+  return { tokens, lossSum, inputTokens };
+}
