@@ -11,6 +11,7 @@ import { closestName } from '../util/names.js';
 import type { Example, TrainData } from '../data/example.js';
 import type { StepResult, TrainerOptions } from './options.js';
 import type { TokenLogProbOptions } from './logprobs.js';
+import { DpoObjective, preferenceSettings } from './preference.js';
 
 export const OBJECTIVES = ['sft', 'dpo', 'orpo', 'kto', 'simpo', 'grpo'] as const;
 export type ObjectiveName = (typeof OBJECTIVES)[number];
@@ -69,15 +70,17 @@ export function checkObjective(name: unknown): ObjectiveName {
 /** Checks the options' objective and its settings (before the trainer allocates anything). */
 export function checkObjectiveOptions(o: TrainerOptions): void {
   const name = checkObjective(o.objective);
-  if (name !== 'sft') throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft' });
+  if (name === 'dpo') preferenceSettings(o.preference);
+  else if (name !== 'sft')
+    throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft or dpo' });
 }
 
 /** The options' objective over `trainer` (checked by {@link checkObjectiveOptions}); null for `sft`. */
 export function createObjective(
   o: TrainerOptions,
-  _t: ObjectiveTrainer,
-  _c: ObjectiveContext,
+  t: ObjectiveTrainer,
+  c: ObjectiveContext,
 ): Objective | null {
   checkObjectiveOptions(o);
-  return null;
+  return o.objective === 'dpo' ? new DpoObjective(o, t, c) : null;
 }

@@ -14,6 +14,7 @@ import { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
 import type { FrozenCopies } from './frozen.js';
 import type { ComputeDTypeChoice } from './kernel-choice.js';
 import type { ObjectiveName } from './objective.js';
+import type { PreferenceOptions } from './preference.js';
 import type { LoraOptions } from '../peft/lora.js';
 import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
@@ -86,6 +87,8 @@ export interface TrainerOptions {
    * cross-entropy), or the preference objectives `dpo`, `orpo`, `kto`, `simpo`, or `grpo`.
    */
   objective?: ObjectiveName;
+  /** The preference objectives' settings (beta, lossType, labelSmoothing, precomputeRefLogProbs). */
+  preference?: PreferenceOptions;
   /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
   saveEvery?: number;
   outputDir?: string;
@@ -220,6 +223,7 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   profile: true,
   comm: true,
   objective: true,
+  preference: true,
 };
 const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
   rank: true,
