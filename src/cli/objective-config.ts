@@ -3,6 +3,7 @@
  * objectives' settings, as TRL names them. Spread into TRAIN_OPTIONS (train-config.ts).
  */
 import { OBJECTIVES } from '../train/objective.js';
+import { DPO_LOSS_TYPES, type DpoLossType } from '../train/preference.js';
 import type { TrainerOptions } from '../train/trainer.js';
 
 export const OBJECTIVE_OPTIONS = {
@@ -12,9 +13,47 @@ export const OBJECTIVE_OPTIONS = {
     choices: OBJECTIVES,
     help: 'what the steps minimise: sft (cross-entropy of the completions), dpo, orpo, kto, simpo, grpo',
   },
+  beta: {
+    kind: 'number',
+    default: 0.1,
+    min: 0,
+    minExclusive: true,
+    help: 'dpo: the strength of the tie to the reference model (TRL beta)',
+  },
+  loss_type: {
+    kind: 'string',
+    default: 'sigmoid',
+    choices: DPO_LOSS_TYPES,
+    help: 'dpo: the loss (TRL loss_type)',
+  },
+  label_smoothing: {
+    kind: 'number',
+    default: 0,
+    min: 0,
+    max: 0.49,
+    help: 'dpo sigmoid: the chance a preference label is flipped (conservative DPO)',
+  },
+  precompute_ref_log_probs: {
+    kind: 'boolean',
+    default: false,
+    help: 'dpo: compute the reference log-probs once before training instead of per batch',
+  },
 } as const;
 
 /** The trainer options of a config's objective keys. */
-export function objectiveTrainerOptions(c: { objective: string }): Pick<TrainerOptions, 'objective'> {
-  return c.objective === 'sft' ? {} : { objective: c.objective as TrainerOptions['objective'] & string };
+export function objectiveTrainerOptions(c: {
+  objective: string;
+  beta: number;
+  loss_type: string;
+  label_smoothing: number;
+  precompute_ref_log_probs: boolean;
+}): Pick<TrainerOptions, 'objective' | 'preference'> {
+  if (c.objective === 'sft') return {};
+  const preference = {
+    beta: c.beta,
+    lossType: c.loss_type as DpoLossType,
+    labelSmoothing: c.label_smoothing,
+    precomputeRefLogProbs: c.precompute_ref_log_probs,
+  };
+  return { objective: c.objective as TrainerOptions['objective'] & string, preference };
 }

@@ -15,6 +15,7 @@ import { seededUniform } from '../util/random.js';
 import type { Example, TrainData } from './example.js';
 import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
+import { preferenceSamples } from './preference.js';
 import { loadRecords, type DataRecord } from './records.js';
 import { checkChatTemplateTokens, eosId, padId, padNotice, toExample, type Sample } from './tokenize.js';
 
@@ -217,12 +218,29 @@ export function recordsToExamples(
   packing: boolean,
 ): Example[] {
   const pad = padId(tokenizer);
+  if (format === 'preference') return preferenceExamples(records, tokenizer, contextLength, pad);
   const samples = records
     .map((r) => checkedSample(tokenizer, format, r))
     .filter((s) => s.targets.slice(1, contextLength + 1).some((t) => t));
   return packing
     ? packSamples(samples, contextLength, pad)
     : samples.map((s) => toExample(s, contextLength, pad));
+}
+
+/** Preference records as chosen examples carrying their rejected ones (pairs with nothing to learn dropped). */
+function preferenceExamples(
+  records: readonly DataRecord[],
+  tokenizer: Tokenizer,
+  contextLength: number,
+  pad: number,
+): Example[] {
+  const learns = (s: Sample) => s.targets.slice(1, contextLength + 1).some((t) => t);
+  return records.flatMap((r) => {
+    checkedSample(tokenizer, 'preference', r); // the size check and the record's errors
+    const { chosen, rejected } = preferenceSamples(tokenizer, r);
+    if (!learns(chosen) || !learns(rejected)) return [];
+    return [{ ...toExample(chosen, contextLength, pad), rejected: toExample(rejected, contextLength, pad) }];
+  });
 }
 
 /**

@@ -34,6 +34,8 @@ export interface MetricsRow {
   world_size?: number;
   allreduce_ms?: number;
   allreduce_bytes?: number;
+  /** The objective's metrics under their TRL names (`rewards/chosen`...: docs/objectives.md). */
+  [metric: `${string}/${string}`]: number | null;
 }
 
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);
@@ -59,6 +61,8 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
   if (r.worldSize !== undefined) row.world_size = r.worldSize;
   if (r.allreduceMs !== undefined) row.allreduce_ms = r.allreduceMs;
   if (r.allreduceBytes !== undefined) row.allreduce_bytes = r.allreduceBytes;
+  for (const [k, v] of Object.entries(r.metrics ?? {}))
+    if (k.includes('/')) row[k as `${string}/${string}`] = num(v);
   return row;
 }
 
