@@ -13,7 +13,7 @@ import type { HubOptions } from '../io/hub.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { seededUniform } from '../util/random.js';
 import type { Example, TrainData } from './example.js';
-import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
+import { DATASET_FORMATS, SFT_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
 import { preferenceSamples } from './preference.js';
 import { loadRecords, type DataRecord } from './records.js';
@@ -148,7 +148,7 @@ export function validateDatasetConfig(c: DatasetConfig): ResolvedDatasetConfig {
         `use ${CONFIG_FIELDS.join(', ')}`,
       );
   if (!DATASET_FORMATS.includes(c.format as DatasetFormat))
-    throw fail('format', c.format, 'is not a dataset format', `use one of ${DATASET_FORMATS.join(', ')}`);
+    throw fail('format', c.format, 'is not a dataset format', `use one of ${SFT_FORMATS.join(', ')}`);
   const format = c.format as DatasetFormat;
   if (format !== 'dummy' && (typeof c.path !== 'string' || c.path === ''))
     throw fail(

@@ -29,11 +29,14 @@ export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, string>> = {
   guanaco: 'text ("### Human: ... ### Assistant: ...")',
   sql: 'context, question, answer',
   orca_math: 'question, answer',
-  preference: 'prompt, chosen, rejected (strings, or message lists)',
   dummy: '(none: synthetic records)',
+  preference: 'prompt, chosen, rejected (strings, or message lists)',
 };
 
 export const DATASET_FORMATS = Object.keys(FORMAT_FIELDS) as DatasetFormat[];
+
+/** The formats of supervised fine-tuning (every one but the preference objectives' `preference`). */
+export const SFT_FORMATS = DATASET_FORMATS.filter((f) => f !== 'preference');
 
 /** The Stanford Alpaca prompt (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), with an input. */
 export const ALPACA_PROMPT_INPUT =
