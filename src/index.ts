@@ -37,6 +37,9 @@ export {
 } from './train/trainer.js';
 export { dataFingerprint, type DataFingerprint } from './data/fingerprint.js';
 export { Evaluator, type Evaluation } from './train/evaluate.js';
+export { OBJECTIVES, type ObjectiveName, type WeightedMicroBatch } from './train/objective.js';
+export type { WeightedStepOptions } from './train/objective.js';
+export type { TokenLogProbOptions } from './train/logprobs.js';
 export type { ForwardSetup } from './train/forward.js';
 export { Batches, type BatchOptions, type Collated } from './data/batches.js';
 export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './peft/lora.js';

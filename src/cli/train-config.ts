@@ -23,6 +23,7 @@ import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES, resolveTrainType } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
 import { UsageError } from './args.js';
+import { OBJECTIVE_OPTIONS } from './objective-config.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
@@ -74,6 +75,7 @@ export const TRAIN_OPTIONS = {
   },
   threads: { kind: 'int', default: null, min: 1, help: 'CPU threads (default: physical cores)' },
   train_type: { kind: 'string', default: 'lora', choices: TRAIN_TYPES, help: 'what trains' },
+  ...OBJECTIVE_OPTIONS,
   quantization: {
     kind: 'string',
     default: null,

@@ -19,6 +19,7 @@ import { GradientAllReduce } from './parallel.js';
 import { checkStepMemory, computeDType, type PreparedModel } from './prepare.js';
 import { createStepProfiler, type StepProfiler } from './profile.js';
 import { TrainStep } from './step.js';
+import { checkObjectiveOptions, sequencesPerExample } from './objective.js';
 
 export interface TrainerParts {
   settings: Settings;
@@ -31,6 +32,8 @@ export interface TrainerParts {
   optimizer: Optimizer;
   schedule: Schedule;
   graphs: TrainStep;
+  /** Sequences per graph run: the micro-batch size × the objective's sequences per example. */
+  rows: number;
   allReduce: GradientAllReduce;
   /** What checkpoints are written from and checked against. */
   run: RunSetup;
@@ -44,19 +47,22 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
   let optimizer: Optimizer | null = null;
   let fingerprint: DataFingerprint | undefined;
   try {
+    checkObjectiveOptions(o); // before anything is allocated
     const s = resolveSettings(prepared, o);
+    const rows = s.microBatchSize * sequencesPerExample(o.objective);
     const scaler = GradScaler.create(s.precision === 'fp16' || s.precision === 'fp16_autocast', o.lossScale);
     const batches = new Batches(data, {
       ...s,
       vocabSize: model.config.vocab_size,
       rank: comm?.rank ?? 0,
       size: comm?.size ?? 1,
+      collateRows: rows,
     });
     const total = totalSteps(o, s, data.train.length);
     const profiler =
       o.profile === undefined || o.profile === false ? null : createStepProfiler(o.profile, total);
     const shape: StepShape = {
-      batchSize: s.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
+      batchSize: rows, // the graphs' batch (a rank's share under data parallelism)
       seqLen: batches.seqLen,
       gradientAccumulationSteps: s.accumulation,
       gradientCheckpointing: s.gradientCheckpointing,
@@ -128,6 +134,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
       optimizer,
       schedule,
       graphs,
+      rows,
       allReduce,
       run,
     };

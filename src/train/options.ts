@@ -13,6 +13,7 @@ import type { ScheduleConfig } from '../optim/schedule.js';
 import { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
 import type { FrozenCopies } from './frozen.js';
 import type { ComputeDTypeChoice } from './kernel-choice.js';
+import type { ObjectiveName } from './objective.js';
 import type { LoraOptions } from '../peft/lora.js';
 import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
@@ -80,6 +81,11 @@ export interface TrainerOptions {
   evalEvery?: number;
   /** Validation sequences per evaluation (default all). */
   evalExamples?: number;
+  /**
+   * What the steps minimise (docs/objectives.md): `sft` (default: the label tokens' mean
+   * cross-entropy), or the preference objectives `dpo`, `orpo`, `kto`, `simpo`, or `grpo`.
+   */
+  objective?: ObjectiveName;
   /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
   saveEvery?: number;
   outputDir?: string;
@@ -133,6 +139,8 @@ export interface LogRecord {
   /** Data-parallel steps: time of the gradient all-reduce (with its device-host copies), and bytes summed. */
   allreduceMs?: number;
   allreduceBytes?: number;
+  /** The objective's metrics of a step (`rewards/chosen`...: docs/objectives.md). */
+  metrics?: Record<string, number>;
 }
 
 export interface StepResult {
@@ -155,6 +163,8 @@ export interface StepResult {
   /** Data-parallel runs: milliseconds and bytes of the gradient all-reduce (0 in a job of one). */
   allreduceMs: number;
   allreduceBytes: number;
+  /** The objective's metrics (a weighted step's, as given). */
+  metrics?: Record<string, number>;
 }
 
 /** What {@link Trainer.train} and {@link Trainer.trainAsync} are told for one run. */
@@ -209,6 +219,7 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   onLog: true,
   profile: true,
   comm: true,
+  objective: true,
 };
 const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
   rank: true,
@@ -306,6 +317,7 @@ export function stepRecord(
     ...(o.scaler.enabled ? { lossScale: scale } : {}),
     ...(r.skipped ? { message: `gradients overflowed; update skipped, loss scale now ${scale}` } : {}),
     memory: o.memory,
+    ...(r.metrics === undefined ? {} : { metrics: r.metrics }),
     ...(o.worldSize === null
       ? {}
       : { worldSize: o.worldSize, allreduceMs: r.allreduceMs, allreduceBytes: r.allreduceBytes }),

@@ -28,15 +28,18 @@ import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
-import { checkOptionNames, divergedError, microBatchError, oneProcessOnly } from './options.js';
+import { checkOptionNames, divergedError, oneProcessOnly } from './options.js';
 import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
-import type { CreateOptions, MicroBatches, StepCounts, TrainerOptions, TrainResult } from './options.js';
+import type { CreateOptions, MicroBatches, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs, type SaveOutputsOptions } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
 import type { StepProfile, StepProfiler } from './profile.js';
 import { kernelChoiceLines, type KernelChoices, type TrainStep } from './step.js';
+import { LogProbs, weightedArgs, type TokenLogProbOptions, type Weighted } from './logprobs.js';
+import { createObjective } from './objective.js';
+import type { Objective, WeightedMicroBatch, WeightedStepOptions } from './objective.js';
 import { gradientCheckpointingLine, type ResolvedTrainType } from './train-type.js';
 
 export { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
@@ -79,6 +82,8 @@ export class Trainer {
   /** Micro-batches run so far (dropout masks derive from it). */
   private microStep = 0;
   private lastCheckpoint: string | null = null;
+  private readonly logProbs: LogProbs;
+  private readonly objective: Objective | null; // null: sft
 
   /**
    * A trainer over a model already loaded with {@link prepareModel}. The trainer owns it from here
@@ -94,6 +99,10 @@ export class Trainer {
     [this.schedule, this.graphs, this.allReduce, this.run] = [p.schedule, p.graphs, p.allReduce, p.run];
     this.gradientCheckpointing = p.settings.gradientCheckpointing;
     this.gradientCheckpointingByDefault = p.settings.gradientCheckpointingByDefault;
+    const at = () => ({ microStep: this.microStep, steps: this.stepCount, comm: this.comm });
+    this.logProbs = new LogProbs({ ...p, collate: (b) => this.batches.collate(b), at });
+    this.objective = createObjective(o, this, { rows: p.rows, data });
+    if (this.objective !== null) this.logProbs.keepReference();
   }
 
   /** Loads `source` for the options' train type and precision and returns a trainer over it. */
@@ -139,10 +148,11 @@ export class Trainer {
     const due = (every: number) => (every > 0 && this.stepCount % every === 0) || this.stepCount === end;
     let tokens = 0;
     while (this.stepCount < this.totalSteps && signal?.aborted !== true) {
-      const r = this.step();
+      const r = this.objective?.step(this.batches.next()) ?? this.step();
       tokens += r.tokens;
       losses.push(r.loss);
-      this.logStep(r);
+      const memory = { ...this.graphs.phase(), peakRssBytes: peakRss() };
+      this.log(stepRecord(r, { scaler: this.scaler, memory, worldSize: this.comm?.size ?? null }));
       if (hasVal && due(evalEvery)) {
         const e = this.evaluate();
         evals.push({ step: this.stepCount, loss: e.loss, perplexity: e.perplexity });
@@ -171,57 +181,46 @@ export class Trainer {
    * {@link microBatchSize} examples each). Every rank of a job calls it together.
    */
   step(microBatches?: MicroBatches): StepResult {
+    return this.runStep(microBatches, null);
+  }
+
+  private runStep(microBatches: MicroBatches | undefined, w: Weighted | null): StepResult {
     this.ensureGraphs();
     if (!this.synced) this.syncFromRank0();
     const t0 = performance.now();
     this.graphs.startStep(this.stepCount + 1);
     const batches = microBatches ?? this.batches.next();
-    const mine = this.accumulate(batches, this.microStep);
+    const mine = this.logProbs.accumulate(batches, this.scaler.scale, w?.weights); // grads +=
     this.microStep += microBatches === undefined ? this.settings.accumulation : batches.length;
     const sums = this.allReduce.sumStep(mine); // data parallelism: the whole global batch's
-    const { tokens, lossSum, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
-    let overflow = !Number.isFinite(lossSum);
+    const { tokens, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
+    const [norm, lossSum] = w === null ? [tokens, sums.lossSum] : [w.count, w.loss * w.count];
+    let overflow = !Number.isFinite(sums.lossSum) || !Number.isFinite(lossSum);
     if (overflow && !this.scaler.enabled) this.diverged(lossSum);
     const lr = this.schedule.lrAt(this.stepCount);
     let gradNorm = 0;
     if (tokens > 0) {
-      const scale = this.scaler.scale;
-      gradNorm = Math.sqrt(this.graphs.gradNormSquared()) / (tokens * scale);
-      overflow ||= !Number.isFinite(gradNorm);
-      if (overflow && !this.scaler.enabled) this.diverged(gradNorm, 'gradient norm');
-      if (!overflow) {
-        const max = this.settings.maxGradNorm;
-        const clip = max > 0 && gradNorm > max ? max / (gradNorm + 1e-6) : 1;
-        this.optimizer.lr = lr;
-        this.graphs.update(clip / (tokens * scale));
-      }
-      // fp16: an overflow skips the update and halves the scale, as PyTorch's GradScaler
-      if (this.scaler.enabled && this.scaler.update(overflow).exhausted)
-        this.diverged(NaN, 'loss scale fell below 1 and the gradients still overflow:');
+      const u = { scaler: this.scaler, lr, maxGradNorm: this.settings.maxGradNorm, overflow };
+      ({ gradNorm, overflow } = this.graphs.applyGradients(norm, u, (v, what) => this.diverged(v, what)));
     }
     this.graphs.grads.zero();
     this.stepCount++;
     const [seconds, graphSeconds] = [(performance.now() - t0) / 1000, { ...this.graphs.seconds }];
     const skipped = overflow || tokens === 0; // tokens 0: nothing to learn from, no update
-    const r = { step: this.stepCount, loss: lossSum / tokens, lr, gradNorm, tokens, inputTokens, skipped };
-    return { ...r, seconds, graphSeconds, allreduceMs, allreduceBytes };
+    const r = { step: this.stepCount, loss: lossSum / norm, lr, gradNorm, tokens, inputTokens, skipped };
+    const metrics = w?.metrics === undefined ? {} : { metrics: w.metrics };
+    return { ...r, seconds, graphSeconds, allreduceMs, allreduceBytes, ...metrics };
   }
 
-  /** Runs the accumulate graph over `batches`: their gradients are added into the gradient buffers. */
-  private accumulate(batches: MicroBatches, firstMicroStep: number): StepCounts {
-    const [rank, size] = [this.comm?.rank ?? 0, this.comm?.size ?? 1];
-    const { microBatchSize: max, batchSize } = this.settings;
-    let [tokens, lossSum, inputTokens] = [0, 0, 0];
-    batches.forEach((batch, k) => {
-      if (batch.length > max) throw microBatchError(batch.length, max, batchSize);
-      const c = this.batches.collate(batch);
-      if (c.tokens === 0) return; // nothing to learn from: no gradient, no count
-      // dropout masks: one seed per (global micro-batch slot, rank)
-      if (this.lora !== null) this.lora.step = (firstMicroStep + k + 1) * size + rank;
-      lossSum += this.graphs.accumulate(c, this.scaler.scale);
-      [tokens, inputTokens] = [tokens + c.tokens, inputTokens + c.inputTokens];
-    });
-    return { tokens, lossSum, inputTokens };
+  /** One step of Σₜ wₜ·∇(−log pₜ) / count, clipped and applied as {@link step}'s (docs/objectives.md). */
+  weightedStep(microBatches: WeightedMicroBatch[], o: WeightedStepOptions): StepResult {
+    return this.runStep(...weightedArgs(microBatches, o));
+  }
+
+  /** Per example, the log-prob of each counted label token (`adapters: false`: the reference model). */
+  tokenLogProbs(examples: Example[], o?: TokenLogProbOptions): Float64Array[] {
+    this.ensureGraphs();
+    return this.logProbs.tokenLogProbs(examples, o);
   }
 
   /**
@@ -238,7 +237,10 @@ export class Trainer {
     oneProcessOnly(this.comm, 'gradients()', 'call it in a job of one process');
     this.ensureGraphs();
     this.graphs.grads.zero();
-    const { tokens, lossSum } = this.accumulate(microBatches ?? this.batches.next(), this.microStep);
+    const { tokens, lossSum } = this.logProbs.accumulate(
+      microBatches ?? this.batches.next(),
+      this.scaler.scale,
+    );
     const grads = this.graphs.readGradients(1 / (tokens * this.scaler.scale));
     this.graphs.grads.zero();
     return { loss: lossSum / tokens, tokens, grads };
@@ -335,11 +337,6 @@ export class Trainer {
     this.batches.position = { epoch: p.epoch, cursor: p.cursor };
   }
 
-  private logStep(r: StepResult): void {
-    const memory = { ...this.graphs.phase(), peakRssBytes: peakRss() };
-    this.log(stepRecord(r, { scaler: this.scaler, memory, worldSize: this.comm?.size ?? null }));
-  }
-
   /** Sends a record (stamped with the epoch) to {@link onLog}. */
   private log(r: Omit<LogRecord, 'epoch'>): void {
     const { kind, step, ...rest } = r;
@@ -392,6 +389,7 @@ export class Trainer {
   }
 
   dispose(): void {
+    this.logProbs.dispose();
     this.graphs.dispose();
     this.optimizer.dispose();
     this.lora?.dispose();

@@ -31,6 +31,7 @@ import { failJob, rankBackend, rankThreads } from '../distributed.js';
 import { checkEarlierRun, latestCheckpoint, lockOutputFolder } from '../run-folder.js';
 import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
 import { TrainLog } from '../train-log.js';
+import { objectiveTrainerOptions } from '../objective-config.js';
 import { resumeCommand, signalExitCode, stopOnSignal } from '../stop-on-signal.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
 
@@ -109,6 +110,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
   if (c.num_cycles !== null) schedule['num_cycles'] = c.num_cycles;
   return {
     trainType: c.train_type,
+    ...objectiveTrainerOptions(c),
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
     lora: {
       rank: c.lora_rank,
