@@ -10,11 +10,12 @@
  * const prompts = promptExamples(tokenizer, readRecords('prompts.jsonl'), 256, 64, padId(tokenizer));
  * prompts[0].prompt.ids; // the prompt's tokens, with BOS
  */
-import { FormatError } from '../errors.js';
+import { ConfigError, FormatError } from '../errors.js';
 import type { ChatMessage, Tokenizer } from '../io/tokenizer.js';
-import type { Example } from './example.js';
-import type { DataRecord } from './records.js';
-import { IGNORE } from './tokenize.js';
+import type { Example, TrainData } from './example.js';
+import { dummyRecords } from './formats.js';
+import { loadRecords, type DataRecord } from './records.js';
+import { IGNORE, padId } from './tokenize.js';
 
 /** One prompt, tokenized. */
 export interface Prompt {
@@ -109,4 +110,33 @@ export function promptExamples(
     const labels = new Int32Array(contextLength).fill(IGNORE);
     return { ids, labels, length: n + maxCompletionLength - 1, prompt };
   });
+}
+
+/** Where a prompt dataset comes from (the YAML's dataset keys). */
+export interface PromptDatasetConfig {
+  /** A `.jsonl` / `.json` file or a Hub dataset id; not needed for `dummy`. */
+  path?: string;
+  /** `dummy`: the synthetic sums of formats.ts (prompt "a + b =", completion " a+b"); else the records as they are. */
+  format?: string;
+  seed?: number;
+  /** Use at most this many records; for `dummy`, how many to make (default 64). */
+  max_samples?: number;
+}
+
+/** Reads a prompt dataset into the Trainer's data: {@link promptExamples} of every record. */
+export async function loadPromptDataset(
+  c: PromptDatasetConfig,
+  tok: Tokenizer,
+  contextLength: number,
+  maxCompletionLength: number,
+): Promise<TrainData> {
+  const dummy = c.format === 'dummy';
+  let records = dummy ? dummyRecords(c.max_samples ?? 64, c.seed ?? 42) : await loadRecords(c.path ?? '');
+  if (records.length === 0)
+    throw new ConfigError(`dataset: ${c.path ?? ''} has no records`, {
+      hint: 'give a file with at least one prompt',
+    });
+  if (c.max_samples !== undefined) records = records.slice(0, c.max_samples);
+  const train = promptExamples(tok, records, contextLength, maxCompletionLength, padId(tok));
+  return { train, source: dummy ? 'dummy' : (c.path ?? '') };
 }

@@ -34,6 +34,12 @@ export interface MetricsRow {
   world_size?: number;
   allreduce_ms?: number;
   allreduce_bytes?: number;
+  /** `sample` rows (GRPO): a prompt, a completion sampled for it, and its reward. */
+  prompt?: string;
+  completion?: string;
+  reward?: number | null;
+  /** An objective's step metrics, as TRL names them (`reward`, `rewards/exact_match/mean`, `kl`...). */
+  metrics?: Record<string, number | null>;
 }
 
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);
@@ -59,6 +65,11 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
   if (r.worldSize !== undefined) row.world_size = r.worldSize;
   if (r.allreduceMs !== undefined) row.allreduce_ms = r.allreduceMs;
   if (r.allreduceBytes !== undefined) row.allreduce_bytes = r.allreduceBytes;
+  if (r.prompt !== undefined) row.prompt = r.prompt;
+  if (r.completion !== undefined) row.completion = r.completion;
+  if (r.reward !== undefined) row.reward = num(r.reward);
+  if (r.metrics !== undefined)
+    row.metrics = Object.fromEntries(Object.entries(r.metrics).map(([k, v]) => [k, num(v)]));
   return row;
 }
 

@@ -11,6 +11,7 @@ import { closestName } from '../util/names.js';
 import type { Example, TrainData } from '../data/example.js';
 import type { StepResult, TrainerOptions } from './options.js';
 import type { TokenLogProbOptions } from './logprobs.js';
+import { GrpoObjective, resolveGrpoOptions, type GrpoOptions, type GrpoTrainer } from './grpo.js';
 
 export const OBJECTIVES = ['sft', 'dpo', 'orpo', 'kto', 'simpo', 'grpo'] as const;
 export type ObjectiveName = (typeof OBJECTIVES)[number];
@@ -32,7 +33,7 @@ export interface WeightedStepOptions {
 }
 
 /** What an objective uses of the Trainer (its public methods). */
-export interface ObjectiveTrainer {
+export interface ObjectiveTrainer extends GrpoTrainer {
   tokenLogProbs(examples: Example[], o?: TokenLogProbOptions): Float64Array[];
   weightedStep(microBatches: WeightedMicroBatch[], o: WeightedStepOptions): StepResult;
 }
@@ -40,7 +41,9 @@ export interface ObjectiveTrainer {
 /** A preference/RL objective: one optimizer step from the next micro-batches of the data. */
 export interface Objective {
   readonly name: ObjectiveName;
-  step(microBatches: readonly (readonly Example[])[]): StepResult;
+  step(microBatches: readonly (readonly Example[])[]): StepResult | Promise<StepResult>;
+  /** Its steps return promises: Trainer.trainAsync runs it, Trainer.train refuses it. */
+  readonly async?: boolean;
 }
 
 /** What an objective is built from besides the trainer. */
@@ -50,8 +53,12 @@ export interface ObjectiveContext {
   data: TrainData;
 }
 
-/** Sequences each training example runs as: 2 for the paired objectives (chosen and rejected). */
-export function sequencesPerExample(objective: string | undefined): number {
+/**
+ * Sequences each training example runs as: 2 for the paired objectives (chosen and rejected), and
+ * GRPO's num_generations completions of each prompt.
+ */
+export function sequencesPerExample(objective: string | undefined, grpo?: GrpoOptions): number {
+  if (objective === 'grpo') return GrpoObjective.sequencesPerExample(grpo);
   return objective === 'dpo' || objective === 'orpo' || objective === 'simpo' ? 2 : 1;
 }
 
@@ -69,15 +76,18 @@ export function checkObjective(name: unknown): ObjectiveName {
 /** Checks the options' objective and its settings (before the trainer allocates anything). */
 export function checkObjectiveOptions(o: TrainerOptions): void {
   const name = checkObjective(o.objective);
-  if (name !== 'sft') throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft' });
+  if (name === 'grpo') resolveGrpoOptions(o.grpo);
+  else if (name !== 'sft')
+    throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft' });
 }
 
 /** The options' objective over `trainer` (checked by {@link checkObjectiveOptions}); null for `sft`. */
 export function createObjective(
   o: TrainerOptions,
-  _t: ObjectiveTrainer,
+  t: ObjectiveTrainer,
   _c: ObjectiveContext,
 ): Objective | null {
   checkObjectiveOptions(o);
+  if (o.objective === 'grpo') return new GrpoObjective(t, resolveGrpoOptions(o.grpo));
   return null;
 }
