@@ -156,3 +156,24 @@ export {
   TIMEOUT_EXIT_CODE,
   type Communicator,
 } from './dist/index.js';
+export { GrpoObjective, resolveGrpoOptions, type GrpoOptions, type GrpoSettings } from './train/grpo.js';
+export type { CompletionSample, GrpoTrainer } from './train/grpo.js';
+export { groupAdvantages, grpoLoss, sampleStd, GRPO_LOSS_TYPES, SCALE_REWARDS } from './train/grpo-loss.js';
+export type {
+  GrpoLoss,
+  GrpoLossOptions,
+  GrpoLossType,
+  GrpoSequence,
+  ScaleRewards,
+} from './train/grpo-loss.js';
+export {
+  exactMatchReward,
+  formatReward,
+  loadRewardFunctions,
+  matches,
+  scoreCompletions,
+} from './train/rewards.js';
+export type { NamedReward, RewardFn, RewardRecord } from './train/rewards.js';
+export { isPromptExample, loadPromptDataset, promptExamples, recordPrompt } from './data/prompts.js';
+export type { Prompt, PromptDatasetConfig, PromptExample } from './data/prompts.js';
+export { padId } from './data/tokenize.js';

@@ -3,7 +3,7 @@
  * objectives' settings, as TRL names them. Spread into TRAIN_OPTIONS (train-config.ts).
  */
 import { OBJECTIVES } from '../train/objective.js';
-import { DPO_LOSS_TYPES, type DpoLossType } from '../train/preference.js';
+import type { DpoLossType } from '../train/preference.js';
 import type { TrainerOptions } from '../train/trainer.js';
 
 export const OBJECTIVE_OPTIONS = {
@@ -15,16 +15,14 @@ export const OBJECTIVE_OPTIONS = {
   },
   beta: {
     kind: 'number',
-    default: 0.1,
+    default: null,
     min: 0,
-    minExclusive: true,
-    help: 'dpo: the strength of the tie to the reference model (TRL beta)',
+    help: "the objective's beta: dpo's tie to the reference (default 0.1), grpo's KL coefficient (default 0), as TRL's",
   },
   loss_type: {
     kind: 'string',
-    default: 'sigmoid',
-    choices: DPO_LOSS_TYPES,
-    help: 'dpo: the loss (TRL loss_type)',
+    default: null,
+    help: "the objective's loss variant, as TRL's: dpo sigmoid (default), ipo, hinge; grpo dapo (default), grpo, bnpo, dr_grpo",
   },
   label_smoothing: {
     kind: 'number',
@@ -43,17 +41,19 @@ export const OBJECTIVE_OPTIONS = {
 /** The trainer options of a config's objective keys. */
 export function objectiveTrainerOptions(c: {
   objective: string;
-  beta: number;
-  loss_type: string;
+  beta: number | null;
+  loss_type: string | null;
   label_smoothing: number;
   precompute_ref_log_probs: boolean;
 }): Pick<TrainerOptions, 'objective' | 'preference'> {
   if (c.objective === 'sft') return {};
+  const objective = c.objective as TrainerOptions['objective'] & string;
+  if (objective !== 'dpo') return { objective }; // grpo's settings: grpo-config.ts
   const preference = {
-    beta: c.beta,
-    lossType: c.loss_type as DpoLossType,
+    ...(c.beta === null ? {} : { beta: c.beta }),
+    ...(c.loss_type === null ? {} : { lossType: c.loss_type as DpoLossType }),
     labelSmoothing: c.label_smoothing,
     precomputeRefLogProbs: c.precompute_ref_log_probs,
   };
-  return { objective: c.objective as TrainerOptions['objective'] & string, preference };
+  return { objective, preference };
 }

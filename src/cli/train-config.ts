@@ -24,11 +24,12 @@ import { TRAIN_TYPES, resolveTrainType } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
 import { UsageError } from './args.js';
 import { OBJECTIVE_OPTIONS } from './objective-config.js';
+import { GRPO_OPTIONS } from './grpo-config.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
 
-interface OptionSpec {
+export interface OptionSpec {
   kind: Kind;
   default: string | number | boolean | string[] | number[] | null;
   help: string;
@@ -76,6 +77,7 @@ export const TRAIN_OPTIONS = {
   threads: { kind: 'int', default: null, min: 1, help: 'CPU threads (default: physical cores)' },
   train_type: { kind: 'string', default: 'lora', choices: TRAIN_TYPES, help: 'what trains' },
   ...OBJECTIVE_OPTIONS,
+  ...GRPO_OPTIONS,
   quantization: {
     kind: 'string',
     default: null,

@@ -112,10 +112,13 @@ export class ConsoleProgress implements RunLogger {
         return `resume: ${r.message ?? ''}`;
       case 'step':
         return `step ${r.step}`;
+      case 'sample':
+        return `sample step ${r.step}  reward ${r.reward ?? '?'}  ${JSON.stringify(r.completion ?? '')}`;
     }
   }
 
   log(r: LogRecord): void {
+    if (r.kind === 'sample') return; // GRPO's completions: metrics.jsonl holds them
     if (this.tty) this.logTty(r);
     else this.logPlain(r);
   }

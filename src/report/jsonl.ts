@@ -34,6 +34,16 @@ export interface MetricsRow {
   world_size?: number;
   allreduce_ms?: number;
   allreduce_bytes?: number;
+  /** `sample` rows (GRPO): a prompt, a completion sampled for it, and its reward. */
+  prompt?: string;
+  completion?: string;
+  reward?: number | null;
+  /** GRPO's step metrics without a slash in their TRL names (docs/objectives.md). */
+  reward_std?: number | null;
+  kl?: number | null;
+  completion_length?: number | null;
+  clip_ratio?: number | null;
+  frac_reward_zero_std?: number | null;
   /** The objective's metrics under their TRL names (`rewards/chosen`...: docs/objectives.md). */
   [metric: `${string}/${string}`]: number | null;
 }
@@ -61,8 +71,12 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
   if (r.worldSize !== undefined) row.world_size = r.worldSize;
   if (r.allreduceMs !== undefined) row.allreduce_ms = r.allreduceMs;
   if (r.allreduceBytes !== undefined) row.allreduce_bytes = r.allreduceBytes;
+  if (r.prompt !== undefined) row.prompt = r.prompt;
+  if (r.completion !== undefined) row.completion = r.completion;
+  if (r.reward !== undefined) row.reward = num(r.reward);
+  // an objective's metrics at the top level of the row, under TRL's names (as TRL's log history)
   for (const [k, v] of Object.entries(r.metrics ?? {}))
-    if (k.includes('/')) row[k as `${string}/${string}`] = num(v);
+    (row as unknown as Record<string, unknown>)[k] = num(v);
   return row;
 }
 

@@ -121,7 +121,7 @@ export class WandbLogger implements RunLogger {
   }
 
   log(r: LogRecord): void {
-    if (this.closed || r.kind === 'checkpoint' || r.kind === 'resume') return;
+    if (this.closed || r.kind === 'checkpoint' || r.kind === 'resume' || r.kind === 'sample') return;
     const row = historyRow(r);
     // records of one step (the step, then its evaluation) make one history row
     if (this.pending !== null && this.pending['_step'] !== r.step) this.commit();

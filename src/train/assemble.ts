@@ -49,7 +49,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
   try {
     checkObjectiveOptions(o); // before anything is allocated
     const s = resolveSettings(prepared, o);
-    const rows = s.microBatchSize * sequencesPerExample(o.objective);
+    const rows = s.microBatchSize * sequencesPerExample(o.objective, o.grpo);
     const scaler = GradScaler.create(s.precision === 'fp16' || s.precision === 'fp16_autocast', o.lossScale);
     const batches = new Batches(data, {
       ...s,

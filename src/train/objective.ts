@@ -12,6 +12,7 @@ import type { Example, TrainData } from '../data/example.js';
 import type { StepResult, TrainerOptions } from './options.js';
 import type { TokenLogProbOptions } from './logprobs.js';
 import { DpoObjective, preferenceSettings } from './preference.js';
+import { GrpoObjective, resolveGrpoOptions, type GrpoOptions, type GrpoTrainer } from './grpo.js';
 
 export const OBJECTIVES = ['sft', 'dpo', 'orpo', 'kto', 'simpo', 'grpo'] as const;
 export type ObjectiveName = (typeof OBJECTIVES)[number];
@@ -33,7 +34,7 @@ export interface WeightedStepOptions {
 }
 
 /** What an objective uses of the Trainer (its public methods). */
-export interface ObjectiveTrainer {
+export interface ObjectiveTrainer extends GrpoTrainer {
   tokenLogProbs(examples: Example[], o?: TokenLogProbOptions): Float64Array[];
   weightedStep(microBatches: WeightedMicroBatch[], o: WeightedStepOptions): StepResult;
 }
@@ -41,7 +42,9 @@ export interface ObjectiveTrainer {
 /** A preference/RL objective: one optimizer step from the next micro-batches of the data. */
 export interface Objective {
   readonly name: ObjectiveName;
-  step(microBatches: readonly (readonly Example[])[]): StepResult;
+  step(microBatches: readonly (readonly Example[])[]): StepResult | Promise<StepResult>;
+  /** Its steps return promises: Trainer.trainAsync runs it, Trainer.train refuses it. */
+  readonly async?: boolean;
 }
 
 /** What an objective is built from besides the trainer. */
@@ -51,8 +54,12 @@ export interface ObjectiveContext {
   data: TrainData;
 }
 
-/** Sequences each training example runs as: 2 for the paired objectives (chosen and rejected). */
-export function sequencesPerExample(objective: string | undefined): number {
+/**
+ * Sequences each training example runs as: 2 for the paired objectives (chosen and rejected), and
+ * GRPO's num_generations completions of each prompt.
+ */
+export function sequencesPerExample(objective: string | undefined, grpo?: GrpoOptions): number {
+  if (objective === 'grpo') return GrpoObjective.sequencesPerExample(grpo);
   return objective === 'dpo' || objective === 'orpo' || objective === 'simpo' ? 2 : 1;
 }
 
@@ -71,8 +78,9 @@ export function checkObjective(name: unknown): ObjectiveName {
 export function checkObjectiveOptions(o: TrainerOptions): void {
   const name = checkObjective(o.objective);
   if (name === 'dpo') preferenceSettings(o.preference);
+  else if (name === 'grpo') resolveGrpoOptions(o.grpo);
   else if (name !== 'sft')
-    throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft or dpo' });
+    throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft, dpo or grpo' });
 }
 
 /** The options' objective over `trainer` (checked by {@link checkObjectiveOptions}); null for `sft`. */
@@ -82,5 +90,7 @@ export function createObjective(
   c: ObjectiveContext,
 ): Objective | null {
   checkObjectiveOptions(o);
-  return o.objective === 'dpo' ? new DpoObjective(o, t, c) : null;
+  if (o.objective === 'dpo') return new DpoObjective(o, t, c);
+  if (o.objective === 'grpo') return new GrpoObjective(t, resolveGrpoOptions(o.grpo));
+  return null;
 }

@@ -15,6 +15,7 @@ import type { FrozenCopies } from './frozen.js';
 import type { ComputeDTypeChoice } from './kernel-choice.js';
 import type { ObjectiveName } from './objective.js';
 import type { PreferenceOptions } from './preference.js';
+import type { CompletionSample, GrpoOptions } from './grpo.js';
 import type { LoraOptions } from '../peft/lora.js';
 import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
@@ -89,6 +90,8 @@ export interface TrainerOptions {
   objective?: ObjectiveName;
   /** The preference objectives' settings (beta, lossType, labelSmoothing, precomputeRefLogProbs). */
   preference?: PreferenceOptions;
+  /** `objective: 'grpo'`: sampling, rewards and the loss (train/grpo.ts); needs trainAsync. */
+  grpo?: GrpoOptions;
   /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
   saveEvery?: number;
   outputDir?: string;
@@ -121,7 +124,7 @@ export interface TrainerOptions {
 
 export interface LogRecord {
   /** `resume`: a setting that changed since the checkpoint a run resumed from (in `message`). */
-  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume';
+  kind: 'step' | 'eval' | 'skip' | 'checkpoint' | 'resume' | 'sample';
   step: number;
   epoch: number;
   loss?: number;
@@ -144,6 +147,10 @@ export interface LogRecord {
   allreduceBytes?: number;
   /** The objective's metrics of a step (`rewards/chosen`...: docs/objectives.md). */
   metrics?: Record<string, number>;
+  /** `sample` (GRPO): a prompt, one completion sampled for it, and its reward. */
+  prompt?: string;
+  completion?: string;
+  reward?: number;
 }
 
 export interface StepResult {
@@ -168,6 +175,8 @@ export interface StepResult {
   allreduceBytes: number;
   /** The objective's metrics (a weighted step's, as given). */
   metrics?: Record<string, number>;
+  /** GRPO's sampled completions to log (`kind: 'sample'` records), now and then. */
+  samples?: CompletionSample[];
 }
 
 /** What {@link Trainer.train} and {@link Trainer.trainAsync} are told for one run. */
@@ -224,6 +233,7 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   comm: true,
   objective: true,
   preference: true,
+  grpo: true,
 };
 const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
   rank: true,
@@ -442,23 +452,52 @@ export function divergedError(step: number, what: string, lastCheckpoint: string
   });
 }
 
-/** Runs a loop that yields after every step to its end, without a pause. */
-export function runToEnd<T>(loop: Generator<void, T>): T {
+/**
+ * A training loop: it yields after every step, or a step's promise where the step is asynchronous
+ * (GRPO's reward functions), and is resumed with what the promise gave.
+ */
+export type StepLoop<T> = Generator<Promise<StepResult> | void, T, StepResult | undefined>;
+
+/**
+ * Runs a loop that yields after every step to its end, without a pause; an objective whose steps
+ * are asynchronous (GRPO: its reward functions may wait) is refused before the first step.
+ */
+export function runToEnd<T>(loop: () => StepLoop<T>, objective: { async?: boolean } | null): T {
+  if (objective?.async === true)
+    throw new ConfigError(
+      'this objective steps asynchronously (its reward functions may wait): train() cannot run it',
+      {
+        hint: 'await trainer.trainAsync() instead',
+      },
+    );
+  const run = loop();
   for (;;) {
-    const r = loop.next();
+    const r = run.next();
     if (r.done === true) return r.value;
   }
 }
 
 /** Runs a loop that yields after every step to its end, letting the event loop run between steps. */
-export async function runYielding<T>(loop: Generator<void, T>): Promise<T> {
+export async function runYielding<T>(loop: StepLoop<T>): Promise<T> {
+  let r = loop.next();
   for (;;) {
-    const r = loop.next();
     if (r.done === true) return r.value;
+    if (r.value instanceof Promise) {
+      let step: StepResult;
+      try {
+        step = await r.value;
+      } catch (e) {
+        r = loop.throw(e); // the loop's own cleanup runs; it rethrows
+        continue;
+      }
+      r = loop.next(step);
+      continue;
+    }
     // setImmediate, not a resolved promise: timers and I/O callbacks run before the next step; twice,
     // so that what a handler (a SIGINT's, in the poll phase) defers with setImmediate runs first too
     await new Promise((resolve) => setImmediate(resolve));
     await new Promise((resolve) => setImmediate(resolve));
+    r = loop.next();
   }
 }
 

@@ -31,7 +31,7 @@ import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
 import { checkOptionNames, divergedError, oneProcessOnly } from './options.js';
 import { requiredTrainType, runToEnd, runYielding, type SettingChange } from './options.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
-import type { CreateOptions, MicroBatches, TrainerOptions, TrainResult } from './options.js';
+import type { CreateOptions, MicroBatches, StepLoop, TrainerOptions, TrainResult } from './options.js';
 import { adapterData, saveTrainedOutputs, type SaveOutputsOptions } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
@@ -125,7 +125,7 @@ export class Trainer {
    * checkpoint. An aborted `signal` stops it at the next step boundary (see {@link trainAsync}).
    */
   train(o: RunOptions = {}): TrainResult {
-    return runToEnd(this.loop(o.signal));
+    return runToEnd(() => this.loop(o.signal), this.objective);
   }
 
   /**
@@ -138,7 +138,7 @@ export class Trainer {
   }
 
   /** The training loop, yielding after every step. */
-  private *loop(signal: AbortSignal | undefined): Generator<void, TrainResult> {
+  private *loop(signal: AbortSignal | undefined): StepLoop<TrainResult> {
     if (signal !== undefined) oneProcessOnly(this.comm, 'signal', 'stop a job with its launcher');
     const { outputDir: dir, evalEvery = 0, saveEvery = 0 } = this.o;
     if (dir !== undefined) ckpt.cleanCheckpointLeftovers(dir);
@@ -148,11 +148,13 @@ export class Trainer {
     const due = (every: number) => (every > 0 && this.stepCount % every === 0) || this.stepCount === end;
     let tokens = 0;
     while (this.stepCount < this.totalSteps && signal?.aborted !== true) {
-      const r = this.objective?.step(this.batches.next()) ?? this.step();
+      const next = this.objective?.step(this.batches.next()) ?? this.step();
+      const r = next instanceof Promise ? (yield next)! : next; // GRPO's rewards may be awaited
       tokens += r.tokens;
       losses.push(r.loss);
       const memory = { ...this.graphs.phase(), peakRssBytes: peakRss() };
       this.log(stepRecord(r, { scaler: this.scaler, memory, worldSize: this.comm?.size ?? null }));
+      for (const s of r.samples ?? []) this.log({ kind: 'sample', step: r.step, ...s });
       if (hasVal && due(evalEvery)) {
         const e = this.evaluate();
         evals.push({ step: this.stepCount, loss: e.loss, perplexity: e.perplexity });

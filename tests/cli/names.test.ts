@@ -103,6 +103,7 @@ describe('Axolotl and Hugging Face names in the train config', () => {
       lr_scheduler: 'cosine',
       min_lr_ratio: 0.1,
       log_to: ['tensorboard'],
+      max_completion_length: 12,
     };
     // the table's rows, `| \`name\` | \`option\` | from |`, as name -> option
     const rows = new Map<string, string>();
