@@ -266,3 +266,15 @@ export function shownValue(v: unknown): string {
   }
   return s.length > 80 ? `${s.slice(0, 78)}…` : s;
 }
+
+/**
+ * A reward function (GRPO's `reward_functions`) that cannot be used: its module does not load or
+ * export a function, or it returned the wrong number of rewards or something not a number. Names
+ * the function and the value.
+ */
+export class RewardFunctionError extends QtuneError {
+  override name = 'RewardFunctionError';
+  constructor(message: string, options: { hint?: string; details?: Record<string, unknown> } = {}) {
+    super('CONFIG', message, options);
+  }
+}

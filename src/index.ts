@@ -39,6 +39,9 @@ export type { SampleRecord, StopOptions, TrainerEvents } from './train/control.j
 export type { EvalGeneration, EvalPrompt, EvalPromptFormat } from './train/samples.js';
 export { dataFingerprint, type DataFingerprint } from './data/fingerprint.js';
 export { Evaluator, type Evaluation } from './train/evaluate.js';
+export { OBJECTIVES, type ObjectiveName, type WeightedMicroBatch } from './train/objective.js';
+export type { WeightedStepOptions } from './train/objective.js';
+export type { TokenLogProbOptions } from './train/logprobs.js';
 export type { ForwardSetup } from './train/forward.js';
 export { Batches, type BatchOptions, type Collated } from './data/batches.js';
 export { LoraLayers, LINEAR_MODULES, type LoraOptions } from './peft/lora.js';
@@ -155,3 +158,24 @@ export {
   TIMEOUT_EXIT_CODE,
   type Communicator,
 } from './dist/index.js';
+export { GrpoObjective, resolveGrpoOptions, type GrpoOptions, type GrpoSettings } from './train/grpo.js';
+export type { CompletionSample, GrpoTrainer } from './train/grpo.js';
+export { groupAdvantages, grpoLoss, sampleStd, GRPO_LOSS_TYPES, SCALE_REWARDS } from './train/grpo-loss.js';
+export type {
+  GrpoLoss,
+  GrpoLossOptions,
+  GrpoLossType,
+  GrpoSequence,
+  ScaleRewards,
+} from './train/grpo-loss.js';
+export {
+  exactMatchReward,
+  formatReward,
+  loadRewardFunctions,
+  matches,
+  scoreCompletions,
+} from './train/rewards.js';
+export type { NamedReward, RewardFn, RewardRecord } from './train/rewards.js';
+export { isPromptExample, loadPromptDataset, promptExamples, recordPrompt } from './data/prompts.js';
+export type { Prompt, PromptDatasetConfig, PromptExample } from './data/prompts.js';
+export { padId } from './data/tokenize.js';

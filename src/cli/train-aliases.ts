@@ -26,6 +26,7 @@ export const TRAIN_ALIASES: Readonly<Record<string, TrainOptionName>> = {
   cosine_min_lr_ratio: 'min_lr_ratio', // Axolotl
   report_to: 'log_to', // Hugging Face
   port: 'dashboard_port', // qtune dashboard's --port
+  max_new_tokens: 'max_completion_length', // GRPO: what generation calls it
 };
 
 /** A name whose value differs in qtune: the option and value to give instead, and what else may go there. */

@@ -22,11 +22,13 @@ import { DEFAULT_CHUNK_TOKENS, PRECISIONS } from '../train/trainer.js';
 import { TRAIN_TYPES, resolveTrainType } from '../train/train-type.js';
 import { closestName } from '../util/names.js';
 import { UsageError } from './args.js';
+import { OBJECTIVE_OPTIONS } from './objective-config.js';
+import { GRPO_OPTIONS } from './grpo-config.js';
 import { TRAIN_ALIASES, TRAIN_POINTERS, pointerHint } from './train-aliases.js';
 
 type Kind = 'string' | 'number' | 'int' | 'boolean' | 'list' | 'numbers' | 'sizes' | 'map';
 
-interface OptionSpec {
+export interface OptionSpec {
   kind: Kind;
   default: string | number | boolean | string[] | number[] | null;
   help: string;
@@ -73,6 +75,8 @@ export const TRAIN_OPTIONS = {
   },
   threads: { kind: 'int', default: null, min: 1, help: 'CPU threads (default: physical cores)' },
   train_type: { kind: 'string', default: 'lora', choices: TRAIN_TYPES, help: 'what trains' },
+  ...OBJECTIVE_OPTIONS,
+  ...GRPO_OPTIONS,
   quantization: {
     kind: 'string',
     default: null,

@@ -49,6 +49,11 @@ export interface BatchOptions {
   padding?: Padding;
   /** Sort each run of 50 global batches by length, longest first. Default false. */
   groupByLength?: boolean;
+  /**
+   * Sequences a collated micro-batch holds (default microBatchSize): more for the paired objectives,
+   * whose micro-batch of examples runs as its chosen and rejected sequences in one batch.
+   */
+  collateRows?: number;
 }
 
 /** A micro-batch as the graphs take it. */
@@ -141,7 +146,7 @@ export class Batches {
    */
   collate(batch: readonly Example[], seqLen?: number): Collated {
     const T = seqLen ?? this.bucket(Math.max(0, ...batch.map(exampleLength)));
-    const B = this.o.microBatchSize;
+    const B = this.o.collateRows ?? this.o.microBatchSize;
     const ids = new Int32Array(B * T);
     const labels = new Int32Array(B * T).fill(-100);
     let inputTokens = 0;

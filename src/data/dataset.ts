@@ -13,8 +13,9 @@ import type { HubOptions } from '../io/hub.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { seededUniform } from '../util/random.js';
 import type { Example, TrainData } from './example.js';
-import { DATASET_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
+import { DATASET_FORMATS, SFT_FORMATS, dummyRecords, recordSample, type DatasetFormat } from './formats.js';
 import { packSamples } from './packing.js';
+import { preferenceSamples } from './preference.js';
 import { loadRecords, type DataRecord } from './records.js';
 import { checkChatTemplateTokens, eosId, padId, padNotice, toExample, type Sample } from './tokenize.js';
 
@@ -147,7 +148,7 @@ export function validateDatasetConfig(c: DatasetConfig): ResolvedDatasetConfig {
         `use ${CONFIG_FIELDS.join(', ')}`,
       );
   if (!DATASET_FORMATS.includes(c.format as DatasetFormat))
-    throw fail('format', c.format, 'is not a dataset format', `use one of ${DATASET_FORMATS.join(', ')}`);
+    throw fail('format', c.format, 'is not a dataset format', `use one of ${SFT_FORMATS.join(', ')}`);
   const format = c.format as DatasetFormat;
   if (format !== 'dummy' && (typeof c.path !== 'string' || c.path === ''))
     throw fail(
@@ -217,12 +218,29 @@ export function recordsToExamples(
   packing: boolean,
 ): Example[] {
   const pad = padId(tokenizer);
+  if (format === 'preference') return preferenceExamples(records, tokenizer, contextLength, pad);
   const samples = records
     .map((r) => checkedSample(tokenizer, format, r))
     .filter((s) => s.targets.slice(1, contextLength + 1).some((t) => t));
   return packing
     ? packSamples(samples, contextLength, pad)
     : samples.map((s) => toExample(s, contextLength, pad));
+}
+
+/** Preference records as chosen examples carrying their rejected ones (pairs with nothing to learn dropped). */
+function preferenceExamples(
+  records: readonly DataRecord[],
+  tokenizer: Tokenizer,
+  contextLength: number,
+  pad: number,
+): Example[] {
+  const learns = (s: Sample) => s.targets.slice(1, contextLength + 1).some((t) => t);
+  return records.flatMap((r) => {
+    checkedSample(tokenizer, 'preference', r); // the size check and the record's errors
+    const { chosen, rejected } = preferenceSamples(tokenizer, r);
+    if (!learns(chosen) || !learns(rejected)) return [];
+    return [{ ...toExample(chosen, contextLength, pad), rejected: toExample(rejected, contextLength, pad) }];
+  });
 }
 
 /**

@@ -18,6 +18,8 @@ export interface Example {
    * (labels -100). Absent: every position. Dynamic padding cuts a micro-batch to its longest example.
    */
   length?: number;
+  /** Paired preference objectives (DPO...): the rejected completion of this (chosen) example. */
+  rejected?: Example;
 }
 
 export interface TrainData {

@@ -6,10 +6,19 @@ import { FormatError } from '../errors.js';
 import type { ChatMessage, Tokenizer } from '../io/tokenizer.js';
 import { seededUniform } from '../util/random.js';
 import type { DataRecord } from './records.js';
+import { preferenceSamples } from './preference.js';
 import { tokenizeChat, tokenizeParts, type Sample, type TextPart } from './tokenize.js';
 
 export type DatasetFormat =
-  'alpaca' | 'chat' | 'completion' | 'prompt_completion' | 'guanaco' | 'sql' | 'orca_math' | 'dummy';
+  | 'alpaca'
+  | 'chat'
+  | 'completion'
+  | 'prompt_completion'
+  | 'guanaco'
+  | 'sql'
+  | 'orca_math'
+  | 'preference'
+  | 'dummy';
 
 /** Which fields each format reads (the optional ones in brackets). */
 export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, string>> = {
@@ -21,9 +30,13 @@ export const FORMAT_FIELDS: Readonly<Record<DatasetFormat, string>> = {
   sql: 'context, question, answer',
   orca_math: 'question, answer',
   dummy: '(none: synthetic records)',
+  preference: 'prompt, chosen, rejected (strings, or message lists)',
 };
 
 export const DATASET_FORMATS = Object.keys(FORMAT_FIELDS) as DatasetFormat[];
+
+/** The formats of supervised fine-tuning (every one but the preference objectives' `preference`). */
+export const SFT_FORMATS = DATASET_FORMATS.filter((f) => f !== 'preference');
 
 /** The Stanford Alpaca prompt (tatsu-lab/stanford_alpaca, train.py PROMPT_DICT), with an input. */
 export const ALPACA_PROMPT_INPUT =
@@ -163,6 +176,8 @@ export function recordSample(tok: Tokenizer, format: DatasetFormat, r: DataRecor
         fill(SQL_PROMPT, { context: field(r, format, 'context'), question: nonEmpty(r, format, 'question') }),
         nonEmpty(r, format, 'answer'),
       );
+    case 'preference': // (the chosen sample; recordsToExamples pairs it with the rejected one)
+      return preferenceSamples(tok, r).chosen;
     case 'orca_math':
       return pc(
         fill(ORCA_MATH_PROMPT, { question: nonEmpty(r, format, 'question') }),

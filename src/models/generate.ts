@@ -38,6 +38,8 @@ export interface GenerateResult {
   text: string;
   /** eos: an EOS token; stop: a `stopIds` token or a `stopStrings` text; length: maxNewTokens. */
   stoppedBy: 'eos' | 'stop' | 'length';
+  /** The EOS or `stopIds` token generation stopped at (not in `ids`), if any. */
+  stopToken?: number;
 }
 
 function validate(
@@ -147,16 +149,17 @@ export function generate(
   const out: number[] = [];
   let stoppedBy: GenerateResult['stoppedBy'] = 'length';
   let cut: number | null = null; // where a stop string begins in the decoded text
+  let stopToken: number | undefined;
   try {
     let logits = step(model, cache, prompt, options.linear);
     for (let i = 0; i < o.maxNewTokens; i++) {
       const next = sampleToken(logits, o, rand);
       if (o.stopAtEos && eos.has(next)) {
-        stoppedBy = 'eos';
+        [stoppedBy, stopToken] = ['eos', next];
         break;
       }
       if (stopIds.has(next)) {
-        stoppedBy = 'stop';
+        [stoppedBy, stopToken] = ['stop', next];
         break;
       }
       out.push(next);
@@ -181,5 +184,6 @@ export function generate(
     while (out.length > 0 && tokenizer.decode(out, { skipSpecialTokens: true }).length > cut) out.pop();
     return { ids: out, text, stoppedBy };
   }
-  return { ids: out, text: tokenizer.decode(out, { skipSpecialTokens: true }), stoppedBy };
+  const text = tokenizer.decode(out, { skipSpecialTokens: true });
+  return stopToken === undefined ? { ids: out, text, stoppedBy } : { ids: out, text, stoppedBy, stopToken };
 }

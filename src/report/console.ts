@@ -118,6 +118,7 @@ export class ConsoleProgress implements RunLogger {
   }
 
   log(r: LogRecord): void {
+    if (r.kind === 'sample' && r.reward !== undefined) return; // GRPO's completions: metrics.jsonl holds them
     if (this.tty) this.logTty(r);
     else this.logPlain(r);
   }

@@ -29,7 +29,7 @@ export interface MetricsRow {
   perplexity?: number | null;
   path?: string;
   message?: string;
-  /** Samples: the prompt as given, and the generated text. */
+  /** Samples (evalPrompts', GRPO's): the prompt as given, and the generated text. */
   prompt?: string;
   completion?: string;
   memory?: { engine_bytes: number; rss_bytes: number; peak_rss_bytes: number };
@@ -37,12 +37,22 @@ export interface MetricsRow {
   world_size?: number;
   allreduce_ms?: number;
   allreduce_bytes?: number;
+  /** `sample` rows of GRPO: the completion's reward. */
+  reward?: number | null;
+  /** GRPO's step metrics without a slash in their TRL names (docs/objectives.md). */
+  reward_std?: number | null;
+  kl?: number | null;
+  completion_length?: number | null;
+  clip_ratio?: number | null;
+  frac_reward_zero_std?: number | null;
+  /** The objective's metrics under their TRL names (`rewards/chosen`...: docs/objectives.md). */
+  [metric: `${string}/${string}`]: number | null;
 }
 
 const num = (v: number): number | null => (Number.isFinite(v) ? v : null);
 
 export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
-  // a sample: { kind: 'sample', step, epoch, prompt, completion, time }
+  // a sample: { kind: 'sample', step, epoch, prompt, completion, (reward,) time }
   if (r.kind === 'sample')
     return {
       kind: r.kind,
@@ -50,6 +60,7 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
       epoch: r.epoch,
       prompt: r.prompt ?? '',
       completion: r.completion ?? '',
+      ...(r.reward === undefined ? {} : { reward: num(r.reward) }), // GRPO's
       time,
     };
   const row: MetricsRow = { kind: r.kind, step: r.step, epoch: r.epoch, time };
@@ -72,6 +83,9 @@ export function metricsRow(r: LogRecord, time = Date.now() / 1000): MetricsRow {
   if (r.worldSize !== undefined) row.world_size = r.worldSize;
   if (r.allreduceMs !== undefined) row.allreduce_ms = r.allreduceMs;
   if (r.allreduceBytes !== undefined) row.allreduce_bytes = r.allreduceBytes;
+  // an objective's metrics at the top level of the row, under TRL's names (as TRL's log history)
+  for (const [k, v] of Object.entries(r.metrics ?? {}))
+    (row as unknown as Record<string, unknown>)[k] = num(v);
   return row;
 }
 

@@ -20,6 +20,7 @@ import { checkStepMemory, computeDType, type PreparedModel } from './prepare.js'
 import { createStepProfiler, type StepProfiler } from './profile.js';
 import { EvalSamples } from './samples.js';
 import { TrainStep } from './step.js';
+import { checkObjectiveOptions, sequencesPerExample } from './objective.js';
 
 export interface TrainerParts {
   settings: Settings;
@@ -32,6 +33,8 @@ export interface TrainerParts {
   optimizer: Optimizer;
   schedule: Schedule;
   graphs: TrainStep;
+  /** Sequences per graph run: the micro-batch size × the objective's sequences per example. */
+  rows: number;
   allReduce: GradientAllReduce;
   /** What checkpoints are written from and checked against. */
   run: RunSetup;
@@ -47,20 +50,23 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
   let optimizer: Optimizer | null = null;
   let fingerprint: DataFingerprint | undefined;
   try {
+    checkObjectiveOptions(o); // before anything is allocated
     const s = resolveSettings(prepared, o);
+    const rows = s.microBatchSize * sequencesPerExample(o.objective, o.grpo);
     const scaler = GradScaler.create(s.precision === 'fp16' || s.precision === 'fp16_autocast', o.lossScale);
     const batches = new Batches(data, {
       ...s,
       vocabSize: model.config.vocab_size,
       rank: comm?.rank ?? 0,
       size: comm?.size ?? 1,
+      collateRows: rows,
     });
     const total = totalSteps(o, s, data.train.length);
     const samples = EvalSamples.create(model, prepared.tokenizer, { ...o, seed: s.seed });
     const profiler =
       o.profile === undefined || o.profile === false ? null : createStepProfiler(o.profile, total);
     const shape: StepShape = {
-      batchSize: s.microBatchSize, // the graphs' batch (a rank's share under data parallelism)
+      batchSize: rows, // the graphs' batch (a rank's share under data parallelism)
       seqLen: batches.seqLen,
       gradientAccumulationSteps: s.accumulation,
       gradientCheckpointing: s.gradientCheckpointing,
@@ -132,6 +138,7 @@ export function assembleTrainer(prepared: PreparedModel, data: TrainData, o: Tra
       optimizer,
       schedule,
       graphs,
+      rows,
       allReduce,
       run,
       samples,

@@ -9,7 +9,8 @@
  */
 import { EventEmitter } from 'node:events';
 import { ConfigError } from '../errors.js';
-import type { LogRecord, TrainResult } from './options.js';
+import { blockingObjectiveError } from './objective.js';
+import type { LogRecord, StepResult, TrainResult } from './options.js';
 import type { GraphRun } from './step.js';
 
 /** A generation of an evaluation prompt (`evalPrompts`), logged as `kind: 'sample'`. */
@@ -38,8 +39,14 @@ export interface TrainerEvents {
   error: [error: Error];
 }
 
-/** What the loop yields: a graph to compute, or `undefined` at a step boundary. */
-export type LoopItem = GraphRun | undefined;
+/**
+ * What the loop yields: a graph to compute, an objective's step that completes asynchronously (GRPO:
+ * its reward functions; the loop is resumed with its result), or `undefined` at a step boundary.
+ */
+export type LoopItem = GraphRun | Promise<StepResult> | undefined;
+
+/** The training loop as the drivers run it: resumed with an awaited step's result. */
+export type Loop<T> = Generator<LoopItem, T, StepResult | undefined>;
 
 /** How the loop's graphs are computed: at once, or on a worker thread. */
 export interface GraphDriver {
@@ -108,12 +115,13 @@ export class RunControl {
   }
 
   /** Runs `loop` to its end here, computing each graph at once (train()). */
-  driveBlocking<T>(loop: Generator<LoopItem, T>, graphs: GraphDriver): T {
+  driveBlocking<T>(loop: Loop<T>, graphs: GraphDriver): T {
     this.begin('blocking');
     try {
       for (;;) {
         const r = loop.next();
         if (r.done === true) return r.value;
+        if (r.value instanceof Promise) throw blockingObjectiveError(); // (train() refuses it first)
         if (r.value !== undefined) graphs.execute(r.value);
       }
     } finally {
@@ -126,13 +134,19 @@ export class RunControl {
    * worker thread, and at each step boundary the event loop runs (timers, I/O, a signal handler and
    * what it defers with setImmediate) and a paused run waits for resume() or stop().
    */
-  async driveAsync<T>(loop: Generator<LoopItem, T>, graphs: GraphDriver): Promise<T> {
+  async driveAsync<T>(loop: Loop<T>, graphs: GraphDriver): Promise<T> {
     this.begin('async');
     try {
       await this.whilePaused(); // paused before the run: no step until resumed
+      let step: StepResult | undefined;
       for (;;) {
-        const r = loop.next();
+        const r = loop.next(step);
+        step = undefined;
         if (r.done === true) return r.value;
+        if (r.value instanceof Promise) {
+          step = await r.value; // a rejection ends the run (the loop's finally blocks have nothing to undo)
+          continue;
+        }
         if (r.value !== undefined) {
           this.computing = true;
           await graphs.executeAsync(r.value).finally(() => (this.computing = false));
@@ -238,7 +252,7 @@ export class SteerableRun extends EventEmitter<TrainerEvents> {
   }
 
   /** Drives the loop here ({@link RunControl.driveBlocking}); emits `end`, or `error` and throws. */
-  protected runBlocking(loop: Generator<LoopItem, TrainResult>, graphs: GraphDriver): TrainResult {
+  protected runBlocking(loop: Loop<TrainResult>, graphs: GraphDriver): TrainResult {
     try {
       return this.ended(this.control.driveBlocking(loop, graphs));
     } catch (e) {
@@ -247,10 +261,7 @@ export class SteerableRun extends EventEmitter<TrainerEvents> {
   }
 
   /** Drives the loop without blocking ({@link RunControl.driveAsync}); emits `end`, or `error` and rejects. */
-  protected async runAsync(
-    loop: Generator<LoopItem, TrainResult>,
-    graphs: GraphDriver,
-  ): Promise<TrainResult> {
+  protected async runAsync(loop: Loop<TrainResult>, graphs: GraphDriver): Promise<TrainResult> {
     try {
       return this.ended(await this.control.driveAsync(loop, graphs));
     } catch (e) {

@@ -13,7 +13,7 @@ import type { FloatDType } from '../engine/dtype.js';
 import type { ForwardOptions, LinearHook, LlamaModel } from '../models/llama.js';
 import type { Graph } from '../tensor/graph.js';
 import { cast } from '../tensor/ops/layout.js';
-import { crossEntropy, linearCrossEntropy } from '../tensor/ops/loss.js';
+import { crossEntropy, linearCrossEntropy, type LossTaps } from '../tensor/ops/loss.js';
 import { linear } from '../tensor/ops/matmul.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { FrozenWeights } from './frozen.js';
@@ -85,7 +85,8 @@ function headOption(f: ForwardSetup): { headDType?: 'f16' | 'bf16'; headWeight?:
  * The summed cross-entropy of a micro-batch: the output layer fused with the loss in chunks of token
  * rows (linearCrossEntropy; at most MAX_CROSS_ENTROPY_CHUNKS of them, which bounds the graph's nodes),
  * or the whole logits, then the loss: with a chunk of 0, or where the chunks would need more.
- * `scale` (fp16's loss scale) reaches the chunks' gradients before a low-precision head matmul.
+ * `scale` (fp16's loss scale) reaches the chunks' gradients before a low-precision head matmul;
+ * `taps` collects the loss's weight input and per-token losses (the objectives' log-probs).
  */
 export function lossSum(
   f: ForwardSetup,
@@ -94,6 +95,7 @@ export function lossSum(
   labels: Tensor,
   o: ForwardOptions,
   scale?: Tensor,
+  taps?: LossTaps,
 ): Tensor {
   const { hidden, head } = f.model.forwardHidden(g, ids, o);
   const tokens = labels.numel;
@@ -107,12 +109,13 @@ export function lossSum(
     return crossEntropy(
       g.build(() => f.model.logits(hidden, head)),
       labels,
-      { reduction: 'sum' },
+      { reduction: 'sum', ...(taps === undefined ? {} : { taps }) },
     );
   return linearCrossEntropy(hidden, head, labels, {
     reduction: 'sum',
     chunkTokens: rows,
     softcap: f.model.config.final_logit_softcapping,
+    ...(taps === undefined ? {} : { taps }),
     ...(scale === undefined ? {} : { gradScale: scale }),
   });
 }

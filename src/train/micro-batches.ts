@@ -2,7 +2,7 @@
  * A step's micro-batches through the accumulate graph: each one collated, given its dropout seed and
  * run, its gradients added into the gradient buffers; the counts summed for the step.
  */
-import type { Batches } from '../data/batches.js';
+import type { Batches, Collated } from '../data/batches.js';
 import type { LoraLayers } from '../peft/lora.js';
 import { microBatchError, type MicroBatches, type Settings, type StepCounts } from './options.js';
 import type { GraphRun, TrainStep } from './step.js';
@@ -17,6 +17,11 @@ export interface AccumulateParts {
   rank: number;
   size: number;
   lossScale: number;
+  /**
+   * The objectives' weighted step: micro-batch k's per-position weights of the token losses
+   * (logprobs.ts positionWeights), or undefined for 1 per counted token.
+   */
+  weightsFor?: (c: Collated, k: number, examples: number) => Float32Array | undefined;
 }
 
 /** Runs the accumulate graph over `batches` (yielding each run to the driver); returns the counts. */
@@ -33,7 +38,7 @@ export function* accumulateMicroBatches(
     if (c.tokens === 0) continue; // nothing to learn from: no gradient, no count
     // dropout masks: one seed per (global micro-batch slot, rank)
     if (p.lora !== null) p.lora.step = (firstMicroStep + k + 1) * p.size + p.rank;
-    lossSum += yield* p.graphs.accumulateRuns(c, p.lossScale);
+    lossSum += yield* p.graphs.accumulateRuns(c, p.lossScale, p.weightsFor?.(c, k, batch.length));
     [tokens, inputTokens] = [tokens + c.tokens, inputTokens + c.inputTokens];
   }
   return { tokens, lossSum, inputTokens };

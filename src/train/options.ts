@@ -13,6 +13,9 @@ import type { ScheduleConfig } from '../optim/schedule.js';
 import { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
 import type { FrozenCopies } from './frozen.js';
 import type { ComputeDTypeChoice } from './kernel-choice.js';
+import type { ObjectiveName } from './objective.js';
+import type { PreferenceOptions } from './preference.js';
+import type { CompletionSample, GrpoOptions } from './grpo.js';
 import type { LoraOptions } from '../peft/lora.js';
 import type { MemoryReport } from './memory.js';
 import { splitGlobalBatch, type Collectives } from './parallel.js';
@@ -90,6 +93,15 @@ export interface TrainerOptions {
   evalPromptFormat?: EvalPromptFormat;
   /** Greedy with 64 new tokens by default; or temperature, topK, topP and a seed. */
   evalGeneration?: EvalGeneration;
+  /**
+   * What the steps minimise (docs/objectives.md): `sft` (default: the label tokens' mean
+   * cross-entropy), or the preference objectives `dpo`, `orpo`, `kto`, `simpo`, or `grpo`.
+   */
+  objective?: ObjectiveName;
+  /** The preference objectives' settings (beta, lossType, labelSmoothing, precomputeRefLogProbs). */
+  preference?: PreferenceOptions;
+  /** `objective: 'grpo'`: sampling, rewards and the loss (train/grpo.ts); needs trainAsync. */
+  grpo?: GrpoOptions;
   /** Write a checkpoint every N steps (0: only at the end) into outputDir. */
   saveEvery?: number;
   outputDir?: string;
@@ -148,6 +160,10 @@ export interface LogRecord {
   /** Data-parallel steps: time of the gradient all-reduce (with its device-host copies), and bytes summed. */
   allreduceMs?: number;
   allreduceBytes?: number;
+  /** The objective's metrics of a step (`rewards/chosen`...: docs/objectives.md). */
+  metrics?: Record<string, number>;
+  /** `sample` of GRPO: the completion's reward. */
+  reward?: number;
 }
 
 export interface StepResult {
@@ -170,6 +186,10 @@ export interface StepResult {
   /** Data-parallel runs: milliseconds and bytes of the gradient all-reduce (0 in a job of one). */
   allreduceMs: number;
   allreduceBytes: number;
+  /** The objective's metrics (a weighted step's, as given). */
+  metrics?: Record<string, number>;
+  /** GRPO's sampled completions to log (`kind: 'sample'` records), now and then. */
+  samples?: CompletionSample[];
 }
 
 /** What {@link Trainer.train} and {@link Trainer.trainAsync} are told for one run. */
@@ -227,6 +247,9 @@ const OPTION_NAMES: Record<keyof CreateOptions, true> = {
   onLog: true,
   profile: true,
   comm: true,
+  objective: true,
+  preference: true,
+  grpo: true,
 };
 const LORA_NAMES: Record<keyof NonNullable<TrainerOptions['lora']>, true> = {
   rank: true,
@@ -332,6 +355,7 @@ export function stepRecord(
     ...(o.scaler.enabled ? { lossScale: scale } : {}),
     ...(r.skipped ? { message: `gradients overflowed; update skipped, loss scale now ${scale}` } : {}),
     memory: o.memory,
+    ...(r.metrics === undefined ? {} : { metrics: r.metrics }),
     ...(o.worldSize === null
       ? {}
       : { worldSize: o.worldSize, allreduceMs: r.allreduceMs, allreduceBytes: r.allreduceBytes }),

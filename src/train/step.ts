@@ -26,6 +26,8 @@ import { isQuantDType } from '../engine/dtype.js';
 import { formatBytes } from '../engine/memory.js';
 import { OutOfMemoryError, QtuneError } from '../errors.js';
 import type { LlamaModel } from '../models/llama.js';
+import type { GradScaler } from '../optim/grad-scaler.js';
+import type { StepCounts } from './options.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import { Graph, type GraphNode } from '../tensor/graph.js';
 import { add, mul, sqr } from '../tensor/ops/elementwise.js';
@@ -92,6 +94,8 @@ interface AccumulateGraph {
   mask: Tensor | null;
   scale: Tensor;
   loss: Tensor;
+  /** The loss's per-token weight input (1 per counted token unless the caller sets it). */
+  weight: Tensor;
 }
 
 export class TrainStep {
@@ -151,17 +155,20 @@ export class TrainStep {
 
   /**
    * Runs the accumulate graph on one micro-batch: the gradients of its summed token losses × `lossScale`
-   * are added into {@link grads}. Returns the loss sum (not finite: fp16 overflowed).
+   * are added into {@link grads}. Returns the loss sum (not finite: fp16 overflowed). `weights`
+   * (`[batch × seqLen]`, one per position): the token losses' weights instead of 1 per counted
+   * token, so the gradient is that of Σ wᵢ·CEᵢ (the objectives' weighted step).
    */
-  accumulate(c: Collated, lossScale: number): number {
-    return this.runNow(this.accumulateRuns(c, lossScale));
+  accumulate(c: Collated, lossScale: number, weights?: Float32Array): number {
+    return this.runNow(this.accumulateRuns(c, lossScale, weights));
   }
 
   /** {@link accumulate}, yielding its graph run to the caller's driver ({@link GraphRun}). */
-  *accumulateRuns(c: Collated, lossScale: number): Generator<GraphRun, number> {
+  *accumulateRuns(c: Collated, lossScale: number, weights?: Float32Array): Generator<GraphRun, number> {
     const { acc } = this.bucket(c.seqLen);
     acc.g.set(acc.ids, c.ids);
     acc.g.set(acc.labels, c.labels);
+    if (weights !== undefined) acc.g.set(acc.weight, weights); // after the labels' own
     acc.g.set(acc.scale, Float32Array.of(lossScale));
     if (acc.mask !== null) acc.g.set(acc.mask, c.mask!); // packing
     yield { graph: acc.g, which: 'accumulate' };
@@ -172,6 +179,12 @@ export class TrainStep {
   /** The summed loss of one micro-batch, forward only (evaluation). */
   evalLoss(c: Collated): number {
     return this.bucket(c.seqLen).ev.lossSum(c);
+  }
+
+  /** The forward the graphs share, at `seqLen` positions (the step must be built). */
+  forwardAt(seqLen: number): ForwardSetup {
+    if (this.forward === null) throw new QtuneError('GRAPH', 'forwardAt: build() the step first');
+    return { ...this.forward, seqLen };
   }
 
   /** Every trainable tensor's gradient × `factor` on the host, by tensor name. */
@@ -195,6 +208,47 @@ export class TrainStep {
   *gradNormRuns(): Generator<GraphRun, number> {
     yield { graph: this.norm!.g, which: 'norm' };
     return this.norm!.g.read(this.norm!.sumsq)[0]!;
+  }
+
+  /**
+   * The step's update from the summed gradients: their global norm ÷ (`divisor` × loss scale),
+   * clipped to `maxGradNorm` (0: off), the optimizer's update at `lr`. An overflow (`overflow`, or a
+   * norm not finite) skips the update: fp16 halves the loss scale, as PyTorch's GradScaler; without
+   * a scaler `diverged` stops the run. Returns the norm and whether the update was skipped.
+   */
+  *applyRuns(
+    divisor: number,
+    o: { scaler: GradScaler; lr: number; maxGradNorm: number; overflow: boolean },
+    diverged: (value: number, what: string) => never,
+  ): Generator<GraphRun, { gradNorm: number; overflow: boolean }> {
+    const scale = o.scaler.scale;
+    const gradNorm = Math.sqrt(yield* this.gradNormRuns()) / (divisor * scale);
+    const overflow = o.overflow || !Number.isFinite(gradNorm);
+    if (overflow && !o.scaler.enabled) diverged(gradNorm, 'gradient norm');
+    if (!overflow) {
+      const max = o.maxGradNorm;
+      const clip = max > 0 && gradNorm > max ? max / (gradNorm + 1e-6) : 1;
+      this.s.optimizer.lr = o.lr;
+      yield* this.updateRuns(clip / (divisor * scale));
+    }
+    if (o.scaler.enabled && o.scaler.update(overflow).exhausted)
+      diverged(NaN, 'loss scale fell below 1 and the gradients still overflow:');
+    return { gradNorm, overflow };
+  }
+
+  /**
+   * The mean loss and the gradients (by tensor name) of an accumulate `run` over fresh gradient
+   * buffers, zeroed again after: the Trainer's gradients().
+   */
+  gradientsOf(
+    run: Generator<GraphRun, StepCounts>,
+    lossScale: number,
+  ): { loss: number; tokens: number; grads: Map<string, Float32Array> } {
+    this.grads.zero();
+    const { tokens, lossSum } = this.runNow(run);
+    const grads = this.readGradients(1 / (tokens * lossScale));
+    this.grads.zero();
+    return { loss: lossSum / tokens, tokens, grads };
   }
 
   /** The optimizer's update from the gradients × `factor` (at the optimizer's current lr). */
@@ -427,7 +481,8 @@ export class TrainStep {
       const { ids, labels, mask } = forwardInputs(g, f);
       const scale = g.input([1], 'f32', 'loss_scale');
       const o = { ...forwardOptions(f, mask), checkpoint: this.s.shape.gradientCheckpointing };
-      const loss = lossSum(f, g, ids, labels, o, scale);
+      const taps = { weights: [] as Tensor[], tokenLosses: [] as Tensor[] };
+      const loss = lossSum(f, g, ids, labels, o, scale, taps);
       const grads = g.backward(mul(loss, scale), this.s.params);
       // ggml orders the nodes depth-first from each assignment in turn: the last block's gradients
       // first, so that every block's weight gradients run as soon as its output gradient exists and
@@ -442,7 +497,7 @@ export class TrainStep {
       }
       const out = g.output(loss);
       g.plan(); // compiled (allocated) by buildGraphs, after the forward phase
-      return { g, ids, labels, mask, scale, loss: out };
+      return { g, ids, labels, mask, scale, loss: out, weight: taps.weights[0]! };
     } catch (e) {
       g.dispose();
       throw e;

@@ -20,16 +20,16 @@ import type { LlamaModel } from '../models/llama.js';
 import type { GradScaler } from '../optim/grad-scaler.js';
 import type { Optimizer } from '../optim/optimizer.js';
 import type { Schedule } from '../optim/schedule.js';
-import type { GraphNode } from '../tensor/graph.js';
 import type { Tensor } from '../tensor/tensor.js';
 import type { Batches, Collated } from '../data/batches.js';
 import type { Example, TrainData } from '../data/example.js';
 import { assembleTrainer, type TrainerParts } from './assemble.js';
-import { SteerableRun, type LoopItem } from './control.js';
+import type { LoopItem } from './control.js';
+import { TrainerViews } from './views.js';
 import * as ckpt from './checkpoint.js';
 import { evaluateExamples, type Evaluation } from './evaluate.js';
 import type { LoraLayers } from '../peft/lora.js';
-import { peakRss, type DeviceMemory, type MemoryReport } from './memory.js';
+import { peakRss } from './memory.js';
 import { checkOptionNames, divergedError, oneProcessOnly, requiredTrainType } from './options.js';
 import { accumulateMicroBatches } from './micro-batches.js';
 import { stepRecord, type LogRecord, type RunOptions, type Settings, type StepResult } from './options.js';
@@ -37,16 +37,19 @@ import type { CreateOptions, MicroBatches, SettingChange, TrainerOptions, TrainR
 import { adapterData, saveTrainedOutputs, type SaveOutputsOptions } from '../peft/outputs.js';
 import { syncFromRank0, type Collectives, type GradientAllReduce } from './parallel.js';
 import { prepareModel, type PreparedModel } from './prepare.js';
-import type { StepProfile, StepProfiler } from './profile.js';
-import { kernelChoiceLines, type GraphRun, type KernelChoices, type TrainStep } from './step.js';
-import { gradientCheckpointingLine, type ResolvedTrainType } from './train-type.js';
+import type { StepProfiler } from './profile.js';
+import type { GraphRun, TrainStep } from './step.js';
+import { LogProbs, weightedArgs, type TokenLogProbOptions, type Weighted } from './logprobs.js';
+import { blockingObjectiveError, createObjective, type Objective } from './objective.js';
+import type { WeightedMicroBatch, WeightedStepOptions } from './objective.js';
+import type { ResolvedTrainType } from './train-type.js';
 
 export { DEFAULT_CHUNK_TOKENS } from '../tensor/ops/loss.js';
 export { TrainingError } from '../errors.js';
 export * from './options.js';
 export * from './prepare.js';
 
-export class Trainer extends SteerableRun {
+export class Trainer extends TrainerViews {
   readonly model: LlamaModel;
   readonly tokenizer: PreparedModel['tokenizer'];
   readonly trainType: ResolvedTrainType;
@@ -65,14 +68,14 @@ export class Trainer extends SteerableRun {
   private readonly prepared: PreparedModel;
   private readonly data: TrainData;
   private readonly batches: Batches;
-  private readonly graphs: TrainStep;
+  protected readonly graphs: TrainStep;
   private readonly scaler: GradScaler;
   /** What checkpoints are written from and checked against. */
   private readonly run: ckpt.RunSetup;
   /** Data parallelism: the job's ranks (null: this process alone). */
   private readonly comm: Collectives | null;
   private readonly allReduce: GradientAllReduce;
-  private readonly profiler: StepProfiler | null;
+  protected readonly profiler: StepProfiler | null;
   private readonly samples: TrainerParts['samples'];
   /** Rank 0's state has reached every rank since the last construction or checkpoint load. */
   private synced = false;
@@ -80,6 +83,8 @@ export class Trainer extends SteerableRun {
   /** Micro-batches run so far (dropout masks derive from it). */
   private microStep = 0;
   private lastCheckpoint: string | null = null;
+  private readonly logProbs: LogProbs;
+  private readonly objective: Objective | null; // null: sft
 
   /**
    * A trainer over a model already loaded with {@link prepareModel}. The trainer owns it from here
@@ -96,6 +101,10 @@ export class Trainer extends SteerableRun {
     [this.schedule, this.graphs, this.allReduce, this.run] = [p.schedule, p.graphs, p.allReduce, p.run];
     this.gradientCheckpointing = p.settings.gradientCheckpointing;
     this.gradientCheckpointingByDefault = p.settings.gradientCheckpointingByDefault;
+    const at = () => ({ microStep: this.microStep, steps: this.stepCount, comm: this.comm });
+    this.logProbs = new LogProbs({ ...p, collate: (b) => this.batches.collate(b), at });
+    this.objective = createObjective(o, this, { rows: p.rows, data });
+    if (this.objective !== null) this.logProbs.keepReference();
   }
 
   /** Loads `source` for the options' train type and precision and returns a trainer over it. */
@@ -118,6 +127,7 @@ export class Trainer extends SteerableRun {
    * checkpoint. An aborted `signal` stops it at the next step boundary (see {@link trainAsync}).
    */
   train(o: RunOptions = {}): TrainResult {
+    if (this.objective?.async === true) throw blockingObjectiveError();
     return this.runBlocking(this.loop(o.signal), this.graphs);
   }
 
@@ -130,8 +140,8 @@ export class Trainer extends SteerableRun {
     return this.runAsync(this.loop(o.signal), this.graphs);
   }
 
-  /** The training loop: yields each graph to compute, and undefined after every step. */
-  private *loop(signal: AbortSignal | undefined): Generator<LoopItem, TrainResult> {
+  /** The training loop: yields each graph to compute (or an objective's step promise), and undefined after every step. */
+  private *loop(signal: AbortSignal | undefined): Generator<LoopItem, TrainResult, StepResult | undefined> {
     if (signal !== undefined) oneProcessOnly(this.comm, 'signal', 'stop a job with its launcher');
     const { outputDir: dir, evalEvery = 0, saveEvery = 0 } = this.o;
     if (dir !== undefined) ckpt.cleanCheckpointLeftovers(dir);
@@ -140,7 +150,7 @@ export class Trainer extends SteerableRun {
     const due = (every: number) => (every > 0 && this.stepCount % every === 0) || this.stepCount === end;
     let tokens = 0;
     while (this.stepCount < this.totalSteps && signal?.aborted !== true && this.control.stopping === null) {
-      const r = yield* this.stepRuns();
+      const r = this.objective === null ? yield* this.stepRuns() : yield* this.objectiveStep();
       tokens += r.tokens;
       losses.push(r.loss);
       this.logStep(r);
@@ -183,49 +193,58 @@ export class Trainer extends SteerableRun {
     return this.graphs.runNow(this.stepRuns(microBatches));
   }
 
-  /** {@link step}, yielding each graph to compute to the loop's driver. */
-  private *stepRuns(microBatches?: MicroBatches): Generator<GraphRun, StepResult> {
+  /** An objective's step (objective.ts): GRPO's is a promise (its reward functions), which the driver awaits. */
+  private *objectiveStep(): Generator<LoopItem, StepResult, StepResult | undefined> {
+    const next = this.objective!.step(this.batches.next());
+    return next instanceof Promise ? (yield next)! : next;
+  }
+
+  /** {@link step}, or with `w` {@link weightedStep}, yielding each graph to compute to the loop's driver. */
+  private *stepRuns(microBatches?: MicroBatches, w: Weighted | null = null): Generator<GraphRun, StepResult> {
     this.ensureGraphs();
     if (!this.synced) this.syncFromRank0();
     const t0 = performance.now();
     this.graphs.startStep(this.stepCount + 1);
     const batches = microBatches ?? this.batches.next();
-    const mine = yield* this.accumulate(batches, this.microStep);
+    const mine = yield* this.accumulate(batches, this.microStep, w);
     this.microStep += microBatches === undefined ? this.settings.accumulation : batches.length;
     const sums = this.allReduce.sumStep(mine); // data parallelism: the whole global batch's
-    const { tokens, lossSum, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
-    let overflow = !Number.isFinite(lossSum);
+    const { tokens, inputTokens, ms: allreduceMs, bytes: allreduceBytes } = sums;
+    const [norm, lossSum] = w === null ? [tokens, sums.lossSum] : [w.count, w.loss * w.count];
+    let overflow = !Number.isFinite(sums.lossSum) || !Number.isFinite(lossSum);
     if (overflow && !this.scaler.enabled) this.diverged(lossSum);
     const lr = this.schedule.lrAt(this.stepCount);
     let gradNorm = 0;
     if (tokens > 0) {
-      const scale = this.scaler.scale;
-      gradNorm = Math.sqrt(yield* this.graphs.gradNormRuns()) / (tokens * scale);
-      overflow ||= !Number.isFinite(gradNorm);
-      if (overflow && !this.scaler.enabled) this.diverged(gradNorm, 'gradient norm');
-      if (!overflow) {
-        const max = this.settings.maxGradNorm;
-        const clip = max > 0 && gradNorm > max ? max / (gradNorm + 1e-6) : 1;
-        this.optimizer.lr = lr;
-        yield* this.graphs.updateRuns(clip / (tokens * scale));
-      }
-      // fp16: an overflow skips the update and halves the scale, as PyTorch's GradScaler
-      if (this.scaler.enabled && this.scaler.update(overflow).exhausted)
-        this.diverged(NaN, 'loss scale fell below 1 and the gradients still overflow:');
+      const u = { scaler: this.scaler, lr, maxGradNorm: this.settings.maxGradNorm, overflow };
+      ({ gradNorm, overflow } = yield* this.graphs.applyRuns(norm, u, (v, what) => this.diverged(v, what)));
     }
     this.graphs.grads.zero();
     this.stepCount++;
     const [seconds, graphSeconds] = [(performance.now() - t0) / 1000, { ...this.graphs.seconds }];
     const skipped = overflow || tokens === 0; // tokens 0: nothing to learn from, no update
-    const r = { step: this.stepCount, loss: lossSum / tokens, lr, gradNorm, tokens, inputTokens, skipped };
-    return { ...r, seconds, graphSeconds, allreduceMs, allreduceBytes };
+    const r = { step: this.stepCount, loss: lossSum / norm, lr, gradNorm, tokens, inputTokens, skipped };
+    const metrics = w?.metrics === undefined ? {} : { metrics: w.metrics };
+    return { ...r, seconds, graphSeconds, allreduceMs, allreduceBytes, ...metrics };
   }
 
-  /** Runs the accumulate graph over `batches`: their gradients are added into the gradient buffers. */
-  private accumulate(batches: MicroBatches, firstMicroStep: number) {
+  /** Runs the accumulate graph over `batches` (× `w`'s weights): their gradients are added into the gradient buffers. */
+  private accumulate(batches: MicroBatches, firstMicroStep: number, w: Weighted | null = null) {
     const [rank, size, lossScale] = [this.comm?.rank ?? 0, this.comm?.size ?? 1, this.scaler.scale];
     const p = { graphs: this.graphs, batches: this.batches, lora: this.lora, settings: this.settings };
-    return accumulateMicroBatches({ ...p, rank, size, lossScale }, batches, firstMicroStep);
+    const parts = { ...p, rank, size, lossScale, ...this.logProbs.weightsFor(w) };
+    return accumulateMicroBatches(parts, batches, firstMicroStep);
+  }
+
+  /** One step of Σₜ wₜ·∇(−log pₜ) / count, clipped and applied as {@link step}'s (docs/objectives.md). */
+  weightedStep(microBatches: WeightedMicroBatch[], o: WeightedStepOptions): StepResult {
+    return this.graphs.runNow(this.stepRuns(...weightedArgs(microBatches, o)));
+  }
+
+  /** Per example, the log-prob of each counted label token (`adapters: false`: the reference model). */
+  tokenLogProbs(examples: Example[], o?: TokenLogProbOptions): Float64Array[] {
+    this.ensureGraphs();
+    return this.logProbs.tokenLogProbs(examples, o);
   }
 
   /**
@@ -241,12 +260,8 @@ export class Trainer extends SteerableRun {
   gradients(microBatches?: MicroBatches): { loss: number; tokens: number; grads: Map<string, Float32Array> } {
     oneProcessOnly(this.comm, 'gradients()', 'call it in a job of one process');
     this.ensureGraphs();
-    this.graphs.grads.zero();
     const run = this.accumulate(microBatches ?? this.batches.next(), this.microStep);
-    const { tokens, lossSum } = this.graphs.runNow(run);
-    const grads = this.graphs.readGradients(1 / (tokens * this.scaler.scale));
-    this.graphs.grads.zero();
-    return { loss: lossSum / tokens, tokens, grads };
+    return this.graphs.gradientsOf(run, this.scaler.scale);
   }
 
   /** Mean loss and perplexity over the validation data (or its first `evalExamples`). */
@@ -265,58 +280,10 @@ export class Trainer extends SteerableRun {
     this.ensureGraphs();
   }
 
-  private ensureGraphs(): void {
+  protected ensureGraphs(): void {
     // built for the longest bucket: a step that cannot fit fails here, before a run writes anything
     const first = this.data.train.slice(0, this.settings.microBatchSize);
     this.graphs.build(this.batches.collate(first, this.batches.maxSeqLen));
-  }
-
-  /**
-   * The nodes of the step's compiled graphs (built on first use): `accumulate` (forward, backward,
-   * gradient sums) and `update` (the optimizer), each `MUL_MAT` with its sources' types.
-   */
-  graphNodes(): { accumulate: GraphNode[]; update: GraphNode[] } {
-    this.ensureGraphs();
-    return this.graphs.nodes();
-  }
-
-  /** What the trainer chose for the frozen base's matmuls; null before the first graph. */
-  kernelChoices(): KernelChoices | null {
-    return this.graphs.kernelChoices();
-  }
-
-  /** {@link kernelChoices} in a line each, for a run's log (nothing before the first graph). */
-  kernelChoiceLines(): string[] {
-    return kernelChoiceLines(this.graphs.kernelChoices());
-  }
-
-  /** One line for a run's startup: `gradient checkpointing: on (default for qlora)`. */
-  gradientCheckpointingLine(): string {
-    return gradientCheckpointingLine(this.trainType, this.settings);
-  }
-
-  /** Memory per phase (measured when the graphs were first built and run). */
-  memory(): MemoryReport {
-    this.ensureGraphs();
-    return { ...this.graphs.memoryReport(), peakRssBytes: peakRss(), devices: this.memoryByDevice() };
-  }
-
-  /** What each device holds: weights, adapters, gradients, optimizer state, compute buffers. */
-  memoryByDevice(): DeviceMemory[] {
-    return this.graphs.memoryByDevice();
-  }
-
-  /**
-   * The per-op profile of the profiled step (the `profile` option), once that step has run; null
-   * without the option or before. Format it with `formatProfile`, write it with `writeProfileTrace`.
-   *
-   * @example
-   * const t = new Trainer(prepared, data, { maxSteps: 3, profile: true });
-   * t.train();
-   * console.log(formatProfile(t.profile()!).join('\n'));
-   */
-  profile(): StepProfile | null {
-    return this.profiler?.result() ?? null;
   }
 
   /** Makes every rank start from rank 0's weights, optimizer state and progress. */
@@ -339,6 +306,7 @@ export class Trainer extends SteerableRun {
   private logStep(r: StepResult): void {
     const memory = { ...this.graphs.phase(), peakRssBytes: peakRss() };
     this.log(stepRecord(r, { scaler: this.scaler, memory, worldSize: this.comm?.size ?? null }));
+    for (const s of r.samples ?? []) this.log({ kind: 'sample', step: r.step, ...s }); // GRPO's
   }
 
   /** Sends a record, stamped with the epoch, to onLog and the listeners. */
@@ -392,6 +360,7 @@ export class Trainer extends SteerableRun {
   }
 
   dispose(): void {
+    this.logProbs.dispose();
     this.graphs.dispose();
     this.optimizer.dispose();
     this.lora?.dispose();

@@ -104,6 +104,7 @@ describe('Axolotl and Hugging Face names in the train config', () => {
       min_lr_ratio: 0.1,
       log_to: ['tensorboard'],
       dashboard_port: 8123,
+      max_completion_length: 12,
     };
     // the table's rows, `| \`name\` | \`option\` | from |`, as name -> option
     const rows = new Map<string, string>();

@@ -39,6 +39,8 @@ describe('generation stops', () => {
     const r = generate(m.model, m.tokenizer, prompt, { maxNewTokens: 10, stopAtEos: false, stopIds: [stop] });
     assert.equal(r.stoppedBy, 'stop');
     assert.deepEqual(r.ids, free.ids.slice(0, first));
+    assert.equal(r.stopToken, stop); // the stop token itself (GRPO trains its completions to emit it)
+    assert.equal(free.stopToken, undefined);
     // the text the fifth token adds, as a stop string: the text is cut where it first begins
     const text = (n: number) => m.tokenizer.decode(free.ids.slice(0, n), { skipSpecialTokens: true });
     const piece = text(5).slice(text(4).length);

@@ -33,6 +33,8 @@ import { BestCheckpoint, writeRunFiles } from '../run-outputs.js';
 import { startTrainDashboard } from '../train-dashboard.js';
 import type { DashboardHandle } from '../../report/dashboard/start.js';
 import { TrainLog } from '../train-log.js';
+import { objectiveTrainerOptions } from '../objective-config.js';
+import { grpoSetup } from '../grpo-config.js';
 import { resumeCommand, signalExitCode, stopOnSignal } from '../stop-on-signal.js';
 import { trainerEvalOptions } from '../eval-prompts.js';
 import { readConfigFile, resolveTrainConfig, trainOptionsHelp, type TrainConfig } from '../train-config.js';
@@ -112,6 +114,7 @@ export function trainerOptions(c: TrainConfig): TrainerOptions {
   if (c.num_cycles !== null) schedule['num_cycles'] = c.num_cycles;
   return {
     trainType: c.train_type,
+    ...objectiveTrainerOptions(c),
     ...(c.quantization === null ? {} : { quantization: c.quantization }),
     lora: {
       rank: c.lora_rank,
@@ -377,19 +380,23 @@ async function trainWatched(
         `context_length: ${c.context_length} is more than the ${limit} positions of ${c.model!} (max_position_embeddings)`,
         { hint: `use context_length ${limit} or less` },
       );
-    const data = await loadDataset(
-      {
-        path: c.dataset ?? '',
-        format: c.dataset_format,
-        ...(c.val_dataset === null ? { val_size: c.val_size } : { val_path: c.val_dataset }),
-        packing: c.packing,
-        seed: c.seed,
-        ...(c.max_samples === null ? {} : { max_samples: c.max_samples }),
-      },
-      prepared.tokenizer,
-      c.context_length,
-    );
-    trainer = new Trainer(prepared, data, options);
+    // GRPO: a prompt dataset, and the reward functions imported (cli/grpo-config.ts)
+    const grpo = c.objective === 'grpo' ? await grpoSetup(c, prepared.tokenizer) : null;
+    const data =
+      grpo?.data ??
+      (await loadDataset(
+        {
+          path: c.dataset ?? '',
+          format: c.dataset_format,
+          ...(c.val_dataset === null ? { val_size: c.val_size } : { val_path: c.val_dataset }),
+          packing: c.packing,
+          seed: c.seed,
+          ...(c.max_samples === null ? {} : { max_samples: c.max_samples }),
+        },
+        prepared.tokenizer,
+        c.context_length,
+      ));
+    trainer = new Trainer(prepared, data, grpo === null ? options : { ...options, grpo: grpo.grpo });
   } catch (e) {
     prepared.dispose();
     throw e;

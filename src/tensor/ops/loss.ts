@@ -20,6 +20,22 @@ export interface CrossEntropyOptions {
    * that normalise over several micro-batches themselves.
    */
   reduction?: 'mean' | 'sum';
+  /**
+   * Collects the loss's per-token tensors as the graph is built (see {@link LossTaps}): the
+   * preference and RL objectives read per-token log-probs and set per-token weights through them.
+   */
+  taps?: LossTaps;
+}
+
+/**
+ * What a loss leaves for its caller: `weights`, the `[N, 1]` f32 weight input of each loss (set from
+ * the labels whenever they are set; setting it again afterwards, before the run, replaces it), and
+ * `tokenLosses`, the `[n, 1]` per-token losses wᵢ·CEᵢ of each chunk in token order (mark them
+ * outputs to read them: with reduction `sum`, CEᵢ = −log pᵢ for counted tokens, 0 for ignored ones).
+ */
+export interface LossTaps {
+  weights: Tensor[];
+  tokenLosses: Tensor[];
 }
 
 /**
@@ -51,7 +67,8 @@ function crossEntropyIn(logits: Tensor, labels: Tensor, o: CrossEntropyOptions):
   }
   const { target, flatIndex, weight } = labelInputs(g, 'crossEntropy', labels, N, V, o, N);
   const x = contiguous(reshape(logits, [N, V])); // ne [V, N]
-  const { loss } = rowsLoss(g, x, target, weight, x.requiresGrad);
+  const { loss, perToken } = rowsLoss(g, x, target, weight, x.requiresGrad);
+  o.taps?.tokenLosses.push(perToken);
   return g.record('crossEntropy', [x], loss, (dy) => {
     const api = ggml();
     const gw = g.node((ctx) => api.mul(ctx, weight.ptr, dy.ptr), [N, 1], 'f32', false); // wᵢ·dy
@@ -203,6 +220,7 @@ export function linearCrossEntropy(
     const tc = rowsOf(target, (r0 / rows) * targetStride, n);
     const part = g.label('xent', () => rowsLoss(g, logits, tc, wc, grad));
     const lc = part.loss;
+    o.taps?.tokenLosses.push(part.perToken);
     const sofar: Tensor | null = loss;
     loss =
       sofar === null
@@ -297,7 +315,7 @@ function rowsLoss(
   target: Tensor,
   w: Tensor,
   requiresGrad: boolean,
-): { loss: Tensor; probs: Tensor } {
+): { loss: Tensor; probs: Tensor; perToken: Tensor } {
   const api = ggml();
   const [n, V] = x.shape as [number, number];
   const node = (make: Parameters<typeof g.node>[0], shape: number[], name = '') =>
@@ -313,7 +331,7 @@ function rowsLoss(
     'ce_tokens',
   );
   const loss = g.node((ctx) => api.sum(ctx, perToken.ptr), [], 'f32', requiresGrad, 'cross_entropy');
-  return { loss, probs };
+  return { loss, probs, perToken };
 }
 
 /**
@@ -396,6 +414,7 @@ export function labelInputs(
   const target = g.input([chunks === 1 ? N : chunks * stride, 1], 'i32', 'ce_target');
   const flatIndex = g.input([N], 'i32', 'ce_flat_index');
   const weight = g.input([N, 1], 'f32', 'ce_weight');
+  o.taps?.weights.push(weight);
   g.onSet(labels, (data) => {
     const t = new Int32Array(target.numel); // padding rows stay 0: no chunk reads them
     const f = new Int32Array(N);
