@@ -17,6 +17,8 @@ export interface AccumulateParts {
   rank: number;
   size: number;
   lossScale: number;
+  /** Sequences a micro-batch may hold: the graphs' batch (an objective's pairs or groups run together). */
+  rows: number;
   /**
    * The objectives' weighted step: micro-batch k's per-position weights of the token losses
    * (logprobs.ts positionWeights), or undefined for 1 per counted token.
@@ -30,7 +32,7 @@ export function* accumulateMicroBatches(
   batches: MicroBatches,
   firstMicroStep: number,
 ): Generator<GraphRun, StepCounts> {
-  const { microBatchSize: max, batchSize } = p.settings;
+  const [max, batchSize] = [p.rows, p.settings.batchSize];
   let [tokens, lossSum, inputTokens] = [0, 0, 0];
   for (const [k, batch] of batches.entries()) {
     if (batch.length > max) throw microBatchError(batch.length, max, batchSize);

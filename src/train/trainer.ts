@@ -232,7 +232,7 @@ export class Trainer extends TrainerViews {
   private accumulate(batches: MicroBatches, firstMicroStep: number, w: Weighted | null = null) {
     const [rank, size, lossScale] = [this.comm?.rank ?? 0, this.comm?.size ?? 1, this.scaler.scale];
     const p = { graphs: this.graphs, batches: this.batches, lora: this.lora, settings: this.settings };
-    const parts = { ...p, rank, size, lossScale, ...this.logProbs.weightsFor(w) };
+    const parts = { ...p, rank, size, lossScale, rows: this.logProbs.rows, ...this.logProbs.weightsFor(w) };
     return accumulateMicroBatches(parts, batches, firstMicroStep);
   }
 
