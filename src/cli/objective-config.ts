@@ -17,7 +17,7 @@ export const OBJECTIVE_OPTIONS = {
     kind: 'number',
     default: null,
     min: 0,
-    help: "the objective's beta: dpo's tie to the reference (default 0.1), grpo's KL coefficient (default 0), as TRL's",
+    help: "the objective's beta, as TRL's: dpo's tie to the reference, orpo's odds-ratio weight, simpo's reward scale (default 0.1); grpo's KL coefficient (default 0)",
   },
   loss_type: {
     kind: 'string',
@@ -30,6 +30,11 @@ export const OBJECTIVE_OPTIONS = {
     min: 0,
     max: 0.49,
     help: 'dpo sigmoid: the chance a preference label is flipped (conservative DPO)',
+  },
+  simpo_gamma: {
+    kind: 'number',
+    default: 0.5,
+    help: "simpo: the target reward margin γ (TRL's simpo_gamma)",
   },
   precompute_ref_log_probs: {
     kind: 'boolean',
@@ -45,15 +50,17 @@ export function objectiveTrainerOptions(c: {
   loss_type: string | null;
   label_smoothing: number;
   precompute_ref_log_probs: boolean;
+  simpo_gamma: number;
 }): Pick<TrainerOptions, 'objective' | 'preference'> {
   if (c.objective === 'sft') return {};
   const objective = c.objective as TrainerOptions['objective'] & string;
-  if (objective !== 'dpo') return { objective }; // grpo's settings: grpo-config.ts
+  if (objective !== 'dpo' && objective !== 'orpo' && objective !== 'simpo') return { objective }; // grpo's: grpo-config.ts
   const preference = {
     ...(c.beta === null ? {} : { beta: c.beta }),
     ...(c.loss_type === null ? {} : { lossType: c.loss_type as DpoLossType }),
     labelSmoothing: c.label_smoothing,
     precomputeRefLogProbs: c.precompute_ref_log_probs,
+    simpoGamma: c.simpo_gamma,
   };
   return { objective, preference };
 }

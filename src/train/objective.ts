@@ -77,10 +77,12 @@ export function checkObjective(name: unknown): ObjectiveName {
 /** Checks the options' objective and its settings (before the trainer allocates anything). */
 export function checkObjectiveOptions(o: TrainerOptions): void {
   const name = checkObjective(o.objective);
-  if (name === 'dpo') preferenceSettings(o.preference);
+  if (name === 'dpo' || name === 'orpo' || name === 'simpo') preferenceSettings(o.preference);
   else if (name === 'grpo') resolveGrpoOptions(o.grpo);
   else if (name !== 'sft')
-    throw new ConfigError(`objective: ${name} is not available yet`, { hint: 'use sft, dpo or grpo' });
+    throw new ConfigError(`objective: ${name} is not available yet`, {
+      hint: 'use sft, dpo, orpo, simpo or grpo',
+    });
 }
 
 /** The options' objective over `trainer` (checked by {@link checkObjectiveOptions}); null for `sft`. */
@@ -90,7 +92,8 @@ export function createObjective(
   c: ObjectiveContext,
 ): Objective | null {
   checkObjectiveOptions(o);
-  if (o.objective === 'dpo') return new DpoObjective(o, t, c);
+  if (o.objective === 'dpo' || o.objective === 'orpo' || o.objective === 'simpo')
+    return new DpoObjective(o, t, c);
   if (o.objective === 'grpo') return new GrpoObjective(t, resolveGrpoOptions(o.grpo));
   return null;
 }

@@ -8,6 +8,7 @@ import { ConfigError } from '../errors.js';
 import type { Example } from '../data/example.js';
 import type { Objective, ObjectiveContext, ObjectiveTrainer, WeightedMicroBatch } from './objective.js';
 import type { StepResult, TrainerOptions } from './options.js';
+import { orpoLoss, simpoLoss } from './pair-losses.js';
 
 export const DPO_LOSS_TYPES = ['sigmoid', 'ipo', 'hinge'] as const;
 export type DpoLossType = (typeof DPO_LOSS_TYPES)[number];
@@ -22,6 +23,8 @@ export interface PreferenceOptions {
   labelSmoothing?: number;
   /** Compute every reference log-prob once before the first step (default: per batch). */
   precomputeRefLogProbs?: boolean;
+  /** SimPO's target margin γ (TRL's `simpo_gamma`, default 0.5). */
+  simpoGamma?: number;
 }
 
 /** The per-token log-probs of one pair: policy and reference, chosen and rejected. */
@@ -56,7 +59,7 @@ const sigmoid = (z: number) => (z >= 0 ? 1 / (1 + Math.exp(-z)) : Math.exp(z) / 
  */
 export function dpoLoss(
   pairs: readonly PairLogProbs[],
-  o: Required<Omit<PreferenceOptions, 'precomputeRefLogProbs'>>,
+  o: Required<Omit<PreferenceOptions, 'precomputeRefLogProbs' | 'simpoGamma'>>,
 ): PairLoss {
   const { beta, lossType, labelSmoothing: eps } = o;
   const n = pairs.length;
@@ -114,8 +117,11 @@ export function preferenceSettings(o: PreferenceOptions = {}): Required<Preferen
     lossType: 'sigmoid' as DpoLossType,
     labelSmoothing: 0,
     precomputeRefLogProbs: false,
+    simpoGamma: 0.5,
     ...o,
   };
+  if (!Number.isFinite(s.simpoGamma))
+    throw new ConfigError(`simpo_gamma: ${s.simpoGamma} must be a number`, { hint: 'TRL uses 0.5' });
   if (!(s.beta > 0 && Number.isFinite(s.beta)))
     throw new ConfigError(`beta: ${s.beta} must be a positive number`, { hint: 'TRL uses 0.1' });
   if (!(DPO_LOSS_TYPES as readonly string[]).includes(s.lossType))
@@ -130,17 +136,23 @@ export function preferenceSettings(o: PreferenceOptions = {}): Required<Preferen
 }
 
 /** The rejected sequence of a pair's chosen example, or the error naming what is missing. */
-function rejectedOf(e: Example): Example {
+function rejectedOf(e: Example, objective = 'dpo'): Example {
   if (e.rejected === undefined)
-    throw new ConfigError('objective dpo: a training example has no rejected completion', {
+    throw new ConfigError(`objective ${objective}: a training example has no rejected completion`, {
       hint: 'give a preference dataset: {prompt, chosen, rejected} records',
     });
   return e.rejected;
 }
 
-/** DPO over the trainer's paired examples (each chosen example carries its rejected one). */
+/** The pair objectives: each chosen example carries its rejected one, run in one batch. */
+export type PairObjectiveName = 'dpo' | 'orpo' | 'simpo';
+
+/**
+ * DPO, ORPO or SimPO over the trainer's paired examples; only DPO has a reference model (ORPO and
+ * SimPO: pair-losses.ts).
+ */
 export class DpoObjective implements Objective {
-  readonly name = 'dpo' as const;
+  readonly name: PairObjectiveName;
   private readonly s: Required<PreferenceOptions>;
   private readonly refCache = new WeakMap<Example, Float64Array>();
   private precomputed = false;
@@ -150,22 +162,30 @@ export class DpoObjective implements Objective {
     private readonly t: ObjectiveTrainer,
     private readonly c: ObjectiveContext,
   ) {
+    this.name = (o.objective ?? 'dpo') as PairObjectiveName;
     this.s = preferenceSettings(o.preference);
-    for (const e of c.data.train) rejectedOf(e);
+    for (const e of c.data.train) rejectedOf(e, this.name);
   }
 
   step(microBatches: readonly (readonly Example[])[]): StepResult {
-    if (this.s.precomputeRefLogProbs && !this.precomputed) this.precompute();
+    const dpo = this.name === 'dpo';
+    if (dpo && this.s.precomputeRefLogProbs && !this.precomputed) this.precompute();
     const pairs: PairLogProbs[] = [];
-    const seqs = microBatches.map((mb) => [...mb, ...mb.map(rejectedOf)]);
+    const seqs = microBatches.map((mb) => [...mb, ...mb.map((e) => rejectedOf(e, this.name))]);
     seqs.forEach((s, k) => {
       const lp = this.t.tokenLogProbs(s, { microBatch: k });
-      const ref = this.reference(s);
+      const ref = dpo ? this.reference(s) : s.map(() => new Float64Array(0)); // ORPO, SimPO: none
       const m = s.length / 2;
       for (let i = 0; i < m; i++)
         pairs.push({ chosen: lp[i]!, rejected: lp[m + i]!, refChosen: ref[i]!, refRejected: ref[m + i]! });
     });
-    const r = dpoLoss(pairs, this.s);
+    const { beta, simpoGamma: gamma, labelSmoothing } = this.s;
+    const r =
+      this.name === 'orpo'
+        ? orpoLoss(pairs, { beta })
+        : this.name === 'simpo'
+          ? simpoLoss(pairs, { beta, gamma, labelSmoothing })
+          : dpoLoss(pairs, this.s);
     let p = 0;
     const micro: WeightedMicroBatch[] = seqs.map((s) => {
       const m = s.length / 2;

@@ -1,7 +1,8 @@
 /**
  * `qtune train` with objective dpo: examples/dpo-tiny.yaml over data/preference.jsonl (TRL's
  * {prompt, chosen, rejected}) through the real CLI, its metrics.jsonl step rows carrying TRL's DPO
- * metrics; a preference record with a bad field fails with one line naming file, line and field.
+ * metrics (and ORPO's and SimPO's on the same data); a preference record with a bad field fails with
+ * one line naming file, line and field.
  */
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -66,6 +67,25 @@ describe('qtune train --objective dpo', () => {
     assert.equal(steps[0]!['rewards/margins'], 0);
     assert.ok(Math.abs(steps[0]!['loss']! - Math.log(2)) < 1e-6);
   });
+
+  for (const [objective, extra] of [
+    ['orpo', ['nll_loss', 'log_odds_ratio', 'log_odds_chosen']],
+    ['simpo', []],
+  ] as const) {
+    it(`--objective ${objective} trains on the same preference data, logging its TRL metrics`, () => {
+      const out = path.join(tmp, `out-${objective}`);
+      const r = run(out, path.join(ROOT, 'data', 'preference.jsonl'), ['--objective', objective]);
+      assert.equal(r.code, 0, r.stderr);
+      const steps = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .filter((row) => row['kind'] === 'step');
+      assert.equal(steps.length, 3);
+      for (const k of ['rewards/margins', 'rewards/accuracies', 'logps/chosen', ...extra])
+        assert.equal(typeof steps[0]![k], 'number', `metrics.jsonl lacks ${k}`);
+    });
+  }
 
   it('a record whose rejected field is not text fails with one line naming file, line and field', () => {
     const file = path.join(tmp, 'bad.jsonl');

@@ -62,3 +62,20 @@ export function prepareFolder(
 ): PreparedModel {
   return prepareModelWeights(dir, { trainType, backend, precision });
 }
+
+/** Pairs from real text as bytes: the prompt unlabelled, the chosen completion the text that follows, the rejected one reversed. */
+export function preferencePairs(n: number, seq: number): Example[] {
+  const text = byteData(seq, n, 0).train;
+  const prompt = seq / 2;
+  const make = (ids: Int32Array, next: Int32Array): Example => {
+    const labels = Int32Array.from(next, (l, t) => (t >= prompt - 1 ? l : -100));
+    return { ids, labels };
+  };
+  return text.map((e) => {
+    const tokens = [...e.ids, e.labels[seq - 1]!];
+    const bad = [...tokens.slice(0, prompt), ...tokens.slice(prompt).reverse()];
+    const chosen = make(e.ids, e.labels);
+    const rejected = make(Int32Array.from(bad.slice(0, seq)), Int32Array.from(bad.slice(1)));
+    return { ...chosen, rejected };
+  });
+}

@@ -10,8 +10,7 @@ import { describe, it } from 'node:test';
 import { cpuBackend } from '../../src/engine/device.js';
 import { dpoLoss, type PairLogProbs } from '../../src/train/preference.js';
 import { Trainer, type LogRecord, type TrainerOptions } from '../../src/train/trainer.js';
-import type { Example } from '../../src/data/example.js';
-import { byteData, prepareFolder } from '../helpers/finetune.js';
+import { byteData, preferencePairs, prepareFolder } from '../helpers/finetune.js';
 import { FIXTURE } from '../helpers/random-model.js';
 import { rng } from '../helpers/ref.js';
 
@@ -89,25 +88,8 @@ describe('dpoLoss against the closed form', () => {
   }
 });
 
-/** Pairs from real text as bytes: the prompt unlabelled, the chosen completion the text that follows, the rejected one reversed. */
-function pairs(n: number, seq: number): Example[] {
-  const text = byteData(seq, n, 0).train;
-  const prompt = seq / 2;
-  const make = (ids: Int32Array, next: Int32Array): Example => {
-    const labels = Int32Array.from(next, (l, t) => (t >= prompt - 1 ? l : -100));
-    return { ids, labels };
-  };
-  return text.map((e) => {
-    const tokens = [...e.ids, e.labels[seq - 1]!];
-    const bad = [...tokens.slice(0, prompt), ...tokens.slice(prompt).reverse()];
-    const chosen = make(e.ids, e.labels);
-    const rejected = make(Int32Array.from(bad.slice(0, seq)), Int32Array.from(bad.slice(1)));
-    return { ...chosen, rejected };
-  });
-}
-
 const SEQ = 32;
-const DATA = { train: pairs(8, SEQ) };
+const DATA = { train: preferencePairs(8, SEQ) };
 
 function dpoTrainer(trainType: string, o: Partial<TrainerOptions>, records: LogRecord[]): Trainer {
   return new Trainer(prepareFolder(FIXTURE, trainType, cpuBackend()), DATA, {
