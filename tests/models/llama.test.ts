@@ -211,7 +211,8 @@ describe('tiny Llama-family models', () => {
     assert.deepEqual(a.ids, b.ids);
     const withEos = new Tokenizer(m.tokenizer.json, m.tokenizer.config, [greedy.ids[0]!]);
     const stopped = generate(m.model, withEos, prompt, { maxNewTokens: 5 });
-    assert.deepEqual(stopped, { ids: [], text: '', stoppedBy: 'eos' });
+    // the EOS that stopped it is reported (GRPO trains it as the completion's last token)
+    assert.deepEqual(stopped, { ids: [], text: '', stoppedBy: 'eos', stopToken: greedy.ids[0] });
     const l = Float32Array.of(0.1, 3, -1, 2.9);
     assert.equal(sampleToken(l, { temperature: 0, topK: 0, topP: 1 }, Math.random), 1);
     assert.equal(sampleToken(l, { temperature: 5, topK: 0, topP: 1e-9 }, Math.random), 1);
