@@ -5,9 +5,9 @@
  * Once the trainer has seen the abort, the handlers are removed, so a second signal ends the process
  * at once (the default action), even in the middle of writing the checkpoint: checkpoints are written
  * into a temporary folder and renamed, so the last whole one stays and the next run removes the
- * half-written one. trainAsync computes a step's graphs on a worker thread, so a signal is handled
- * as soon as it arrives, even in the middle of a step (which then finishes before the checkpoint); a
- * second signal queued before the first was handled exits at once, without the checkpoint.
+ * half-written one. `qtune train` computes the graphs on the main thread (trainAsync with
+ * offThread: false: the worker hops cost 33 % of a small step, BENCHMARKS.md), so signals are
+ * handled at the next step boundary; two signals within one step are both seen there.
  */
 import os from 'node:os';
 

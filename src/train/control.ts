@@ -134,7 +134,7 @@ export class RunControl {
    * worker thread, and at each step boundary the event loop runs (timers, I/O, a signal handler and
    * what it defers with setImmediate) and a paused run waits for resume() or stop().
    */
-  async driveAsync<T>(loop: Loop<T>, graphs: GraphDriver): Promise<T> {
+  async driveAsync<T>(loop: Loop<T>, graphs: GraphDriver, offThread = true): Promise<T> {
     this.begin('async');
     try {
       await this.whilePaused(); // paused before the run: no step until resumed
@@ -145,6 +145,10 @@ export class RunControl {
         if (r.done === true) return r.value;
         if (r.value instanceof Promise) {
           step = await r.value; // a rejection ends the run (the loop's finally blocks have nothing to undo)
+          continue;
+        }
+        if (r.value !== undefined && !offThread) {
+          graphs.execute(r.value); // on this thread: the event loop runs at step boundaries only
           continue;
         }
         if (r.value !== undefined) {
@@ -261,9 +265,13 @@ export class SteerableRun extends EventEmitter<TrainerEvents> {
   }
 
   /** Drives the loop without blocking ({@link RunControl.driveAsync}); emits `end`, or `error` and rejects. */
-  protected async runAsync(loop: Loop<TrainResult>, graphs: GraphDriver): Promise<TrainResult> {
+  protected async runAsync(
+    loop: Loop<TrainResult>,
+    graphs: GraphDriver,
+    offThread = true,
+  ): Promise<TrainResult> {
     try {
-      return this.ended(await this.control.driveAsync(loop, graphs));
+      return this.ended(await this.control.driveAsync(loop, graphs, offThread));
     } catch (e) {
       throw this.failed(e);
     }

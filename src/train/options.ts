@@ -196,6 +196,12 @@ export interface StepResult {
 export interface RunOptions {
   /** Stops the run at the next step boundary once aborted (AbortController's signal). */
   signal?: AbortSignal;
+  /**
+   * trainAsync(): compute each graph on a worker thread, so the event loop runs during a step
+   * (default true). false computes them on this thread and yields only at step boundaries (signals,
+   * timers, pause and stop are still served there), without the worker hops' cost (BENCHMARKS.md).
+   */
+  offThread?: boolean;
 }
 
 export interface TrainResult {

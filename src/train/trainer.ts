@@ -137,7 +137,7 @@ export class Trainer extends TrainerViews {
    * checkpoint of that step in outputDir (to resume from), and its result says `aborted`.
    */
   trainAsync(o: RunOptions = {}): Promise<TrainResult> {
-    return this.runAsync(this.loop(o.signal), this.graphs);
+    return this.runAsync(this.loop(o.signal), this.graphs, o.offThread ?? true);
   }
 
   /** The training loop: yields each graph to compute (or an objective's step promise), and undefined after every step. */

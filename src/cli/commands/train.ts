@@ -446,7 +446,11 @@ async function trainWatched(
         out(`resumed from ${resumeDir} at step ${trainer.globalStep}`);
         if (writer) best.seed(c.output_dir, trainer.globalStep);
       }
-      result = await trainer.trainAsync(stop === null ? {} : { signal: stop.signal });
+      // graphs on this thread (offThread false): the worker hops' cost is not paid; the dashboard has its own worker
+      result = await trainer.trainAsync({
+        offThread: false,
+        ...(stop === null ? {} : { signal: stop.signal }),
+      });
     } catch (e) {
       await logger.close();
       throw e;
