@@ -127,33 +127,34 @@ describe('Trainer events, pause and stop', () => {
     }
   });
 
-  it('pause() holds the run (no step while paused); resume() continues to the losses of an uninterrupted run', async () => {
-    const expected = uninterrupted(6);
-    const t = trainer({ maxSteps: 6 });
-    try {
-      const stepAt: number[] = [];
-      let [pausedAt, resumedAt] = [0, 0];
-      t.on('step', (r) => {
-        stepAt[r.step] = performance.now();
-        if (r.step !== 2) return;
-        t.pause();
-        pausedAt = performance.now();
-        setTimeout(() => {
-          resumedAt = performance.now();
-          t.resume();
-        }, 300);
-      });
-      const result = await t.trainAsync();
-      assert.equal(result.aborted, false);
-      assert.deepEqual(result.losses, expected);
-      const during = stepAt.filter((s) => s > pausedAt && s < resumedAt);
-      assert.deepEqual(during, [], 'steps ran while paused');
-      assert.ok(stepAt[3]! >= resumedAt, 'step 3 ended before resume()');
-      assert.ok(resumedAt - pausedAt >= 290, `paused for ${resumedAt - pausedAt} ms`);
-    } finally {
-      t.dispose();
-    }
-  });
+  for (const offThread of [true, false])
+    it(`pause() holds the run (no step while paused); resume() continues to the losses of an uninterrupted run (offThread ${offThread})`, async () => {
+      const expected = uninterrupted(6);
+      const t = trainer({ maxSteps: 6 });
+      try {
+        const stepAt: number[] = [];
+        let [pausedAt, resumedAt] = [0, 0];
+        t.on('step', (r) => {
+          stepAt[r.step] = performance.now();
+          if (r.step !== 2) return;
+          t.pause();
+          pausedAt = performance.now();
+          setTimeout(() => {
+            resumedAt = performance.now();
+            t.resume();
+          }, 300);
+        });
+        const result = await t.trainAsync({ offThread });
+        assert.equal(result.aborted, false);
+        assert.deepEqual(result.losses, expected);
+        const during = stepAt.filter((s) => s > pausedAt && s < resumedAt);
+        assert.deepEqual(during, [], 'steps ran while paused');
+        assert.ok(stepAt[3]! >= resumedAt, 'step 3 ended before resume()');
+        assert.ok(resumedAt - pausedAt >= 290, `paused for ${resumedAt - pausedAt} ms`);
+      } finally {
+        t.dispose();
+      }
+    });
 
   it('stop({ save: true }) ends the run with checkpoint-N of the step reached, which resumes to the uninterrupted losses', async () => {
     const expected = uninterrupted(6);
