@@ -132,8 +132,8 @@ export class Trainer extends TrainerViews {
   }
 
   /**
-   * {@link train} without blocking the event loop (graphs compute on a worker thread: control.ts), so
-   * it can pause and stop; an aborted `signal` or stop() ends it at the next step boundary with a
+   * {@link train} without blocking the event loop (graphs compute on a worker thread, or with
+   * `offThread: false` on this one, yielding at step boundaries: control.ts), so it can pause and stop; an aborted `signal` or stop() ends it at the next step boundary with a
    * checkpoint of that step in outputDir (to resume from), and its result says `aborted`.
    */
   trainAsync(o: RunOptions = {}): Promise<TrainResult> {
